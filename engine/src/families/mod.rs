@@ -1,0 +1,32 @@
+//! Model families the engine can run, and the interface the worker drives them through.
+
+use crate::error::Result;
+use crate::request::Request;
+use crate::worker::protocol::{Artifact, Preview, Stage};
+
+/// How a family reports on a run in progress; implemented by the worker (and by tests).
+pub trait RunObserver {
+    /// A new stage begins (timings and memory peaks are kept per stage).
+    fn stage(&mut self, stage: Stage);
+    /// Step `step` of `total` in the current stage is done.
+    fn progress(&mut self, step: u32, total: u32);
+    /// A cheap look at the current state.
+    fn preview(&mut self, preview: Preview);
+    /// True once the user asked to cancel; families check it between steps.
+    fn cancelled(&self) -> bool;
+    /// Something the run's telemetry must say, e.g. "unet: bf16 convolution computed in f32 on cpu".
+    fn note(&mut self, note: String);
+}
+
+/// A loaded model that can generate.
+pub trait Family: Send {
+    /// The family's name as written in profiles, e.g. `latent-diffusion`.
+    fn name(&self) -> &str;
+    /// Resident weight bytes per device name (`cpu`, `cuda:0`), counted from the loaded tensors.
+    fn weight_bytes(&self) -> Vec<(String, u64)>;
+    /// Runs a request to the end, or returns [`crate::Error::Cancelled`] between steps.
+    ///
+    /// # Errors
+    /// Invalid requests, tensor errors, out of memory, cancellation.
+    fn generate(&mut self, request: &Request, observer: &mut dyn RunObserver) -> Result<Vec<Artifact>>;
+}

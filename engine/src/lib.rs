@@ -1,0 +1,29 @@
+//! Headroom's engine: everything that reads, plans, runs and records models, with no GUI in it.
+//!
+//! Data flows one way: a file (or a profile) → [`formats`] reads headers → [`plan`] predicts →
+//! the [`worker`] loads a family with the [`knobs`] → it generates, sending progress, previews and
+//! telemetry as events → [`media`] writes the output with the profile embedded → [`profile`]
+//! records it. See `ARCHITECTURE.md` at the repository root for one line per module.
+
+pub mod compare;
+pub mod error;
+pub mod families;
+pub mod formats;
+pub mod knobs;
+pub mod media;
+pub mod model;
+pub mod nn;
+pub mod plan;
+pub mod profile;
+pub mod request;
+pub mod rng;
+pub mod telemetry;
+pub mod worker;
+
+pub use error::{Error, Result};
+pub use knobs::Knobs;
+pub use model::ModelRef;
+pub use request::Request;
+
+/// The engine's version, recorded in every profile's `[build]` section.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

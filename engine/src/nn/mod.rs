@@ -1,0 +1,1 @@
+//! Knob-aware layers: quantized linear/conv, sliced attention, placement.

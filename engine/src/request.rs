@@ -1,0 +1,214 @@
+//! What to make: prompt, negative prompt, seed, steps, guidance, scheduler, size or seconds, batch.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The sampling algorithm.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Scheduler {
+    /// DDIM with eta = 0.
+    Ddim,
+    /// Euler (diffusers' EulerDiscreteScheduler).
+    #[default]
+    Euler,
+    /// Euler ancestral.
+    EulerAncestral,
+    /// DPM-Solver++ 2M.
+    DpmPp2M,
+}
+
+impl Scheduler {
+    /// Every scheduler, in menu order.
+    pub const ALL: [Scheduler; 4] =
+        [Scheduler::Ddim, Scheduler::Euler, Scheduler::EulerAncestral, Scheduler::DpmPp2M];
+
+    /// The profile/CLI name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheduler::Ddim => "ddim",
+            Scheduler::Euler => "euler",
+            Scheduler::EulerAncestral => "euler_a",
+            Scheduler::DpmPp2M => "dpmpp_2m",
+        }
+    }
+
+    /// True where each step draws fresh noise from the run's generator.
+    pub fn is_ancestral(self) -> bool {
+        matches!(self, Scheduler::EulerAncestral)
+    }
+}
+
+impl fmt::Display for Scheduler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Scheduler {
+    type Err = Error;
+    /// Accepts our names and the usual A1111/ComfyUI spellings ("Euler a", "DPM++ 2M", "dpmpp_2m").
+    fn from_str(s: &str) -> Result<Self> {
+        let norm: String = s
+            .trim()
+            .to_ascii_lowercase()
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '+')
+            .collect();
+        match norm.as_str() {
+            "ddim" => Ok(Scheduler::Ddim),
+            "euler" => Ok(Scheduler::Euler),
+            "eulera" | "eulerancestral" => Ok(Scheduler::EulerAncestral),
+            "dpmpp2m" | "dpm++2m" | "dpmsolver++2m" | "dpmsolvermultistep" => Ok(Scheduler::DpmPp2M),
+            _ => Err(Error::invalid(format!(
+                "scheduler '{s}': expected ddim, euler, euler_a or dpmpp_2m"
+            ))),
+        }
+    }
+}
+
+impl TryFrom<String> for Scheduler {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self> {
+        s.parse()
+    }
+}
+
+impl From<Scheduler> for String {
+    fn from(s: Scheduler) -> String {
+        s.name().to_string()
+    }
+}
+
+/// What to make.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Request {
+    pub prompt: String,
+    pub negative: String,
+    /// Image i of a batch uses `seed + i`.
+    pub seed: u64,
+    pub steps: u32,
+    /// Classifier-free guidance scale; 1.0 or less turns guidance off.
+    pub guidance: f32,
+    pub scheduler: Scheduler,
+    /// Use the Karras sigma schedule (for the sigma-based schedulers).
+    pub karras: bool,
+    /// Output width in pixels (a multiple of 8).
+    pub width: u32,
+    /// Output height in pixels (a multiple of 8).
+    pub height: u32,
+    /// For audio models: the length to make; `None` means the model's native length.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seconds: Option<f32>,
+    /// How many outputs, with seeds seed, seed+1, …
+    pub batch: u32,
+}
+
+impl Default for Request {
+    fn default() -> Self {
+        Self {
+            prompt: String::new(),
+            negative: String::new(),
+            seed: 42,
+            steps: 20,
+            guidance: 7.5,
+            scheduler: Scheduler::default(),
+            karras: false,
+            width: 64,
+            height: 64,
+            seconds: None,
+            batch: 1,
+        }
+    }
+}
+
+impl Request {
+    /// Checks what can be checked without a model.
+    ///
+    /// # Errors
+    /// Steps of 0, a batch of 0, a size that is zero or not a multiple of 8, a guidance or
+    /// length that is not a finite positive number.
+    pub fn validate(&self) -> Result<()> {
+        if self.steps == 0 {
+            return Err(Error::invalid("steps = 0: at least one denoising step is needed"));
+        }
+        if self.batch == 0 {
+            return Err(Error::invalid("batch = 0: at least one output is needed"));
+        }
+        for (name, v) in [("width", self.width), ("height", self.height)] {
+            if v == 0 || v % 8 != 0 {
+                return Err(Error::invalid(format!(
+                    "{name} = {v}: the size must be a positive multiple of 8 (the autoencoder works on 8×8 pixel cells); try {}",
+                    (v.max(8) + 4) / 8 * 8
+                )));
+            }
+        }
+        if !self.guidance.is_finite() || self.guidance < 0.0 {
+            return Err(Error::invalid(format!("guidance = {}: expected a number ≥ 0", self.guidance)));
+        }
+        if let Some(s) = self.seconds {
+            if !s.is_finite() || s <= 0.0 {
+                return Err(Error::invalid(format!("seconds = {s}: expected a length > 0")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets one field by its profile name (`prompt`, `seed`, `steps`, …).
+    ///
+    /// # Errors
+    /// An unknown field or a value that does not parse.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        fn num<T: FromStr>(key: &str, v: &str) -> Result<T> {
+            v.trim().parse().map_err(|_| Error::invalid(format!("{key} = '{v}': expected a number")))
+        }
+        match key.trim().to_ascii_lowercase().replace('-', "_").as_str() {
+            "prompt" => self.prompt = value.to_string(),
+            "negative" | "negative_prompt" => self.negative = value.to_string(),
+            "seed" => self.seed = num(key, value)?,
+            "steps" => self.steps = num(key, value)?,
+            "guidance" | "cfg" | "cfg_scale" => self.guidance = num(key, value)?,
+            "scheduler" | "sampler" => self.scheduler = value.parse()?,
+            "karras" => {
+                self.karras = matches!(value.trim(), "true" | "1" | "yes" | "on");
+            }
+            "width" => self.width = num(key, value)?,
+            "height" => self.height = num(key, value)?,
+            "seconds" => self.seconds = Some(num(key, value)?),
+            "batch" => self.batch = num(key, value)?,
+            other => return Err(Error::invalid(format!("unknown request field '{other}'"))),
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sizes that are not multiples of 8 and zero steps are refused with the field named.
+    #[test]
+    fn validate_names_the_field() {
+        let mut r = Request { width: 100, ..Request::default() };
+        assert!(r.validate().unwrap_err().to_string().contains("width = 100"));
+        r.width = 64;
+        r.steps = 0;
+        assert!(r.validate().unwrap_err().to_string().contains("steps = 0"));
+        r.steps = 1;
+        assert!(r.validate().is_ok());
+    }
+
+    /// A1111 and ComfyUI sampler names map onto ours.
+    #[test]
+    fn scheduler_aliases() {
+        assert_eq!("Euler a".parse::<Scheduler>().unwrap(), Scheduler::EulerAncestral);
+        assert_eq!("DPM++ 2M".parse::<Scheduler>().unwrap(), Scheduler::DpmPp2M);
+        assert_eq!("dpmpp_2m".parse::<Scheduler>().unwrap(), Scheduler::DpmPp2M);
+        assert!("plms".parse::<Scheduler>().is_err());
+    }
+}
