@@ -7,6 +7,7 @@
 pub mod blocks;
 pub mod clip;
 pub mod folder;
+pub mod schedulers;
 pub mod tokenizer;
 pub mod unet;
 pub mod vae;
