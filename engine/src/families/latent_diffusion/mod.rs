@@ -7,6 +7,8 @@
 pub mod blocks;
 pub mod clip;
 pub mod folder;
+pub mod pipeline;
+pub mod preview;
 pub mod schedulers;
 pub mod tokenizer;
 pub mod unet;
@@ -14,3 +16,7 @@ pub mod vae;
 
 #[cfg(test)]
 mod parity_tests;
+#[cfg(test)]
+mod pipeline_tests;
+
+pub use pipeline::{LatentDiffusion, load};

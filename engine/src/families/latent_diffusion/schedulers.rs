@@ -22,6 +22,11 @@ pub struct SchedulerConfig {
     pub steps_offset: usize,
     pub timestep_spacing: Option<String>,
     pub set_alpha_to_one: Option<bool>,
+    /// DDIM: clamp the x₀ prediction to ±`clip_sample_range` (DDIM's default is on, so a file
+    /// without the key, such as a PNDM config, gets clipping).
+    pub clip_sample: Option<bool>,
+    pub clip_sample_range: f64,
+    pub thresholding: bool,
     pub use_karras_sigmas: Option<bool>,
     pub final_sigmas_type: Option<String>,
     pub rescale_betas_zero_snr: bool,
@@ -40,6 +45,9 @@ impl Default for SchedulerConfig {
             steps_offset: 0,
             timestep_spacing: None,
             set_alpha_to_one: None,
+            clip_sample: None,
+            clip_sample_range: 1.0,
+            thresholding: false,
             use_karras_sigmas: None,
             final_sigmas_type: None,
             rescale_betas_zero_snr: false,
@@ -91,6 +99,9 @@ impl SchedulerConfig {
                 other => return Err(format!("beta_schedule '{other}' is not supported (linear, scaled_linear)")),
             }
         };
+        if self.thresholding {
+            return Err("thresholding (dynamic thresholding) is not supported".into());
+        }
         if self.rescale_betas_zero_snr {
             return Err("rescale_betas_zero_snr is not supported".into());
         }
@@ -171,6 +182,8 @@ pub struct Sampler {
     final_alpha_cumprod: f64,
     step_ratio: usize,
     init_noise_sigma: f64,
+    /// DDIM's x₀ clamp, when on.
+    clip_sample: Option<f64>,
     /// DPM++ 2M: the previous step's x₀ prediction.
     previous_x0: Option<Tensor>,
     /// Things the run's telemetry should say (a knob the sampler ignored).
@@ -217,6 +230,7 @@ impl Sampler {
             final_alpha_cumprod: if cfg.set_alpha_to_one.unwrap_or(true) { 1.0 } else { ac[0] as f64 },
             alphas_cumprod: ac,
             step_ratio: n_train / steps,
+            clip_sample: cfg.clip_sample.unwrap_or(true).then_some(cfg.clip_sample_range),
             init_noise_sigma: 1.0,
             previous_x0: None,
             notes,
@@ -359,6 +373,10 @@ impl Sampler {
         let (x0, eps) = match self.prediction {
             Prediction::Epsilon => (((sample - (out * sb)?)? / sa)?, out.clone()),
             Prediction::V => (((sample * sa)? - (out * sb)?)?, ((out * sa)? + (sample * sb)?)?),
+        };
+        let x0 = match self.clip_sample {
+            Some(r) => x0.clamp(-r as f32, r as f32)?,
+            None => x0,
         };
         (x0 * a_prev.sqrt())? + (eps * (1.0 - a_prev).sqrt())?
     }
