@@ -211,10 +211,8 @@ impl Sampler {
             notes.push(format!("{}: Karras sigmas do not apply to this sampler and were not used", kind.name()));
         }
         let karras = wants_karras && matches!(kind, Scheduler::Euler | Scheduler::DpmPp2M);
-        if let Some(f) = &cfg.final_sigmas_type {
-            if f != "zero" {
-                return Err(format!("final_sigmas_type '{f}' is not supported (zero)"));
-            }
+        if let Some(f) = cfg.final_sigmas_type.as_deref().filter(|f| *f != "zero") {
+            return Err(format!("final_sigmas_type '{f}' is not supported (zero)"));
         }
         let offset = cfg.steps_offset as f64;
         // σ for every training step, as f32 like diffusers' tensors
