@@ -141,7 +141,7 @@ impl ClipTextModel {
         }
         let x = self.token_embedding.forward(ids)?;
         let mut x = x.broadcast_add(&self.position_embedding.narrow(0, 0, len)?)?;
-        let mask = causal_mask(len, x.device())?;
+        let mask = causal_mask(len, x.device())?.to_dtype(x.dtype())?;
         for layer in &self.layers[..self.layers.len() - clip_skip] {
             x = layer.forward(&x, &mask, self.attention_slice)?;
         }

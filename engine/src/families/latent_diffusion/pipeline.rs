@@ -73,8 +73,10 @@ pub struct LatentDiffusion {
     vae: AutoencoderKl,
     scheduler: SchedulerConfig,
     device: Device,
-    dtype: DType,
-    weight_elements: u64,
+    /// Storage and compute dtype per component: text encoder, UNet, VAE.
+    dtypes: [DType; 3],
+    /// Weight elements per component, in the same order.
+    weight_elements: [u64; 3],
     noise: NoiseFactory,
     /// Notes for the next run's telemetry (knobs that are not honoured yet).
     load_notes: Vec<String>,
@@ -97,8 +99,9 @@ pub fn candle_device(kind: DeviceKind) -> Result<Device> {
 }
 
 /// Loads a diffusers Stable Diffusion folder (`model_index.json`, `tokenizer/`, `text_encoder/`,
-/// `unet/`, `vae/`, `scheduler/`) with the knobs that this family honours today: device and
-/// `attention_slice`. Other knobs are accepted and reported in the run's notes.
+/// `unet/`, `vae/`, `scheduler/`) with the knobs that this family honours today: device,
+/// precision f32/f16/bf16 per component, and `attention_slice`. Other knobs (quantized types,
+/// offload, VAE tiling) are accepted and reported in the run's notes.
 ///
 /// # Errors
 /// A missing or malformed file or component, named; an unavailable device.
@@ -107,14 +110,24 @@ pub fn load(path: &Path, knobs: &Knobs) -> Result<LatentDiffusion> {
         return Err(Error::file(path, "not a diffusers folder (no model_index.json)"));
     }
     let device = candle_device(knobs.device)?;
-    let dtype = DType::F32;
     let mut notes = Vec::new();
-    for c in Component::ALL {
-        let p = knobs.precision.get(c).resolve(knobs.device);
-        if p != Precision::F32 {
-            notes.push(format!("{c}: precision {p} is not implemented for latent-diffusion yet; stored and computed in f32"));
-        }
+    let mut dtypes = [DType::F32; 3];
+    for (i, c) in Component::ALL.into_iter().enumerate() {
+        dtypes[i] = match knobs.precision.get(c).resolve(knobs.device) {
+            Precision::F32 => DType::F32,
+            Precision::F16 => DType::F16,
+            Precision::Bf16 if matches!(device, Device::Cpu) => {
+                notes.push(format!("{c}: bf16 has no CPU matmul kernel in candle; stored and computed in f32"));
+                DType::F32
+            }
+            Precision::Bf16 => DType::BF16,
+            p => {
+                notes.push(format!("{c}: precision {p} is not implemented for latent-diffusion yet; stored and computed in f32"));
+                DType::F32
+            }
+        };
     }
+    let [text_dtype, unet_dtype, vae_dtype] = dtypes;
     if knobs.offload.gpu_blocks.is_some() || knobs.slicing.vae_tile != 0 {
         notes.push("offload.gpu_blocks and slicing.vae_tile are not implemented for latent-diffusion yet; ignored".into());
     }
@@ -123,19 +136,19 @@ pub fn load(path: &Path, knobs: &Knobs) -> Result<LatentDiffusion> {
     let tokenizer = ClipTokenizer::from_dir(&path.join("tokenizer"))?;
     let dir = path.join("text_encoder");
     let cfg: ClipConfig = read_config(&dir)?;
-    let (vb, n_text) = var_builder(&dir, dtype, &device)?;
+    let (vb, n_text) = var_builder(&dir, text_dtype, &device)?;
     let mut text = build(&dir, || ClipTextModel::new(&cfg, vb))?;
     text.attention_slice = slice;
 
     let dir = path.join("unet");
     let cfg: UnetConfig = read_config(&dir)?;
-    let (vb, n_unet) = var_builder(&dir, dtype, &device)?;
+    let (vb, n_unet) = var_builder(&dir, unet_dtype, &device)?;
     let mut unet = build(&dir, || Unet::new(&cfg, vb))?;
     unet.attention_slice = slice;
 
     let dir = path.join("vae");
     let cfg: VaeConfig = read_config(&dir)?;
-    let (vb, n_vae) = var_builder(&dir, dtype, &device)?;
+    let (vb, n_vae) = var_builder(&dir, vae_dtype, &device)?;
     let mut vae = build(&dir, || AutoencoderKl::new(&cfg, vb))?;
     vae.attention_slice = slice;
 
@@ -151,8 +164,8 @@ pub fn load(path: &Path, knobs: &Knobs) -> Result<LatentDiffusion> {
         vae,
         scheduler,
         device,
-        dtype,
-        weight_elements: n_text + n_unet + n_vae,
+        dtypes,
+        weight_elements: [n_text, n_unet, n_vae],
         noise: default_noise(),
         load_notes: notes,
         clip_skip: 0,
@@ -171,7 +184,8 @@ impl LatentDiffusion {
         &self.scheduler
     }
 
-    /// Encodes a prompt to `(1, 77, D)` embeddings; the string is set when the prompt was cut.
+    /// Encodes a prompt to `(1, 77, D)` embeddings (in the text encoder's dtype); the string is
+    /// set when the prompt was cut.
     ///
     /// # Errors
     /// Tokenizer or tensor errors.
@@ -188,7 +202,7 @@ impl LatentDiffusion {
         for s in streams.iter_mut() {
             all.extend(s.randn(c * h * w));
         }
-        Ok(Tensor::from_vec(all, (streams.len(), c, h, w), &self.device)?.to_dtype(self.dtype)?)
+        Ok(Tensor::from_vec(all, (streams.len(), c, h, w), &self.device)?)
     }
 
     /// Runs `request` and returns the images as floats `(B, H, W, 3)` in [0, 1] (diffusers'
@@ -224,6 +238,9 @@ impl LatentDiffusion {
         } else {
             cond.repeat((batch, 1, 1))?
         };
+        // latents and sampler arithmetic stay f32 (as diffusers upcasts in its schedulers); each
+        // component computes in its own dtype
+        let context = context.to_dtype(self.dtypes[1])?;
 
         observer.stage(Stage::Denoise);
         let steps = request.steps as usize;
@@ -246,7 +263,7 @@ impl LatentDiffusion {
             }
             let x = sampler.scale_model_input(&latents, i)?;
             let x = if guided { Tensor::cat(&[&x, &x], 0)? } else { x };
-            let out = self.unet.forward(&x, t, &context)?;
+            let out = self.unet.forward(&x.to_dtype(self.dtypes[1])?, t, &context)?.to_dtype(DType::F32)?;
             let out = if guided {
                 let u = out.narrow(0, 0, batch)?;
                 let c = out.narrow(0, batch, batch)?;
@@ -266,7 +283,7 @@ impl LatentDiffusion {
         observer.stage(Stage::Decode);
         let mut images = Vec::with_capacity(batch);
         for b in 0..batch {
-            let img = self.vae.decode_scaled(&latents.narrow(0, b, 1)?)?;
+            let img = self.vae.decode_scaled(&latents.narrow(0, b, 1)?.to_dtype(self.dtypes[2])?)?.to_dtype(DType::F32)?;
             images.push(((img / 2.0)? + 0.5)?.clamp(0f32, 1f32)?);
             observer.progress(b as u32 + 1, batch as u32);
         }
@@ -300,7 +317,8 @@ impl Family for LatentDiffusion {
             Device::Cuda(_) => "cuda:0".to_string(),
             Device::Metal(_) => "metal".to_string(),
         };
-        vec![(device, self.weight_elements * self.dtype.size_in_bytes() as u64)]
+        let bytes = self.weight_elements.iter().zip(self.dtypes).map(|(&n, d)| n * d.size_in_bytes() as u64).sum();
+        vec![(device, bytes)]
     }
 
     fn generate(&mut self, request: &Request, observer: &mut dyn RunObserver) -> Result<Vec<Artifact>> {
