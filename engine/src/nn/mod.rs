@@ -6,6 +6,8 @@
 
 pub mod attention;
 pub mod layers;
+pub mod norm;
 
 pub use attention::attention;
 pub use layers::{Activation, Conv2d, Linear};
+pub use norm::GroupNorm;

@@ -3,10 +3,10 @@
 //! with `BasicTransformerBlock`s) and the VAE's single-head attention block.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{GroupNorm, LayerNorm, VarBuilder};
+use candle_nn::{LayerNorm, VarBuilder};
 
 use crate::nn::attention::{attention, merge_heads, split_heads};
-use crate::nn::{Conv2d, Linear};
+use crate::nn::{Conv2d, GroupNorm, Linear};
 
 /// `ResnetBlock2D`: two norm-SiLU-conv stages, an optional time-embedding shift, a shortcut.
 #[derive(Debug)]
@@ -40,13 +40,13 @@ impl ResnetBlock2D {
             None
         };
         Ok(Self {
-            norm1: candle_nn::group_norm(groups, in_channels, eps, vb.pp("norm1"))?,
+            norm1: GroupNorm::new(groups, in_channels, eps, vb.pp("norm1"))?,
             conv1: Conv2d::new(in_channels, out_channels, 3, 1, 1, vb.pp("conv1"))?,
             time_emb_proj: match temb_channels {
                 Some(t) => Some(Linear::new(t, out_channels, true, vb.pp("time_emb_proj"))?),
                 None => None,
             },
-            norm2: candle_nn::group_norm(groups, out_channels, eps, vb.pp("norm2"))?,
+            norm2: GroupNorm::new(groups, out_channels, eps, vb.pp("norm2"))?,
             conv2: Conv2d::new(out_channels, out_channels, 3, 1, 1, vb.pp("conv2"))?,
             conv_shortcut,
             output_scale_factor,
@@ -58,12 +58,12 @@ impl ResnetBlock2D {
     /// # Errors
     /// Tensor errors.
     pub fn forward(&self, x: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
-        let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
+        let h = self.conv1.forward(&self.norm1.forward_silu(x)?)?;
         let h = match (&self.time_emb_proj, temb) {
             (Some(p), Some(t)) => h.broadcast_add(&p.forward(&t.silu()?)?.unsqueeze(2)?.unsqueeze(3)?)?,
             _ => h,
         };
-        let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
+        let h = self.conv2.forward(&self.norm2.forward_silu(&h)?)?;
         let skip = match &self.conv_shortcut {
             Some(c) => c.forward(x)?,
             None => x.clone(),
@@ -243,7 +243,7 @@ impl SpatialTransformer {
         let blocks = (0..layers)
             .map(|i| BasicTransformerBlock::new(inner, heads, dim_head, context_dim, vb.pp("transformer_blocks").pp(i)))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { norm: candle_nn::group_norm(groups, channels, 1e-6, vb.pp("norm"))?, proj_in, blocks, proj_out, inner })
+        Ok(Self { norm: GroupNorm::new(groups, channels, 1e-6, vb.pp("norm"))?, proj_in, blocks, proj_out, inner })
     }
 
     /// `x` `(B, C, H, W)`, `context` `(B, L, D)`.
@@ -296,7 +296,7 @@ impl VaeAttention {
     /// Missing or mis-shaped tensors.
     pub fn new(channels: usize, groups: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
-            group_norm: candle_nn::group_norm(groups, channels, eps, vb.pp("group_norm"))?,
+            group_norm: GroupNorm::new(groups, channels, eps, vb.pp("group_norm"))?,
             to_q: Linear::new(channels, channels, true, vb.pp("to_q"))?,
             to_k: Linear::new(channels, channels, true, vb.pp("to_k"))?,
             to_v: Linear::new(channels, channels, true, vb.pp("to_v"))?,

@@ -4,11 +4,11 @@
 //! projections, `attention_head_dim` as one number or one per block.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{GroupNorm, VarBuilder};
+use candle_nn::VarBuilder;
 use serde::Deserialize;
 
 use super::blocks::{Downsample2D, ResnetBlock2D, SpatialTransformer, Upsample2D};
-use crate::nn::{Conv2d, Linear};
+use crate::nn::{Conv2d, GroupNorm, Linear};
 
 /// A config value given either once for all blocks or once per block.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -280,7 +280,7 @@ impl Unet {
             mid_resnets,
             mid_attention,
             up,
-            conv_norm_out: candle_nn::group_norm(groups, boc[0], eps, vb.pp("conv_norm_out"))?,
+            conv_norm_out: GroupNorm::new(groups, boc[0], eps, vb.pp("conv_norm_out"))?,
             conv_out: Conv2d::new(boc[0], cfg.out_channels, 3, 1, 1, vb.pp("conv_out"))?,
             attention_slice: 0,
             config: cfg.clone(),
@@ -355,6 +355,6 @@ impl Unet {
                 h = u.forward(&h, size)?;
             }
         }
-        self.conv_out.forward(&self.conv_norm_out.forward(&h)?.silu()?)
+        self.conv_out.forward(&self.conv_norm_out.forward_silu(&h)?)
     }
 }

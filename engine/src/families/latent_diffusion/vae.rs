@@ -2,11 +2,11 @@
 //! latent distribution's mean and a decoder from latents to pixels, with `scaling_factor`.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{GroupNorm, VarBuilder};
+use candle_nn::VarBuilder;
 use serde::Deserialize;
 
 use super::blocks::{Downsample2D, ResnetBlock2D, Upsample2D, VaeAttention};
-use crate::nn::Conv2d;
+use crate::nn::{Conv2d, GroupNorm};
 
 /// `vae/config.json`, the fields an SD 1.x/2.x autoencoder uses.
 #[derive(Clone, Debug, Deserialize)]
@@ -202,14 +202,14 @@ impl AutoencoderKl {
             enc_conv_in: Conv2d::new(cfg.in_channels, boc[0], 3, 1, 1, e.pp("conv_in"))?,
             enc_stages,
             enc_mid: MidBlock::new(last, g, cfg.mid_block_add_attention, e.pp("mid_block"))?,
-            enc_norm_out: candle_nn::group_norm(g, last, 1e-6, e.pp("conv_norm_out"))?,
+            enc_norm_out: GroupNorm::new(g, last, 1e-6, e.pp("conv_norm_out"))?,
             enc_conv_out: Conv2d::new(last, 2 * lat, 3, 1, 1, e.pp("conv_out"))?,
             quant_conv: if cfg.use_quant_conv { Some(Conv2d::new(2 * lat, 2 * lat, 1, 1, 0, vb.pp("quant_conv"))?) } else { None },
             post_quant_conv: if cfg.use_post_quant_conv { Some(Conv2d::new(lat, lat, 1, 1, 0, vb.pp("post_quant_conv"))?) } else { None },
             dec_conv_in: Conv2d::new(lat, last, 3, 1, 1, d.pp("conv_in"))?,
             dec_mid: MidBlock::new(last, g, cfg.mid_block_add_attention, d.pp("mid_block"))?,
             dec_stages,
-            dec_norm_out: candle_nn::group_norm(g, boc[0], 1e-6, d.pp("conv_norm_out"))?,
+            dec_norm_out: GroupNorm::new(g, boc[0], 1e-6, d.pp("conv_norm_out"))?,
             dec_conv_out: Conv2d::new(boc[0], cfg.out_channels, 3, 1, 1, d.pp("conv_out"))?,
             attention_slice: 0,
             config: cfg.clone(),
@@ -227,7 +227,7 @@ impl AutoencoderKl {
             h = s.forward(&h)?;
         }
         h = self.enc_mid.forward(&h, self.attention_slice)?;
-        h = self.enc_conv_out.forward(&self.enc_norm_out.forward(&h)?.silu()?)?;
+        h = self.enc_conv_out.forward(&self.enc_norm_out.forward_silu(&h)?)?;
         if let Some(q) = &self.quant_conv {
             h = q.forward(&h)?;
         }
@@ -248,7 +248,7 @@ impl AutoencoderKl {
         for s in &self.dec_stages {
             h = s.forward(&h)?;
         }
-        self.dec_conv_out.forward(&self.dec_norm_out.forward(&h)?.silu()?)
+        self.dec_conv_out.forward(&self.dec_norm_out.forward_silu(&h)?)
     }
 
     /// Diffusion latents (as the denoiser sees them) → pixels: divides by `scaling_factor` (and
