@@ -211,6 +211,13 @@ def build(name, sd2):
         z = torch.randn((1, 4, SIZE // 2, SIZE // 2), generator=g)
         refs["vae_in"] = z
         refs["vae_out"] = vae.decode(z / vae.config.scaling_factor).sample
+        # tiled decode as diffusers does it, with tiles of 8 latent pixels (the vae_tile knob = 8)
+        vae.enable_tiling()
+        vae.tile_latent_min_size = 8
+        vae.tile_sample_min_size = 8 * (2 ** (len(vae.config.block_out_channels) - 1))
+        vae.tile_overlap_factor = 0.25
+        refs["vae_tiled_out"] = vae.decode(z / vae.config.scaling_factor).sample
+        vae.disable_tiling()
         img = torch.rand((1, 3, SIZE, SIZE), generator=g) * 2 - 1
         refs["vae_enc_in"] = img
         refs["vae_enc_mean"] = vae.encode(img).latent_dist.mean

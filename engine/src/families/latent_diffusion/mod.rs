@@ -1,5 +1,5 @@
 //! Latent diffusion: Stable Diffusion 1.x and 2.x. One file per module: [`tokenizer`] (CLIP BPE),
-//! [`clip`] (text encoder), [`blocks`] and [`unet`] (denoiser), [`vae`] (autoencoder),
+//! [`clip`] (text encoder), [`blocks`] and [`unet`] (denoiser), [`vae`] and [`vae_tiling`] (autoencoder),
 //! [`schedulers`] (DDIM, Euler, Euler ancestral, DPM++ 2M), [`preview`] (latents → RGB) and
 //! [`pipeline`] (prompt → image, the [`crate::families::Family`] implementation), with [`folder`]
 //! reading a diffusers folder's configs and weights.
@@ -13,6 +13,7 @@ pub mod schedulers;
 pub mod tokenizer;
 pub mod unet;
 pub mod vae;
+pub mod vae_tiling;
 
 #[cfg(test)]
 mod parity_tests;

@@ -100,8 +100,8 @@ pub fn candle_device(kind: DeviceKind) -> Result<Device> {
 
 /// Loads a diffusers Stable Diffusion folder (`model_index.json`, `tokenizer/`, `text_encoder/`,
 /// `unet/`, `vae/`, `scheduler/`) with the knobs that this family honours today: device,
-/// precision f32/f16/bf16 per component, and `attention_slice`. Other knobs (quantized types,
-/// offload, VAE tiling) are accepted and reported in the run's notes.
+/// precision f32/f16/bf16 per component, `attention_slice` and `vae_tile`. Other knobs (quantized
+/// types, offload) are accepted and reported in the run's notes.
 ///
 /// # Errors
 /// A missing or malformed file or component, named; an unavailable device.
@@ -128,8 +128,8 @@ pub fn load(path: &Path, knobs: &Knobs) -> Result<LatentDiffusion> {
         };
     }
     let [text_dtype, unet_dtype, vae_dtype] = dtypes;
-    if knobs.offload.gpu_blocks.is_some() || knobs.slicing.vae_tile != 0 {
-        notes.push("offload.gpu_blocks and slicing.vae_tile are not implemented for latent-diffusion yet; ignored".into());
+    if knobs.offload.gpu_blocks.is_some() {
+        notes.push("offload.gpu_blocks is not implemented for latent-diffusion yet; ignored".into());
     }
     let slice = knobs.slicing.attention_slice as usize;
 
@@ -151,6 +151,7 @@ pub fn load(path: &Path, knobs: &Knobs) -> Result<LatentDiffusion> {
     let (vb, n_vae) = var_builder(&dir, vae_dtype, &device)?;
     let mut vae = build(&dir, || AutoencoderKl::new(&cfg, vb))?;
     vae.attention_slice = slice;
+    vae.tile = knobs.slicing.vae_tile as usize;
 
     let sp = path.join("scheduler").join("scheduler_config.json");
     let scheduler: SchedulerConfig = read_json(&sp)?;

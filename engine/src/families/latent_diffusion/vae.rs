@@ -146,6 +146,8 @@ pub struct AutoencoderKl {
     dec_conv_out: Conv2d,
     /// Query rows per attention slice (0 = all at once).
     pub attention_slice: usize,
+    /// Decode in tiles of this many latent pixels (0 = whole), see [`super::vae_tiling`].
+    pub tile: usize,
     /// The config it was built from.
     pub config: VaeConfig,
 }
@@ -212,6 +214,7 @@ impl AutoencoderKl {
             dec_norm_out: GroupNorm::new(g, boc[0], 1e-6, d.pp("conv_norm_out"))?,
             dec_conv_out: Conv2d::new(boc[0], cfg.out_channels, 3, 1, 1, d.pp("conv_out"))?,
             attention_slice: 0,
+            tile: 0,
             config: cfg.clone(),
         })
     }
@@ -252,7 +255,8 @@ impl AutoencoderKl {
     }
 
     /// Diffusion latents (as the denoiser sees them) → pixels: divides by `scaling_factor` (and
-    /// adds `shift_factor` where the config has one), then [`Self::decode`].
+    /// adds `shift_factor` where the config has one), then [`Self::decode`], tiled when
+    /// [`Self::tile`] is set and the latents are larger than a tile.
     ///
     /// # Errors
     /// Tensor errors.
@@ -261,6 +265,10 @@ impl AutoencoderKl {
         if let Some(s) = self.config.shift_factor {
             z = (z + s)?;
         }
-        self.decode(&z)
+        if self.tile > 0 {
+            super::vae_tiling::decode_tiled(self, &z, self.tile)
+        } else {
+            self.decode(&z)
+        }
     }
 }
