@@ -2,7 +2,7 @@
 //! `ResnetBlock2D`, `Downsample2D`, `Upsample2D`, the spatial transformer (`Transformer2DModel`
 //! with `BasicTransformerBlock`s) and the VAE's single-head attention block.
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{LayerNorm, VarBuilder};
 
 use crate::nn::attention::{attention, merge_heads, split_heads};
@@ -135,10 +135,11 @@ struct CrossAttention {
     to_out: Linear,
     heads: usize,
     scale: f64,
+    upcast: bool,
 }
 
 impl CrossAttention {
-    fn new(query_dim: usize, context_dim: usize, heads: usize, dim_head: usize, vb: VarBuilder) -> Result<Self> {
+    fn new(query_dim: usize, context_dim: usize, heads: usize, dim_head: usize, upcast: bool, vb: VarBuilder) -> Result<Self> {
         let inner = heads * dim_head;
         Ok(Self {
             to_q: Linear::new(query_dim, inner, false, vb.pp("to_q"))?,
@@ -147,6 +148,7 @@ impl CrossAttention {
             to_out: Linear::new(inner, query_dim, true, vb.pp("to_out").pp(0))?,
             heads,
             scale: 1.0 / (dim_head as f64).sqrt(),
+            upcast,
         })
     }
 
@@ -155,7 +157,14 @@ impl CrossAttention {
         let q = split_heads(&self.to_q.forward(x)?, self.heads)?;
         let k = split_heads(&self.to_k.forward(ctx)?, self.heads)?;
         let v = split_heads(&self.to_v.forward(ctx)?, self.heads)?;
-        let o = attention(&q, &k, &v, self.scale, None, slice)?;
+        // `upcast_attention` (SD 2.1): scores and softmax in f32 when computing in a half type,
+        // where they would otherwise overflow
+        let o = if self.upcast && q.dtype() != DType::F32 {
+            let f = |t: &Tensor| t.to_dtype(DType::F32);
+            attention(&f(&q)?, &f(&k)?, &f(&v)?, self.scale, None, slice)?.to_dtype(q.dtype())?
+        } else {
+            attention(&q, &k, &v, self.scale, None, slice)?
+        };
         self.to_out.forward(&merge_heads(&o, self.heads)?)
     }
 }
@@ -173,13 +182,13 @@ struct BasicTransformerBlock {
 }
 
 impl BasicTransformerBlock {
-    fn new(dim: usize, heads: usize, dim_head: usize, context_dim: usize, vb: VarBuilder) -> Result<Self> {
+    fn new(dim: usize, heads: usize, dim_head: usize, context_dim: usize, upcast: bool, vb: VarBuilder) -> Result<Self> {
         let inner = dim * 4;
         Ok(Self {
             norm1: candle_nn::layer_norm(dim, 1e-5, vb.pp("norm1"))?,
-            attn1: CrossAttention::new(dim, dim, heads, dim_head, vb.pp("attn1"))?,
+            attn1: CrossAttention::new(dim, dim, heads, dim_head, upcast, vb.pp("attn1"))?,
             norm2: candle_nn::layer_norm(dim, 1e-5, vb.pp("norm2"))?,
-            attn2: CrossAttention::new(dim, context_dim, heads, dim_head, vb.pp("attn2"))?,
+            attn2: CrossAttention::new(dim, context_dim, heads, dim_head, upcast, vb.pp("attn2"))?,
             norm3: candle_nn::layer_norm(dim, 1e-5, vb.pp("norm3"))?,
             ff_proj: Linear::new(dim, inner * 2, true, vb.pp("ff").pp("net").pp(0).pp("proj"))?,
             ff_out: Linear::new(inner, dim, true, vb.pp("ff").pp("net").pp(2))?,
@@ -226,6 +235,7 @@ impl SpatialTransformer {
         context_dim: usize,
         groups: usize,
         linear_projection: bool,
+        upcast_attention: bool,
         vb: VarBuilder,
     ) -> Result<Self> {
         let inner = heads * dim_head;
@@ -241,7 +251,9 @@ impl SpatialTransformer {
             )
         };
         let blocks = (0..layers)
-            .map(|i| BasicTransformerBlock::new(inner, heads, dim_head, context_dim, vb.pp("transformer_blocks").pp(i)))
+            .map(|i| {
+                BasicTransformerBlock::new(inner, heads, dim_head, context_dim, upcast_attention, vb.pp("transformer_blocks").pp(i))
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self { norm: GroupNorm::new(groups, channels, 1e-6, vb.pp("norm"))?, proj_in, blocks, proj_out, inner })
     }

@@ -10,7 +10,12 @@ use serde::de::DeserializeOwned;
 use crate::error::{Error, Result};
 
 /// Weight file names diffusers and transformers write, in order of preference.
-const WEIGHT_NAMES: [&str; 3] = ["diffusion_pytorch_model.safetensors", "model.safetensors", "diffusion_pytorch_model.fp16.safetensors"];
+const WEIGHT_NAMES: [&str; 4] = [
+    "diffusion_pytorch_model.safetensors",
+    "model.safetensors",
+    "diffusion_pytorch_model.fp16.safetensors",
+    "model.fp16.safetensors",
+];
 
 /// Reads `dir/config.json` into `T` (fields absent from the file take `T`'s defaults).
 ///

@@ -127,7 +127,7 @@ pub fn load(path: &Path, knobs: &Knobs) -> Result<LatentDiffusion> {
             }
         };
     }
-    let [text_dtype, unet_dtype, vae_dtype] = dtypes;
+    let [text_dtype, unet_dtype, mut vae_dtype] = dtypes;
     if knobs.offload.gpu_blocks.is_some() {
         notes.push("offload.gpu_blocks is not implemented for latent-diffusion yet; ignored".into());
     }
@@ -148,6 +148,13 @@ pub fn load(path: &Path, knobs: &Knobs) -> Result<LatentDiffusion> {
 
     let dir = path.join("vae");
     let cfg: VaeConfig = read_config(&dir)?;
+    // as diffusers: an autoencoder marked `force_upcast` (SD 1.x/2.x's overflows in f16) decodes in
+    // f32 unless the user asked for f16 by name
+    if cfg.force_upcast && vae_dtype == DType::F16 && knobs.precision.vae == Precision::Auto {
+        notes.push("vae: the config asks for f32 (force_upcast); precision auto gives f32 here".into());
+        vae_dtype = DType::F32;
+        dtypes[2] = DType::F32;
+    }
     let (vb, n_vae) = var_builder(&dir, vae_dtype, &device)?;
     let mut vae = build(&dir, || AutoencoderKl::new(&cfg, vb))?;
     vae.attention_slice = slice;

@@ -207,6 +207,7 @@ impl Unet {
                 cfg.cross_attention_dim,
                 groups,
                 cfg.use_linear_projection,
+                cfg.upcast_attention,
                 vb,
             )
         };

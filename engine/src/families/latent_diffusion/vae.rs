@@ -26,6 +26,8 @@ pub struct VaeConfig {
     pub use_post_quant_conv: bool,
     pub mid_block_add_attention: bool,
     pub act_fn: String,
+    /// The autoencoder overflows in f16; diffusers decodes it in f32.
+    pub force_upcast: bool,
 }
 
 impl Default for VaeConfig {
@@ -46,6 +48,7 @@ impl Default for VaeConfig {
             use_post_quant_conv: true,
             mid_block_add_attention: true,
             act_fn: "silu".into(),
+            force_upcast: true,
         }
     }
 }
