@@ -76,17 +76,15 @@ pub fn merge_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
 /// # Errors
 /// Tensor errors.
 pub fn causal_mask(len: usize, device: &candle_core::Device) -> Result<Tensor> {
-    let m: Vec<f32> = (0..len)
-        .flat_map(|i| (0..len).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
-        .collect();
+    let m: Vec<f32> =
+        (0..len).flat_map(|i| (0..len).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 })).collect();
     Tensor::from_vec(m, (len, len), device)
 }
-
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, DType};
+    use candle_core::{DType, Device};
 
     /// Sliced attention equals unsliced attention within 1e-5, with and without a mask, including
     /// a slice that does not divide the row count.

@@ -43,9 +43,9 @@ impl GroupNorm {
 
     fn run(&self, x: &Tensor, silu: bool) -> Result<Tensor> {
         match &self.cpu_affine {
-            Some((w, b)) if x.device().is_cpu() && x.dtype() == DType::F32 && x.rank() >= 2 => {
-                x.contiguous()?.apply_op1_no_bwd(&FusedGroupNorm { weight: w, bias: b, groups: self.groups, eps: self.eps, silu })
-            }
+            Some((w, b)) if x.device().is_cpu() && x.dtype() == DType::F32 && x.rank() >= 2 => x
+                .contiguous()?
+                .apply_op1_no_bwd(&FusedGroupNorm { weight: w, bias: b, groups: self.groups, eps: self.eps, silu }),
             _ => {
                 let y = self.fallback.forward(x)?;
                 if silu { y.silu() } else { Ok(y) }

@@ -139,7 +139,14 @@ struct CrossAttention {
 }
 
 impl CrossAttention {
-    fn new(query_dim: usize, context_dim: usize, heads: usize, dim_head: usize, upcast: bool, vb: VarBuilder) -> Result<Self> {
+    fn new(
+        query_dim: usize,
+        context_dim: usize,
+        heads: usize,
+        dim_head: usize,
+        upcast: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let inner = heads * dim_head;
         Ok(Self {
             to_q: Linear::new(query_dim, inner, false, vb.pp("to_q"))?,
@@ -182,7 +189,14 @@ struct BasicTransformerBlock {
 }
 
 impl BasicTransformerBlock {
-    fn new(dim: usize, heads: usize, dim_head: usize, context_dim: usize, upcast: bool, vb: VarBuilder) -> Result<Self> {
+    fn new(
+        dim: usize,
+        heads: usize,
+        dim_head: usize,
+        context_dim: usize,
+        upcast: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let inner = dim * 4;
         Ok(Self {
             norm1: candle_nn::layer_norm(dim, 1e-5, vb.pp("norm1"))?,
@@ -252,7 +266,14 @@ impl SpatialTransformer {
         };
         let blocks = (0..layers)
             .map(|i| {
-                BasicTransformerBlock::new(inner, heads, dim_head, context_dim, upcast_attention, vb.pp("transformer_blocks").pp(i))
+                BasicTransformerBlock::new(
+                    inner,
+                    heads,
+                    dim_head,
+                    context_dim,
+                    upcast_attention,
+                    vb.pp("transformer_blocks").pp(i),
+                )
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self { norm: GroupNorm::new(groups, channels, 1e-6, vb.pp("norm"))?, proj_in, blocks, proj_out, inner })

@@ -107,11 +107,8 @@ impl ClipTextModel {
     /// # Errors
     /// An unsupported activation, a missing tensor or one of the wrong shape.
     pub fn new(cfg: &ClipConfig, vb: VarBuilder) -> Result<Self> {
-        let vb = if vb.contains_tensor("text_model.embeddings.token_embedding.weight") {
-            vb.pp("text_model")
-        } else {
-            vb
-        };
+        let vb =
+            if vb.contains_tensor("text_model.embeddings.token_embedding.weight") { vb.pp("text_model") } else { vb };
         let act = Activation::from_name(&cfg.hidden_act).map_err(candle_core::Error::Msg)?;
         let e = vb.pp("embeddings");
         let token_embedding = candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, e.pp("token_embedding"))?;

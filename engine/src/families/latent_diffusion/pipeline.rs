@@ -91,10 +91,12 @@ pub struct LatentDiffusion {
 pub fn candle_device(kind: DeviceKind) -> Result<Device> {
     match kind {
         DeviceKind::Cpu => Ok(Device::Cpu),
-        DeviceKind::Cuda(n) => Device::new_cuda(n as usize)
-            .map_err(|e| Error::invalid(format!("device cuda:{n} is not available: {}", e.to_string().lines().next().unwrap_or("")))),
-        DeviceKind::Metal => Device::new_metal(0)
-            .map_err(|e| Error::invalid(format!("device metal is not available: {}", e.to_string().lines().next().unwrap_or("")))),
+        DeviceKind::Cuda(n) => Device::new_cuda(n as usize).map_err(|e| {
+            Error::invalid(format!("device cuda:{n} is not available: {}", e.to_string().lines().next().unwrap_or("")))
+        }),
+        DeviceKind::Metal => Device::new_metal(0).map_err(|e| {
+            Error::invalid(format!("device metal is not available: {}", e.to_string().lines().next().unwrap_or("")))
+        }),
     }
 }
 
@@ -122,7 +124,9 @@ pub fn load(path: &Path, knobs: &Knobs) -> Result<LatentDiffusion> {
             }
             Precision::Bf16 => DType::BF16,
             p => {
-                notes.push(format!("{c}: precision {p} is not implemented for latent-diffusion yet; stored and computed in f32"));
+                notes.push(format!(
+                    "{c}: precision {p} is not implemented for latent-diffusion yet; stored and computed in f32"
+                ));
                 DType::F32
             }
         };
@@ -252,15 +256,12 @@ impl LatentDiffusion {
 
         observer.stage(Stage::Denoise);
         let steps = request.steps as usize;
-        let mut sampler = Sampler::new(request.scheduler, &self.scheduler, steps, request.karras).map_err(Error::invalid)?;
+        let mut sampler =
+            Sampler::new(request.scheduler, &self.scheduler, steps, request.karras).map_err(Error::invalid)?;
         for n in std::mem::take(&mut sampler.notes) {
             observer.note(n);
         }
-        let shape = (
-            self.unet.config.in_channels,
-            (request.height / f) as usize,
-            (request.width / f) as usize,
-        );
+        let shape = (self.unet.config.in_channels, (request.height / f) as usize, (request.width / f) as usize);
         let mut streams: Vec<Box<dyn NoiseSource>> =
             (0..batch).map(|i| (self.noise)(request.seed.wrapping_add(i as u64))).collect();
         let mut latents = (self.noise_tensor(&mut streams, shape)? * sampler.init_noise_sigma())?;
@@ -291,7 +292,8 @@ impl LatentDiffusion {
         observer.stage(Stage::Decode);
         let mut images = Vec::with_capacity(batch);
         for b in 0..batch {
-            let img = self.vae.decode_scaled(&latents.narrow(0, b, 1)?.to_dtype(self.dtypes[2])?)?.to_dtype(DType::F32)?;
+            let img =
+                self.vae.decode_scaled(&latents.narrow(0, b, 1)?.to_dtype(self.dtypes[2])?)?.to_dtype(DType::F32)?;
             images.push(((img / 2.0)? + 0.5)?.clamp(0f32, 1f32)?);
             observer.progress(b as u32 + 1, batch as u32);
         }

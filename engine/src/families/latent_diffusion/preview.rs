@@ -6,12 +6,8 @@ use candle_core::{DType, Result, Tensor};
 use crate::media::Image;
 
 /// Latent channel → (R, G, B) weights for SD's 4-channel latents.
-const SD_LATENT_RGB: [[f32; 3]; 4] = [
-    [0.3512, 0.2297, 0.3227],
-    [0.3250, 0.4974, 0.2350],
-    [-0.2829, 0.1762, 0.2721],
-    [-0.2120, -0.2616, -0.7177],
-];
+const SD_LATENT_RGB: [[f32; 3]; 4] =
+    [[0.3512, 0.2297, 0.3227], [0.3250, 0.4974, 0.2350], [-0.2829, 0.1762, 0.2721], [-0.2120, -0.2616, -0.7177]];
 
 /// The first image of `latents` `(B, C, h, w)` as an `h × w` RGB picture. 4-channel latents use
 /// SD's factors; any other channel count shows the channel mean in grey.

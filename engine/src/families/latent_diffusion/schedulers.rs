@@ -124,9 +124,7 @@ fn linspace_f32(start: f32, end: f32, n: usize) -> Vec<f32> {
     }
     let step = (end - start) / (n - 1) as f32;
     let half = n / 2;
-    (0..n)
-        .map(|i| if i < half { start + step * i as f32 } else { end - step * (n - i - 1) as f32 })
-        .collect()
+    (0..n).map(|i| if i < half { start + step * i as f32 } else { end - step * (n - i - 1) as f32 }).collect()
 }
 
 /// numpy.linspace in f64.
@@ -196,7 +194,12 @@ impl Sampler {
     ///
     /// # Errors
     /// Unsupported config values (named), zero steps, or more steps than training timesteps.
-    pub fn new(kind: Scheduler, cfg: &SchedulerConfig, steps: usize, karras: bool) -> std::result::Result<Self, String> {
+    pub fn new(
+        kind: Scheduler,
+        cfg: &SchedulerConfig,
+        steps: usize,
+        karras: bool,
+    ) -> std::result::Result<Self, String> {
         let n_train = cfg.num_train_timesteps;
         if steps == 0 || steps > n_train {
             return Err(format!("steps = {steps}: expected 1 to {n_train}"));
@@ -237,7 +240,11 @@ impl Sampler {
             Scheduler::Ddim => {
                 s.timesteps = match spacing {
                     "leading" => (0..steps).rev().map(|i| (i * (n_train / steps)) as f64 + offset).collect(),
-                    "linspace" => linspace(0.0, (n_train - 1) as f64, steps).into_iter().rev().map(|t| t.round_ties_even()).collect(),
+                    "linspace" => linspace(0.0, (n_train - 1) as f64, steps)
+                        .into_iter()
+                        .rev()
+                        .map(|t| t.round_ties_even())
+                        .collect(),
                     "trailing" => trailing(n_train, steps),
                     other => return Err(bad_spacing(other)),
                 };
@@ -258,7 +265,8 @@ impl Sampler {
                 sig.push(0.0);
                 s.sigmas = sig.into_iter().map(f32r).collect();
                 let max = s.sigmas.iter().cloned().fold(0.0, f64::max);
-                s.init_noise_sigma = if matches!(spacing, "linspace" | "trailing") { max } else { (max * max + 1.0).sqrt() };
+                s.init_noise_sigma =
+                    if matches!(spacing, "linspace" | "trailing") { max } else { (max * max + 1.0).sqrt() };
             }
             Scheduler::DpmPp2M => {
                 let ts: Vec<f64> = match spacing {
@@ -268,7 +276,9 @@ impl Sampler {
                         .take(steps)
                         .map(|t| t.round_ties_even())
                         .collect(),
-                    "leading" => (0..=steps).rev().take(steps).map(|i| (i * (n_train / (steps + 1))) as f64 + offset).collect(),
+                    "leading" => {
+                        (0..=steps).rev().take(steps).map(|i| (i * (n_train / (steps + 1))) as f64 + offset).collect()
+                    }
                     "trailing" => trailing(n_train, steps),
                     other => return Err(bad_spacing(other)),
                 };
@@ -440,7 +450,8 @@ mod tests {
                 ("dpmpp_2m_karras", Scheduler::DpmPp2M, true),
             ] {
                 let s = Sampler::new(kind, &cfg, 4, karras).unwrap();
-                let want: Vec<f64> = r[&format!("timesteps_{key}")].to_vec1::<f32>().unwrap().iter().map(|&x| x as f64).collect();
+                let want: Vec<f64> =
+                    r[&format!("timesteps_{key}")].to_vec1::<f32>().unwrap().iter().map(|&x| x as f64).collect();
                 assert_eq!(s.timesteps(), want.as_slice(), "{name} {key}");
             }
         }
@@ -449,7 +460,12 @@ mod tests {
     /// SD's scaled-linear ᾱ matches known values (ᾱ₀ = 1 − 0.00085, ᾱ₉₉₉ ≈ 0.00466).
     #[test]
     fn alphas_cumprod_sd() {
-        let cfg = SchedulerConfig { beta_start: 0.00085, beta_end: 0.012, beta_schedule: "scaled_linear".into(), ..Default::default() };
+        let cfg = SchedulerConfig {
+            beta_start: 0.00085,
+            beta_end: 0.012,
+            beta_schedule: "scaled_linear".into(),
+            ..Default::default()
+        };
         let ac = cfg.alphas_cumprod().unwrap();
         assert!((ac[0] - 0.99915).abs() < 1e-6);
         assert!((ac[999] - 0.0046).abs() < 1e-4, "{}", ac[999]);

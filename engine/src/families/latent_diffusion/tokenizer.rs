@@ -14,8 +14,7 @@ use tokenizers::{SplitDelimiterBehavior, Tokenizer};
 use crate::error::{Error, Result};
 
 /// CLIP's pre-tokenizer pattern (transformers' `CLIPTokenizer`).
-const CLIP_SPLIT: &str =
-    r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
+const CLIP_SPLIT: &str = r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
 
 /// A prompt as token ids, padded to the model's length.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,9 +85,10 @@ impl ClipTokenizer {
             Lowercase.into(),
         ]);
         tokenizer.with_normalizer(Some(normalizer)).map_err(bad)?;
-        let split = Split::new(SplitPattern::Regex(CLIP_SPLIT.into()), SplitDelimiterBehavior::Removed, true)
-            .map_err(bad)?;
-        tokenizer.with_pre_tokenizer(Some(PreTokenizers::new(vec![split.into(), ByteLevel::new(false, true, true).into()])));
+        let split =
+            Split::new(SplitPattern::Regex(CLIP_SPLIT.into()), SplitDelimiterBehavior::Removed, true).map_err(bad)?;
+        tokenizer
+            .with_pre_tokenizer(Some(PreTokenizers::new(vec![split.into(), ByteLevel::new(false, true, true).into()])));
 
         let mut config = serde_json::Map::new();
         for name in ["tokenizer_config.json", "special_tokens_map.json"] {
@@ -158,10 +158,8 @@ mod tests {
     /// including the empty prompt and a prompt cut at 77 with a warning.
     #[test]
     fn ids_match_transformers() {
-        let prompts: serde_json::Value = crate::families::latent_diffusion::folder::read_json(
-            &fixture("tiny-sd1").join("refs.json"),
-        )
-        .unwrap();
+        let prompts: serde_json::Value =
+            crate::families::latent_diffusion::folder::read_json(&fixture("tiny-sd1").join("refs.json")).unwrap();
         for name in ["tiny-sd1", "tiny-sd2"] {
             let tok = ClipTokenizer::from_dir(&fixture(name).join("tokenizer")).unwrap();
             let r = refs(name);

@@ -72,7 +72,12 @@ impl Default for UnetConfig {
             out_channels: 4,
             flip_sin_to_cos: true,
             freq_shift: 0.0,
-            down_block_types: s(&["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"]),
+            down_block_types: s(&[
+                "CrossAttnDownBlock2D",
+                "CrossAttnDownBlock2D",
+                "CrossAttnDownBlock2D",
+                "DownBlock2D",
+            ]),
             up_block_types: s(&["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]),
             mid_block_type: Some("UNetMidBlock2DCrossAttn".into()),
             block_out_channels: vec![320, 640, 1280, 1280],
@@ -124,7 +129,10 @@ impl UnetConfig {
         if self.time_cond_proj_dim.is_some() {
             return Err("time_cond_proj_dim (LCM-style guidance embedding) is not supported".into());
         }
-        if self.act_fn != "silu" || self.resnet_time_scale_shift != "default" || self.time_embedding_type != "positional" {
+        if self.act_fn != "silu"
+            || self.resnet_time_scale_shift != "default"
+            || self.time_embedding_type != "positional"
+        {
             return Err(format!(
                 "act_fn = {}, resnet_time_scale_shift = {}, time_embedding_type = {}: only silu/default/positional are supported",
                 self.act_fn, self.resnet_time_scale_shift, self.time_embedding_type
@@ -259,7 +267,15 @@ impl Unet {
             for j in 0..layers {
                 let skip = if j == layers - 1 { in_ch } else { out_ch };
                 let rin = if j == 0 { prev } else { out_ch };
-                b.resnets.push(ResnetBlock2D::new(rin + skip, out_ch, Some(temb), groups, eps, 1.0, vb.pp("resnets").pp(j))?);
+                b.resnets.push(ResnetBlock2D::new(
+                    rin + skip,
+                    out_ch,
+                    Some(temb),
+                    groups,
+                    eps,
+                    1.0,
+                    vb.pp("resnets").pp(j),
+                )?);
                 if kind == "CrossAttnUpBlock2D" {
                     b.attentions.push(transformer(out_ch, d, vb.pp("attentions").pp(j))?);
                 }
@@ -343,7 +359,8 @@ impl Unet {
 
         for block in &self.up {
             for (j, r) in block.resnets.iter().enumerate() {
-                let skip = skips.pop().ok_or_else(|| candle_core::Error::Msg("unet: skip connections ran out".into()))?;
+                let skip =
+                    skips.pop().ok_or_else(|| candle_core::Error::Msg("unet: skip connections ran out".into()))?;
                 h = r.forward(&Tensor::cat(&[&h, &skip], 1)?, Some(&emb))?;
                 if let Some(a) = block.attentions.get(j) {
                     h = a.forward(&h, context, slice)?;

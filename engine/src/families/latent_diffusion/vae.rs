@@ -95,7 +95,11 @@ impl MidBlock {
         let r = |i: usize| ResnetBlock2D::new(ch, ch, None, groups, 1e-6, 1.0, vb.pp("resnets").pp(i));
         Ok(Self {
             resnets: [r(0)?, r(1)?],
-            attention: if attention { Some(VaeAttention::new(ch, groups, 1e-6, vb.pp("attentions").pp(0))?) } else { None },
+            attention: if attention {
+                Some(VaeAttention::new(ch, groups, 1e-6, vb.pp("attentions").pp(0))?)
+            } else {
+                None
+            },
         })
     }
 
@@ -209,8 +213,16 @@ impl AutoencoderKl {
             enc_mid: MidBlock::new(last, g, cfg.mid_block_add_attention, e.pp("mid_block"))?,
             enc_norm_out: GroupNorm::new(g, last, 1e-6, e.pp("conv_norm_out"))?,
             enc_conv_out: Conv2d::new(last, 2 * lat, 3, 1, 1, e.pp("conv_out"))?,
-            quant_conv: if cfg.use_quant_conv { Some(Conv2d::new(2 * lat, 2 * lat, 1, 1, 0, vb.pp("quant_conv"))?) } else { None },
-            post_quant_conv: if cfg.use_post_quant_conv { Some(Conv2d::new(lat, lat, 1, 1, 0, vb.pp("post_quant_conv"))?) } else { None },
+            quant_conv: if cfg.use_quant_conv {
+                Some(Conv2d::new(2 * lat, 2 * lat, 1, 1, 0, vb.pp("quant_conv"))?)
+            } else {
+                None
+            },
+            post_quant_conv: if cfg.use_post_quant_conv {
+                Some(Conv2d::new(lat, lat, 1, 1, 0, vb.pp("post_quant_conv"))?)
+            } else {
+                None
+            },
             dec_conv_in: Conv2d::new(lat, last, 3, 1, 1, d.pp("conv_in"))?,
             dec_mid: MidBlock::new(last, g, cfg.mid_block_add_attention, d.pp("mid_block"))?,
             dec_stages,
@@ -268,10 +280,6 @@ impl AutoencoderKl {
         if let Some(s) = self.config.shift_factor {
             z = (z + s)?;
         }
-        if self.tile > 0 {
-            super::vae_tiling::decode_tiled(self, &z, self.tile)
-        } else {
-            self.decode(&z)
-        }
+        if self.tile > 0 { super::vae_tiling::decode_tiled(self, &z, self.tile) } else { self.decode(&z) }
     }
 }
