@@ -13,6 +13,7 @@ pub mod knobs;
 pub mod media;
 pub mod model;
 pub mod nn;
+pub mod paths;
 pub mod plan;
 pub mod profile;
 pub mod request;

@@ -1,5 +1,23 @@
 //! `headroom`: with no arguments opens the desktop app; subcommands are the headless CLI.
 
-fn main() {
-    println!("headroom {}", headroom_engine::VERSION);
+use std::process::ExitCode;
+
+use clap::Parser;
+
+mod app;
+mod cli;
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let args = cli::Cli::parse();
+    match args.command {
+        Some(command) => cli::run(command),
+        None => match app::run_app(args.paths) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("headroom: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
 }
