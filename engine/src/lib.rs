@@ -9,6 +9,7 @@ pub mod compare;
 pub mod error;
 pub mod families;
 pub mod formats;
+pub mod fsutil;
 pub mod knobs;
 pub mod media;
 pub mod model;
