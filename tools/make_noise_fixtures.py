@@ -14,11 +14,18 @@ the CPU. Writes into tests/fixtures/noise/:
   little-endian float32 bytes.
 
 Run: /work/venv/bin/python tools/make_noise_fixtures.py   (from the repository root)
+
+`--sweep DIR` instead writes a large, uncommitted comparison set into DIR (`sweep.txt`: one line
+per generator, "seed n1 n2 ...", the sizes of its successive randn calls; `sweep.bin`: all outputs,
+little-endian float32, in order), for the ignored Rust test `rng::tests::sweep_against_torch_dump`
+(`HEADROOM_NOISE_SWEEP=DIR cargo test -p headroom-engine --lib sweep -- --ignored`).
 """
 
 import hashlib
 import json
 import os
+import random
+import sys
 
 import numpy as np
 import torch
@@ -78,5 +85,32 @@ def main() -> None:
     print("wrote", OUT, "torch", torch.__version__)
 
 
+def sweep(out_dir: str) -> None:
+    os.makedirs(out_dir, exist_ok=True)
+    rnd = random.Random(1234)
+    lines = []
+    with open(os.path.join(out_dir, "sweep.bin"), "wb") as out:
+        # Many seeds with a big tensor each, then streams of mixed sizes (small and large calls).
+        for seed in range(60):
+            sizes = [65536 + rnd.randrange(0, 16)]
+            lines.append((seed, sizes))
+        for k in range(300):
+            seed = rnd.randrange(0, 2**64)
+            sizes = [rnd.choice([rnd.randrange(1, 16), rnd.randrange(16, 40), rnd.randrange(40, 3000)])
+                     for _ in range(rnd.randrange(1, 8))]
+            lines.append((seed, sizes))
+        for seed, sizes in lines:
+            g = torch.Generator().manual_seed(seed)
+            for n in sizes:
+                out.write(le_bytes(torch.randn((n,), generator=g, dtype=torch.float32)))
+    with open(os.path.join(out_dir, "sweep.txt"), "w") as f:
+        for seed, sizes in lines:
+            f.write(" ".join(str(v) for v in [seed, *sizes]) + "\n")
+    print("wrote sweep to", out_dir)
+
+
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 3 and sys.argv[1] == "--sweep":
+        sweep(sys.argv[2])
+    else:
+        main()

@@ -54,7 +54,7 @@ pub(crate) fn log_ps(x: f32) -> f32 {
     let mut e = exponent as f32 + 1.0;
     let below = x < SQRTHF;
     let tmp = if below { x } else { 0.0 };
-    x = x + -1.0;
+    x += -1.0; // torch adds the constant -1.0
     if below {
         e -= 1.0;
     }
@@ -112,7 +112,10 @@ pub(crate) fn sincos_ps(x: f32) -> (f32, f32) {
     let yc_rest = yc - ysin1;
     let sin = ysin1 + ysin2;
     let cos = ys_rest + yc_rest;
-    (f32::from_bits(sin.to_bits() ^ sign_sin), f32::from_bits(cos.to_bits() ^ sign_cos))
+    (
+        f32::from_bits(sin.to_bits() ^ sign_sin),
+        f32::from_bits(cos.to_bits() ^ sign_cos),
+    )
 }
 
 /// Box-Muller on one block of 16 uniforms in place, like torch's `NormalFill16<float>` (AVX2):
@@ -134,7 +137,13 @@ pub(crate) fn normal_fill_16(data: &mut [f32], mean: f32, std: f32) {
 
 #[cfg(test)]
 mod tests {
-    use super::{log_ps, sincos_ps};
+    use super::{TWO_PI, log_ps, sincos_ps};
+
+    /// `2 * pi` rounds to the float torch's binary holds (0x40c90fdb).
+    #[test]
+    fn two_pi_matches_torch_constant() {
+        assert_eq!(TWO_PI.to_bits(), 0x40c9_0fdb);
+    }
 
     /// The float log polynomial stays within a few ulp of the true log over (0, 1].
     #[test]
@@ -143,7 +152,10 @@ mod tests {
             let x = i as f32 / 1000.0;
             let got = log_ps(x) as f64;
             let want = (x as f64).ln();
-            assert!((got - want).abs() <= 4e-7 * want.abs().max(1e-3), "x={x} got={got} want={want}");
+            assert!(
+                (got - want).abs() <= 4e-7 * want.abs().max(1e-3),
+                "x={x} got={got} want={want}"
+            );
         }
         assert!(log_ps(0.0).is_nan());
     }

@@ -52,7 +52,11 @@ impl TorchCpuRng {
     /// as torch accepts 0..2^64; only the low 32 bits reach MT19937 (so `2^32 + 5` gives the same
     /// noise as `5`, and `2^63` the same as `0`, exactly as in torch).
     pub fn new(seed: u64) -> Self {
-        TorchCpuRng { seed, engine: Mt19937::new(seed), cached_normal: None }
+        TorchCpuRng {
+            seed,
+            engine: Mt19937::new(seed),
+            cached_normal: None,
+        }
     }
 
     /// The seed this generator was made with (`g.initial_seed()`).
@@ -79,7 +83,7 @@ impl TorchCpuRng {
             for block in out.chunks_exact_mut(16) {
                 avx_math::normal_fill_16(block, mean, std);
             }
-            if size % 16 != 0 {
+            if !size.is_multiple_of(16) {
                 let tail = &mut out[size - 16..];
                 for v in tail.iter_mut() {
                     *v = self.uniform_f32();
@@ -156,8 +160,9 @@ pub fn write_noise_safetensors(path: &Path, seed: u64, shape: &[usize]) -> Resul
     let numel = checked_numel(shape).map_err(|e| Error::file(path, e.to_string()))?;
     let noise = TorchCpuRng::new(seed).randn(numel);
     let bytes: Vec<u8> = noise.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.to_vec(), &bytes)
-        .map_err(|e| Error::file(path, format!("cannot describe the noise tensor: {e}")))?;
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.to_vec(), &bytes)
+            .map_err(|e| Error::file(path, format!("cannot describe the noise tensor: {e}")))?;
     let mut meta = std::collections::HashMap::new();
     meta.insert("seed".to_string(), seed.to_string());
     meta.insert("source".to_string(), "torch-cpu".to_string());
@@ -192,7 +197,12 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// The element count of `shape`, or an error if it overflows `usize`.
 fn checked_numel(shape: &[usize]) -> Result<usize> {
-    shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| {
-        Error::invalid(format!("noise shape {shape:?} has more elements than fit in memory"))
-    })
+    shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "noise shape {shape:?} has more elements than fit in memory"
+            ))
+        })
 }

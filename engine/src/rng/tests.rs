@@ -24,7 +24,10 @@ fn load(name: &str) -> HashMap<String, Vec<f32>> {
         .into_iter()
         .map(|(k, v)| {
             assert_eq!(v.dtype(), safetensors::Dtype::F32);
-            let vals = v.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()));
+            let vals = v
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()));
             (k, vals.collect())
         })
         .collect()
@@ -47,7 +50,11 @@ fn sha256_hex(values: &[f32]) -> String {
 fn ulp_distance(a: f32, b: f32) -> u64 {
     let key = |x: f32| {
         let i = x.to_bits() as i32;
-        if i < 0 { i64::from(i32::MIN) - i64::from(i) } else { i64::from(i) }
+        if i < 0 {
+            i64::from(i32::MIN) - i64::from(i)
+        } else {
+            i64::from(i)
+        }
     };
     (key(a) - key(b)).unsigned_abs()
 }
@@ -75,10 +82,16 @@ fn matches_torch_values_bit_for_bit() {
             let ours = randn(seed, &[numel]);
             let (torch, ours) = match stored.get(&format!("n{numel}")) {
                 Some(full) => (full.clone(), ours),
-                None => (stored[&format!("n{numel}_head64")].clone(), ours[..64].to_vec()),
+                None => (
+                    stored[&format!("n{numel}_head64")].clone(),
+                    ours[..64].to_vec(),
+                ),
             };
             let (mismatches, max_ulp) = compare(&ours, &torch);
-            assert_eq!(mismatches, 0, "seed {seed}, {numel} elements: max {max_ulp} ulp");
+            assert_eq!(
+                mismatches, 0,
+                "seed {seed}, {numel} elements: max {max_ulp} ulp"
+            );
         }
     }
 }
@@ -100,7 +113,11 @@ fn matches_torch_hashes() {
                 .collect();
             assert_eq!(shape.iter().product::<usize>(), numel);
             let want = case["sha256"].as_str().expect("sha256");
-            assert_eq!(sha256_hex(&randn(seed, &shape)), want, "seed {seed}, shape {shape:?}");
+            assert_eq!(
+                sha256_hex(&randn(seed, &shape)),
+                want,
+                "seed {seed}, shape {shape:?}"
+            );
         }
     }
 }
@@ -114,7 +131,10 @@ fn stream_continues_like_torch() {
     for (i, numel) in [3usize, 1000, 5, 17].into_iter().enumerate() {
         let ours = rng.randn(numel);
         let (mismatches, max_ulp) = compare(&ours, &stored[&format!("call{i}")]);
-        assert_eq!(mismatches, 0, "call {i} ({numel} elements): max {max_ulp} ulp");
+        assert_eq!(
+            mismatches, 0,
+            "call {i} ({numel} elements): max {max_ulp} ulp"
+        );
     }
 }
 
@@ -147,10 +167,16 @@ fn writes_noise_file_atomically() {
     let t = st.tensor("noise").expect("tensor named noise");
     assert_eq!(t.dtype(), safetensors::Dtype::F32);
     assert_eq!(t.shape(), &[1, 4, 8, 8]);
-    let vals: Vec<f32> =
-        t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let vals: Vec<f32> = t
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
     assert_eq!(vals, randn(42, &[1, 4, 8, 8]));
-    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(names.len(), 1, "left behind: {names:?}");
 }
 
@@ -167,7 +193,9 @@ fn write_error_names_the_file() {
 #[test]
 fn tensor_has_shape_and_values() {
     let mut rng = TorchCpuRng::new(0);
-    let t = rng.randn_tensor(&[1, 4, 8, 8], &candle_core::Device::Cpu).expect("tensor");
+    let t = rng
+        .randn_tensor(&[1, 4, 8, 8], &candle_core::Device::Cpu)
+        .expect("tensor");
     assert_eq!(t.dims(), &[1, 4, 8, 8]);
     let vals = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     assert_eq!(vals, randn(0, &[256]));
@@ -184,5 +212,46 @@ fn time_randn_1x4x128x128() {
     for seed in 0..runs {
         assert_eq!(randn(seed, &[1, 4, 128, 128]).len(), 65536);
     }
-    println!("randn 1x4x128x128: {:.2} ms per call", start.elapsed().as_secs_f64() * 1e3 / runs as f64);
+    println!(
+        "randn 1x4x128x128: {:.2} ms per call",
+        start.elapsed().as_secs_f64() * 1e3 / runs as f64
+    );
+}
+
+/// Compares against a large torch dump made by `make_noise_fixtures.py --sweep DIR` (run with
+/// `HEADROOM_NOISE_SWEEP=DIR ... -- --ignored --nocapture`): every value bit for bit.
+#[test]
+#[ignore]
+fn sweep_against_torch_dump() {
+    let dir =
+        PathBuf::from(std::env::var("HEADROOM_NOISE_SWEEP").expect("set HEADROOM_NOISE_SWEEP"));
+    let spec = std::fs::read_to_string(dir.join("sweep.txt")).expect("sweep.txt");
+    let raw = std::fs::read(dir.join("sweep.bin")).expect("sweep.bin");
+    let torch: Vec<f32> = raw
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    let (mut at, mut total, mut mismatches, mut max_ulp) = (0usize, 0usize, 0usize, 0u64);
+    for line in spec.lines() {
+        let nums: Vec<u64> = line
+            .split_whitespace()
+            .map(|v| v.parse().expect("number"))
+            .collect();
+        let mut rng = TorchCpuRng::new(nums[0]);
+        for &n in &nums[1..] {
+            let n = n as usize;
+            let ours = rng.randn(n);
+            let (m, u) = compare(&ours, &torch[at..at + n]);
+            if m > 0 {
+                println!("seed {} call of {n}: {m} mismatches, max {u} ulp", nums[0]);
+            }
+            mismatches += m;
+            max_ulp = max_ulp.max(u);
+            at += n;
+            total += n;
+        }
+    }
+    assert_eq!(at, torch.len(), "sweep.txt and sweep.bin disagree");
+    println!("{total} values, {mismatches} mismatches, max {max_ulp} ulp");
+    assert_eq!(mismatches, 0);
 }
