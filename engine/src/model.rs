@@ -37,3 +37,48 @@ impl std::str::FromStr for ModelRef {
         Ok(Self::parse(s))
     }
 }
+
+/// Where the embedded default models are looked for, in order: `$HEADROOM_MODELS`; `models/` next
+/// to the executable; `../share/headroom/models` from the executable (an installed package); the
+/// repository the engine was built from; the user's data directory.
+pub fn builtin_search_dirs() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(d) = std::env::var_os("HEADROOM_MODELS") {
+        dirs.push(PathBuf::from(d));
+    }
+    if let Some(exe_dir) = std::env::current_exe().ok().and_then(|p| p.parent().map(PathBuf::from)) {
+        dirs.push(exe_dir.join("models"));
+        dirs.push(exe_dir.join("../share/headroom/models"));
+        dirs.push(exe_dir.join("../lib/headroom/models"));
+    }
+    dirs.push(PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../models")));
+    if let Some(data) = crate::paths::data_dir() {
+        dirs.push(data.join("models"));
+    }
+    dirs
+}
+
+impl ModelRef {
+    /// The file or folder to read: the path itself, or the embedded model's folder.
+    ///
+    /// # Errors
+    /// A built-in model that is in none of [`builtin_search_dirs`]; a path that does not exist.
+    pub fn resolve(&self) -> crate::Result<PathBuf> {
+        match self {
+            ModelRef::Path(p) if p.exists() => Ok(p.clone()),
+            ModelRef::Path(p) => Err(crate::Error::file(p, "no such file or folder")),
+            ModelRef::Builtin(name) => {
+                let dirs = builtin_search_dirs();
+                dirs.iter()
+                    .map(|d| d.join(name))
+                    .find(|d| d.join("model.toml").is_file() || d.join("model_index.json").is_file())
+                    .ok_or_else(|| {
+                        crate::Error::invalid(format!(
+                            "builtin:{name}: not found in {} (set HEADROOM_MODELS to the folder holding it)",
+                            dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
+                        ))
+                    })
+            }
+        }
+    }
+}

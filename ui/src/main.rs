@@ -1,7 +1,23 @@
 //! `headroom`: with no arguments opens the desktop app; subcommands are the headless CLI.
 
-fn main() -> anyhow::Result<()> {
-    env_logger::init();
-    let paths: Vec<std::path::PathBuf> = std::env::args_os().skip(1).map(Into::into).collect();
-    headroom_ui::app::run_app(paths)
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use headroom_ui::app;
+mod cli;
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let args = cli::Cli::parse();
+    match args.command {
+        Some(command) => cli::run(command),
+        None => match app::run_app(args.paths) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("headroom: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
 }

@@ -1,6 +1,8 @@
 //! Model families the engine can run, and the interface the worker drives them through.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::knobs::Knobs;
+use crate::model::ModelRef;
 use crate::request::Request;
 use crate::worker::protocol::{Artifact, Preview, Stage};
 
@@ -29,4 +31,14 @@ pub trait Family: Send {
     /// # Errors
     /// Invalid requests, tensor errors, out of memory, cancellation.
     fn generate(&mut self, request: &Request, observer: &mut dyn RunObserver) -> Result<Vec<Artifact>>;
+}
+
+/// Opens `model` with the family that can run it, placing its weights as `knobs` say.
+///
+/// # Errors
+/// No family can run the model (for now always, until the families are connected here), or
+/// the family's own load errors.
+pub fn load(model: &ModelRef, knobs: &Knobs, obs: &mut dyn RunObserver) -> Result<Box<dyn Family>> {
+    let _ = (knobs, obs);
+    Err(Error::invalid(format!("no model family can run {model} yet")))
 }

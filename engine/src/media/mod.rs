@@ -1,5 +1,23 @@
 //! Output media: images and audio in memory, PNG and WAV files with the profile embedded, and
 //! reading back outputs made by Headroom, AUTOMATIC1111 and ComfyUI.
+//!
+//! - [`png`]: write/read PNGs with the `headroom` profile chunk and an A1111 `parameters` chunk.
+//! - [`wav`]: write/read WAVs with the profile in an `hdrm` RIFF chunk.
+//! - [`a1111`], [`comfy`]: the foreign formats' settings text, read into a request.
+//! - [`restore`]: one call for "what can be restored from this dropped file".
+
+pub mod a1111;
+pub mod comfy;
+pub mod png;
+mod png_chunks;
+pub mod restore;
+pub mod wav;
+#[cfg(test)]
+mod tests;
+
+pub use png::{PngText, read_png, write_png};
+pub use restore::{Restored, Source, restore_from_file};
+pub use wav::{WavFormat, read_wav, write_wav, write_wav_as};
 
 /// An 8-bit RGB image, rows top to bottom.
 #[derive(Clone, Debug, PartialEq, Eq)]

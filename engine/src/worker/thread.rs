@@ -1,0 +1,237 @@
+//! The engine thread: takes commands in order, drives the loaded family, and turns every ending
+//! — output, cancellation, error, panic — into events, staying usable after each.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::Receiver;
+use std::time::Instant;
+
+use super::Loader;
+use super::events::{CancelToken, EventTx, Observer};
+use super::failure::{classify, error_event, panic_text};
+use super::output::OutputSink;
+use super::protocol::{Command, Event, Stage};
+use crate::error::{Error, Result};
+use crate::families::Family;
+use crate::knobs::Knobs;
+use crate::model::ModelRef;
+use crate::plan::Plan;
+use crate::profile::Profile;
+use crate::request::Request;
+use crate::telemetry::{GpuHandle, RunRecorder, RunTelemetry};
+
+/// A command with its place in the order of sending (for cancellation).
+pub(crate) struct Envelope {
+    pub(crate) seq: u64,
+    pub(crate) cmd: Command,
+}
+
+/// The model in memory and what it was loaded with.
+struct Loaded {
+    family: Box<dyn Family>,
+    model: ModelRef,
+    knobs: Knobs,
+    /// The load's telemetry, given to the first run after the load (its `load` timing).
+    load_telemetry: Option<RunTelemetry>,
+}
+
+/// Everything the engine thread owns.
+pub(crate) struct Worker {
+    pub(crate) loader: Loader,
+    pub(crate) sink: Box<dyn OutputSink>,
+    pub(crate) events: EventTx,
+    pub(crate) cancel: CancelToken,
+    /// Commands sent but not yet finished (for `Engine::is_busy`).
+    pub(crate) pending: Arc<AtomicUsize>,
+    loaded: Option<Loaded>,
+    gpu: Option<GpuHandle>,
+}
+
+impl Worker {
+    pub(crate) fn new(
+        loader: Loader,
+        sink: Box<dyn OutputSink>,
+        events: EventTx,
+        cancel: CancelToken,
+        pending: Arc<AtomicUsize>,
+    ) -> Self {
+        Worker { loader, sink, events, cancel, pending, loaded: None, gpu: None }
+    }
+
+    /// Serves commands until `Shutdown` or until the handle is gone, then drops the model here.
+    pub(crate) fn run(mut self, commands: Receiver<Envelope>) {
+        // NVML is started on this thread so that `Engine::spawn` returns at once.
+        self.gpu = Some(GpuHandle::open());
+        while let Ok(Envelope { seq, cmd }) = commands.recv() {
+            let counted = !matches!(cmd, Command::Cancel | Command::Shutdown);
+            let stop = matches!(cmd, Command::Shutdown);
+            match cmd {
+                Command::Load { model, knobs } => self.load(seq, model, knobs),
+                Command::Unload => {
+                    self.unload();
+                    self.events.send(Event::Unloaded);
+                }
+                Command::Generate { request, out_dir } => self.generate(seq, &request, &out_dir),
+                // Applied when it was sent (Engine::cancel); nothing is left to do here.
+                Command::Cancel => {}
+                Command::Plan { model, knobs, request, budget_bytes } => {
+                    match plan(&model, &knobs, &request, budget_bytes) {
+                        Ok(p) => self.events.send(Event::Planned(Box::new(p))),
+                        Err(e) => self.events.send(error_event(&e, "")),
+                    }
+                }
+                Command::Shutdown => {}
+            }
+            if counted {
+                self.pending.fetch_sub(1, Ordering::SeqCst);
+            }
+            if stop {
+                break;
+            }
+        }
+        self.unload();
+    }
+
+    /// Drops the loaded model, if any; a panic in its `Drop` is logged, not propagated.
+    fn unload(&mut self) {
+        if let Some(loaded) = self.loaded.take() {
+            if let Err(p) = catch_unwind(AssertUnwindSafe(move || drop(loaded))) {
+                log::error!("panic while dropping the model: {}", panic_text(p.as_ref()));
+            }
+        }
+    }
+
+    fn recorder(&self) -> RunRecorder {
+        match &self.gpu {
+            Some(g) => RunRecorder::start_with_gpus(g),
+            None => RunRecorder::start(),
+        }
+    }
+
+    fn load(&mut self, seq: u64, model: ModelRef, knobs: Knobs) {
+        if self.cancel.is_cancelled(seq) {
+            // Cancelled while queued: keep whatever is loaded.
+            return self.events.send(Event::Cancelled);
+        }
+        if self.loaded.is_some() {
+            // Free the old model before reading the new one: both rarely fit.
+            self.unload();
+            self.events.send(Event::Unloaded);
+        }
+        let mut recorder = self.recorder();
+        let mut obs = Observer {
+            events: &self.events,
+            recorder: &mut recorder,
+            cancel: &self.cancel,
+            seq,
+            stage: None,
+        };
+        crate::families::RunObserver::stage(&mut obs, Stage::Load);
+        let loader = &self.loader;
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            let family = loader(&model, &knobs, &mut obs)?;
+            let name = family.name().to_string();
+            let weight_bytes = family.weight_bytes().iter().map(|(_, b)| b).sum::<u64>();
+            Ok::<_, Error>((family, name, weight_bytes))
+        }));
+        let telemetry = recorder.finish();
+        let load_ms = telemetry.timings_ms.get(Stage::Load.name()).copied().unwrap_or(0);
+        self.events.send(Event::Telemetry(telemetry.clone()));
+        match result {
+            Ok(Ok((family, name, weight_bytes))) => {
+                self.loaded = Some(Loaded { family, model: model.clone(), knobs, load_telemetry: Some(telemetry) });
+                self.events.send(Event::Loaded { model, family: name, weight_bytes, load_ms });
+            }
+            Ok(Err(Error::Cancelled)) => self.events.send(Event::Cancelled),
+            Ok(Err(e)) => {
+                let (e, original) = classify(e, Some(Stage::Load), &knobs);
+                self.events.send(error_event(&e, &original));
+            }
+            Err(p) => self.events.send(Event::Error {
+                message: format!("internal error while loading: {}", panic_text(p.as_ref())),
+                detail: format!("model {model}; nothing is loaded now"),
+            }),
+        }
+    }
+
+    fn generate(&mut self, seq: u64, request: &Request, out_dir: &Path) {
+        if let Err(e) = request.validate() {
+            return self.events.send(error_event(&e, ""));
+        }
+        if self.loaded.is_none() {
+            return self.events.send(Event::Error {
+                message: "no model loaded".into(),
+                detail: "load a model before generating".into(),
+            });
+        }
+        if self.cancel.is_cancelled(seq) {
+            return self.events.send(Event::Cancelled);
+        }
+        let mut recorder = self.recorder();
+        let loaded = self.loaded.as_mut().expect("checked above");
+        let mut obs = Observer { events: &self.events, recorder: &mut recorder, cancel: &self.cancel, seq, stage: None };
+        let family = &mut loaded.family;
+        let result = catch_unwind(AssertUnwindSafe(|| family.generate(request, &mut obs)));
+        let stage = obs.stage;
+        let mut telemetry = recorder.finish();
+        if let Some(load) = loaded.load_telemetry.take() {
+            telemetry.merge(&load);
+        }
+        match result {
+            Ok(Ok(artifacts)) => {
+                let started = Instant::now();
+                let written = catch_unwind(AssertUnwindSafe(|| {
+                    self.sink.write(&artifacts, request, &loaded.knobs, &loaded.model, &telemetry, out_dir)
+                }));
+                telemetry.timings_ms.insert(Stage::Save.name().into(), started.elapsed().as_millis() as u64);
+                self.events.send(Event::Telemetry(telemetry));
+                match written {
+                    Ok(Ok((paths, profile_path))) => self.events.send(Event::Output {
+                        paths,
+                        profile_path,
+                        // Interim: the real profile is built when `profile::Profile` lands.
+                        profile: Box::new(Profile::default()),
+                    }),
+                    Ok(Err(e)) => self.events.send(error_event(&e, "the run finished but its files could not be written")),
+                    Err(p) => self.events.send(Event::Error {
+                        message: format!("internal error while saving: {}", panic_text(p.as_ref())),
+                        detail: String::new(),
+                    }),
+                }
+            }
+            Ok(Err(Error::Cancelled)) => {
+                self.events.send(Event::Telemetry(telemetry));
+                self.events.send(Event::Cancelled);
+            }
+            Ok(Err(e)) => {
+                let knobs = loaded.knobs;
+                self.events.send(Event::Telemetry(telemetry));
+                let (e, original) = classify(e, stage, &knobs);
+                let at = stage.map(|s| format!("during {}", s.name())).unwrap_or_default();
+                let extra = [original, at].iter().filter(|s| !s.is_empty()).cloned().collect::<Vec<_>>().join("\n");
+                self.events.send(error_event(&e, &extra));
+            }
+            Err(p) => {
+                self.events.send(Event::Telemetry(telemetry));
+                let at = stage.map(|s| format!(" during {}", s.name())).unwrap_or_default();
+                self.events.send(Event::Error {
+                    message: format!("internal error while generating: {}", panic_text(p.as_ref())),
+                    detail: format!("the model panicked{at}; it was unloaded — load it again to continue"),
+                });
+                // A family that panicked may be in any state: do not run it again.
+                self.unload();
+                self.events.send(Event::Unloaded);
+            }
+        }
+    }
+}
+
+/// The planner's answer to [`Command::Plan`]. The one place the worker calls the planner.
+///
+/// # Errors
+/// Until `crate::plan::plan` exists: always "planner not available".
+fn plan(_model: &ModelRef, _knobs: &Knobs, _request: &Request, _budget_bytes: Option<u64>) -> Result<Plan> {
+    Err(Error::invalid("planner not available"))
+}
