@@ -22,6 +22,11 @@ pub(crate) fn label(id: &str) -> String {
     }
 }
 
+/// GGUF architectures of diffusion models (city96's ComfyUI-GGUF conversions) that are not a
+/// family Headroom runs, so they must not be reported as language models.
+const OTHER_DIFFUSION_ARCHS: &[&str] =
+    &["flux", "sd3", "aura", "hyvid", "ltxv", "wan", "cosmos", "lumina2", "hidream", "chroma", "qwen_image"];
+
 fn guess(id: &str, reason: impl Into<String>) -> FamilyGuess {
     FamilyGuess { id: id.to_string(), label: label(id), reason: reason.into() }
 }
@@ -46,6 +51,13 @@ pub(crate) fn family(format: Format, components: &[ComponentInfo], metadata: &BT
     {
         if matches!(arch.as_str(), "sd1" | "sd2" | "sdxl") {
             return guess(arch, format!("general.architecture = {arch}"));
+        }
+        if OTHER_DIFFUSION_ARCHS.contains(&arch.as_str()) {
+            return FamilyGuess {
+                id: "unknown".into(),
+                label: format!("Diffusion model ({arch})"),
+                reason: format!("general.architecture = {arch}, a diffusion model family Headroom does not run"),
+            };
         }
         if !has_unet {
             return guess(&format!("llm:{arch}"), format!("general.architecture = {arch}"));
@@ -142,5 +154,13 @@ mod tests {
         let c = [comp("model", &[("blk.0.attn_q.weight", &[32, 32])])];
         let g = family(Format::Gguf, &c, &m);
         assert_eq!((g.id.as_str(), g.label.as_str()), ("llm:llama", "Language model (llama)"));
+        m.insert("general.architecture".to_string(), "sdxl".to_string());
+        assert_eq!(family(Format::Gguf, &c, &m).id, "sdxl");
+        m.insert("general.architecture".to_string(), "flux".to_string());
+        assert_eq!(family(Format::Gguf, &c, &m).label, "Diffusion model (flux)");
+        // A UNet in a GGUF with an unexpected architecture is judged by its tensors.
+        m.insert("general.architecture".to_string(), "whatever".to_string());
+        let unet = [comp("unet", &[("input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight", &[320, 768])])];
+        assert_eq!(family(Format::Gguf, &unet, &m).id, "sd1");
     }
 }
