@@ -28,7 +28,7 @@ RUNTIME=$(mktemp -d)
 chmod 700 "$RUNTIME"
 export XDG_RUNTIME_DIR=$RUNTIME
 # A private data dir so the screenshot does not depend on (or change) the user's history.
-export HEADROOM_DATA_DIR=${HEADROOM_DATA_DIR:-$RUNTIME/data}
+export HEADROOM_DATA=${HEADROOM_DATA:-$RUNTIME/data}
 export XDG_DATA_HOME=$RUNTIME/share
 
 Xvfb ":$DISPLAY_NUM" -screen 0 1440x900x24 -nolisten tcp >/dev/null 2>&1 &

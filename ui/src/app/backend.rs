@@ -202,36 +202,11 @@ pub trait Backend {
     fn drift(&self, original: &RunRecord, again: &RunRecord) -> Vec<String>;
 }
 
-/// Where runs and profiles are kept: `$HEADROOM_DATA_DIR`, else `$XDG_DATA_HOME/headroom`,
-/// else `~/.local/share/headroom`, else `./headroom-data`.
-pub fn data_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("HEADROOM_DATA_DIR") {
-        return PathBuf::from(d);
-    }
-    if let Some(d) = std::env::var_os("XDG_DATA_HOME") {
-        return PathBuf::from(d).join("headroom");
-    }
-    if let Some(h) = std::env::var_os("HOME") {
-        return PathBuf::from(h).join(".local/share/headroom");
-    }
-    PathBuf::from("headroom-data")
+/// Where runs and profiles are kept: the engine's runs folder (`$HEADROOM_DATA/runs`, else
+/// `$XDG_DATA_HOME/headroom/runs` or `~/.local/share/headroom/runs`), else `./headroom-runs`.
+pub fn runs_dir() -> PathBuf {
+    headroom_engine::paths::runs_dir().unwrap_or_else(|| PathBuf::from("headroom-runs"))
 }
 
-/// One-sided exact binomial p-value: the chance of `correct` or more right out of `trials`
-/// by guessing (p = 1/2). Used by the ABX test.
-pub fn binomial_p_value(correct: u32, trials: u32) -> f64 {
-    if trials == 0 {
-        return 1.0;
-    }
-    let mut p = 0.0;
-    let mut c = 1.0f64; // C(trials, k), updated as k grows
-    for k in 0..=trials {
-        if k > 0 {
-            c = c * (trials - k + 1) as f64 / k as f64;
-        }
-        if k >= correct {
-            p += c;
-        }
-    }
-    p / 2f64.powi(trials as i32)
-}
+/// The ABX p-value: the chance of `correct` or more right out of `trials` by guessing.
+pub use headroom_engine::compare::binomial_p_value;

@@ -54,7 +54,7 @@ pub fn run_app(initial_paths: Vec<PathBuf>) -> anyhow::Result<()> {
             let backend = engine_link::EngineBackend::spawn(move || ctx.request_repaint());
             let saved: SavedState =
                 cc.storage.and_then(|s| eframe::get_value(s, STORAGE_KEY)).unwrap_or_default();
-            let mut app = HeadroomApp::new(saved, Box::new(backend), backend::data_dir().join("runs"));
+            let mut app = HeadroomApp::new(saved, Box::new(backend), backend::runs_dir());
             app.start(initial_paths);
             Ok(Box::new(app))
         }),
