@@ -82,3 +82,64 @@ impl ModelRef {
         }
     }
 }
+
+impl ModelRef {
+    /// A short name for people: the builtin's name, or the file or folder name.
+    pub fn display_name(&self) -> String {
+        match self {
+            ModelRef::Builtin(n) => n.clone(),
+            ModelRef::Path(p) => p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| p.display().to_string()),
+        }
+    }
+}
+
+/// The model's identity: SHA-256 (hex) of a single file's bytes, or for a folder of every file
+/// in it (relative path, length and bytes, in sorted order). A model that cannot be found is
+/// `unknown` here; loading it reports why.
+///
+/// # Errors
+/// A file that exists but cannot be read.
+pub fn fingerprint(model: &ModelRef) -> crate::Result<String> {
+    use sha2::{Digest, Sha256};
+    let Ok(root) = model.resolve() else {
+        return Ok("unknown".to_string());
+    };
+    let mut files = Vec::new();
+    collect_files(&root, &mut files)?;
+    files.sort();
+    let mut h = Sha256::new();
+    for f in &files {
+        if root.is_dir() {
+            let rel = f.strip_prefix(&root).unwrap_or(f);
+            h.update(rel.to_string_lossy().as_bytes());
+            h.update([0]);
+        }
+        let file = std::fs::File::open(f).map_err(|e| crate::Error::io(f, e))?;
+        let len = file.metadata().map_err(|e| crate::Error::io(f, e))?.len();
+        if root.is_dir() {
+            h.update(len.to_le_bytes());
+        }
+        if len > 0 {
+            // SAFETY: read-only map of a file we only read; a concurrent truncation is the
+            // same hazard every mmap-based model loader accepts.
+            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| crate::Error::io(f, e))?;
+            h.update(&map[..]);
+        }
+    }
+    Ok(format!("{:x}", h.finalize()))
+}
+
+fn collect_files(p: &std::path::Path, out: &mut Vec<PathBuf>) -> crate::Result<()> {
+    if p.is_dir() {
+        for e in std::fs::read_dir(p).map_err(|e| crate::Error::io(p, e))? {
+            let e = e.map_err(|e| crate::Error::io(p, e))?;
+            collect_files(&e.path(), out)?;
+        }
+    } else {
+        out.push(p.to_path_buf());
+    }
+    Ok(())
+}

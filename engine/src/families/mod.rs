@@ -1,5 +1,7 @@
 //! Model families the engine can run, and the interface the worker drives them through.
 
+pub mod latent_diffusion;
+
 use crate::error::{Error, Result};
 use crate::knobs::Knobs;
 use crate::model::ModelRef;

@@ -41,3 +41,26 @@ impl Audio {
         self.samples.len() as f32 / self.sample_rate.max(1) as f32
     }
 }
+
+/// SHA-256 (hex) of an output's content — the RGB bytes with the size, or the samples with the
+/// rate — which is what reproducibility compares (the file around it also holds timings).
+pub fn content_sha256(artifact: &crate::worker::protocol::Artifact) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    match artifact {
+        crate::worker::protocol::Artifact::Image(img) => {
+            h.update(b"rgb8");
+            h.update(img.width.to_le_bytes());
+            h.update(img.height.to_le_bytes());
+            h.update(&img.rgb);
+        }
+        crate::worker::protocol::Artifact::Audio(a) => {
+            h.update(b"f32mono");
+            h.update(a.sample_rate.to_le_bytes());
+            for s in &a.samples {
+                h.update(s.to_le_bytes());
+            }
+        }
+    }
+    format!("{:x}", h.finalize())
+}

@@ -1,1 +1,11 @@
 //! Knob-aware layers: quantized linear/conv, sliced attention, placement.
+//!
+//! Model code in `families/` builds its layers from here rather than from `candle_nn` directly, so
+//! that a knob (precision, slicing, placement) changes one place: [`Linear`] can later hold a
+//! quantized matmul, [`attention`] honours `attention_slice`.
+
+pub mod attention;
+pub mod layers;
+
+pub use attention::attention;
+pub use layers::{Activation, Conv2d, Linear};

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::knobs::{Component, DeviceKind, Knobs, OffloadMode, Precision};
+use crate::model::ModelRef;
 use crate::request::Request;
 
 pub use shape::ModelShape;
@@ -123,6 +124,34 @@ impl Default for Plan {
             notes: vec![],
         }
     }
+}
+
+/// The budget of each device in use: `given` for the run's device, else the free memory now
+/// (NVML for an NVIDIA GPU, available RAM for the CPU).
+pub fn default_budgets(knobs: &Knobs, given: Option<u64>) -> Budgets {
+    let sample = crate::telemetry::sample_once();
+    let mut b = Budgets::default();
+    b.0.insert(DeviceKind::Cpu, sample.ram_total_bytes.saturating_sub(sample.ram_used_bytes));
+    if let DeviceKind::Cuda(n) = knobs.device {
+        if let Some(g) = sample.gpus.iter().find(|g| g.index == n) {
+            b.0.insert(knobs.device, g.total_bytes.saturating_sub(g.used_bytes));
+        }
+    }
+    if let Some(g) = given {
+        b.0.insert(knobs.device, g);
+    }
+    b
+}
+
+/// Inspects a model and plans it against [`default_budgets`] — what the CLI, the app and the
+/// worker's `Plan` command all call.
+///
+/// # Errors
+/// The model cannot be found or read.
+pub fn plan_model(model: &ModelRef, knobs: &Knobs, request: &Request, budget: Option<u64>) -> crate::Result<Plan> {
+    let insp = crate::formats::inspect(&model.resolve()?)?;
+    let shape = ModelShape::from_inspection(&insp);
+    Ok(plan(&shape, knobs, request, &default_budgets(knobs, budget)))
 }
 
 /// Predicts memory per device for `shape` run with `knobs` on `request`, checks it against

@@ -20,7 +20,7 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-pub use output::{InterimSink, OutputSink, output_id};
+pub use output::{FileSink, OutputSink, output_id};
 pub use protocol::{Artifact, Command, Event, Preview, Stage};
 
 use crate::error::{Error, Result};
@@ -59,7 +59,7 @@ impl Engine {
 
     /// Starts the engine thread with another way to open models (tests, tools).
     pub fn spawn_with(waker: impl Fn() + Send + 'static, loader: Loader) -> Engine {
-        Self::spawn_with_sink(waker, loader, Box::new(InterimSink))
+        Self::spawn_with_sink(waker, loader, Box::new(FileSink))
     }
 
     /// Starts the engine thread with another loader and another writer of outputs.

@@ -1,38 +1,26 @@
 //! Where a run's outputs go: the [`OutputSink`] seam between the worker and the file writers.
 //!
-//! [`InterimSink`] is a stand-in until `media`'s PNG/WAV writers (with the profile embedded) and
-//! `profile::Profile` are connected: it writes plain PNG and WAV files and a small TOML record
-//! of the run. Replace it by passing the real sink to [`super::Engine::spawn_with_sink`] (or by
-//! making it the default there); nothing else in the worker needs to change.
+//! [`FileSink`] writes each artifact as a PNG or WAV with the run's profile embedded, and the
+//! profile itself as `<id>.toml` beside them. The profile's `result.sha256` is the hash of the
+//! first output's content (pixels or samples, see [`crate::media::content_sha256`]), not of the
+//! file, so that a rerun can be compared even though the embedded timings differ.
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
-
 use super::protocol::Artifact;
 use crate::error::{Error, Result};
-use crate::knobs::Knobs;
-use crate::model::ModelRef;
-use crate::request::Request;
-use crate::telemetry::RunTelemetry;
+use crate::profile::Profile;
 
 /// Writes a finished run's artifacts and its profile.
 pub trait OutputSink: Send {
     /// Writes every artifact (`out_dir/<id>-<i>.png` or `.wav`) and the profile
-    /// (`out_dir/<id>.toml`); returns the artifact paths in order and the profile path.
+    /// (`out_dir/<id>.toml`), after filling in `profile.result`'s output and hash; returns the
+    /// artifact paths in order and the profile path.
     ///
     /// # Errors
     /// The folder cannot be created or a file cannot be written.
-    fn write(
-        &mut self,
-        artifacts: &[Artifact],
-        request: &Request,
-        knobs: &Knobs,
-        model: &ModelRef,
-        telemetry: &RunTelemetry,
-        out_dir: &Path,
-    ) -> Result<(Vec<PathBuf>, PathBuf)>;
+    fn write(&mut self, artifacts: &[Artifact], profile: &mut Profile, out_dir: &Path) -> Result<(Vec<PathBuf>, PathBuf)>;
 }
 
 /// A run's file name stem: UTC time and seed, `20261123-104856-s42`, with `-2`, `-3`, … added
@@ -68,92 +56,35 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { yoe + era * 400 + 1 } else { yoe + era * 400 }, m, d)
 }
 
-/// Interim writer (to be replaced by `media` + `profile`): plain PNG/WAV, no embedded profile,
-/// and a TOML record with the request, knobs, model and telemetry.
+/// The real writer: PNG/WAV files with the profile embedded, and the profile as TOML, each
+/// written atomically.
 #[derive(Debug, Default)]
-pub struct InterimSink;
+pub struct FileSink;
 
-/// What [`InterimSink`] records next to the outputs.
-#[derive(Serialize)]
-struct InterimRecord<'a> {
-    version: u32,
-    model: String,
-    request: &'a Request,
-    knobs: &'a Knobs,
-    outputs: Vec<String>,
-    result: &'a RunTelemetry,
-}
-
-impl OutputSink for InterimSink {
-    fn write(
-        &mut self,
-        artifacts: &[Artifact],
-        request: &Request,
-        knobs: &Knobs,
-        model: &ModelRef,
-        telemetry: &RunTelemetry,
-        out_dir: &Path,
-    ) -> Result<(Vec<PathBuf>, PathBuf)> {
+impl OutputSink for FileSink {
+    fn write(&mut self, artifacts: &[Artifact], profile: &mut Profile, out_dir: &Path) -> Result<(Vec<PathBuf>, PathBuf)> {
         std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
-        let id = output_id(request.seed, out_dir);
-        let mut paths = Vec::with_capacity(artifacts.len());
-        for (i, artifact) in artifacts.iter().enumerate() {
-            let path = match artifact {
-                Artifact::Image(img) => {
-                    let path = out_dir.join(format!("{id}-{i}.png"));
-                    write_plain_png(&path, img)?;
-                    path
-                }
-                Artifact::Audio(audio) => {
-                    let path = out_dir.join(format!("{id}-{i}.wav"));
-                    write_plain_wav(&path, audio)?;
-                    path
-                }
-            };
-            paths.push(path);
+        let id = output_id(profile.request.seed, out_dir);
+        let paths: Vec<PathBuf> = artifacts
+            .iter()
+            .enumerate()
+            .map(|(i, a)| out_dir.join(format!("{id}-{i}.{}", if matches!(a, Artifact::Image(_)) { "png" } else { "wav" })))
+            .collect();
+        let result = profile.result.get_or_insert_with(Default::default);
+        if let (Some(first), Some(path)) = (artifacts.first(), paths.first()) {
+            result.output = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            result.sha256 = crate::media::content_sha256(first);
         }
-        let record = InterimRecord {
-            version: 1,
-            model: model.to_string(),
-            request,
-            knobs,
-            outputs: paths.iter().map(|p| p.display().to_string()).collect(),
-            result: telemetry,
-        };
+        for (artifact, path) in artifacts.iter().zip(&paths) {
+            match artifact {
+                Artifact::Image(img) => crate::media::write_png(path, img, Some(profile))?,
+                Artifact::Audio(audio) => crate::media::write_wav(path, audio, Some(profile))?,
+            }
+        }
         let profile_path = out_dir.join(format!("{id}.toml"));
-        let text = toml::to_string(&record)
-            .map_err(|e| Error::file(&profile_path, format!("cannot write the run record: {e}")))?;
-        std::fs::write(&profile_path, text).map_err(|e| Error::io(&profile_path, e))?;
+        profile.save(&profile_path)?;
         Ok((paths, profile_path))
     }
-}
-
-fn write_plain_png(path: &Path, img: &crate::media::Image) -> Result<()> {
-    if img.rgb.len() != img.width as usize * img.height as usize * 3 {
-        return Err(Error::file(path, format!("image is {}×{} but has {} bytes", img.width, img.height, img.rgb.len())));
-    }
-    let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
-    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), img.width, img.height);
-    enc.set_color(png::ColorType::Rgb);
-    enc.set_depth(png::BitDepth::Eight);
-    let mut w = enc.write_header().map_err(|e| Error::file(path, e.to_string()))?;
-    w.write_image_data(&img.rgb).map_err(|e| Error::file(path, e.to_string()))?;
-    w.finish().map_err(|e| Error::file(path, e.to_string()))
-}
-
-fn write_plain_wav(path: &Path, audio: &crate::media::Audio) -> Result<()> {
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: audio.sample_rate,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let err = |e: hound::Error| Error::file(path, e.to_string());
-    let mut w = hound::WavWriter::create(path, spec).map_err(err)?;
-    for &s in &audio.samples {
-        w.write_sample((s.clamp(-1.0, 1.0) * i16::MAX as f32).round() as i16).map_err(err)?;
-    }
-    w.finalize().map_err(err)
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use crate::families::Family;
 use crate::knobs::Knobs;
 use crate::model::ModelRef;
 use crate::plan::Plan;
-use crate::profile::Profile;
+use crate::profile::{ModelInfo, Profile, RunResult};
 use crate::request::Request;
 use crate::telemetry::{GpuHandle, RunRecorder, RunTelemetry};
 
@@ -31,8 +31,9 @@ pub(crate) struct Envelope {
 /// The model in memory and what it was loaded with.
 struct Loaded {
     family: Box<dyn Family>,
-    model: ModelRef,
     knobs: Knobs,
+    /// What profiles record about the model (source, SHA-256, family, name).
+    info: ModelInfo,
     /// The load's telemetry, given to the first run after the load (its `load` timing).
     load_telemetry: Option<RunTelemetry>,
 }
@@ -131,17 +132,19 @@ impl Worker {
         crate::families::RunObserver::stage(&mut obs, Stage::Load);
         let loader = &self.loader;
         let result = catch_unwind(AssertUnwindSafe(|| {
+            let sha256 = crate::model::fingerprint(&model)?;
             let family = loader(&model, &knobs, &mut obs)?;
             let name = family.name().to_string();
             let weight_bytes = family.weight_bytes().iter().map(|(_, b)| b).sum::<u64>();
-            Ok::<_, Error>((family, name, weight_bytes))
+            Ok::<_, Error>((family, name, weight_bytes, sha256))
         }));
         let telemetry = recorder.finish();
         let load_ms = telemetry.timings_ms.get(Stage::Load.name()).copied().unwrap_or(0);
         self.events.send(Event::Telemetry(telemetry.clone()));
         match result {
-            Ok(Ok((family, name, weight_bytes))) => {
-                self.loaded = Some(Loaded { family, model: model.clone(), knobs, load_telemetry: Some(telemetry) });
+            Ok(Ok((family, name, weight_bytes, sha256))) => {
+                let info = ModelInfo { source: model.to_string(), sha256, family: name.clone(), name: model.display_name() };
+                self.loaded = Some(Loaded { family, knobs, info, load_telemetry: Some(telemetry) });
                 self.events.send(Event::Loaded { model, family: name, weight_bytes, load_ms });
             }
             Ok(Err(Error::Cancelled)) => self.events.send(Event::Cancelled),
@@ -182,18 +185,21 @@ impl Worker {
         match result {
             Ok(Ok(artifacts)) => {
                 let started = Instant::now();
-                let written = catch_unwind(AssertUnwindSafe(|| {
-                    self.sink.write(&artifacts, request, &loaded.knobs, &loaded.model, &telemetry, out_dir)
-                }));
+                let mut profile = Profile::new(loaded.info.clone(), request.clone(), loaded.knobs);
+                profile.result = Some(RunResult {
+                    peak_ram_bytes: telemetry.peak_ram_bytes,
+                    peak_vram_bytes: telemetry.peak_vram_bytes,
+                    timings_ms: telemetry.timings_ms.clone(),
+                    notes: telemetry.notes.clone(),
+                    ..RunResult::default()
+                });
+                let written = catch_unwind(AssertUnwindSafe(|| self.sink.write(&artifacts, &mut profile, out_dir)));
                 telemetry.timings_ms.insert(Stage::Save.name().into(), started.elapsed().as_millis() as u64);
                 self.events.send(Event::Telemetry(telemetry));
                 match written {
-                    Ok(Ok((paths, profile_path))) => self.events.send(Event::Output {
-                        paths,
-                        profile_path,
-                        // Interim: the real profile is built when `profile::Profile` lands.
-                        profile: Box::new(Profile::default()),
-                    }),
+                    Ok(Ok((paths, profile_path))) => {
+                        self.events.send(Event::Output { paths, profile_path, profile: Box::new(profile) })
+                    }
                     Ok(Err(e)) => self.events.send(error_event(&e, "the run finished but its files could not be written")),
                     Err(p) => self.events.send(Event::Error {
                         message: format!("internal error while saving: {}", panic_text(p.as_ref())),
@@ -231,7 +237,7 @@ impl Worker {
 /// The planner's answer to [`Command::Plan`]. The one place the worker calls the planner.
 ///
 /// # Errors
-/// Until `crate::plan::plan` exists: always "planner not available".
-fn plan(_model: &ModelRef, _knobs: &Knobs, _request: &Request, _budget_bytes: Option<u64>) -> Result<Plan> {
-    Err(Error::invalid("planner not available"))
+/// The model cannot be found or read.
+fn plan(model: &ModelRef, knobs: &Knobs, request: &Request, budget_bytes: Option<u64>) -> Result<Plan> {
+    crate::plan::plan_model(model, knobs, request, budget_bytes)
 }

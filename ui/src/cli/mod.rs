@@ -16,7 +16,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-pub use args::{KnobArgs, RequestArgs};
 
 /// Headroom: run heavy image and audio models in the memory you have.
 #[derive(Parser, Debug)]

@@ -5,9 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
-use headroom_engine::knobs::DeviceKind;
-use headroom_engine::plan::{self, Budgets, ModelShape, Plan};
-use headroom_engine::{Knobs, ModelRef, Request, formats, telemetry};
+use headroom_engine::plan::{Plan, plan_model};
+use headroom_engine::{Knobs, ModelRef, Request};
 
 use super::args::{KnobArgs, RequestArgs, parse_size};
 use super::{human_bytes, print_json};
@@ -27,34 +26,6 @@ pub struct PlanArgs {
     /// Print one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
-}
-
-/// The budget of each device in use: the given one for the run's device, else free memory now
-/// (NVML for a GPU, available RAM for the CPU).
-pub fn budgets(knobs: &Knobs, given: Option<u64>) -> Budgets {
-    let sample = telemetry::sample_once();
-    let mut b = Budgets::default();
-    let ram_free = sample.ram_total_bytes.saturating_sub(sample.ram_used_bytes);
-    b.0.insert(DeviceKind::Cpu, ram_free);
-    if let DeviceKind::Cuda(n) = knobs.device {
-        if let Some(g) = sample.gpus.iter().find(|g| g.index == n) {
-            b.0.insert(knobs.device, g.total_bytes.saturating_sub(g.used_bytes));
-        }
-    }
-    if let Some(g) = given {
-        b.0.insert(knobs.device, g);
-    }
-    b
-}
-
-/// Plans a model for the CLI and the app.
-///
-/// # Errors
-/// The model cannot be found or read.
-pub fn plan_model(model: &ModelRef, knobs: &Knobs, request: &Request, budget: Option<u64>) -> Result<Plan> {
-    let insp = formats::inspect(&model.resolve()?)?;
-    let shape = ModelShape::from_inspection(&insp);
-    Ok(plan::plan(&shape, knobs, request, &budgets(knobs, budget)))
 }
 
 /// Plans and prints.

@@ -1,0 +1,155 @@
+//! The CLIP text encoder (transformers' `CLIPTextModel`): OpenAI CLIP for SD 1.x (`quick_gelu`) and
+//! OpenCLIP ViT-H for SD 2.x (`gelu`), configured from the folder's `text_encoder/config.json`.
+//!
+//! diffusers' SD 2.x folders store the OpenCLIP encoder already cut to the penultimate layer, so
+//! "all stored layers, then the final layer norm" is right for both; [`ClipTextModel::forward`]
+//! also takes a `clip_skip` (diffusers' meaning) for checkpoints that are stored whole.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Embedding, LayerNorm, VarBuilder};
+use serde::Deserialize;
+
+use crate::nn::attention::{attention, causal_mask, merge_heads, split_heads};
+use crate::nn::{Activation, Linear};
+
+/// `text_encoder/config.json`, the fields the encoder needs (transformers' `CLIPTextConfig`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct ClipConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub max_position_embeddings: usize,
+    pub hidden_act: String,
+    pub layer_norm_eps: f64,
+}
+
+impl Default for ClipConfig {
+    /// OpenAI CLIP ViT-L/14's text tower, as SD 1.x uses it.
+    fn default() -> Self {
+        Self {
+            vocab_size: 49408,
+            hidden_size: 768,
+            intermediate_size: 3072,
+            num_hidden_layers: 12,
+            num_attention_heads: 12,
+            max_position_embeddings: 77,
+            hidden_act: "quick_gelu".into(),
+            layer_norm_eps: 1e-5,
+        }
+    }
+}
+
+/// One pre-norm transformer layer: self-attention (causal) then MLP, each with a residual.
+#[derive(Debug)]
+struct EncoderLayer {
+    layer_norm1: LayerNorm,
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    out_proj: Linear,
+    layer_norm2: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    heads: usize,
+    act: Activation,
+}
+
+impl EncoderLayer {
+    fn new(cfg: &ClipConfig, act: Activation, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let a = vb.pp("self_attn");
+        Ok(Self {
+            layer_norm1: candle_nn::layer_norm(h, cfg.layer_norm_eps, vb.pp("layer_norm1"))?,
+            q_proj: Linear::new(h, h, true, a.pp("q_proj"))?,
+            k_proj: Linear::new(h, h, true, a.pp("k_proj"))?,
+            v_proj: Linear::new(h, h, true, a.pp("v_proj"))?,
+            out_proj: Linear::new(h, h, true, a.pp("out_proj"))?,
+            layer_norm2: candle_nn::layer_norm(h, cfg.layer_norm_eps, vb.pp("layer_norm2"))?,
+            fc1: Linear::new(h, cfg.intermediate_size, true, vb.pp("mlp").pp("fc1"))?,
+            fc2: Linear::new(cfg.intermediate_size, h, true, vb.pp("mlp").pp("fc2"))?,
+            heads: cfg.num_attention_heads,
+            act,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, mask: &Tensor, slice: usize) -> Result<Tensor> {
+        let h = self.layer_norm1.forward(x)?;
+        let q = split_heads(&self.q_proj.forward(&h)?, self.heads)?;
+        let k = split_heads(&self.k_proj.forward(&h)?, self.heads)?;
+        let v = split_heads(&self.v_proj.forward(&h)?, self.heads)?;
+        let scale = 1.0 / ((q.dim(2)? as f64).sqrt());
+        let o = merge_heads(&attention(&q, &k, &v, scale, Some(mask), slice)?, self.heads)?;
+        let x = (x + self.out_proj.forward(&o)?)?;
+        let h = self.layer_norm2.forward(&x)?;
+        let h = self.fc2.forward(&self.act.forward(&self.fc1.forward(&h)?)?)?;
+        x + h
+    }
+}
+
+/// The text transformer: token + position embeddings, the layers, the final layer norm.
+#[derive(Debug)]
+pub struct ClipTextModel {
+    token_embedding: Embedding,
+    position_embedding: Tensor,
+    layers: Vec<EncoderLayer>,
+    final_layer_norm: LayerNorm,
+    /// Query rows per attention slice (0 = all at once).
+    pub attention_slice: usize,
+}
+
+impl ClipTextModel {
+    /// Builds the encoder from `cfg`, with tensors under `vb` named as transformers saves them,
+    /// with or without the `text_model.` prefix (transformers 4 writes it, 5 does not).
+    ///
+    /// # Errors
+    /// An unsupported activation, a missing tensor or one of the wrong shape.
+    pub fn new(cfg: &ClipConfig, vb: VarBuilder) -> Result<Self> {
+        let vb = if vb.contains_tensor("text_model.embeddings.token_embedding.weight") {
+            vb.pp("text_model")
+        } else {
+            vb
+        };
+        let act = Activation::from_name(&cfg.hidden_act).map_err(candle_core::Error::Msg)?;
+        let e = vb.pp("embeddings");
+        let token_embedding = candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, e.pp("token_embedding"))?;
+        let position_embedding =
+            e.pp("position_embedding").get((cfg.max_position_embeddings, cfg.hidden_size), "weight")?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| EncoderLayer::new(cfg, act, vb.pp("encoder").pp("layers").pp(i)))
+            .collect::<Result<Vec<_>>>()?;
+        let final_layer_norm = candle_nn::layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("final_layer_norm"))?;
+        Ok(Self { token_embedding, position_embedding, layers, final_layer_norm, attention_slice: 0 })
+    }
+
+    /// Encodes token ids `(B, L)` (u32 or i64) to hidden states `(B, L, hidden)`.
+    ///
+    /// `clip_skip` = 0 uses the last stored layer; `n` stops `n` layers earlier. The final layer
+    /// norm is applied either way, as diffusers does.
+    ///
+    /// # Errors
+    /// Sequences longer than the position table, `clip_skip` ≥ the layer count, tensor errors.
+    pub fn forward(&self, ids: &Tensor, clip_skip: usize) -> Result<Tensor> {
+        let (_, len) = ids.dims2()?;
+        if len > self.position_embedding.dim(0)? {
+            candle_core::bail!("{len} tokens, but the text encoder has {} positions", self.position_embedding.dim(0)?);
+        }
+        if clip_skip >= self.layers.len() {
+            candle_core::bail!("clip_skip {clip_skip}: the text encoder has only {} layers", self.layers.len());
+        }
+        let x = self.token_embedding.forward(ids)?;
+        let mut x = x.broadcast_add(&self.position_embedding.narrow(0, 0, len)?)?;
+        let mask = causal_mask(len, x.device())?;
+        for layer in &self.layers[..self.layers.len() - clip_skip] {
+            x = layer.forward(&x, &mask, self.attention_slice)?;
+        }
+        self.final_layer_norm.forward(&x)
+    }
+
+    /// Number of stored layers.
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+}

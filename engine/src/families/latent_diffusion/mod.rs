@@ -1,0 +1,15 @@
+//! Latent diffusion: Stable Diffusion 1.x and 2.x. One file per module: [`tokenizer`] (CLIP BPE),
+//! [`clip`] (text encoder), [`blocks`] and [`unet`] (denoiser), [`vae`] (autoencoder),
+//! [`schedulers`] (DDIM, Euler, Euler ancestral, DPM++ 2M), [`preview`] (latents → RGB) and
+//! [`pipeline`] (prompt → image, the [`crate::families::Family`] implementation), with [`folder`]
+//! reading a diffusers folder's configs and weights.
+
+pub mod blocks;
+pub mod clip;
+pub mod folder;
+pub mod tokenizer;
+pub mod unet;
+pub mod vae;
+
+#[cfg(test)]
+mod parity_tests;
