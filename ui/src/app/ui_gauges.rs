@@ -70,6 +70,7 @@ impl HeadroomApp {
                 .allow_zoom(false)
                 .allow_scroll(false)
                 .y_axis_label("GiB")
+                .x_axis_label("seconds ago")
                 .show(ui, |p| {
                     p.line(Line::new("system RAM", pts(&|m| m.ram_used_bytes)).color(Color32::from_rgb(70, 140, 200)));
                     p.line(Line::new("Headroom", pts(&|m| m.process_rss_bytes)).color(Color32::from_rgb(230, 170, 60)));

@@ -44,7 +44,8 @@ impl HeadroomApp {
         ui.add_space(4.0);
         ui.label(RichText::new("Precision").strong());
         ui.horizontal_wrapped(|ui| {
-            ui.spacing_mut().item_spacing.x = 2.0;
+            ui.spacing_mut().item_spacing.x = 1.0;
+            ui.spacing_mut().button_padding.x = 3.0;
             ui.label(RichText::new("all").weak());
             let all = [k.precision.text, k.precision.unet, k.precision.vae];
             for p in std::iter::once(Precision::Auto).chain(Precision::CONCRETE) {

@@ -3,6 +3,8 @@
 
 use egui::RichText;
 
+use headroom_engine::knobs::Precision;
+
 use super::HeadroomApp;
 use super::backend::{ModelSummary, Verdict};
 use super::command::AppCommand;
@@ -124,7 +126,11 @@ fn summary_ui(ui: &mut egui::Ui, s: &ModelSummary) {
     if !s.bytes_by_precision.is_empty() {
         ui.label(RichText::new("weights by precision").small().weak());
         egui::Grid::new("precision_grid").num_columns(4).spacing([10.0, 1.0]).show(ui, |ui| {
-            for (i, (p, b)) in s.bytes_by_precision.iter().enumerate() {
+            // Widest first, the order quality is expected to fall in; anything else after.
+            let order = |p: &str| Precision::CONCRETE.iter().position(|c| c.name() == p).unwrap_or(usize::MAX);
+            let mut rows: Vec<_> = s.bytes_by_precision.iter().collect();
+            rows.sort_by_key(|(p, _)| order(p));
+            for (i, (p, b)) in rows.into_iter().enumerate() {
                 ui.label(RichText::new(p).monospace());
                 ui.label(RichText::new(fmt_bytes(*b)).monospace());
                 if i % 2 == 1 {

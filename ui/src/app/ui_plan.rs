@@ -49,7 +49,16 @@ impl HeadroomApp {
             ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
                 let mut gib = self.state.budget_gib;
                 let r = ui
-                    .add(egui::DragValue::new(&mut gib).range(0.0..=512.0).speed(0.25).suffix(" GiB"))
+                    .add(
+                        egui::DragValue::new(&mut gib)
+                            .range(0.0..=512.0)
+                            .speed(0.25)
+                            .custom_formatter(|v, _| if v <= 0.0 { "free memory".into() } else { format!("{v:.2} GiB") })
+                            .custom_parser(|s| {
+                                let s = s.trim().trim_end_matches("GiB").trim();
+                                if s.starts_with("free") { Some(0.0) } else { s.parse().ok() }
+                            }),
+                    )
                     .on_hover_text("Memory budget for the plan; 0 means the devices' free memory");
                 if r.changed() {
                     self.rt.commands.push(AppCommand::SetBudget(gib));
