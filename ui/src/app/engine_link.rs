@@ -10,7 +10,7 @@ use headroom_engine::knobs::DeviceKind;
 use headroom_engine::plan::{self, Budgets, ModelShape, Plan};
 use headroom_engine::profile::Profile;
 use headroom_engine::telemetry::{GpuStatus, MemorySample, Sampler};
-use headroom_engine::worker::{Command, Engine, Event};
+use headroom_engine::worker::{Command, Engine, Event, Loader};
 use headroom_engine::{Knobs, ModelRef, Request, compare, formats, media};
 
 use super::backend::{
@@ -34,8 +34,14 @@ impl EngineBackend {
     /// Starts the worker and the memory sampler; both wake the UI through `waker`
     /// (`move || ctx.request_repaint()`).
     pub fn spawn<W: Fn() + Send + Sync + Clone + 'static>(waker: W) -> Self {
+        Self::spawn_with(waker, Box::new(headroom_engine::families::load))
+    }
+
+    /// Like [`EngineBackend::spawn`] with another way to open models (tests and tools run the
+    /// real worker, media and profiles around a stand-in family this way).
+    pub fn spawn_with<W: Fn() + Send + Sync + Clone + 'static>(waker: W, loader: Loader) -> Self {
         Self {
-            engine: Engine::spawn(waker.clone()),
+            engine: Engine::spawn_with(waker.clone(), loader),
             sampler: Sampler::spawn(SAMPLE_INTERVAL, waker),
             shapes: RefCell::new(HashMap::new()),
         }
