@@ -62,7 +62,7 @@ pub enum AppCommand {
     SetLoop(bool),
     /// Choose output N as side A (`b: false`) or B (`b: true`).
     SetAbSide { b: bool, output: usize },
-    /// Move the A/B wipe (0: all A, 1: all B).
+    /// Move the A/B wipe (0: all B, 1: all A; A shows left of it).
     SetWipe(f32),
     /// Show the difference heatmap instead of the wipe.
     ShowHeatmap(bool),

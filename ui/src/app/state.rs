@@ -126,17 +126,22 @@ pub struct Abx {
 }
 
 /// A/B comparison state.
-#[derive(Default)]
 pub struct AbState {
     /// Output indices of A and B.
     pub a: Option<usize>,
     pub b: Option<usize>,
-    /// Wipe position, 0 = all A, 1 = all B.
+    /// Wipe position as a fraction of the width: A shows left of it, B right of it.
     pub wipe: f32,
     pub comparison: Option<Result<Comparison, String>>,
     pub heatmap: Option<egui::TextureHandle>,
     pub show_heatmap: bool,
     pub abx: Option<Abx>,
+}
+
+impl Default for AbState {
+    fn default() -> Self {
+        Self { a: None, b: None, wipe: 0.5, comparison: None, heatmap: None, show_heatmap: false, abx: None }
+    }
 }
 
 /// A message for the status line.

@@ -66,9 +66,9 @@ impl HeadroomApp {
                     painter.image(h.id(), rect, uv, Color32::WHITE);
                 } else {
                     let x = rect.left() + rect.width() * self.rt.ab.wipe;
-                    painter.image(ta.id(), rect, uv, Color32::WHITE);
-                    let right = egui::Rect::from_min_max(egui::pos2(x, rect.top()), rect.max);
-                    painter.with_clip_rect(right).image(tb.id(), rect, uv, Color32::WHITE);
+                    painter.image(tb.id(), rect, uv, Color32::WHITE);
+                    let left = egui::Rect::from_min_max(rect.min, egui::pos2(x, rect.bottom()));
+                    painter.with_clip_rect(left).image(ta.id(), rect, uv, Color32::WHITE);
                     painter.line_segment([egui::pos2(x, rect.top()), egui::pos2(x, rect.bottom())], Stroke::new(2.0, Color32::WHITE));
                     painter.text(rect.left_top() + Vec2::splat(6.0), egui::Align2::LEFT_TOP, "A", egui::FontId::proportional(14.0), Color32::WHITE);
                     painter.text(rect.right_top() + Vec2::new(-6.0, 6.0), egui::Align2::RIGHT_TOP, "B", egui::FontId::proportional(14.0), Color32::WHITE);

@@ -51,7 +51,6 @@ impl HeadroomApp {
         let show_gpu = matches!(gpu, GpuInfo::Available(n) if n > 0);
         let height = ui.available_height().max(60.0);
         let ram_plot = |ui: &mut egui::Ui| {
-            let total = history.last().map(|p| p.ram_total_bytes as f64 / GIB).unwrap_or(1.0);
             let pts = |f: &dyn Fn(&super::backend::MemoryPoint) -> u64| -> PlotPoints<'static> {
                 history
                     .iter()
@@ -63,7 +62,6 @@ impl HeadroomApp {
                 .height(height)
                 .legend(Legend::default())
                 .include_y(0.0)
-                .include_y(total)
                 .include_x(-WINDOW_SECS)
                 .include_x(0.0)
                 .allow_drag(false)
@@ -112,7 +110,8 @@ impl HeadroomApp {
 
 /// Vertical lines at run events (start, stages, done) inside the window.
 fn mark_runs(p: &mut egui_plot::PlotUi<'_>, marks: &[(f64, String)], now: f64) {
-    for (t, label) in marks.iter().filter(|(t, _)| now - t <= WINDOW_SECS) {
-        p.vline(VLine::new(label.clone(), t - now).color(Color32::from_gray(140)).width(1.0));
+    // One legend entry for all of them.
+    for (t, _stage) in marks.iter().filter(|(t, _)| now - t <= WINDOW_SECS) {
+        p.vline(VLine::new("run events", t - now).color(Color32::from_gray(120)).width(1.0));
     }
 }
