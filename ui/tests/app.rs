@@ -5,20 +5,26 @@ mod common;
 
 use common::{FakeBackend, drop_files, harness, plan_bar_text};
 use egui_kittest::kittest::{NodeT as _, Queryable as _};
+use headroom_engine::Request;
 use headroom_ui::app::backend::RestoredView;
 use headroom_ui::app::state::SavedState;
-use headroom_engine::Request;
 
 /// Dropping a model file shows its inspect summary (format, family, parameters) and the plan.
 #[test]
 fn dropping_a_model_shows_its_summary() {
     let mut h = harness(FakeBackend::new());
     drop_files(&mut h, &["/models/sd15.safetensors"]);
-    assert_eq!(h.state().rt.candidate.as_ref().map(|c| c.model.as_str()), Some("/models/sd15.safetensors"));
+    assert_eq!(
+        h.state().rt.candidate.as_ref().map(|c| c.model.as_str()),
+        Some("/models/sd15.safetensors")
+    );
     h.get_by_label("Stable Diffusion 1.x");
     h.get_by_label("1.07 B");
     h.get_by_label("Plan: fits");
-    assert!(h.query_by_label("Load").is_some(), "a model that fits offers Load");
+    assert!(
+        h.query_by_label("Load").is_some(),
+        "a model that fits offers Load"
+    );
 }
 
 /// Choosing q4k for all components shrinks the predicted bytes and the plan bar says so.
@@ -37,8 +43,14 @@ fn changing_a_knob_updates_the_plan_bar() {
     let after = plan_bar_text(h.state()).expect("a plan");
     assert_ne!(before, after);
     h.get_by_label(&after);
-    assert!(h.query_by_label(&before).is_none(), "the old figure is gone");
-    assert_eq!(h.state().state.knobs.precision.unet, headroom_engine::knobs::Precision::Q4K);
+    assert!(
+        h.query_by_label(&before).is_none(),
+        "the old figure is gone"
+    );
+    assert_eq!(
+        h.state().state.knobs.precision.unet,
+        headroom_engine::knobs::Precision::Q4K
+    );
 }
 
 /// A model that does not fit is not loaded by Load: the button is disabled and Load anyway is offered.
@@ -84,23 +96,39 @@ fn ctrl_enter_generates_with_a_fresh_seed_when_unlocked() {
     h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Enter);
     h.run_steps(6);
     assert_eq!(h.state().rt.outputs.len(), 1);
-    assert_ne!(h.state().rt.outputs[0].record.request.seed, Request::default().seed);
+    assert_ne!(
+        h.state().rt.outputs[0].record.request.seed,
+        Request::default().seed
+    );
 }
 
 /// Dropping an output PNG restores the seed and prompt it carries.
 #[test]
 fn dropping_an_output_png_restores_seed_and_prompt() {
     let mut fake = FakeBackend::new();
-    let request = Request { prompt: "a teal triangle".into(), seed: 1234, ..Request::default() };
+    let request = Request {
+        prompt: "a teal triangle".into(),
+        seed: 1234,
+        ..Request::default()
+    };
     fake.restorable.insert(
         "/outputs/run7.png".into(),
-        RestoredView { request, knobs: None, model_hint: None, mapped: vec!["seed".into(), "prompt".into()], unmapped: vec![] },
+        RestoredView {
+            request,
+            knobs: None,
+            model_hint: None,
+            mapped: vec!["seed".into(), "prompt".into()],
+            unmapped: vec![],
+        },
     );
     let mut h = harness(fake);
     drop_files(&mut h, &["/outputs/run7.png"]);
     assert_eq!(h.state().state.request.seed, 1234);
     assert_eq!(h.state().state.request.prompt, "a teal triangle");
-    assert!(h.query_all_by_value("a teal triangle").next().is_some(), "the prompt box shows it");
+    assert!(
+        h.query_all_by_value("a teal triangle").next().is_some(),
+        "the prompt box shows it"
+    );
 }
 
 /// Two outputs make an A/B pair, and an ABX test scores answers with a p-value.
@@ -123,12 +151,17 @@ fn ab_and_abx_score() {
     let trials = h.state().state.abx_trials as usize;
     for i in 0..trials {
         let x_is_a = h.state().rt.ab.abx.as_ref().unwrap().x_is_a[i];
-        h.get_by_label(if x_is_a { "X is A" } else { "X is B" }).click();
+        h.get_by_label(if x_is_a { "X is A" } else { "X is B" })
+            .click();
         h.run_steps(1);
     }
     h.run_steps(2);
     let abx = h.state().rt.ab.abx.clone().unwrap();
-    assert_eq!(abx.answers, vec![true; trials], "every answer counted right");
+    assert_eq!(
+        abx.answers,
+        vec![true; trials],
+        "every answer counted right"
+    );
     h.get_by_label_contains(&format!("Score {trials}/{trials}"));
 }
 

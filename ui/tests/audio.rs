@@ -30,17 +30,26 @@ fn plays_to_the_end_and_stops() {
     let p = Player::spawn(out).unwrap();
     p.load(8000, tone(4000));
     p.play();
-    assert!(wait_until(|| p.position_fraction() > 0.0), "position advances");
+    assert!(
+        wait_until(|| p.position_fraction() > 0.0),
+        "position advances"
+    );
     assert!(wait_until(|| !p.is_playing()), "stops at the end");
     let loud = stats.loud_frames.load(Ordering::Relaxed);
-    assert!((3900..=4000).contains(&loud), "played the clip once: {loud} loud frames");
+    assert!(
+        (3900..=4000).contains(&loud),
+        "played the clip once: {loud} loud frames"
+    );
     assert!(p.error().is_none());
 }
 
 /// Paused playback renders silence and keeps its position; seeking moves it.
 #[test]
 fn pause_keeps_position_and_seek_moves_it() {
-    let out = MockOutput { realtime: true, ..MockOutput::default() };
+    let out = MockOutput {
+        realtime: true,
+        ..MockOutput::default()
+    };
     let p = Player::spawn(out).unwrap();
     p.load(8000, tone(80_000));
     p.play();
@@ -51,7 +60,10 @@ fn pause_keeps_position_and_seek_moves_it() {
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(p.position_fraction(), at, "paused position is still");
     p.seek_fraction(0.5);
-    assert!(wait_until(|| (p.position_fraction() - 0.5).abs() < 0.01), "seek lands at half");
+    assert!(
+        wait_until(|| (p.position_fraction() - 0.5).abs() < 0.01),
+        "seek lands at half"
+    );
 }
 
 /// Looping wraps the position instead of stopping.
@@ -70,7 +82,10 @@ fn looping_wraps() {
         last = now;
         wrapped
     });
-    assert!(wrapped && p.is_playing(), "position wrapped while still playing");
+    assert!(
+        wrapped && p.is_playing(),
+        "position wrapped while still playing"
+    );
 }
 
 /// With no device the player says so in one line and does not block the UI.

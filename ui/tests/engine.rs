@@ -26,41 +26,75 @@ impl Family for Gradient {
     fn weight_bytes(&self) -> Vec<(String, u64)> {
         vec![("cpu".into(), 1024)]
     }
-    fn generate(&mut self, r: &Request, obs: &mut dyn RunObserver) -> headroom_engine::Result<Vec<Artifact>> {
+    fn generate(
+        &mut self,
+        r: &Request,
+        obs: &mut dyn RunObserver,
+    ) -> headroom_engine::Result<Vec<Artifact>> {
         obs.stage(Stage::Denoise);
         for step in 1..=r.steps {
             if obs.cancelled() {
                 return Err(headroom_engine::Error::Cancelled);
             }
-            obs.preview(Preview::Image(Image { width: 4, height: 4, rgb: vec![(step * 10) as u8; 48] }));
+            obs.preview(Preview::Image(Image {
+                width: 4,
+                height: 4,
+                rgb: vec![(step * 10) as u8; 48],
+            }));
             obs.progress(step, r.steps);
         }
         obs.stage(Stage::Decode);
         let (w, h) = (r.width, r.height);
         let rgb = (0..w * h)
-            .flat_map(|i| [(i % w) as u8 ^ r.seed as u8, (i / w) as u8, (r.seed >> 8) as u8])
+            .flat_map(|i| {
+                [
+                    (i % w) as u8 ^ r.seed as u8,
+                    (i / w) as u8,
+                    (r.seed >> 8) as u8,
+                ]
+            })
             .collect();
-        Ok(vec![Artifact::Image(Image { width: w, height: h, rgb })])
+        Ok(vec![Artifact::Image(Image {
+            width: w,
+            height: h,
+            rgb,
+        })])
     }
 }
 
 fn fixture() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/sd/tiny-sd1").display().to_string()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/sd/tiny-sd1")
+        .display()
+        .to_string()
 }
 
 fn harness(out_dir: PathBuf) -> Harness<'static, HeadroomApp> {
-    let backend = EngineBackend::spawn_with(|| {}, Box::new(|_, _, _| Ok(Box::new(Gradient) as Box<dyn Family>)));
+    let backend = EngineBackend::spawn_with(
+        || {},
+        Box::new(|_, _, _| Ok(Box::new(Gradient) as Box<dyn Family>)),
+    );
     let mut state = SavedState::default();
     state.request.steps = 4;
     let app = HeadroomApp::new(state, Box::new(backend), out_dir);
-    Harness::builder().with_size([1440.0, 900.0]).build_ui_state(|ui, app: &mut HeadroomApp| app.frame_ui(ui), app)
+    Harness::builder()
+        .with_size([1440.0, 900.0])
+        .build_ui_state(|ui, app: &mut HeadroomApp| app.frame_ui(ui), app)
 }
 
 /// Steps the UI until `done` holds (the engine works on its own thread), failing after 20 s.
-fn step_until(h: &mut Harness<'static, HeadroomApp>, what: &str, done: impl Fn(&HeadroomApp) -> bool) {
+fn step_until(
+    h: &mut Harness<'static, HeadroomApp>,
+    what: &str,
+    done: impl Fn(&HeadroomApp) -> bool,
+) {
     let start = Instant::now();
     while !done(h.state()) {
-        assert!(start.elapsed() < Duration::from_secs(20), "timed out waiting for {what}: {:?}", h.state().rt.notices);
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "timed out waiting for {what}: {:?}",
+            h.state().rt.notices
+        );
         h.step();
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -73,7 +107,10 @@ fn step_until(h: &mut Harness<'static, HeadroomApp>, what: &str, done: impl Fn(&
 fn generate_and_reproduce_through_the_real_worker() {
     let dir = tempfile::tempdir().unwrap();
     let mut h = harness(dir.path().to_path_buf());
-    h.state_mut().rt.commands.push(headroom_ui::app::AppCommand::InspectModel(fixture()));
+    h.state_mut()
+        .rt
+        .commands
+        .push(headroom_ui::app::AppCommand::InspectModel(fixture()));
     h.run_steps(3);
     h.get_by_label("Stable Diffusion 1.x");
     h.get_by_label("Load").click();
@@ -81,17 +118,29 @@ fn generate_and_reproduce_through_the_real_worker() {
     h.get_by_label("Generate").click();
     step_until(&mut h, "the output", |a| !a.rt.outputs.is_empty());
     let card = &h.state().rt.outputs[0];
-    assert!(card.media.is_ok(), "the PNG reads back: {:?}", card.media.as_ref().err());
+    assert!(
+        card.media.is_ok(),
+        "the PNG reads back: {:?}",
+        card.media.as_ref().err()
+    );
     assert!(card.record.outputs[0].exists() && card.record.profile_path.exists());
     assert_eq!(card.record.request.seed, 42);
     h.get_by_label("seed 42");
 
     h.get_by_label("History").click();
     h.run_steps(2);
-    assert_eq!(h.state().rt.history.as_ref().map(Vec::len), Some(1), "the profile is a history card");
+    assert_eq!(
+        h.state().rt.history.as_ref().map(Vec::len),
+        Some(1),
+        "the profile is a history card"
+    );
     h.get_by_label("Rerun").click();
     step_until(&mut h, "the reproduction", |a| a.rt.outputs.len() == 2);
-    assert_eq!(h.state().rt.outputs[1].reproduction, Some(Ok(())), "same seed, same knobs: identical");
+    assert_eq!(
+        h.state().rt.outputs[1].reproduction,
+        Some(Ok(())),
+        "same seed, same knobs: identical"
+    );
     h.get_by_label("reproduced: identical");
 }
 
@@ -101,17 +150,38 @@ fn generate_and_reproduce_through_the_real_worker() {
 fn dropping_a_png_with_a_profile_restores_seed_and_prompt() {
     let dir = tempfile::tempdir().unwrap();
     let png = dir.path().join("made-earlier.png");
-    let request = Request { prompt: "a yellow star".into(), seed: 777, ..Request::default() };
-    let profile = Profile::new(ModelInfo { source: fixture(), ..ModelInfo::default() }, request, Knobs::default());
-    let img = Image { width: 8, height: 8, rgb: vec![200; 192] };
+    let request = Request {
+        prompt: "a yellow star".into(),
+        seed: 777,
+        ..Request::default()
+    };
+    let profile = Profile::new(
+        ModelInfo {
+            source: fixture(),
+            ..ModelInfo::default()
+        },
+        request,
+        Knobs::default(),
+    );
+    let img = Image {
+        width: 8,
+        height: 8,
+        rgb: vec![200; 192],
+    };
     headroom_engine::media::write_png(&png, &img, Some(&profile)).unwrap();
 
     let mut h = harness(dir.path().to_path_buf());
-    h.input_mut().dropped_files.push(std::sync::Arc::new(Dropped(png)));
+    h.input_mut()
+        .dropped_files
+        .push(std::sync::Arc::new(Dropped(png)));
     h.run_steps(3);
     assert_eq!(h.state().state.request.seed, 777);
     assert_eq!(h.state().state.request.prompt, "a yellow star");
-    assert_eq!(h.state().rt.candidate.as_ref().map(|c| c.model.clone()), Some(fixture()), "its model is inspected");
+    assert_eq!(
+        h.state().rt.candidate.as_ref().map(|c| c.model.clone()),
+        Some(fixture()),
+        "its model is inspected"
+    );
 }
 
 #[derive(Debug)]

@@ -155,11 +155,20 @@ pub struct Comparison {
 #[derive(Clone, Debug)]
 pub enum EngineEvent {
     /// A model finished loading.
-    Loaded { model: String, family: String, weight_bytes: u64, load_ms: u64 },
+    Loaded {
+        model: String,
+        family: String,
+        weight_bytes: u64,
+        load_ms: u64,
+    },
     /// The model was unloaded.
     Unloaded,
     /// Step `step` of `total` in `stage`.
-    Progress { stage: String, step: u32, total: u32 },
+    Progress {
+        stage: String,
+        step: u32,
+        total: u32,
+    },
     /// A look at the current step.
     Preview(Preview),
     /// A run finished and wrote its files.
@@ -175,7 +184,13 @@ pub trait Backend {
     /// Reads a model's headers: format, family, parameters, bytes per precision.
     fn inspect(&self, model: &str) -> Result<ModelSummary, String>;
     /// Predicts memory for a model + knobs + request (budget `None`: the devices' free memory).
-    fn plan(&self, model: &str, knobs: &Knobs, request: &Request, budget_bytes: Option<u64>) -> Result<PlanView, String>;
+    fn plan(
+        &self,
+        model: &str,
+        knobs: &Knobs,
+        request: &Request,
+        budget_bytes: Option<u64>,
+    ) -> Result<PlanView, String>;
     /// Asks the worker to load a model with these knobs.
     fn load(&self, model: &str, knobs: &Knobs) -> Result<(), String>;
     /// Asks the worker to generate; outputs and profiles go under `out_dir`.

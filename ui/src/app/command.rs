@@ -5,9 +5,9 @@ use std::path::PathBuf;
 
 use headroom_engine::{Knobs, Request};
 
-use super::backend::{RunRecord, Verdict};
-use super::state::{Abx, CenterTab, Candidate, ImageScale};
 use super::HeadroomApp;
+use super::backend::{RunRecord, Verdict};
+use super::state::{Abx, Candidate, CenterTab, ImageScale};
 
 /// A change asked for by a widget.
 #[derive(Clone, Debug)]
@@ -113,7 +113,11 @@ impl HeadroomApp {
             }
             AppCommand::OpenPaths(paths) => {
                 for p in paths {
-                    let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+                    let ext = p
+                        .extension()
+                        .and_then(|e| e.to_str())
+                        .unwrap_or("")
+                        .to_ascii_lowercase();
                     if matches!(ext.as_str(), "png" | "wav" | "toml") {
                         self.restore_from(&p);
                     } else {
@@ -129,7 +133,12 @@ impl HeadroomApp {
                 self.generate_with_seed_kept();
             }
             AppCommand::OpenRun(r) => {
-                if let Some(i) = self.rt.outputs.iter().position(|o| o.record.profile_path == r.profile_path) {
+                if let Some(i) = self
+                    .rt
+                    .outputs
+                    .iter()
+                    .position(|o| o.record.profile_path == r.profile_path)
+                {
                     self.rt.selected = Some(i);
                 } else {
                     self.add_output(ctx, *r, None);
@@ -175,7 +184,10 @@ impl HeadroomApp {
                 let n = n.clamp(1, 100);
                 self.state.abx_trials = n;
                 let x_is_a = (0..n).map(|_| rt.random_u64() & 1 == 1).collect();
-                rt.ab.abx = Some(Abx { x_is_a, answers: Vec::new() });
+                rt.ab.abx = Some(Abx {
+                    x_is_a,
+                    answers: Vec::new(),
+                });
             }
             AppCommand::AnswerAbx(says_a) => {
                 if let Some(abx) = &mut rt.ab.abx {
@@ -205,7 +217,9 @@ impl HeadroomApp {
     fn load(&mut self, model: String, force: bool) {
         let refuses = matches!(&self.rt.plan, Some(Ok(p)) if p.verdict == Verdict::DoesNotFit);
         if refuses && !force && self.rt.current_model() == Some(model.as_str()) {
-            self.rt.error(format!("{model} does not fit with these knobs; change them or choose Load anyway"));
+            self.rt.error(format!(
+                "{model} does not fit with these knobs; change them or choose Load anyway"
+            ));
             return;
         }
         match self.rt.backend.load(&model, &self.state.knobs) {
@@ -239,10 +253,17 @@ impl HeadroomApp {
             rt.error(e.to_string());
             return;
         }
-        let needs_load = rt.loaded.as_ref().is_none_or(|l| l.model != model || l.knobs != self.state.knobs);
+        let needs_load = rt
+            .loaded
+            .as_ref()
+            .is_none_or(|l| l.model != model || l.knobs != self.state.knobs);
         if needs_load && rt.loading.as_deref() != Some(model.as_str()) {
-            if matches!(&rt.plan, Some(Ok(p)) if p.verdict == Verdict::DoesNotFit) && rt.loaded.is_none() {
-                rt.error(format!("{model} does not fit with these knobs: change them, or Load anyway first"));
+            if matches!(&rt.plan, Some(Ok(p)) if p.verdict == Verdict::DoesNotFit)
+                && rt.loaded.is_none()
+            {
+                rt.error(format!(
+                    "{model} does not fit with these knobs: change them, or Load anyway first"
+                ));
                 return;
             }
             if let Err(e) = rt.backend.load(&model, &self.state.knobs) {
@@ -255,7 +276,12 @@ impl HeadroomApp {
             rt.error(e);
             return;
         }
-        let t = rt.backend.memory_history().last().map(|p| p.t_secs).unwrap_or(0.0);
+        let t = rt
+            .backend
+            .memory_history()
+            .last()
+            .map(|p| p.t_secs)
+            .unwrap_or(0.0);
         rt.run_marks.push((t, "start".into()));
         rt.run = Some(super::state::RunProgress {
             stage: "queued".into(),
@@ -274,16 +300,19 @@ impl HeadroomApp {
                 if let Some(k) = r.knobs {
                     self.state.knobs = k;
                 }
-                let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
                 let mut msg = format!("Restored from {name}: {}", r.mapped.join(", "));
                 if !r.unmapped.is_empty() {
                     msg.push_str(&format!("; not restored: {}", r.unmapped.join(", ")));
                 }
                 self.rt.notify(msg);
-                if let Some(m) = r.model_hint {
-                    if self.rt.current_model() != Some(m.as_str()) {
-                        self.inspect(m);
-                    }
+                if let Some(m) = r.model_hint
+                    && self.rt.current_model() != Some(m.as_str())
+                {
+                    self.inspect(m);
                 }
             }
             Err(e) => self.rt.error(e),
@@ -296,14 +325,26 @@ impl HeadroomApp {
         if self.rt.current_model() != Some(r.model.as_str()) {
             self.inspect(r.model.clone());
         }
-        self.rt.notify(format!("Restored seed {} and knobs from {}", r.request.seed, r.profile_path.display()));
+        self.rt.notify(format!(
+            "Restored seed {} and knobs from {}",
+            r.request.seed,
+            r.profile_path.display()
+        ));
     }
 
     fn save_output_as(&mut self, i: usize) {
-        let Some(src) = self.rt.outputs.get(i).and_then(|o| o.record.outputs.first().cloned()) else {
+        let Some(src) = self
+            .rt
+            .outputs
+            .get(i)
+            .and_then(|o| o.record.outputs.first().cloned())
+        else {
             return;
         };
-        let name = src.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = src
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         if let Some(dest) = rfd::FileDialog::new().set_file_name(&name).save_file() {
             match std::fs::copy(&src, &dest) {
                 Ok(_) => self.rt.notify(format!("Saved {}", dest.display())),
@@ -325,7 +366,9 @@ impl HeadroomApp {
 
     fn play_audio(&mut self, i: usize) {
         let clip = match self.rt.outputs.get(i).map(|o| &o.media) {
-            Some(Ok(super::backend::Media::Audio(a))) => (a.sample_rate, std::sync::Arc::new(a.samples.clone())),
+            Some(Ok(super::backend::Media::Audio(a))) => {
+                (a.sample_rate, std::sync::Arc::new(a.samples.clone()))
+            }
             _ => return,
         };
         let switching = self.rt.audio_output != Some(i);

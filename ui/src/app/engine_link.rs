@@ -14,8 +14,8 @@ use headroom_engine::worker::{Command, Engine, Event, Loader};
 use headroom_engine::{Knobs, ModelRef, Request, compare, formats, media};
 
 use super::backend::{
-    Backend, Comparison, DeviceUse, EngineEvent, GpuInfo, Media, MemoryPoint, ModelSummary, PlanView,
-    RestoredView, RunRecord, Verdict,
+    Backend, Comparison, DeviceUse, EngineEvent, GpuInfo, Media, MemoryPoint, ModelSummary,
+    PlanView, RestoredView, RunRecord, Verdict,
 };
 use super::widgets::fmt_bytes;
 
@@ -54,19 +54,27 @@ impl EngineBackend {
         }
         let insp = inspect(model)?;
         let shape = ModelShape::from_inspection(&insp);
-        self.shapes.borrow_mut().insert(model.to_string(), shape.clone());
+        self.shapes
+            .borrow_mut()
+            .insert(model.to_string(), shape.clone());
         Ok(shape)
     }
 
     /// Budgets per device: the given one for the run's device, else what is free now.
     fn budgets(&self, knobs: &Knobs, given: Option<u64>) -> Budgets {
-        let sample = self.sampler.latest().unwrap_or_else(headroom_engine::telemetry::sample_once);
+        let sample = self
+            .sampler
+            .latest()
+            .unwrap_or_else(headroom_engine::telemetry::sample_once);
         let mut b = Budgets::default();
-        b.0.insert(DeviceKind::Cpu, sample.ram_total_bytes.saturating_sub(sample.ram_used_bytes));
-        if let DeviceKind::Cuda(n) = knobs.device {
-            if let Some(g) = sample.gpus.iter().find(|g| g.index == n) {
-                b.0.insert(knobs.device, g.total_bytes.saturating_sub(g.used_bytes));
-            }
+        b.0.insert(
+            DeviceKind::Cpu,
+            sample.ram_total_bytes.saturating_sub(sample.ram_used_bytes),
+        );
+        if let DeviceKind::Cuda(n) = knobs.device
+            && let Some(g) = sample.gpus.iter().find(|g| g.index == n)
+        {
+            b.0.insert(knobs.device, g.total_bytes.saturating_sub(g.used_bytes));
         }
         if let Some(g) = given {
             b.0.insert(knobs.device, g);
@@ -76,7 +84,9 @@ impl EngineBackend {
 }
 
 fn inspect(model: &str) -> Result<formats::Inspection, String> {
-    let path = ModelRef::parse(model).resolve().map_err(|e| e.to_string())?;
+    let path = ModelRef::parse(model)
+        .resolve()
+        .map_err(|e| e.to_string())?;
     formats::inspect(&path).map_err(|e| e.to_string())
 }
 
@@ -92,14 +102,24 @@ fn plan_view(p: &Plan) -> PlanView {
         per_device: p
             .per_device
             .iter()
-            .map(|d| DeviceUse { device: d.device.clone(), bytes: d.total_bytes, budget_bytes: d.budget_bytes.unwrap_or(0) })
+            .map(|d| DeviceUse {
+                device: d.device.clone(),
+                bytes: d.total_bytes,
+                budget_bytes: d.budget_bytes.unwrap_or(0),
+            })
             .collect(),
         suggestions: p
             .suggestions
             .iter()
             .map(|s| {
-                let changes: Vec<String> = s.changes.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                format!("{} → {} ({})", changes.join(", "), fmt_bytes(s.total_bytes), s.cost)
+                let changes: Vec<String> =
+                    s.changes.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                format!(
+                    "{} → {} ({})",
+                    changes.join(", "),
+                    fmt_bytes(s.total_bytes),
+                    s.cost
+                )
             })
             .collect(),
     }
@@ -117,7 +137,9 @@ fn record(profile: &Profile, profile_path: PathBuf, outputs: Vec<PathBuf>) -> Ru
         sha256: result.map(|r| r.sha256.clone()),
         peak_ram_bytes: result.map_or(0, |r| r.peak_ram_bytes),
         peak_vram_bytes: result.map_or(0, |r| r.peak_vram_bytes),
-        timings_ms: result.map(|r| r.timings_ms.iter().map(|(k, v)| (k.clone(), *v)).collect()).unwrap_or_default(),
+        timings_ms: result
+            .map(|r| r.timings_ms.iter().map(|(k, v)| (k.clone(), *v)).collect())
+            .unwrap_or_default(),
     }
 }
 
@@ -127,14 +149,20 @@ fn memory_point(s: &MemorySample) -> MemoryPoint {
         ram_used_bytes: s.ram_used_bytes,
         ram_total_bytes: s.ram_total_bytes,
         process_rss_bytes: s.process_rss_bytes,
-        gpus: s.gpus.iter().map(|g| (g.name.clone(), g.used_bytes, g.total_bytes)).collect(),
+        gpus: s
+            .gpus
+            .iter()
+            .map(|g| (g.name.clone(), g.used_bytes, g.total_bytes))
+            .collect(),
     }
 }
 
 impl Backend for EngineBackend {
     fn inspect(&self, model: &str) -> Result<ModelSummary, String> {
         let insp = inspect(model)?;
-        self.shapes.borrow_mut().insert(model.to_string(), ModelShape::from_inspection(&insp));
+        self.shapes
+            .borrow_mut()
+            .insert(model.to_string(), ModelShape::from_inspection(&insp));
         Ok(ModelSummary {
             model: model.to_string(),
             format: insp.format.name().to_string(),
@@ -142,25 +170,46 @@ impl Backend for EngineBackend {
             family_reason: insp.family.reason.clone(),
             parameters: insp.parameters(),
             bytes_by_precision: insp.bytes_by_precision(),
-            components: insp.components.iter().map(|c| (c.name.clone(), c.parameters)).collect(),
+            components: insp
+                .components
+                .iter()
+                .map(|c| (c.name.clone(), c.parameters))
+                .collect(),
             warnings: insp.warnings.clone(),
         })
     }
 
-    fn plan(&self, model: &str, knobs: &Knobs, request: &Request, budget: Option<u64>) -> Result<PlanView, String> {
+    fn plan(
+        &self,
+        model: &str,
+        knobs: &Knobs,
+        request: &Request,
+        budget: Option<u64>,
+    ) -> Result<PlanView, String> {
         let shape = self.shape(model)?;
-        Ok(plan_view(&plan::plan(&shape, knobs, request, &self.budgets(knobs, budget))))
+        Ok(plan_view(&plan::plan(
+            &shape,
+            knobs,
+            request,
+            &self.budgets(knobs, budget),
+        )))
     }
 
     fn load(&self, model: &str, knobs: &Knobs) -> Result<(), String> {
         self.engine
-            .send(Command::Load { model: ModelRef::parse(model), knobs: *knobs })
+            .send(Command::Load {
+                model: ModelRef::parse(model),
+                knobs: *knobs,
+            })
             .map_err(|e| e.to_string())
     }
 
     fn generate(&self, request: &Request, out_dir: &Path) -> Result<(), String> {
         self.engine
-            .send(Command::Generate { request: request.clone(), out_dir: out_dir.to_path_buf() })
+            .send(Command::Generate {
+                request: request.clone(),
+                out_dir: out_dir.to_path_buf(),
+            })
             .map_err(|e| e.to_string())
     }
 
@@ -171,15 +220,29 @@ impl Backend for EngineBackend {
     fn try_recv(&self) -> Option<EngineEvent> {
         loop {
             let ev = match self.engine.try_recv()? {
-                Event::Loaded { model, family, weight_bytes, load_ms } => {
-                    EngineEvent::Loaded { model: model.to_string(), family, weight_bytes, load_ms }
-                }
+                Event::Loaded {
+                    model,
+                    family,
+                    weight_bytes,
+                    load_ms,
+                } => EngineEvent::Loaded {
+                    model: model.to_string(),
+                    family,
+                    weight_bytes,
+                    load_ms,
+                },
                 Event::Unloaded => EngineEvent::Unloaded,
-                Event::Progress { stage, step, total } => EngineEvent::Progress { stage: stage.name().into(), step, total },
+                Event::Progress { stage, step, total } => EngineEvent::Progress {
+                    stage: stage.name().into(),
+                    step,
+                    total,
+                },
                 Event::Preview(p) => EngineEvent::Preview(p),
-                Event::Output { paths, profile_path, profile } => {
-                    EngineEvent::Output(record(&profile, profile_path, paths))
-                }
+                Event::Output {
+                    paths,
+                    profile_path,
+                    profile,
+                } => EngineEvent::Output(record(&profile, profile_path, paths)),
                 Event::Cancelled => EngineEvent::Cancelled,
                 Event::Error { message, detail } => EngineEvent::Error { message, detail },
                 // Peaks and timings also arrive in the profile; plans are computed in place.
@@ -222,7 +285,11 @@ impl Backend for EngineBackend {
             .as_ref()
             .map(|r| {
                 let p = PathBuf::from(&r.output);
-                let p = if p.is_relative() { profile_path.parent().unwrap_or(Path::new(".")).join(p) } else { p };
+                let p = if p.is_relative() {
+                    profile_path.parent().unwrap_or(Path::new(".")).join(p)
+                } else {
+                    p
+                };
                 vec![p]
             })
             .unwrap_or_default();
@@ -230,10 +297,18 @@ impl Backend for EngineBackend {
     }
 
     fn read_media(&self, path: &Path) -> Result<Media, String> {
-        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or("")
+            .to_ascii_lowercase();
         match ext.as_str() {
-            "wav" => media::read_wav(path).map(|(a, _)| Media::Audio(a)).map_err(|e| e.to_string()),
-            _ => media::read_png(path).map(|(i, _)| Media::Image(i)).map_err(|e| e.to_string()),
+            "wav" => media::read_wav(path)
+                .map(|(a, _)| Media::Audio(a))
+                .map_err(|e| e.to_string()),
+            _ => media::read_png(path)
+                .map(|(i, _)| Media::Image(i))
+                .map_err(|e| e.to_string()),
         }
     }
 
@@ -244,14 +319,20 @@ impl Backend for EngineBackend {
                 numbers: vec![
                     ("PSNR dB".into(), compare::psnr_db(a, b).map_err(e)?),
                     ("SSIM".into(), compare::ssim(a, b).map_err(e)?),
-                    ("max abs diff".into(), compare::max_abs_diff(a, b).map_err(e)? as f64),
+                    (
+                        "max abs diff".into(),
+                        compare::max_abs_diff(a, b).map_err(e)? as f64,
+                    ),
                 ],
                 heatmap: Some(compare::diff_heatmap(a, b).map_err(e)?),
             }),
             (Media::Audio(a), Media::Audio(b)) => Ok(Comparison {
                 numbers: vec![
                     ("SNR dB".into(), compare::snr_db(a, b).map_err(e)?),
-                    ("log-spectral distance dB".into(), compare::log_spectral_distance(a, b).map_err(e)?),
+                    (
+                        "log-spectral distance dB".into(),
+                        compare::log_spectral_distance(a, b).map_err(e)?,
+                    ),
                 ],
                 heatmap: None,
             }),
@@ -260,7 +341,10 @@ impl Backend for EngineBackend {
     }
 
     fn drift(&self, original: &RunRecord, again: &RunRecord) -> Vec<String> {
-        match (Profile::load(&original.profile_path), Profile::load(&again.profile_path)) {
+        match (
+            Profile::load(&original.profile_path),
+            Profile::load(&again.profile_path),
+        ) {
             (Ok(a), Ok(b)) => a.drift(&b),
             _ => {
                 let mut d = original.knobs.diff(&again.knobs);

@@ -33,7 +33,10 @@ pub fn envelope(samples: &[f32], buckets: usize) -> Vec<(f32, f32)> {
     let per = samples.len().div_ceil(buckets).max(1);
     samples
         .chunks(per)
-        .map(|c| c.iter().fold((f32::MAX, f32::MIN), |(lo, hi), &s| (lo.min(s), hi.max(s))))
+        .map(|c| {
+            c.iter()
+                .fold((f32::MAX, f32::MIN), |(lo, hi), &s| (lo.min(s), hi.max(s)))
+        })
         .collect()
 }
 
@@ -47,7 +50,12 @@ impl HeadroomApp {
 
     fn take_dropped_files(&mut self, ctx: &egui::Context) {
         let (hovering, dropped) = ctx.input(|i| {
-            let paths: Vec<_> = i.raw.dropped_files.iter().map(|f| f.path().to_path_buf()).collect();
+            let paths: Vec<_> = i
+                .raw
+                .dropped_files
+                .iter()
+                .map(|f| f.path().to_path_buf())
+                .collect();
             (!i.raw.hovered_files.is_empty(), paths)
         });
         self.rt.hovering_files = hovering;
@@ -59,7 +67,9 @@ impl HeadroomApp {
     fn drain_events(&mut self, ctx: &egui::Context) {
         let deadline = Instant::now() + EVENT_BUDGET;
         while Instant::now() < deadline {
-            let Some(ev) = self.rt.backend.try_recv() else { return };
+            let Some(ev) = self.rt.backend.try_recv() else {
+                return;
+            };
             self.handle_event(ctx, ev);
         }
         // Events left over: come back next frame.
@@ -69,7 +79,12 @@ impl HeadroomApp {
     fn handle_event(&mut self, ctx: &egui::Context, ev: EngineEvent) {
         let rt = &mut self.rt;
         match ev {
-            EngineEvent::Loaded { model, family, weight_bytes, load_ms } => {
+            EngineEvent::Loaded {
+                model,
+                family,
+                weight_bytes,
+                load_ms,
+            } => {
                 rt.loading = None;
                 rt.notify(format!("Loaded {model} ({family}) in {load_ms} ms"));
                 self.state.last_model = Some(model.clone());
@@ -77,7 +92,13 @@ impl HeadroomApp {
                 if rt.candidate.as_ref().is_some_and(|c| c.model == model) {
                     rt.candidate = None;
                 }
-                rt.loaded = Some(LoadedModel { model, family, weight_bytes, load_ms, knobs: self.state.knobs });
+                rt.loaded = Some(LoadedModel {
+                    model,
+                    family,
+                    weight_bytes,
+                    load_ms,
+                    knobs: self.state.knobs,
+                });
             }
             EngineEvent::Unloaded => rt.loaded = None,
             EngineEvent::Progress { stage, step, total } => {
@@ -88,16 +109,31 @@ impl HeadroomApp {
                     started: Instant::now(),
                 });
                 if run.stage != stage {
-                    let t = rt.backend.memory_history().last().map(|p| p.t_secs).unwrap_or(0.0);
+                    let t = rt
+                        .backend
+                        .memory_history()
+                        .last()
+                        .map(|p| p.t_secs)
+                        .unwrap_or(0.0);
                     rt.run_marks.push((t, stage.clone()));
                 }
-                *run = RunProgress { stage, step, total, started: run.started };
+                *run = RunProgress {
+                    stage,
+                    step,
+                    total,
+                    started: run.started,
+                };
             }
             EngineEvent::Preview(Preview::Image(img)) => rt.preview = texture(ctx, "preview", &img),
             EngineEvent::Preview(Preview::Waveform(w)) => rt.preview_wave = w,
             EngineEvent::Output(record) => {
                 rt.run = None;
-                let t = rt.backend.memory_history().last().map(|p| p.t_secs).unwrap_or(0.0);
+                let t = rt
+                    .backend
+                    .memory_history()
+                    .last()
+                    .map(|p| p.t_secs)
+                    .unwrap_or(0.0);
                 rt.run_marks.push((t, "done".into()));
                 let reproduction = rt.expect.take().map(|e| {
                     let drift = rt.backend.drift(&e.original, &record);
@@ -143,7 +179,13 @@ impl HeadroomApp {
             Ok(Media::Audio(a)) => (None, envelope(&a.samples, 1024)),
             Err(_) => (None, Vec::new()),
         };
-        rt.outputs.push(OutputCard { record, media, texture, envelope, reproduction });
+        rt.outputs.push(OutputCard {
+            record,
+            media,
+            texture,
+            envelope,
+            reproduction,
+        });
         rt.selected = Some(n);
         rt.tab = CenterTab::Output;
         // Newest output becomes B, the previous A: the usual A/B is "last two runs".
@@ -180,7 +222,9 @@ impl HeadroomApp {
                     .collect()
             })
             .unwrap_or_default();
-        files.sort_by_key(|p| std::cmp::Reverse(std::fs::metadata(p).and_then(|m| m.modified()).ok()));
+        files.sort_by_key(|p| {
+            std::cmp::Reverse(std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        });
         let mut runs = Vec::new();
         for p in files.iter().take(200) {
             match self.rt.backend.read_run(p) {
@@ -197,15 +241,21 @@ impl HeadroomApp {
         ab.comparison = None;
         ab.heatmap = None;
         ab.abx = None;
-        let (Some(a), Some(b)) = (ab.a, ab.b) else { return };
-        let (Some(Ok(ma)), Some(Ok(mb))) =
-            (self.rt.outputs.get(a).map(|o| &o.media), self.rt.outputs.get(b).map(|o| &o.media))
-        else {
+        let (Some(a), Some(b)) = (ab.a, ab.b) else {
+            return;
+        };
+        let (Some(Ok(ma)), Some(Ok(mb))) = (
+            self.rt.outputs.get(a).map(|o| &o.media),
+            self.rt.outputs.get(b).map(|o| &o.media),
+        ) else {
             return;
         };
         let result = self.rt.backend.compare(ma, mb);
         if let Ok(c) = &result {
-            self.rt.ab.heatmap = c.heatmap.as_ref().and_then(|h| texture(ctx, "ab-heatmap", h));
+            self.rt.ab.heatmap = c
+                .heatmap
+                .as_ref()
+                .and_then(|h| texture(ctx, "ab-heatmap", h));
         }
         self.rt.ab.comparison = Some(result);
     }

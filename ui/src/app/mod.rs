@@ -52,8 +52,10 @@ pub fn run_app(initial_paths: Vec<PathBuf>) -> anyhow::Result<()> {
         Box::new(move |cc| {
             let ctx = cc.egui_ctx.clone();
             let backend = engine_link::EngineBackend::spawn(move || ctx.request_repaint());
-            let saved: SavedState =
-                cc.storage.and_then(|s| eframe::get_value(s, STORAGE_KEY)).unwrap_or_default();
+            let saved: SavedState = cc
+                .storage
+                .and_then(|s| eframe::get_value(s, STORAGE_KEY))
+                .unwrap_or_default();
             let mut app = HeadroomApp::new(saved, Box::new(backend), backend::runs_dir());
             app.start(initial_paths);
             Ok(Box::new(app))
@@ -73,7 +75,10 @@ pub struct HeadroomApp {
 impl HeadroomApp {
     /// An app around a back end; outputs and profiles go to `out_dir`.
     pub fn new(state: SavedState, backend: Box<dyn Backend>, out_dir: PathBuf) -> Self {
-        Self { state, rt: Runtime::new(backend, out_dir) }
+        Self {
+            state,
+            rt: Runtime::new(backend, out_dir),
+        }
     }
 
     /// First-frame work: open the given paths, else inspect the last model used (or the
@@ -82,7 +87,11 @@ impl HeadroomApp {
         if !initial_paths.is_empty() {
             self.rt.commands.push(AppCommand::OpenPaths(initial_paths));
         } else {
-            let model = self.state.last_model.clone().unwrap_or_else(|| "builtin:shapes".into());
+            let model = self
+                .state
+                .last_model
+                .clone()
+                .unwrap_or_else(|| "builtin:shapes".into());
             self.rt.commands.push(AppCommand::InspectModel(model));
         }
     }
@@ -128,7 +137,10 @@ impl HeadroomApp {
 
     fn layout_ui(&mut self, ui: &mut egui::Ui) {
         egui::Panel::top("plan_bar")
-            .frame(egui::Frame::side_top_panel(ui.style()).inner_margin(egui::Margin::symmetric(10, 6)))
+            .frame(
+                egui::Frame::side_top_panel(ui.style())
+                    .inner_margin(egui::Margin::symmetric(10, 6)),
+            )
             .show(ui, |ui| self.plan_bar_ui(ui));
         egui::Panel::bottom("gauges")
             .resizable(true)
@@ -161,7 +173,10 @@ impl HeadroomApp {
         if !self.rt.hovering_files {
             return;
         }
-        let painter = ctx.layer_painter(egui::LayerId::new(egui::Order::Foreground, egui::Id::unique("drop")));
+        let painter = ctx.layer_painter(egui::LayerId::new(
+            egui::Order::Foreground,
+            egui::Id::unique("drop"),
+        ));
         let rect = ctx.content_rect();
         painter.rect_filled(rect, 0.0, egui::Color32::from_black_alpha(170));
         painter.text(
@@ -184,10 +199,13 @@ impl eframe::App for HeadroomApp {
     }
 
     fn on_exit(&mut self) {
-        if std::env::var_os("HEADROOM_FRAME_STATS").is_some() {
-            if let Some((p50, p99)) = self.rt.frame_percentiles() {
-                eprintln!("frames: {} p50 {p50:.2} ms p99 {p99:.2} ms", self.rt.frame_ms.len());
-            }
+        if std::env::var_os("HEADROOM_FRAME_STATS").is_some()
+            && let Some((p50, p99)) = self.rt.frame_percentiles()
+        {
+            eprintln!(
+                "frames: {} p50 {p50:.2} ms p99 {p99:.2} ms",
+                self.rt.frame_ms.len()
+            );
         }
     }
 }

@@ -42,7 +42,7 @@ impl SavedState {
 
     /// The budget for the planner, `None` for "free memory".
     pub fn budget_bytes(&self) -> Option<u64> {
-        (self.budget_gib > 0.0).then(|| (self.budget_gib as f64 * (1u64 << 30) as f64) as u64)
+        (self.budget_gib > 0.0).then_some((self.budget_gib as f64 * (1u64 << 30) as f64) as u64)
     }
 }
 
@@ -52,7 +52,10 @@ impl Default for SavedState {
             last_model: None,
             recent_models: Vec::new(),
             knobs: Knobs::default(),
-            request: Request { prompt: "a red circle on a blue square".into(), ..Request::default() },
+            request: Request {
+                prompt: "a red circle on a blue square".into(),
+                ..Request::default()
+            },
             seed_locked: true,
             budget_gib: 0.0,
             abx_trials: 10,
@@ -140,7 +143,15 @@ pub struct AbState {
 
 impl Default for AbState {
     fn default() -> Self {
-        Self { a: None, b: None, wipe: 0.5, comparison: None, heatmap: None, show_heatmap: false, abx: None }
+        Self {
+            a: None,
+            b: None,
+            wipe: 0.5,
+            comparison: None,
+            heatmap: None,
+            show_heatmap: false,
+            abx: None,
+        }
     }
 }
 
@@ -234,12 +245,18 @@ impl Runtime {
 
     /// A status-line message.
     pub fn notify(&mut self, text: impl Into<String>) {
-        self.notices.push(Notice { text: text.into(), is_error: false });
+        self.notices.push(Notice {
+            text: text.into(),
+            is_error: false,
+        });
     }
 
     /// A status-line error.
     pub fn error(&mut self, text: impl Into<String>) {
-        self.notices.push(Notice { text: text.into(), is_error: true });
+        self.notices.push(Notice {
+            text: text.into(),
+            is_error: true,
+        });
     }
 
     /// The next number of a splitmix64 sequence (seed dice, ABX order).

@@ -30,7 +30,11 @@ impl HeadroomApp {
                     ));
                     for (name, used, total) in &p.gpus {
                         ui.separator();
-                        ui.label(format!("{name}: {} of {}", fmt_bytes(*used), fmt_bytes(*total)));
+                        ui.label(format!(
+                            "{name}: {} of {}",
+                            fmt_bytes(*used),
+                            fmt_bytes(*total)
+                        ));
                     }
                 }
                 None => {
@@ -43,7 +47,11 @@ impl HeadroomApp {
             }
             ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
                 if let Some((p50, p99)) = self.rt.frame_percentiles() {
-                    ui.label(RichText::new(format!("frame {p50:.1} / {p99:.1} ms (p50/p99)")).small().weak());
+                    ui.label(
+                        RichText::new(format!("frame {p50:.1} / {p99:.1} ms (p50/p99)"))
+                            .small()
+                            .weak(),
+                    );
                 }
             });
         });
@@ -70,8 +78,14 @@ impl HeadroomApp {
                 .y_axis_label("GiB")
                 .x_axis_label("seconds ago")
                 .show(ui, |p| {
-                    p.line(Line::new("system RAM", pts(&|m| m.ram_used_bytes)).color(Color32::from_rgb(70, 140, 200)));
-                    p.line(Line::new("Headroom", pts(&|m| m.process_rss_bytes)).color(Color32::from_rgb(230, 170, 60)));
+                    p.line(
+                        Line::new("system RAM", pts(&|m| m.ram_used_bytes))
+                            .color(Color32::from_rgb(70, 140, 200)),
+                    );
+                    p.line(
+                        Line::new("Headroom", pts(&|m| m.process_rss_bytes))
+                            .color(Color32::from_rgb(230, 170, 60)),
+                    );
                     mark_runs(p, marks, now);
                 });
         };
@@ -91,7 +105,10 @@ impl HeadroomApp {
                     .y_axis_label("GiB")
                     .show(&mut cols[1], |p| {
                         for g in 0..gpus {
-                            let name = history.last().map(|h| h.gpus[g].0.clone()).unwrap_or_default();
+                            let name = history
+                                .last()
+                                .map(|h| h.gpus[g].0.clone())
+                                .unwrap_or_default();
                             let pts: PlotPoints = history
                                 .iter()
                                 .filter(|h| now - h.t_secs <= WINDOW_SECS && g < h.gpus.len())
@@ -112,6 +129,10 @@ impl HeadroomApp {
 fn mark_runs(p: &mut egui_plot::PlotUi<'_>, marks: &[(f64, String)], now: f64) {
     // One legend entry for all of them.
     for (t, _stage) in marks.iter().filter(|(t, _)| now - t <= WINDOW_SECS) {
-        p.vline(VLine::new("run events", t - now).color(Color32::from_gray(120)).width(1.0));
+        p.vline(
+            VLine::new("run events", t - now)
+                .color(Color32::from_gray(120))
+                .width(1.0),
+        );
     }
 }

@@ -13,7 +13,11 @@ impl HeadroomApp {
         ui.horizontal(|ui| {
             ui.label(RichText::new("Headroom").strong().size(16.0));
             ui.separator();
-            let model = self.rt.current_model().map(short_name).unwrap_or_else(|| "no model".into());
+            let model = self
+                .rt
+                .current_model()
+                .map(short_name)
+                .unwrap_or_else(|| "no model".into());
             let state = if self.rt.loading.is_some() {
                 "loading…"
             } else if self.rt.loaded.is_some() {
@@ -33,16 +37,27 @@ impl HeadroomApp {
                 }
                 Some(Ok(plan)) => {
                     let verdict = plan.verdict;
-                    ui.label(RichText::new(verdict.words().to_uppercase()).strong().color(verdict_color(verdict)));
+                    ui.label(
+                        RichText::new(verdict.words().to_uppercase())
+                            .strong()
+                            .color(verdict_color(verdict)),
+                    );
                     let n = plan.per_device.len().max(1) as f32;
                     let width = ((ui.available_width() - 230.0) / n - 8.0).clamp(140.0, 420.0);
                     for d in &plan.per_device {
-                        let text = format!("{}: {} of {}", d.device, fmt_bytes(d.bytes), fmt_bytes(d.budget_bytes));
-                        usage_bar_ui(ui, d.bytes, d.budget_bytes, &text, width).on_hover_text(format!(
-                            "weights {}, activations {}",
-                            fmt_bytes(plan.weights_bytes),
-                            fmt_bytes(plan.activation_bytes)
-                        ));
+                        let text = format!(
+                            "{}: {} of {}",
+                            d.device,
+                            fmt_bytes(d.bytes),
+                            fmt_bytes(d.budget_bytes)
+                        );
+                        usage_bar_ui(ui, d.bytes, d.budget_bytes, &text, width).on_hover_text(
+                            format!(
+                                "weights {}, activations {}",
+                                fmt_bytes(plan.weights_bytes),
+                                fmt_bytes(plan.activation_bytes)
+                            ),
+                        );
                     }
                 }
             }
@@ -53,10 +68,20 @@ impl HeadroomApp {
                         egui::DragValue::new(&mut gib)
                             .range(0.0..=512.0)
                             .speed(0.25)
-                            .custom_formatter(|v, _| if v <= 0.0 { "free memory".into() } else { format!("{v:.2} GiB") })
+                            .custom_formatter(|v, _| {
+                                if v <= 0.0 {
+                                    "free memory".into()
+                                } else {
+                                    format!("{v:.2} GiB")
+                                }
+                            })
                             .custom_parser(|s| {
                                 let s = s.trim().trim_end_matches("GiB").trim();
-                                if s.starts_with("free") { Some(0.0) } else { s.parse().ok() }
+                                if s.starts_with("free") {
+                                    Some(0.0)
+                                } else {
+                                    s.parse().ok()
+                                }
                             }),
                     )
                     .on_hover_text("Memory budget for the plan; 0 means the devices' free memory");
@@ -67,15 +92,15 @@ impl HeadroomApp {
                 r.labelled_by(l.id);
             });
         });
-        if let Some(Ok(plan)) = &self.rt.plan {
-            if !plan.suggestions.is_empty() {
-                ui.horizontal_wrapped(|ui| {
-                    ui.label(RichText::new("To fit:").weak());
-                    for s in &plan.suggestions {
-                        ui.label(RichText::new(s).color(verdict_color(plan.verdict)));
-                    }
-                });
-            }
+        if let Some(Ok(plan)) = &self.rt.plan
+            && !plan.suggestions.is_empty()
+        {
+            ui.horizontal_wrapped(|ui| {
+                ui.label(RichText::new("To fit:").weak());
+                for s in &plan.suggestions {
+                    ui.label(RichText::new(s).color(verdict_color(plan.verdict)));
+                }
+            });
         }
     }
 }

@@ -13,7 +13,11 @@ pub fn fmt_bytes(bytes: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{bytes} B") } else { format!("{v:.2} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.2} {}", UNITS[u])
+    }
 }
 
 /// A parameter count as "860.0 M" / "1.23 B".
@@ -38,16 +42,31 @@ pub fn verdict_color(v: Verdict) -> Color32 {
 /// A small all-caps section heading with a rule under it.
 pub fn section_ui(ui: &mut egui::Ui, title: &str) {
     ui.add_space(4.0);
-    ui.label(RichText::new(title.to_uppercase()).small().strong().color(ui.visuals().weak_text_color()));
+    ui.label(
+        RichText::new(title.to_uppercase())
+            .small()
+            .strong()
+            .color(ui.visuals().weak_text_color()),
+    );
     ui.separator();
 }
 
 /// A horizontal bar of `used` against `budget` with `text` over it; red past the budget.
 /// The text is the widget's accessible label.
-pub fn usage_bar_ui(ui: &mut egui::Ui, used: u64, budget: u64, text: &str, width: f32) -> egui::Response {
+pub fn usage_bar_ui(
+    ui: &mut egui::Ui,
+    used: u64,
+    budget: u64,
+    text: &str,
+    width: f32,
+) -> egui::Response {
     let (rect, response) = ui.allocate_exact_size(Vec2::new(width, 18.0), Sense::hover());
     response.widget_info(|| egui::WidgetInfo::labeled(egui::Role::ProgressIndicator, true, text));
-    let frac = if budget == 0 { 1.0 } else { (used as f64 / budget as f64) as f32 };
+    let frac = if budget == 0 {
+        1.0
+    } else {
+        (used as f64 / budget as f64) as f32
+    };
     let fill = if frac > 1.0 {
         Color32::from_rgb(200, 70, 60)
     } else if frac > 0.85 {
@@ -60,7 +79,12 @@ pub fn usage_bar_ui(ui: &mut egui::Ui, used: u64, budget: u64, text: &str, width
     let mut bar = rect;
     bar.set_width(rect.width() * frac.clamp(0.0, 1.0));
     painter.rect_filled(bar, 3.0, fill);
-    painter.rect_stroke(rect, 3.0, Stroke::new(1.0, ui.visuals().widgets.noninteractive.bg_stroke.color), StrokeKind::Inside);
+    painter.rect_stroke(
+        rect,
+        3.0,
+        Stroke::new(1.0, ui.visuals().widgets.noninteractive.bg_stroke.color),
+        StrokeKind::Inside,
+    );
     painter.text(
         rect.left_center() + Vec2::new(6.0, 0.0),
         egui::Align2::LEFT_CENTER,

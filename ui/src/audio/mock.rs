@@ -33,7 +33,13 @@ pub struct MockOutput {
 
 impl Default for MockOutput {
     fn default() -> Self {
-        Self { sample_rate: 8000, channels: 2, block_frames: 256, realtime: false, stats: Arc::default() }
+        Self {
+            sample_rate: 8000,
+            channels: 2,
+            block_frames: 256,
+            realtime: false,
+            stats: Arc::default(),
+        }
     }
 }
 
@@ -52,8 +58,14 @@ impl Drop for Guard {
 }
 
 impl AudioOutput for MockOutput {
-    fn open(&mut self, mut renderer: Renderer) -> Result<(OutputInfo, Box<dyn std::any::Any>), String> {
-        let info = OutputInfo { sample_rate: self.sample_rate, channels: self.channels };
+    fn open(
+        &mut self,
+        mut renderer: Renderer,
+    ) -> Result<(OutputInfo, Box<dyn std::any::Any>), String> {
+        let info = OutputInfo {
+            sample_rate: self.sample_rate,
+            channels: self.channels,
+        };
         let stop = Arc::new(AtomicBool::new(false));
         let (stop2, stats, me) = (stop.clone(), self.stats.clone(), self.clone());
         let thread = std::thread::Builder::new()
@@ -68,14 +80,22 @@ impl AudioOutput for MockOutput {
                 };
                 while !stop2.load(Ordering::Relaxed) {
                     renderer.render(&mut buf, ch);
-                    stats.frames.fetch_add(me.block_frames as u64, Ordering::Relaxed);
+                    stats
+                        .frames
+                        .fetch_add(me.block_frames as u64, Ordering::Relaxed);
                     let loud = buf.chunks(ch).filter(|f| f[0] != 0.0).count();
                     stats.loud_frames.fetch_add(loud as u64, Ordering::Relaxed);
                     std::thread::sleep(pause);
                 }
             })
             .map_err(|e| format!("mock device thread: {e}"))?;
-        Ok((info, Box::new(Guard { stop, thread: Some(thread) })))
+        Ok((
+            info,
+            Box::new(Guard {
+                stop,
+                thread: Some(thread),
+            }),
+        ))
     }
 }
 
@@ -84,7 +104,10 @@ impl AudioOutput for MockOutput {
 pub struct NoDevice;
 
 impl AudioOutput for NoDevice {
-    fn open(&mut self, _renderer: Renderer) -> Result<(OutputInfo, Box<dyn std::any::Any>), String> {
+    fn open(
+        &mut self,
+        _renderer: Renderer,
+    ) -> Result<(OutputInfo, Box<dyn std::any::Any>), String> {
         Err("no audio device: device not available".into())
     }
 }

@@ -58,7 +58,10 @@ pub struct Shared {
 }
 
 enum ManagerCmd {
-    Load { sample_rate: u32, samples: Arc<Vec<f32>> },
+    Load {
+        sample_rate: u32,
+        samples: Arc<Vec<f32>>,
+    },
     Seek(u64),
     Shutdown,
 }
@@ -82,29 +85,37 @@ impl Player {
         let error = Arc::new(std::sync::OnceLock::new());
         let (tx, rx) = sync_channel(16);
         let (s2, e2) = (shared.clone(), error.clone());
-        let thread = std::thread::Builder::new().name("audio-manager".into()).spawn(move || {
-            // One second of stereo at 48 kHz: small enough to seek quickly, large enough for hiccups.
-            let rb = HeapRb::<f32>::new(48_000);
-            let (prod, cons) = rb.split();
-            let renderer = Renderer::new(cons, s2.clone());
-            match output.open(renderer) {
-                Ok((info, guard)) => {
-                    s2.device_rate.store(info.sample_rate as u64, Ordering::Relaxed);
-                    manage(rx, prod, &s2, info);
-                    drop(guard);
-                }
-                Err(e) => {
-                    let _ = e2.set(e);
-                    // Keep answering commands so the UI never blocks on a full channel.
-                    while let Ok(cmd) = rx.recv() {
-                        if matches!(cmd, ManagerCmd::Shutdown) {
-                            break;
+        let thread = std::thread::Builder::new()
+            .name("audio-manager".into())
+            .spawn(move || {
+                // One second of stereo at 48 kHz: small enough to seek quickly, large enough for hiccups.
+                let rb = HeapRb::<f32>::new(48_000);
+                let (prod, cons) = rb.split();
+                let renderer = Renderer::new(cons, s2.clone());
+                match output.open(renderer) {
+                    Ok((info, guard)) => {
+                        s2.device_rate
+                            .store(info.sample_rate as u64, Ordering::Relaxed);
+                        manage(rx, prod, &s2, info);
+                        drop(guard);
+                    }
+                    Err(e) => {
+                        let _ = e2.set(e);
+                        // Keep answering commands so the UI never blocks on a full channel.
+                        while let Ok(cmd) = rx.recv() {
+                            if matches!(cmd, ManagerCmd::Shutdown) {
+                                break;
+                            }
                         }
                     }
                 }
-            }
-        })?;
-        Ok(Player { shared, tx, thread: Some(thread), error })
+            })?;
+        Ok(Player {
+            shared,
+            tx,
+            thread: Some(thread),
+            error,
+        })
     }
 
     /// Why playback is impossible ("no audio device: …"), once the device failed to open.
@@ -115,7 +126,10 @@ impl Player {
     /// Replaces the clip (mono samples in [-1, 1] at `sample_rate`) and rewinds.
     pub fn load(&self, sample_rate: u32, samples: Arc<Vec<f32>>) {
         self.shared.playing.store(false, Ordering::Relaxed);
-        let _ = self.tx.try_send(ManagerCmd::Load { sample_rate, samples });
+        let _ = self.tx.try_send(ManagerCmd::Load {
+            sample_rate,
+            samples,
+        });
     }
 
     /// Starts or resumes playback.
@@ -147,7 +161,9 @@ impl Player {
     pub fn seek_fraction(&self, fraction: f32) {
         let len = self.shared.clip_frames.load(Ordering::Relaxed);
         let frame = (fraction.clamp(0.0, 1.0) as f64 * len as f64) as u64;
-        let _ = self.tx.try_send(ManagerCmd::Seek(frame.min(len.saturating_sub(1))));
+        let _ = self
+            .tx
+            .try_send(ManagerCmd::Seek(frame.min(len.saturating_sub(1))));
     }
 
     /// The play position as a fraction of the clip (0 with no clip).
@@ -181,15 +197,25 @@ impl Drop for Player {
 }
 
 /// The manager loop: keeps the ring topped up from the clip, handles seeks and the end of a clip.
-fn manage(rx: Receiver<ManagerCmd>, mut prod: impl Producer<Item = f32>, shared: &Shared, info: OutputInfo) {
+fn manage(
+    rx: Receiver<ManagerCmd>,
+    mut prod: impl Producer<Item = f32>,
+    shared: &Shared,
+    info: OutputInfo,
+) {
     let mut clip: Vec<f32> = Vec::new();
     let mut write_pos: usize = 0;
     loop {
         match rx.recv_timeout(Duration::from_millis(5)) {
             Ok(ManagerCmd::Shutdown) | Err(RecvTimeoutError::Disconnected) => return,
-            Ok(ManagerCmd::Load { sample_rate, samples }) => {
+            Ok(ManagerCmd::Load {
+                sample_rate,
+                samples,
+            }) => {
                 clip = resample(&samples, sample_rate, info.sample_rate);
-                shared.clip_frames.store(clip.len() as u64, Ordering::Relaxed);
+                shared
+                    .clip_frames
+                    .store(clip.len() as u64, Ordering::Relaxed);
                 flush(shared);
                 write_pos = 0;
                 shared.position_frames.store(0, Ordering::Relaxed);
@@ -197,7 +223,9 @@ fn manage(rx: Receiver<ManagerCmd>, mut prod: impl Producer<Item = f32>, shared:
             Ok(ManagerCmd::Seek(frame)) => {
                 flush(shared);
                 write_pos = (frame as usize).min(clip.len());
-                shared.position_frames.store(write_pos as u64, Ordering::Relaxed);
+                shared
+                    .position_frames
+                    .store(write_pos as u64, Ordering::Relaxed);
             }
             Err(RecvTimeoutError::Timeout) => {}
         }

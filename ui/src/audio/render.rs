@@ -53,7 +53,11 @@ impl Renderer {
         let len = self.shared.clip_frames.load(Ordering::Relaxed);
         let mut pos = self.shared.position_frames.load(Ordering::Relaxed) + played;
         if len > 0 && pos >= len {
-            pos = if self.shared.looping.load(Ordering::Relaxed) { pos % len } else { len };
+            pos = if self.shared.looping.load(Ordering::Relaxed) {
+                pos % len
+            } else {
+                len
+            };
         }
         self.shared.position_frames.store(pos, Ordering::Relaxed);
     }

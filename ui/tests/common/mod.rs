@@ -13,16 +13,19 @@ use headroom_engine::knobs::Component;
 use headroom_engine::media::Image;
 use headroom_engine::worker::protocol::Preview;
 use headroom_engine::{Knobs, Request};
+use headroom_ui::app::HeadroomApp;
 use headroom_ui::app::backend::{
-    Backend, Comparison, DeviceUse, EngineEvent, GpuInfo, Media, MemoryPoint, ModelSummary, PlanView,
-    RestoredView, RunRecord, Verdict,
+    Backend, Comparison, DeviceUse, EngineEvent, GpuInfo, Media, MemoryPoint, ModelSummary,
+    PlanView, RestoredView, RunRecord, Verdict,
 };
 use headroom_ui::app::state::SavedState;
-use headroom_ui::app::HeadroomApp;
 
 /// Parameters of the fake model's components (SD 1.5's sizes).
-pub const COMPONENTS: [(Component, u64); 3] =
-    [(Component::Text, 123_060_480), (Component::Unet, 859_520_964), (Component::Vae, 83_653_863)];
+pub const COMPONENTS: [(Component, u64); 3] = [
+    (Component::Text, 123_060_480),
+    (Component::Unet, 859_520_964),
+    (Component::Vae, 83_653_863),
+];
 
 /// The fake engine.
 #[derive(Default)]
@@ -37,7 +40,10 @@ pub struct FakeBackend {
 
 impl FakeBackend {
     pub fn new() -> Self {
-        Self { budget_bytes: 8 << 30, ..Default::default() }
+        Self {
+            budget_bytes: 8 << 30,
+            ..Default::default()
+        }
     }
 }
 
@@ -47,11 +53,15 @@ impl Backend for FakeBackend {
             return Err(format!("{model}: not a model file"));
         }
         let parameters = COMPONENTS.iter().map(|c| c.1).sum::<u64>();
-        let bytes_by_precision: BTreeMap<String, u64> =
-            [("f32", 4.0), ("f16", 2.0), ("q8_0", 1.0625), ("q4k", 0.5625)]
-                .into_iter()
-                .map(|(p, b)| (p.to_string(), (parameters as f64 * b) as u64))
-                .collect();
+        let bytes_by_precision: BTreeMap<String, u64> = [
+            ("f32", 4.0),
+            ("f16", 2.0),
+            ("q8_0", 1.0625),
+            ("q4k", 0.5625),
+        ]
+        .into_iter()
+        .map(|(p, b)| (p.to_string(), (parameters as f64 * b) as u64))
+        .collect();
         Ok(ModelSummary {
             model: model.into(),
             format: "safetensors".into(),
@@ -59,25 +69,48 @@ impl Backend for FakeBackend {
             family_reason: "UNet with 4 down blocks and a 768-wide text encoder".into(),
             parameters,
             bytes_by_precision,
-            components: COMPONENTS.iter().map(|(c, n)| (c.name().to_string(), *n)).collect(),
+            components: COMPONENTS
+                .iter()
+                .map(|(c, n)| (c.name().to_string(), *n))
+                .collect(),
             warnings: Vec::new(),
         })
     }
 
-    fn plan(&self, _model: &str, knobs: &Knobs, _r: &Request, budget: Option<u64>) -> Result<PlanView, String> {
+    fn plan(
+        &self,
+        _model: &str,
+        knobs: &Knobs,
+        _r: &Request,
+        budget: Option<u64>,
+    ) -> Result<PlanView, String> {
         let weights: u64 = COMPONENTS
             .iter()
-            .map(|(c, n)| knobs.precision.get(*c).resolve(knobs.device).bytes_for(*n, 256))
+            .map(|(c, n)| {
+                knobs
+                    .precision
+                    .get(*c)
+                    .resolve(knobs.device)
+                    .bytes_for(*n, 256)
+            })
             .sum();
         let activation_bytes = 1 << 30;
         let budget_bytes = budget.unwrap_or(self.budget_bytes);
         let bytes = weights + activation_bytes;
-        let verdict = if bytes <= budget_bytes { Verdict::Fits } else { Verdict::DoesNotFit };
+        let verdict = if bytes <= budget_bytes {
+            Verdict::Fits
+        } else {
+            Verdict::DoesNotFit
+        };
         Ok(PlanView {
             verdict,
             weights_bytes: weights,
             activation_bytes,
-            per_device: vec![DeviceUse { device: "cpu".into(), bytes, budget_bytes }],
+            per_device: vec![DeviceUse {
+                device: "cpu".into(),
+                bytes,
+                budget_bytes,
+            }],
             suggestions: Vec::new(),
         })
     }
@@ -100,8 +133,16 @@ impl Backend for FakeBackend {
             *runs
         };
         for step in 1..=request.steps.min(3) {
-            q.push_back(EngineEvent::Progress { stage: "denoise".into(), step, total: request.steps.min(3) });
-            q.push_back(EngineEvent::Preview(Preview::Image(Image { width: 8, height: 8, rgb: vec![step as u8 * 40; 192] })));
+            q.push_back(EngineEvent::Progress {
+                stage: "denoise".into(),
+                step,
+                total: request.steps.min(3),
+            });
+            q.push_back(EngineEvent::Preview(Preview::Image(Image {
+                width: 8,
+                height: 8,
+                rgb: vec![step as u8 * 40; 192],
+            })));
         }
         q.push_back(EngineEvent::Output(RunRecord {
             profile_path: out_dir.join(format!("run{n}.toml")),
@@ -147,7 +188,10 @@ impl Backend for FakeBackend {
     }
 
     fn restore(&self, path: &Path) -> Result<RestoredView, String> {
-        self.restorable.get(path).cloned().ok_or_else(|| format!("{}: no profile in this file", path.display()))
+        self.restorable
+            .get(path)
+            .cloned()
+            .ok_or_else(|| format!("{}: no profile in this file", path.display()))
     }
 
     fn read_run(&self, profile_path: &Path) -> Result<RunRecord, String> {
@@ -155,15 +199,26 @@ impl Backend for FakeBackend {
     }
 
     fn read_media(&self, _path: &Path) -> Result<Media, String> {
-        Ok(Media::Image(Image { width: 64, height: 64, rgb: vec![128; 64 * 64 * 3] }))
+        Ok(Media::Image(Image {
+            width: 64,
+            height: 64,
+            rgb: vec![128; 64 * 64 * 3],
+        }))
     }
 
     fn compare(&self, _a: &Media, _b: &Media) -> Result<Comparison, String> {
-        Ok(Comparison { numbers: vec![("PSNR dB".into(), 99.0)], heatmap: None })
+        Ok(Comparison {
+            numbers: vec![("PSNR dB".into(), 99.0)],
+            heatmap: None,
+        })
     }
 
     fn drift(&self, original: &RunRecord, again: &RunRecord) -> Vec<String> {
-        if original.sha256 == again.sha256 { Vec::new() } else { vec!["sha256".into()] }
+        if original.sha256 == again.sha256 {
+            Vec::new()
+        } else {
+            vec!["sha256".into()]
+        }
     }
 }
 
@@ -182,7 +237,11 @@ impl egui::DroppedFile for TestDrop {
 
 /// A harness around the app with the fake engine, at the desktop size.
 pub fn harness(backend: FakeBackend) -> Harness<'static, HeadroomApp> {
-    let app = HeadroomApp::new(SavedState::default(), Box::new(backend), std::env::temp_dir().join("headroom-ui-test"));
+    let app = HeadroomApp::new(
+        SavedState::default(),
+        Box::new(backend),
+        std::env::temp_dir().join("headroom-ui-test"),
+    );
     Harness::builder()
         .with_size([1440.0, 900.0])
         .build_ui_state(|ui, app: &mut HeadroomApp| app.frame_ui(ui), app)
@@ -191,7 +250,9 @@ pub fn harness(backend: FakeBackend) -> Harness<'static, HeadroomApp> {
 /// Drops files on the window and lets the app handle them.
 pub fn drop_files(h: &mut Harness<'static, HeadroomApp>, paths: &[&str]) {
     for p in paths {
-        h.input_mut().dropped_files.push(Arc::new(TestDrop(PathBuf::from(p))));
+        h.input_mut()
+            .dropped_files
+            .push(Arc::new(TestDrop(PathBuf::from(p))));
     }
     h.run_steps(3);
 }
