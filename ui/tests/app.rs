@@ -174,3 +174,51 @@ fn saved_state_fills_missing_fields() {
     let back: SavedState = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
     assert_eq!(back, s);
 }
+
+/// An audio output shows a waveform; Play plays it through the player (mock device here) and a
+/// click on the waveform seeks.
+#[test]
+fn audio_output_plays_and_seeks() {
+    use headroom_ui::audio::Player;
+    use headroom_ui::audio::mock::MockOutput;
+    let mut fake = FakeBackend::new();
+    let samples = (0..16_000).map(|i| (i as f32 * 0.03).sin() * 0.6).collect();
+    fake.media = Some(headroom_ui::app::backend::Media::Audio(
+        headroom_engine::media::Audio {
+            sample_rate: 8000,
+            samples,
+        },
+    ));
+    let mut h = harness(fake);
+    h.state_mut().rt.player = Some(
+        Player::spawn(MockOutput {
+            realtime: true,
+            ..MockOutput::default()
+        })
+        .unwrap(),
+    );
+    drop_files(&mut h, &["/models/sd15.safetensors"]);
+    h.get_by_label("Generate").click();
+    h.run_steps(6);
+    assert_eq!(h.state().rt.outputs.len(), 1);
+    assert!(
+        !h.state().rt.outputs[0].envelope.is_empty(),
+        "a waveform to draw"
+    );
+    h.get_by_label("Play").click();
+    h.run_steps(2);
+    let player = h.state().rt.player.as_ref().unwrap();
+    assert!(player.is_playing());
+    // A click lands in the middle of the waveform.
+    h.get_by_label("waveform").click();
+    h.run_steps(2);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let at = h.state().rt.player.as_ref().unwrap().position_fraction();
+    assert!(
+        (0.45..0.8).contains(&at),
+        "seeked to about the middle: {at}"
+    );
+    h.get_by_label("Pause").click();
+    h.run_steps(2);
+    assert!(!h.state().rt.player.as_ref().unwrap().is_playing());
+}

@@ -195,3 +195,72 @@ impl egui::DroppedFile for Dropped {
         std::fs::read(&self.0).map_err(|e| e.to_string())
     }
 }
+
+/// A family that takes `ms` per step, for watching the UI while a run is in progress.
+struct Slow(u64);
+
+impl Family for Slow {
+    fn name(&self) -> &str {
+        "test-slow"
+    }
+    fn weight_bytes(&self) -> Vec<(String, u64)> {
+        Vec::new()
+    }
+    fn generate(
+        &mut self,
+        r: &Request,
+        obs: &mut dyn RunObserver,
+    ) -> headroom_engine::Result<Vec<Artifact>> {
+        obs.stage(Stage::Denoise);
+        for step in 1..=r.steps {
+            std::thread::sleep(Duration::from_millis(self.0));
+            let rgb = vec![(step * 7) as u8; 64 * 64 * 3];
+            obs.preview(Preview::Image(Image {
+                width: 64,
+                height: 64,
+                rgb,
+            }));
+            obs.progress(step, r.steps);
+        }
+        Gradient.generate(
+            &Request {
+                steps: 1,
+                ..r.clone()
+            },
+            obs,
+        )
+    }
+}
+
+/// While a run streams progress and previews the UI keeps drawing frames, and the run ends in an
+/// output card. Prints the frame build times (p50/p99 of the app's own per-frame timer) as a
+/// measurement; speed is not asserted (timed tests flake on shared machines).
+#[test]
+fn ui_keeps_drawing_during_a_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = EngineBackend::spawn_with(
+        || {},
+        Box::new(|_, _, _| Ok(Box::new(Slow(20)) as Box<dyn Family>)),
+    );
+    let mut state = SavedState::default();
+    state.request.steps = 50;
+    let app = HeadroomApp::new(state, Box::new(backend), dir.path().to_path_buf());
+    let mut h = Harness::builder()
+        .with_size([1440.0, 900.0])
+        .build_ui_state(|ui, app: &mut HeadroomApp| app.frame_ui(ui), app);
+    h.state_mut()
+        .rt
+        .commands
+        .push(headroom_ui::app::AppCommand::InspectModel(fixture()));
+    h.run_steps(3);
+    h.get_by_label("Load").click();
+    step_until(&mut h, "the model to load", |a| a.rt.loaded.is_some());
+    h.state_mut().rt.frame_ms.clear();
+    h.get_by_label("Generate").click();
+    step_until(&mut h, "the output", |a| !a.rt.outputs.is_empty());
+    let (p50, p99) = h.state().rt.frame_percentiles().unwrap();
+    let n = h.state().rt.frame_ms.len();
+    println!("frames during a 50-step run: {n}, p50 {p50:.2} ms, p99 {p99:.2} ms");
+    assert!(n > 50, "the UI kept drawing during the run ({n} frames)");
+    assert!(p50 <= p99);
+}

@@ -41,14 +41,16 @@ pub fn envelope(samples: &[f32], buckets: usize) -> Vec<(f32, f32)> {
 }
 
 impl HeadroomApp {
-    /// Everything that happens each frame before drawing.
+    /// What runs every frame, and also while the window is hidden: draining engine events and
+    /// keeping the plan in step with the knobs.
     pub fn logic(&mut self, ctx: &egui::Context) {
-        self.take_dropped_files(ctx);
         self.drain_events(ctx);
         self.refresh_plan();
     }
 
-    fn take_dropped_files(&mut self, ctx: &egui::Context) {
+    /// Files dropped on (or hovering over) the window; read only in shown frames, since a hidden
+    /// window's input is the last shown frame's.
+    pub(super) fn take_dropped_files(&mut self, ctx: &egui::Context) {
         let (hovering, dropped) = ctx.input(|i| {
             let paths: Vec<_> = i
                 .raw

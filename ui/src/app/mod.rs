@@ -96,11 +96,18 @@ impl HeadroomApp {
         }
     }
 
-    /// One frame: logic, drawing, then the commands the drawing pushed.
+    /// One whole frame, as tests drive it: [`HeadroomApp::logic`] then [`HeadroomApp::draw_ui`].
     pub fn frame_ui(&mut self, ui: &mut egui::Ui) {
+        self.logic(&ui.ctx().clone());
+        self.draw_ui(ui);
+    }
+
+    /// Input, drawing, then the commands the drawing pushed (eframe calls
+    /// [`HeadroomApp::logic`] separately, also while the window is hidden).
+    pub fn draw_ui(&mut self, ui: &mut egui::Ui) {
         let t0 = Instant::now();
         let ctx = ui.ctx().clone();
-        self.logic(&ctx);
+        self.take_dropped_files(&ctx);
         self.shortcuts(&ctx);
         self.layout_ui(ui);
         self.drop_overlay_ui(&ctx);
@@ -190,8 +197,12 @@ impl HeadroomApp {
 }
 
 impl eframe::App for HeadroomApp {
+    fn logic(&mut self, ctx: &egui::Context, _frame: &mut eframe::Frame) {
+        HeadroomApp::logic(self, ctx);
+    }
+
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
-        self.frame_ui(ui);
+        self.draw_ui(ui);
     }
 
     fn save(&mut self, storage: &mut dyn eframe::Storage) {

@@ -35,6 +35,8 @@ pub struct FakeBackend {
     pub restorable: HashMap<PathBuf, RestoredView>,
     /// The plan's budget.
     pub budget_bytes: u64,
+    /// What outputs decode to (default: a grey 64×64 image).
+    pub media: Option<Media>,
     runs: RefCell<u32>,
 }
 
@@ -199,6 +201,9 @@ impl Backend for FakeBackend {
     }
 
     fn read_media(&self, _path: &Path) -> Result<Media, String> {
+        if let Some(m) = &self.media {
+            return Ok(m.clone());
+        }
         Ok(Media::Image(Image {
             width: 64,
             height: 64,
