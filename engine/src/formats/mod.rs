@@ -30,6 +30,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 
 pub use ggml::GgmlType;
+pub use inspect::tensor_bytes_at;
 
 /// The container a model came in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
