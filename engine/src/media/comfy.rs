@@ -72,10 +72,10 @@ pub fn parse_workflow(json: &str) -> Result<Restored, String> {
         let class = n.get("type").and_then(Value::as_str).unwrap_or_default().to_string();
         let mut inputs = Map::new();
         for inp in n.get("inputs").and_then(Value::as_array).into_iter().flatten() {
-            if let (Some(name), Some(link)) = (inp.get("name").and_then(Value::as_str), inp.get("link")) {
-                if let Some(target) = links.get(&link.to_string()) {
-                    inputs.insert(name.to_string(), target.clone());
-                }
+            if let (Some(name), Some(link)) = (inp.get("name").and_then(Value::as_str), inp.get("link"))
+                && let Some(target) = links.get(&link.to_string())
+            {
+                inputs.insert(name.to_string(), target.clone());
             }
         }
         if let (Some(names), Some(values)) =

@@ -215,6 +215,19 @@ fn png_other_color_types_become_rgb() {
     assert_eq!(img.rgb, [10, 20, 30, 40, 50, 60]);
 }
 
+/// A PNG whose Headroom profile is damaged falls back to its `parameters` and says why.
+#[test]
+fn damaged_profile_falls_back_to_parameters() {
+    let dir = tempfile::tempdir().unwrap();
+    let params = a1111::format_parameters(&profile());
+    let path = png_with(dir.path(), "half.png", &[("parameters", &params), ("headroom", "version = 99\n")]);
+    let r = restore_from_file(&path).unwrap();
+    assert_eq!((r.source, r.request.prompt.as_str()), (Source::A1111, "a red circle, on blue"));
+    assert!(r.unmapped.iter().any(|u| u.contains("profile version 99")), "{:?}", r.unmapped);
+    let e = one_line_naming(Profile::load(&path).unwrap_err(), "half.png");
+    assert!(e.contains("newer Headroom"), "{e}");
+}
+
 /// A PNG with no settings in it cannot be restored, and says so.
 #[test]
 fn png_without_settings_is_refused() {
