@@ -274,3 +274,37 @@ fn wav_truncated_chunk_is_reported() {
     assert!(e.contains("truncated") && e.contains("'hdrm'"), "{e}");
     one_line_naming(Profile::load(&path).unwrap_err(), "cut.wav");
 }
+
+/// Every truncation and many single-byte corruptions of an output give Ok or a one-line error,
+/// never a panic.
+#[test]
+fn damaged_outputs_never_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let png_path = dir.path().join("o.png");
+    let wav_path = dir.path().join("o.wav");
+    write_png(&png_path, &image(8, 8), Some(&profile())).unwrap();
+    write_wav(&wav_path, &Audio { sample_rate: 8000, samples: vec![0.25; 64] }, Some(&profile())).unwrap();
+    for path in [png_path, wav_path] {
+        let good = std::fs::read(&path).unwrap();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        let mut variants: Vec<Vec<u8>> = (0..good.len()).step_by(2).map(|n| good[..n].to_vec()).collect();
+        variants.extend((0..good.len()).step_by(5).map(|i| {
+            let mut v = good.clone();
+            v[i] ^= 0xA5;
+            v
+        }));
+        for bytes in variants {
+            std::fs::write(&path, &bytes).unwrap();
+            let read = if name.ends_with(".png") {
+                read_png(&path).map(|_| ())
+            } else {
+                read_wav(&path).map(|_| ())
+            };
+            for result in [read, restore_from_file(&path).map(|_| ()), Profile::load(&path).map(|_| ())] {
+                if let Err(e) = result {
+                    one_line_naming(e, &name);
+                }
+            }
+        }
+    }
+}
