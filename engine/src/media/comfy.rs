@@ -169,7 +169,14 @@ fn from_graph(g: &Graph) -> Result<Restored, String> {
     }
     let num = |k: &str| ks.inputs.get(k).and_then(Value::as_f64);
     let seed_key = if ks.class == "KSamplerAdvanced" { "noise_seed" } else { "seed" };
-    match ks.inputs.get(seed_key).and_then(Value::as_u64) {
+    // The seed may come from a primitive/seed node through a link.
+    let seed = match ks.inputs.get(seed_key) {
+        Some(v @ Value::Array(_)) => follow(g, Some(v)).and_then(|(_, n)| {
+            ["seed", "noise_seed", "value", "int"].iter().find_map(|k| n.inputs.get(*k).and_then(Value::as_u64))
+        }),
+        v => v.and_then(Value::as_u64),
+    };
+    match seed {
         Some(s) => {
             out.request.seed = s;
             out.mapped.push(format!("seed: {s}"));

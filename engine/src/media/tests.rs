@@ -131,6 +131,19 @@ fn comfyui_prompt_restores() {
     assert!(r.unmapped.is_empty(), "{:?}", r.unmapped);
 }
 
+/// A seed fed from a separate seed node through a link is still found.
+#[test]
+fn comfyui_linked_seed() {
+    let json = COMFY_PROMPT.replace("\"seed\": 156680208700286", "\"seed\": [\"20\", 0]").replacen(
+        '{',
+        "{\"20\": {\"inputs\": {\"seed\": 1234}, \"class_type\": \"Seed (rgthree)\"}, ",
+        1,
+    );
+    let r = comfy::parse_prompt(&json).unwrap();
+    assert_eq!(r.request.seed, 1234);
+    assert!(r.unmapped.is_empty(), "{:?}", r.unmapped);
+}
+
 /// A PNG with only the editor workflow restores through the widgets and links, and names the
 /// sampler and LoRA it cannot reproduce.
 #[test]

@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::knobs::Knobs;
 use crate::request::Request;
 
-pub use crate::fsutil::write_atomic;
+pub use crate::fsutil::{sha256_file, write_atomic};
 
 /// The profile format version this build writes and the newest it reads.
 pub const PROFILE_VERSION: u32 = 1;
