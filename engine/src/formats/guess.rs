@@ -22,6 +22,11 @@ pub(crate) fn label(id: &str) -> String {
     }
 }
 
+/// GGUF architectures of diffusion models (city96's ComfyUI-GGUF conversions) that are not a
+/// family Headroom runs, so they must not be reported as language models.
+const OTHER_DIFFUSION_ARCHS: &[&str] =
+    &["flux", "sd3", "aura", "hyvid", "ltxv", "wan", "cosmos", "lumina2", "hidream", "chroma", "qwen_image"];
+
 fn guess(id: &str, reason: impl Into<String>) -> FamilyGuess {
     FamilyGuess { id: id.to_string(), label: label(id), reason: reason.into() }
 }
@@ -46,6 +51,13 @@ pub(crate) fn family(format: Format, components: &[ComponentInfo], metadata: &BT
     {
         if matches!(arch.as_str(), "sd1" | "sd2" | "sdxl") {
             return guess(arch, format!("general.architecture = {arch}"));
+        }
+        if OTHER_DIFFUSION_ARCHS.contains(&arch.as_str()) {
+            return FamilyGuess {
+                id: "unknown".into(),
+                label: format!("Diffusion model ({arch})"),
+                reason: format!("general.architecture = {arch}, a diffusion model family Headroom does not run"),
+            };
         }
         if !has_unet {
             return guess(&format!("llm:{arch}"), format!("general.architecture = {arch}"));
@@ -79,6 +91,23 @@ pub(crate) fn family(format: Format, components: &[ComponentInfo], metadata: &BT
     }
     if names().any(|t| t.name.starts_with("cond_stage_model.model.")) {
         return guess("sd2", "LDM keys cond_stage_model.model.* (OpenCLIP text encoder)");
+    }
+    if components.iter().any(|c| c.name == "text_encoder_2") {
+        return guess("sdxl", "two text encoders (text_encoder_2), as SDXL has");
+    }
+    // A real-size text encoder's width: CLIP ViT-L (768) for 1.x, OpenCLIP ViT-H (1024) for 2.x.
+    let text_width = metadata.get("text_encoder.hidden_size").and_then(|h| h.parse().ok()).or_else(|| {
+        components
+            .iter()
+            .filter(|c| c.component == Some(Component::Text))
+            .flat_map(|c| c.tensors.iter())
+            .find(|t| t.name.ends_with("final_layer_norm.weight") || t.name.ends_with("ln_final.weight"))
+            .and_then(|t| t.shape.first().copied())
+    });
+    match text_width {
+        Some(768) => return guess("sd1", "text encoder width 768 (CLIP ViT-L, as SD 1.x)"),
+        Some(1024) => return guess("sd2", "text encoder width 1024 (OpenCLIP ViT-H, as SD 2.x)"),
+        _ => {}
     }
     match metadata.get("text_encoder.hidden_act").map(String::as_str) {
         Some("quick_gelu") if has_unet => {
@@ -134,6 +163,21 @@ mod tests {
         assert_eq!(family(Format::Ckpt, &c, &BTreeMap::new()).id, "sd2");
     }
 
+    /// Tiny models: SDXL's extra embedding, a second text encoder, or a standard text width decide.
+    #[test]
+    fn tiny_model_signals() {
+        let none = BTreeMap::new();
+        let unet = comp("unet", &[("add_embedding.linear_1.weight", &[32, 40]), ("mid_block.attn2.to_k.weight", &[8, 16])]);
+        assert_eq!(family(Format::Diffusers, std::slice::from_ref(&unet), &none).id, "sdxl");
+        let plain = comp("unet", &[("mid_block.attn2.to_k.weight", &[8, 16])]);
+        let te2 = comp("text_encoder_2", &[("text_model.final_layer_norm.weight", &[16])]);
+        assert_eq!(family(Format::Diffusers, &[plain.clone(), te2], &none).id, "sdxl");
+        let te = comp("text_encoder", &[("text_model.final_layer_norm.weight", &[1024])]);
+        assert_eq!(family(Format::Diffusers, &[plain.clone(), te], &none).id, "sd2");
+        let g = family(Format::Diffusers, &[plain], &none);
+        assert_eq!((g.id.as_str(), g.label.as_str()), ("unknown", "Stable Diffusion-like (version unclear)"));
+    }
+
     /// A GGUF's architecture names an LLM unless its tensors are a UNet.
     #[test]
     fn gguf_architecture() {
@@ -142,5 +186,13 @@ mod tests {
         let c = [comp("model", &[("blk.0.attn_q.weight", &[32, 32])])];
         let g = family(Format::Gguf, &c, &m);
         assert_eq!((g.id.as_str(), g.label.as_str()), ("llm:llama", "Language model (llama)"));
+        m.insert("general.architecture".to_string(), "sdxl".to_string());
+        assert_eq!(family(Format::Gguf, &c, &m).id, "sdxl");
+        m.insert("general.architecture".to_string(), "flux".to_string());
+        assert_eq!(family(Format::Gguf, &c, &m).label, "Diffusion model (flux)");
+        // A UNet in a GGUF with an unexpected architecture is judged by its tensors.
+        m.insert("general.architecture".to_string(), "whatever".to_string());
+        let unet = [comp("unet", &[("input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight", &[320, 768])])];
+        assert_eq!(family(Format::Gguf, &unet, &m).id, "sd1");
     }
 }

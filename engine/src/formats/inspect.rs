@@ -77,7 +77,7 @@ impl Inspection {
     /// The `n` largest tensors by stored bytes (then by elements), largest first.
     pub fn largest(&self, n: usize) -> Vec<&TensorInfo> {
         let mut all: Vec<&TensorInfo> = self.tensors().collect();
-        all.sort_by(|a, b| (b.bytes.unwrap_or(0), b.elements()).cmp(&(a.bytes.unwrap_or(0), a.elements())));
+        all.sort_by_key(|t| std::cmp::Reverse((t.bytes.unwrap_or(0), t.elements())));
         all.truncate(n);
         all
     }

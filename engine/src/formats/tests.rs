@@ -164,3 +164,57 @@ fn truncated_fixtures_are_errors() {
         }
     }
 }
+
+/// Shards without an index are found from any one of them (or their folder); a missing one is named.
+#[test]
+fn shards_without_index() {
+    let dir = tempfile::tempdir().unwrap();
+    for n in ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"] {
+        std::fs::copy(fixtures().join("sharded").join(n), dir.path().join(n)).unwrap();
+    }
+    let want = expected()["sharded"]["parameters"].as_u64().unwrap();
+    let i = inspect(&dir.path().join("model-00001-of-00002.safetensors")).unwrap();
+    assert_eq!((i.parameters(), i.files.len(), i.metadata["shards"].as_str()), (want, 2, "2"));
+    assert_eq!(inspect(dir.path()).unwrap().parameters(), want);
+    std::fs::remove_file(dir.path().join("model-00002-of-00002.safetensors")).unwrap();
+    let e = inspect(&dir.path().join("model-00001-of-00002.safetensors")).unwrap_err().to_string();
+    assert!(e.contains("model-00002-of-00002.safetensors: shard 2 of 2 is missing"), "{e}");
+}
+
+/// An index naming a shard outside its folder is refused.
+#[test]
+fn index_cannot_leave_the_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("model.safetensors.index.json");
+    std::fs::write(&p, r#"{"weight_map": {"a": "../../etc/passwd"}}"#).unwrap();
+    let e = inspect(&p).unwrap_err().to_string();
+    assert!(e.contains("leaves the model's folder"), "{e}");
+}
+
+/// A component folder prefers non-variant weights (even a `.bin`) over variants, safetensors over
+/// `.bin`, and never picks a shard directly.
+#[test]
+fn component_weight_choice() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for n in [
+        "config.json",
+        "diffusion_pytorch_model.fp16.safetensors",
+        "diffusion_pytorch_model.bin",
+        "diffusion_pytorch_model-00001-of-00002.safetensors",
+        "diffusion_pytorch_model.safetensors.index.ema.json",
+        "notes.txt",
+    ] {
+        std::fs::write(d.join(n), b"").unwrap();
+    }
+    let pick = || diffusers::component_weights(d).unwrap().map(|c| (file_name(&c.file), c.variant, c.index));
+    assert_eq!(pick(), Some(("diffusion_pytorch_model.bin".into(), None, false)));
+    std::fs::write(d.join("diffusion_pytorch_model.safetensors"), b"").unwrap();
+    assert_eq!(pick(), Some(("diffusion_pytorch_model.safetensors".into(), None, false)));
+    std::fs::remove_file(d.join("diffusion_pytorch_model.safetensors")).unwrap();
+    std::fs::remove_file(d.join("diffusion_pytorch_model.bin")).unwrap();
+    std::fs::remove_file(d.join("diffusion_pytorch_model.fp16.safetensors")).unwrap();
+    assert_eq!(pick(), Some(("diffusion_pytorch_model.safetensors.index.ema.json".into(), Some("ema".into()), true)));
+    std::fs::remove_file(d.join("config.json")).unwrap();
+    assert_eq!(pick(), None);
+}

@@ -1,174 +1,65 @@
-//! A pickle reader that never executes code: it interprets only the opcodes `torch.save` writes
-//! and only the globals tensor storage needs (`torch._utils._rebuild_tensor_v2`,
-//! `collections.OrderedDict`, `torch.FloatStorage` …). Any other global (`os.system`,
-//! `builtins.eval` …) is refused with an error naming it, at the moment it is named.
-//!
-//! Containers live in an arena ([`Heap`]) and values refer to them by index, so a hostile pickle
-//! cannot build a structure whose drop recurses deeply, and cycles cost nothing.
+//! The pickle virtual machine: the opcodes `torch.save` writes (protocol 2, and the protocol 4
+//! ones a newer writer may use), over a bounds-checked cursor. It never imports or calls anything:
+//! GLOBAL resolves through the allowlist in [`super::globals`] and REDUCE builds data.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::path::Path;
-use std::rc::Rc;
 
-use super::bin::Cursor;
+use super::{Global, Heap, Unpickled, Value};
 use crate::error::{Error, Result};
+use crate::formats::bin::Cursor;
 
-/// A global the reader accepts, by what it does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Global {
-    /// `torch._utils._rebuild_tensor_v2(storage, offset, size, stride, …)`.
-    RebuildTensorV2,
-    /// `torch._utils._rebuild_parameter(data, …)` and `_rebuild_parameter_with_state`.
-    RebuildParameter,
-    /// `torch._tensor._rebuild_from_type_v2(func, type, args, state)`.
-    RebuildFromType,
-    /// `collections.OrderedDict`.
-    OrderedDict,
-    /// `torch.Size`.
-    Size,
-    /// `torch.device`.
-    Device,
-    /// `_codecs.encode` (how protocol 2 stores bytes).
-    CodecsEncode,
-    /// `builtins.set` / `builtins.frozenset`.
-    Set,
-    /// A storage class: safetensors-style dtype name and bytes per element.
-    Storage(&'static str, u64),
-    /// A type or constant used only as a marker (`torch.Tensor`, `torch.float16` …).
-    Marker,
-}
-
-/// Storage classes torch writes, with the dtype names Headroom uses and element sizes.
-const STORAGES: &[(&str, &str, u64)] = &[
-    ("FloatStorage", "F32", 4),
-    ("DoubleStorage", "F64", 8),
-    ("HalfStorage", "F16", 2),
-    ("BFloat16Storage", "BF16", 2),
-    ("LongStorage", "I64", 8),
-    ("IntStorage", "I32", 4),
-    ("ShortStorage", "I16", 2),
-    ("CharStorage", "I8", 1),
-    ("ByteStorage", "U8", 1),
-    ("BoolStorage", "BOOL", 1),
-    ("ComplexFloatStorage", "C64", 8),
-    ("ComplexDoubleStorage", "C128", 16),
-    ("UntypedStorage", "U8", 1),
-];
-
-/// torch dtypes that may appear as constants (`torch.float16`).
-const TORCH_DTYPES: &[&str] = &[
-    "float32", "float", "float64", "double", "float16", "half", "bfloat16", "int64", "long", "int32",
-    "int", "int16", "int8", "uint8", "bool", "complex64", "complex128",
-];
-
-/// Resolves `module.name` to an allowed global, or refuses it.
-fn resolve_global(module: &str, name: &str) -> Option<Global> {
-    Some(match (module, name) {
-        ("torch._utils", "_rebuild_tensor_v2") => Global::RebuildTensorV2,
-        ("torch._utils", "_rebuild_parameter" | "_rebuild_parameter_with_state") => Global::RebuildParameter,
-        ("torch._tensor", "_rebuild_from_type_v2") => Global::RebuildFromType,
-        ("collections", "OrderedDict") => Global::OrderedDict,
-        ("torch", "Size") => Global::Size,
-        ("torch", "device") => Global::Device,
-        ("_codecs", "encode") => Global::CodecsEncode,
-        ("builtins" | "__builtin__", "set" | "frozenset") => Global::Set,
-        ("torch", "Tensor") | ("torch.nn.parameter", "Parameter") => Global::Marker,
-        ("torch", n) if TORCH_DTYPES.contains(&n) => Global::Marker,
-        ("torch", n) => {
-            let &(_, dtype, size) = STORAGES.iter().find(|s| s.0 == n)?;
-            Global::Storage(dtype, size)
-        }
-        _ => return None,
-    })
-}
-
-/// A storage named by a persistent id: `('storage', type, key, location, numel)`.
-#[derive(Clone, Debug)]
-pub(crate) struct Storage {
-    pub dtype: &'static str,
-    pub elem_bytes: u64,
-    pub key: String,
-    pub numel: u64,
-}
-
-/// A tensor rebuilt by `_rebuild_tensor_v2`: a view of a storage.
-#[derive(Clone, Debug)]
-pub(crate) struct Tensor {
-    pub storage: usize,
-    pub offset: u64,
-    pub shape: Vec<u64>,
-    pub stride: Vec<u64>,
-}
-
-/// A pickled value; containers are indices into the [`Heap`].
-#[derive(Clone, Debug)]
-pub(crate) enum Value {
-    None,
-    Bool(bool),
-    Int(i64),
-    /// An integer too large for i64 (kept only as a marker).
-    BigInt,
-    Float(f64),
-    Str(Rc<str>),
-    /// Bytes (their content is not kept).
-    Bytes,
-    Tuple(usize),
-    List(usize),
-    Dict(usize),
-    Global(Global),
-    Storage(usize),
-    Tensor(usize),
-}
-
-/// Where containers, storages and tensors live.
-#[derive(Default)]
-pub(crate) struct Heap {
-    pub seqs: Vec<Vec<Value>>,
-    pub dicts: Vec<Vec<(Value, Value)>>,
-    pub storages: Vec<Storage>,
-    pub tensors: Vec<Tensor>,
-}
-
-impl Heap {
-    fn seq(&mut self, v: Vec<Value>) -> usize {
-        self.seqs.push(v);
-        self.seqs.len() - 1
-    }
-    fn dict(&mut self, v: Vec<(Value, Value)>) -> usize {
-        self.dicts.push(v);
-        self.dicts.len() - 1
-    }
-}
-
-/// The result of unpickling: the heap and the root value.
-pub(crate) struct Unpickled {
-    pub heap: Heap,
-    pub root: Value,
-}
+/// Values copied per byte of pickle before the stream counts as a bomb (torch's own pickles copy
+/// a few values per byte at most).
+const WORK_PER_BYTE: u64 = 64;
 
 /// The interpreter's state.
-struct Machine<'a> {
-    cur: Cursor<'a>,
+pub(super) struct Machine<'a> {
+    pub(super) cur: Cursor<'a>,
     stack: Vec<Value>,
     marks: Vec<usize>,
     memo: HashMap<u32, Value>,
-    heap: Heap,
+    pub(super) heap: Heap,
+    /// Values copied so far, and the most allowed.
+    work: Cell<u64>,
+    budget: u64,
 }
 
-/// Unpickles `buf` (named `path` in errors) without running anything.
-///
-/// # Errors
-/// A global outside the allowed set (named in the message), an opcode torch does not write,
-/// or a malformed stream.
-pub(crate) fn load(buf: &[u8], path: &Path) -> Result<Unpickled> {
-    let mut m =
-        Machine { cur: Cursor::new(buf, path), stack: Vec::new(), marks: Vec::new(), memo: HashMap::new(), heap: Heap::default() };
-    let root = m.run()?;
-    Ok(Unpickled { heap: m.heap, root })
+impl<'a> Machine<'a> {
+    /// A machine at the start of `buf`.
+    pub(super) fn new(buf: &'a [u8], path: &'a Path) -> Self {
+        Machine {
+            cur: Cursor::new(buf, path),
+            stack: Vec::new(),
+            marks: Vec::new(),
+            memo: HashMap::new(),
+            heap: Heap::default(),
+            work: Cell::new(0),
+            budget: (buf.len() as u64).saturating_mul(WORK_PER_BYTE).max(1 << 20),
+        }
+    }
+
+    /// Runs to STOP and hands back the heap and the root value.
+    pub(super) fn run(mut self) -> Result<Unpickled> {
+        let root = self.execute()?;
+        Ok(Unpickled { heap: self.heap, root })
+    }
 }
 
 impl Machine<'_> {
-    fn err(&self, problem: impl std::fmt::Display) -> Error {
+    /// Counts `n` values copied; an error once the budget is spent.
+    pub(super) fn charge(&self, n: usize) -> Result<()> {
+        let w = self.work.get().saturating_add(n as u64);
+        self.work.set(w);
+        if w > self.budget {
+            return Err(self.err("it builds far more data than its size allows (a pickle bomb?)"));
+        }
+        Ok(())
+    }
+
+    /// A `path: pickle: problem (at byte N)` error.
+    pub(super) fn err(&self, problem: impl std::fmt::Display) -> Error {
         Error::file(self.cur.path(), format!("pickle: {problem} (at byte {})", self.cur.pos()))
     }
 
@@ -219,19 +110,7 @@ impl Machine<'_> {
         self.memo.get(&k).cloned().ok_or_else(|| self.err(format!("memo key {k} was never stored")))
     }
 
-    fn global(&self, module: &str, name: &str) -> Result<Value> {
-        resolve_global(module, name).map(Value::Global).ok_or_else(|| {
-            Error::file(
-                self.cur.path(),
-                format!(
-                    "refused global '{module}.{name}' in the checkpoint's pickle: only the globals PyTorch uses to \
-                     store tensors are allowed (nothing in the file was run)"
-                ),
-            )
-        })
-    }
-
-    fn run(&mut self) -> Result<Value> {
+    fn execute(&mut self) -> Result<Value> {
         loop {
             let op = self.cur.u8("pickle opcode")?;
             match op {
@@ -404,7 +283,7 @@ impl Machine<'_> {
                 b'R' => {
                     let args = self.pop()?;
                     let func = self.pop()?;
-                    let v = self.call(func, args)?;
+                    let v = self.call(func, args, 0)?;
                     self.stack.push(v);
                 }
                 0x81 | 0x92 => {
@@ -463,7 +342,7 @@ impl Machine<'_> {
     }
 
     fn pairs(&self, items: Vec<Value>) -> Result<Vec<(Value, Value)>> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return Err(self.err("odd number of items for a dict"));
         }
         let mut it = items.into_iter();
@@ -494,97 +373,4 @@ impl Machine<'_> {
         }
     }
 
-    fn tuple_items(&self, v: &Value) -> Result<Vec<Value>> {
-        match v {
-            Value::Tuple(i) | Value::List(i) => Ok(self.heap.seqs[*i].clone()),
-            _ => Err(self.err("expected a tuple of arguments")),
-        }
-    }
-
-    fn ints(&self, v: &Value, what: &str) -> Result<Vec<u64>> {
-        self.tuple_items(v)?
-            .iter()
-            .map(|x| match x {
-                Value::Int(n) => u64::try_from(*n).map_err(|_| self.err(format!("negative {what}"))),
-                _ => Err(self.err(format!("{what} is not a tuple of integers"))),
-            })
-            .collect()
-    }
-
-    /// Applies an allowed callable to its arguments, building data only.
-    fn call(&mut self, func: Value, args: Value) -> Result<Value> {
-        let Value::Global(g) = func else {
-            return Err(self.err("REDUCE of something that is not an allowed global"));
-        };
-        let a = self.tuple_items(&args)?;
-        Ok(match g {
-            Global::RebuildTensorV2 => {
-                let (Some(Value::Storage(s)), Some(Value::Int(off)), Some(size), Some(stride)) =
-                    (a.first(), a.get(1), a.get(2), a.get(3))
-                else {
-                    return Err(self.err("_rebuild_tensor_v2 needs (storage, offset, size, stride, …)"));
-                };
-                let offset = u64::try_from(*off).map_err(|_| self.err("negative storage offset"))?;
-                let shape = self.ints(size, "size")?;
-                let stride = self.ints(stride, "stride")?;
-                if shape.len() != stride.len() {
-                    return Err(self.err("size and stride differ in length"));
-                }
-                self.heap.tensors.push(Tensor { storage: *s, offset, shape, stride });
-                Value::Tensor(self.heap.tensors.len() - 1)
-            }
-            Global::RebuildParameter => match a.first() {
-                Some(t @ Value::Tensor(_)) => t.clone(),
-                _ => return Err(self.err("_rebuild_parameter of something that is not a tensor")),
-            },
-            Global::RebuildFromType => match (a.first(), a.get(2)) {
-                (Some(f), Some(inner)) => self.call(f.clone(), inner.clone())?,
-                _ => return Err(self.err("_rebuild_from_type_v2 needs (func, type, args, state)")),
-            },
-            Global::OrderedDict => {
-                let pairs = match a.first() {
-                    Some(seq @ (Value::List(_) | Value::Tuple(_))) => {
-                        let mut out = Vec::new();
-                        for item in self.tuple_items(seq)? {
-                            let kv = self.tuple_items(&item)?;
-                            if let [k, v] = kv.as_slice() {
-                                out.push((k.clone(), v.clone()));
-                            }
-                        }
-                        out
-                    }
-                    _ => Vec::new(),
-                };
-                Value::Dict(self.heap.dict(pairs))
-            }
-            Global::Size => match a.first() {
-                Some(t) => Value::Tuple(self.heap.seq(self.tuple_items(t)?)),
-                None => Value::Tuple(self.heap.seq(Vec::new())),
-            },
-            Global::Device => a.first().cloned().unwrap_or(Value::None),
-            Global::CodecsEncode => Value::Bytes,
-            Global::Set => match a.first() {
-                Some(seq @ (Value::List(_) | Value::Tuple(_))) => Value::List(self.heap.seq(self.tuple_items(seq)?)),
-                _ => Value::List(self.heap.seq(Vec::new())),
-            },
-            Global::Storage(..) | Global::Marker => {
-                return Err(self.err("a storage type or marker was called; torch.save never does that"));
-            }
-        })
-    }
-
-    /// Resolves `('storage', StorageType, key, location, numel)`.
-    fn persistent(&mut self, pid: Value) -> Result<Value> {
-        let items = self.tuple_items(&pid)?;
-        match items.as_slice() {
-            [Value::Str(tag), Value::Global(Global::Storage(dtype, elem_bytes)), Value::Str(key), _, Value::Int(numel)]
-                if &**tag == "storage" =>
-            {
-                let numel = u64::try_from(*numel).map_err(|_| self.err("negative storage size"))?;
-                self.heap.storages.push(Storage { dtype, elem_bytes: *elem_bytes, key: key.to_string(), numel });
-                Ok(Value::Storage(self.heap.storages.len() - 1))
-            }
-            _ => Err(self.err("persistent id is not ('storage', type, key, location, numel)")),
-        }
-    }
 }
