@@ -256,7 +256,7 @@ fn out_of_memory_names_a_knob() {
 }
 
 /// A failing load and an invalid request are one-line errors; the real loader says no family
-/// can run the model yet; planning says the planner is not there.
+/// can run the model yet; planning a missing model names it, planning a real one answers.
 #[test]
 fn errors_are_one_line() {
     let (engine, _, _) = engine();
@@ -268,7 +268,11 @@ fn errors_are_one_line() {
     assert!(matches!(next(&engine), Event::Error { message, .. } if message.contains("width = 100")));
     let plan = Command::Plan { model: ModelRef::parse("builtin:gradient"), knobs: Knobs::default(), request: Request::default(), budget_bytes: None };
     engine.send(plan).unwrap();
-    assert!(matches!(next(&engine), Event::Error { message, .. } if message == "planner not available"));
+    assert!(matches!(next(&engine), Event::Error { message, .. } if message.contains("builtin:gradient")));
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/sd/tiny-sd1");
+    let plan = Command::Plan { model: ModelRef::parse(fixture), knobs: Knobs::default(), request: Request::default(), budget_bytes: Some(1 << 40) };
+    engine.send(plan).unwrap();
+    assert!(matches!(next(&engine), Event::Planned(p) if p.verdict == headroom_engine::plan::Verdict::Fits));
 
     let real = Engine::spawn(|| {});
     real.send(Command::Load { model: ModelRef::parse("builtin:shapes"), knobs: Knobs::default() }).unwrap();
