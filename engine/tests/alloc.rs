@@ -24,7 +24,10 @@ fn counts_a_known_allocation() {
     let v: Vec<u8> = Vec::with_capacity((16 * MIB) as usize);
     let during = telemetry::heap_current().unwrap();
     // Other test threads allocate and free a little at the same time; allow them some slack.
-    assert!(during + SLACK >= before + 16 * MIB && during < before + 16 * MIB + SLACK, "before {before}, during {during}");
+    assert!(
+        during + SLACK >= before + 16 * MIB && during < before + 16 * MIB + SLACK,
+        "before {before}, during {during}"
+    );
     drop(v);
     let after = telemetry::heap_current().unwrap();
     assert!(after < during - 15 * MIB, "after {after}, during {during}");
@@ -41,7 +44,10 @@ fn realloc_is_counted_once() {
     let mut v: Vec<u8> = Vec::with_capacity(1024);
     v.reserve_exact((8 * MIB) as usize);
     let during = telemetry::heap_current().unwrap();
-    assert!(during + SLACK >= before + 8 * MIB && during < before + 8 * MIB + SLACK, "before {before}, during {during}");
+    assert!(
+        during + SLACK >= before + 8 * MIB && during < before + 8 * MIB + SLACK,
+        "before {before}, during {during}"
+    );
     drop(v);
 }
 

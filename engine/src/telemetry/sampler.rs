@@ -40,9 +40,7 @@ struct Reader {
 
 impl Reader {
     fn new() -> Self {
-        let sys = System::new()
-            .map_err(|e| log::warn!("system memory readings unavailable: {e}"))
-            .ok();
+        let sys = System::new().map_err(|e| log::warn!("system memory readings unavailable: {e}")).ok();
         Reader { sys, gpu: GpuProbe::new() }
     }
 

@@ -78,7 +78,9 @@ mod tests {
     /// CUDA's out-of-memory text becomes OutOfMemory naming a knob; other errors pass through.
     #[test]
     fn oom_is_recognised_and_names_a_knob() {
-        let cuda = Error::Candle(candle_core::Error::Msg("DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")".into()));
+        let cuda = Error::Candle(candle_core::Error::Msg(
+            "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")".into(),
+        ));
         let knobs = Knobs { device: "cuda:0".parse().unwrap(), ..Knobs::default() };
         let (e, detail) = classify(cuda, Some(Stage::Denoise), &knobs);
         let msg = e.to_string();

@@ -164,10 +164,10 @@ impl Drop for Engine {
             let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
             let _ = commands.send(Envelope { seq, cmd: Command::Shutdown });
         }
-        if let Some(thread) = self.thread.take() {
-            if thread.join().is_err() {
-                log::error!("the engine thread ended with a panic");
-            }
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            log::error!("the engine thread ended with a panic");
         }
     }
 }

@@ -130,7 +130,10 @@ impl OutputSink for InterimSink {
 
 fn write_plain_png(path: &Path, img: &crate::media::Image) -> Result<()> {
     if img.rgb.len() != img.width as usize * img.height as usize * 3 {
-        return Err(Error::file(path, format!("image is {}×{} but has {} bytes", img.width, img.height, img.rgb.len())));
+        return Err(Error::file(
+            path,
+            format!("image is {}×{} but has {} bytes", img.width, img.height, img.rgb.len()),
+        ));
     }
     let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
     let mut enc = png::Encoder::new(std::io::BufWriter::new(file), img.width, img.height);
