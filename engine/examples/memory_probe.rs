@@ -17,14 +17,20 @@ fn main() {
         s.process_rss_bytes as f64 / (1u64 << 20) as f64
     );
     for g in &s.gpus {
-        println!("GPU {} {}: {} / {} bytes, {}%, this process {:?}", g.index, g.name, g.used_bytes, g.total_bytes, g.utilization_percent, g.process_bytes);
+        println!(
+            "GPU {} {}: {} / {} bytes, {}%, this process {:?}",
+            g.index, g.name, g.used_bytes, g.total_bytes, g.utilization_percent, g.process_bytes
+        );
     }
     let n = 1000;
     let t = Instant::now();
     for _ in 0..n {
         std::hint::black_box(procmem::current_rss_bytes());
     }
-    println!("one RSS reading (the peak watcher's 100 Hz read): {:.1} µs", t.elapsed().as_secs_f64() * 1e6 / n as f64);
+    println!(
+        "one RSS reading (the peak watcher's 100 Hz read): {:.1} µs",
+        t.elapsed().as_secs_f64() * 1e6 / n as f64
+    );
     let sampler = Sampler::spawn(Duration::from_millis(100), || {});
     while sampler.history().is_empty() {
         std::thread::sleep(Duration::from_millis(5));

@@ -254,7 +254,7 @@ fn out_of_memory_names_a_knob() {
     match until(&engine, is_end).pop().unwrap() {
         Event::Error { message, detail } => {
             assert!(message.starts_with("out of memory on cpu: try "), "{message}");
-            assert!(message.contains("offload.text=cpu"), "text-stage hint expected: {message}");
+            assert!(message.contains("precision.text="), "text-stage hint expected: {message}");
             assert!(detail.contains("CUDA_ERROR_OUT_OF_MEMORY"), "{detail}");
         }
         other => panic!("expected an error, got {other:?}"),
@@ -321,4 +321,24 @@ fn late_cancel_does_not_poison_next_run() {
     engine.cancel();
     generate(&engine, "after an idle cancel", 2, out.path());
     assert!(matches!(until(&engine, is_end).last(), Some(Event::Output { .. })));
+}
+
+/// With nobody draining, progress and previews are dropped instead of stalling the run, while
+/// the telemetry and the output still arrive.
+#[test]
+fn full_queue_drops_progress_not_output() {
+    let (engine, _, _) = engine();
+    let out = tempfile::tempdir().unwrap();
+    load(&engine);
+    generate(&engine, "a long run nobody watches", 2000, out.path());
+    let deadline = Instant::now() + WAIT;
+    while engine.is_busy() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(!engine.is_busy(), "the run stalled on a full event queue");
+    let events = until(&engine, is_end);
+    let progress = events.iter().filter(|e| matches!(e, Event::Progress { .. })).count();
+    assert!(progress < 2000, "no progress event was dropped ({progress})");
+    assert!(events.iter().any(|e| matches!(e, Event::Telemetry(_))));
+    assert!(matches!(events.last(), Some(Event::Output { .. })), "{:?}", events.last());
 }
