@@ -224,26 +224,22 @@ impl Drop for RunRecorder {
 
 fn spawn_watcher(peaks: Arc<Peaks>, gpu: Option<GpuHandle>) -> Option<Watcher> {
     let (stop, stop_rx) = mpsc::sync_channel::<()>(1);
-    let thread = std::thread::Builder::new()
-        .name("headroom-peaks".into())
-        .spawn(move || {
-            let mut tick = 0u32;
-            loop {
-                if let Some(rss) = procmem::current_rss_bytes() {
-                    peaks.rss.fetch_max(rss, Ordering::Relaxed);
-                }
-                tick += 1;
-                if tick % GPU_EVERY == 0 {
-                    if let Some(g) = &gpu {
-                        peaks.record_gpus(&g.sample());
-                    }
-                }
-                match stop_rx.recv_timeout(RSS_PERIOD) {
-                    Err(RecvTimeoutError::Timeout) => continue,
-                    _ => break,
-                }
+    let thread = std::thread::Builder::new().name("headroom-peaks".into()).spawn(move || {
+        let mut tick = 0u32;
+        loop {
+            if let Some(rss) = procmem::current_rss_bytes() {
+                peaks.rss.fetch_max(rss, Ordering::Relaxed);
             }
-        });
+            tick = tick.wrapping_add(1);
+            if let Some(g) = gpu.as_ref().filter(|_| tick.is_multiple_of(GPU_EVERY)) {
+                peaks.record_gpus(&g.sample());
+            }
+            match stop_rx.recv_timeout(RSS_PERIOD) {
+                Err(RecvTimeoutError::Timeout) => continue,
+                _ => break,
+            }
+        }
+    });
     match thread {
         Ok(thread) => Some(Watcher { stop, thread }),
         Err(e) => {

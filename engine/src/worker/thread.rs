@@ -101,10 +101,10 @@ impl Worker {
 
     /// Drops the loaded model, if any; a panic in its `Drop` is logged, not propagated.
     fn unload(&mut self) {
-        if let Some(loaded) = self.loaded.take() {
-            if let Err(p) = catch_unwind(AssertUnwindSafe(move || drop(loaded))) {
-                log::error!("panic while dropping the model: {}", panic_text(p.as_ref()));
-            }
+        if let Some(loaded) = self.loaded.take()
+            && let Err(p) = catch_unwind(AssertUnwindSafe(move || drop(loaded)))
+        {
+            log::error!("panic while dropping the model: {}", panic_text(p.as_ref()));
         }
     }
 
@@ -184,7 +184,13 @@ impl Worker {
             Some(g) => RunRecorder::start_with_gpus(g),
             None => RunRecorder::start(),
         };
-        let mut obs = Observer { events: &self.events, recorder: &mut recorder, cancel: &self.cancel, seq, stage: None };
+        let mut obs = Observer {
+            events: &self.events,
+            recorder: &mut recorder,
+            cancel: &self.cancel,
+            seq,
+            stage: None,
+        };
         let family = &mut loaded.family;
         let result = catch_unwind(AssertUnwindSafe(|| family.generate(request, &mut obs)));
         let stage = obs.stage;
@@ -230,7 +236,9 @@ impl Worker {
                     Event::Telemetry(telemetry),
                     Event::Error {
                         message: format!("internal error while generating: {}", panic_text(p.as_ref())),
-                        detail: format!("the model panicked{at}; it was unloaded — load it again to continue"),
+                        detail: format!(
+                            "the model panicked{at}; it was unloaded — load it again to continue"
+                        ),
                     },
                     Event::Unloaded,
                 ];
