@@ -15,6 +15,14 @@ fn git(args: &[&str]) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
 
+/// Asks cargo to rerun this script when `path` changes; paths that do not exist are skipped,
+/// since cargo would otherwise rerun it on every build.
+fn watch(path: &str) {
+    if std::path::Path::new(path).exists() {
+        println!("cargo:rerun-if-changed={path}");
+    }
+}
+
 fn main() {
     println!("cargo:rerun-if-env-changed=HEADROOM_GIT_COMMIT");
     if let Ok(forced) = std::env::var("HEADROOM_GIT_COMMIT") {
@@ -26,13 +34,13 @@ fn main() {
             // Rebuild when HEAD moves: HEAD itself, the branch it points at, packed refs.
             for rel in ["HEAD", "packed-refs"] {
                 if let Some(p) = git(&["rev-parse", "--git-path", rel]) {
-                    println!("cargo:rerun-if-changed={p}");
+                    watch(&p);
                 }
             }
             if let Some(r) = git(&["symbolic-ref", "-q", "HEAD"])
                 && let Some(p) = git(&["rev-parse", "--git-path", &r])
             {
-                println!("cargo:rerun-if-changed={p}");
+                watch(&p);
             }
             hash
         }

@@ -115,3 +115,87 @@ fn bad_flags_are_named() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("width = 100"));
 }
+
+fn tiny_sd1() -> String {
+    fixtures().join("sd/tiny-sd1").to_str().unwrap().to_string()
+}
+
+/// `run --json` writes a PNG with its profile; `reproduce` of that PNG says identical.
+#[test]
+fn run_then_reproduce_is_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    let m = tiny_sd1();
+    let res = headroom(&["run", &m, "--prompt", "a red circle", "--steps", "2", "--width", "32", "--height", "32", "--seed", "7", "--out", out, "--json"]);
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    let v = json(&res);
+    for key in ["outputs", "profile", "sha256", "timings_ms", "peak_ram_bytes", "peak_vram_bytes"] {
+        assert!(v.get(key).is_some(), "no '{key}' in {v}");
+    }
+    let png = v["outputs"][0].as_str().unwrap().to_string();
+    assert!(png.ends_with(".png") && Path::new(&png).is_file());
+    assert_eq!(v["sha256"].as_str().unwrap().len(), 64);
+    let again = headroom(&["reproduce", &png, "--json"]);
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    let r = json(&again);
+    assert_eq!(r["identical"], true, "{r}");
+    assert_eq!(r["sha256"], v["sha256"]);
+
+    // A profile whose recorded hash differs is reported as drift, with exit code 2.
+    let profile = v["profile"].as_str().unwrap();
+    let text = std::fs::read_to_string(profile).unwrap();
+    let tampered = text.replace(v["sha256"].as_str().unwrap(), &"0".repeat(64));
+    let tampered_path = dir.path().join("tampered.toml");
+    std::fs::write(&tampered_path, tampered).unwrap();
+    let drift = headroom(&["reproduce", tampered_path.to_str().unwrap(), "--json"]);
+    assert_eq!(drift.status.code(), Some(2));
+    let d = json(&drift);
+    assert_eq!(d["identical"], false);
+    assert!(d["drift"][0].as_str().unwrap().contains("sha256"), "{d}");
+}
+
+/// `run --profile` reruns a saved profile to the same content hash.
+#[test]
+fn run_profile_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = tiny_sd1();
+    let first = headroom(&["run", &m, "--steps", "2", "--width", "32", "--height", "32", "--scheduler", "ddim", "--out", dir.path().join("a").to_str().unwrap(), "--json"]);
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let v = json(&first);
+    let second = headroom(&["run", "--profile", v["profile"].as_str().unwrap(), "--out", dir.path().join("b").to_str().unwrap(), "--json"]);
+    assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
+    assert_eq!(json(&second)["sha256"], v["sha256"]);
+}
+
+/// `ab --json` runs both sides and reports the image metrics and ratios.
+#[test]
+fn ab_reports_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = tiny_sd1();
+    let res = headroom(&[
+        "ab", &m, "--steps", "2", "--width", "32", "--height", "32", "--a", "slicing.attention_slice=0",
+        "--b", "slicing.attention_slice=3", "--out", dir.path().to_str().unwrap(), "--json",
+    ]);
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    let v = json(&res);
+    for key in ["psnr_db", "ssim", "max_abs_diff", "time_ratio", "peak_memory_ratio", "weight_bytes_ratio"] {
+        assert!(v["metrics"].get(key).is_some(), "no metrics.{key} in {v}");
+    }
+    // Slicing attention changes no pixel beyond rounding.
+    assert!(v["metrics"]["max_abs_diff"].as_u64().unwrap() <= 1, "{v}");
+    assert!(v["a"]["outputs"][0].as_str().is_some() && v["b"]["outputs"][0].as_str().is_some());
+}
+
+/// Running a model file no family can run is a one-line error naming it, and nothing is written.
+#[test]
+fn unrunnable_model_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let gguf = fixtures().join("formats");
+    let file = std::fs::read_dir(&gguf).unwrap().filter_map(|e| e.ok()).map(|e| e.path()).find(|p| p.extension().is_some_and(|x| x == "gguf")).unwrap();
+    let out = dir.path().join("out");
+    let res = headroom(&["run", file.to_str().unwrap(), "--out", out.to_str().unwrap(), "--json"]);
+    assert!(!res.status.success());
+    let v = json(&res);
+    assert!(v["error"].as_str().unwrap().contains(file.file_name().unwrap().to_str().unwrap()), "{v}");
+    assert!(std::fs::read_dir(&out).map(|d| d.count() == 0).unwrap_or(true));
+}

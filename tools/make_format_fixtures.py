@@ -13,7 +13,8 @@ Writes into tests/fixtures/formats/:
   ldm.ckpt                    real torch.save of {"state_dict": OrderedDict(LDM keys), "global_step": …}
   expected.json               parameter counts and facts the Rust tests check, computed here from the
                               tensors as written
-Everything is seeded, so the files are the same on every run with the same library versions.
+Everything is seeded, so the tensors and the counts are the same on every run (torch.save's zips
+also hold a random serialization id, so their bytes differ).
 """
 
 import collections

@@ -2,7 +2,7 @@
 //! a full disk never leaves a half-written profile or output behind.
 
 use std::fs::{self, File};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -26,6 +26,25 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     }
     sync_dir(path);
     Ok(())
+}
+
+/// SHA-256 of a file's bytes as lowercase hex, read in 1 MiB pieces (outputs and models alike).
+///
+/// # Errors
+/// The file cannot be opened or read.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    use sha2::Digest;
+    let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// A fresh name beside `path`: `.NAME.tmp-PID-N`, hidden so folder listings skip it.
@@ -76,6 +95,18 @@ mod tests {
         assert_eq!(fs::read(&p).unwrap(), b"new content");
         let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names.len(), 1, "{names:?}");
+    }
+
+    /// The hash of "abc" is the standard test vector.
+    #[test]
+    fn sha256_of_abc() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("abc");
+        write_atomic(&p, b"abc").unwrap();
+        assert_eq!(
+            sha256_file(&p).unwrap(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 
     /// Writing into a folder that does not exist is an error naming the path, with no debris.

@@ -12,6 +12,8 @@ static A: CountingAlloc = CountingAlloc;
 static SERIAL: Mutex<()> = Mutex::new(());
 
 const MIB: u64 = 1 << 20;
+/// What the test harness's own threads may allocate or free while a test measures.
+const SLACK: u64 = 256 << 10;
 
 /// A 16 MiB allocation raises the current count by 16 MiB and the peak stays after it is freed.
 #[test]
@@ -21,12 +23,15 @@ fn counts_a_known_allocation() {
     telemetry::reset_heap_peak();
     let v: Vec<u8> = Vec::with_capacity((16 * MIB) as usize);
     let during = telemetry::heap_current().unwrap();
-    // Other test threads allocate a little at the same time; allow them 1 MiB.
-    assert!(during >= before + 16 * MIB && during < before + 17 * MIB, "before {before}, during {during}");
+    // Other test threads allocate and free a little at the same time; allow them some slack.
+    assert!(
+        during + SLACK >= before + 16 * MIB && during < before + 16 * MIB + SLACK,
+        "before {before}, during {during}"
+    );
     drop(v);
     let after = telemetry::heap_current().unwrap();
     assert!(after < during - 15 * MIB, "after {after}, during {during}");
-    assert!(telemetry::heap_peak().unwrap() >= before + 16 * MIB);
+    assert!(telemetry::heap_peak().unwrap() + SLACK >= before + 16 * MIB);
     telemetry::reset_heap_peak();
     assert!(telemetry::heap_peak().unwrap() < before + MIB);
 }
@@ -39,7 +44,10 @@ fn realloc_is_counted_once() {
     let mut v: Vec<u8> = Vec::with_capacity(1024);
     v.reserve_exact((8 * MIB) as usize);
     let during = telemetry::heap_current().unwrap();
-    assert!(during >= before + 8 * MIB && during < before + 9 * MIB, "before {before}, during {during}");
+    assert!(
+        during + SLACK >= before + 8 * MIB && during < before + 8 * MIB + SLACK,
+        "before {before}, during {during}"
+    );
     drop(v);
 }
 
@@ -58,7 +66,7 @@ fn recorder_reports_heap_peaks_by_stage() {
     let t = rec.finish();
     let denoise = t.peaks_by_stage["denoise"].heap_bytes.expect("heap counted");
     let decode = t.peaks_by_stage["decode"].heap_bytes.expect("heap counted");
-    assert!(denoise >= base + 24 * MIB, "denoise {denoise}, base {base}");
+    assert!(denoise + SLACK >= base + 24 * MIB, "denoise {denoise}, base {base}");
     assert!(decode < base + 8 * MIB, "decode {decode}, base {base}");
     assert!(t.peak_heap_bytes.unwrap() >= denoise);
 }

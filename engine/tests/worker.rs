@@ -82,16 +82,20 @@ fn engine() -> (Engine, Arc<AtomicUsize>, Arc<AtomicBool>) {
     let wakes = Arc::new(AtomicUsize::new(0));
     let dropped = Arc::new(AtomicBool::new(false));
     let (w, d) = (Arc::clone(&wakes), Arc::clone(&dropped));
-    let loader: Loader = Box::new(move |model: &ModelRef, _knobs: &Knobs, obs: &mut dyn RunObserver| {
-        match model {
+    let loader: Loader =
+        Box::new(move |model: &ModelRef, _knobs: &Knobs, obs: &mut dyn RunObserver| match model {
             ModelRef::Builtin(name) if name == "gradient" => {
                 obs.progress(1, 1);
                 Ok(Box::new(Gradient { dropped: Arc::clone(&d) }) as Box<dyn Family>)
             }
             other => Err(Error::file(other.to_string(), "not a gradient")),
-        }
-    });
-    let engine = Engine::spawn_with(move || { w.fetch_add(1, Ordering::SeqCst); }, loader);
+        });
+    let engine = Engine::spawn_with(
+        move || {
+            w.fetch_add(1, Ordering::SeqCst);
+        },
+        loader,
+    );
     (engine, wakes, dropped)
 }
 
@@ -219,7 +223,9 @@ fn panic_becomes_error_and_engine_survives() {
     assert!(matches!(next(&engine), Event::Unloaded));
     assert!(dropped.load(Ordering::SeqCst), "the panicked model was not dropped");
     generate(&engine, "no model now", 3, out.path());
-    assert!(matches!(until(&engine, is_end).last(), Some(Event::Error { message, .. }) if message == "no model loaded"));
+    assert!(
+        matches!(until(&engine, is_end).last(), Some(Event::Error { message, .. }) if message == "no model loaded")
+    );
     load(&engine);
     generate(&engine, "works again", 3, out.path());
     assert!(matches!(until(&engine, is_end).last(), Some(Event::Output { .. })));
@@ -248,7 +254,7 @@ fn out_of_memory_names_a_knob() {
     match until(&engine, is_end).pop().unwrap() {
         Event::Error { message, detail } => {
             assert!(message.starts_with("out of memory on cpu: try "), "{message}");
-            assert!(message.contains("offload.text=cpu"), "text-stage hint expected: {message}");
+            assert!(message.contains("precision.text="), "text-stage hint expected: {message}");
             assert!(detail.contains("CUDA_ERROR_OUT_OF_MEMORY"), "{detail}");
         }
         other => panic!("expected an error, got {other:?}"),
@@ -256,24 +262,41 @@ fn out_of_memory_names_a_knob() {
 }
 
 /// A failing load and an invalid request are one-line errors; the real loader says no family
-/// can run the model yet; planning says the planner is not there.
+/// can run the model yet; planning a missing model names it, planning a real one answers.
 #[test]
 fn errors_are_one_line() {
     let (engine, _, _) = engine();
-    engine.send(Command::Load { model: ModelRef::parse("/no/such.safetensors"), knobs: Knobs::default() }).unwrap();
+    engine
+        .send(Command::Load { model: ModelRef::parse("/no/such.safetensors"), knobs: Knobs::default() })
+        .unwrap();
     let events = until(&engine, is_end);
-    assert!(matches!(events.last(), Some(Event::Error { message, .. }) if message == "/no/such.safetensors: not a gradient"));
+    assert!(
+        matches!(events.last(), Some(Event::Error { message, .. }) if message == "/no/such.safetensors: not a gradient")
+    );
     let bad = Request { width: 100, ..Request::default() };
     engine.send(Command::Generate { request: bad, out_dir: ".".into() }).unwrap();
     assert!(matches!(next(&engine), Event::Error { message, .. } if message.contains("width = 100")));
-    let plan = Command::Plan { model: ModelRef::parse("builtin:gradient"), knobs: Knobs::default(), request: Request::default(), budget_bytes: None };
+    let plan = Command::Plan {
+        model: ModelRef::parse("builtin:gradient"),
+        knobs: Knobs::default(),
+        request: Request::default(),
+        budget_bytes: None,
+    };
     engine.send(plan).unwrap();
-    assert!(matches!(next(&engine), Event::Error { message, .. } if message == "planner not available"));
+    assert!(matches!(next(&engine), Event::Error { message, .. } if message.contains("builtin:gradient")));
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/sd/tiny-sd1");
+    let plan = Command::Plan { model: ModelRef::parse(fixture), knobs: Knobs::default(), request: Request::default(), budget_bytes: Some(1 << 40) };
+    engine.send(plan).unwrap();
+    assert!(matches!(next(&engine), Event::Planned(p) if p.verdict == headroom_engine::plan::Verdict::Fits));
 
     let real = Engine::spawn(|| {});
-    real.send(Command::Load { model: ModelRef::parse("builtin:shapes"), knobs: Knobs::default() }).unwrap();
+    let missing = "/no/such/folder/model.safetensors";
+    real.send(Command::Load { model: ModelRef::parse(missing), knobs: Knobs::default() }).unwrap();
     let events = until(&real, is_end);
-    assert!(matches!(events.last(), Some(Event::Error { message, .. }) if message.contains("no model family can run builtin:shapes")), "{events:?}");
+    assert!(
+        matches!(events.last(), Some(Event::Error { message, .. }) if message.contains(missing) && !message.contains('\n')),
+        "{events:?}"
+    );
 }
 
 /// Dropping the handle while a run waits for cancel stops it, joins the thread and drops the
@@ -287,7 +310,10 @@ fn drop_cancels_and_joins() {
     until(&engine, |e| matches!(e, Event::Progress { step: 1, .. }));
     let started = Instant::now();
     drop(engine);
-    assert!(dropped.load(Ordering::SeqCst), "the model was not dropped on the engine thread before drop returned");
+    assert!(
+        dropped.load(Ordering::SeqCst),
+        "the model was not dropped on the engine thread before drop returned"
+    );
     assert!(started.elapsed() < WAIT / 2, "drop waited for the run instead of cancelling it");
 }
 
@@ -300,4 +326,24 @@ fn late_cancel_does_not_poison_next_run() {
     engine.cancel();
     generate(&engine, "after an idle cancel", 2, out.path());
     assert!(matches!(until(&engine, is_end).last(), Some(Event::Output { .. })));
+}
+
+/// With nobody draining, progress and previews are dropped instead of stalling the run, while
+/// the telemetry and the output still arrive.
+#[test]
+fn full_queue_drops_progress_not_output() {
+    let (engine, _, _) = engine();
+    let out = tempfile::tempdir().unwrap();
+    load(&engine);
+    generate(&engine, "a long run nobody watches", 2000, out.path());
+    let deadline = Instant::now() + WAIT;
+    while engine.is_busy() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(!engine.is_busy(), "the run stalled on a full event queue");
+    let events = until(&engine, is_end);
+    let progress = events.iter().filter(|e| matches!(e, Event::Progress { .. })).count();
+    assert!(progress < 2000, "no progress event was dropped ({progress})");
+    assert!(events.iter().any(|e| matches!(e, Event::Telemetry(_))));
+    assert!(matches!(events.last(), Some(Event::Output { .. })), "{:?}", events.last());
 }

@@ -73,49 +73,70 @@ fn power_db_frames(x: &[f32]) -> Vec<Vec<f64>> {
     let window: Vec<f64> =
         (0..N_FFT).map(|i| 0.5 - 0.5 * (2.0 * std::f64::consts::PI * i as f64 / N_FFT as f64).cos()).collect();
     let frames = if x.len() <= N_FFT { 1 } else { 1 + (x.len() - N_FFT) / HOP };
+    let fft = Fft::new(N_FFT);
     (0..frames)
         .map(|f| {
             let start = f * HOP;
             let mut re: Vec<f64> =
                 (0..N_FFT).map(|i| x.get(start + i).map_or(0.0, |&s| f64::from(s)) * window[i]).collect();
             let mut im = vec![0.0; N_FFT];
-            fft(&mut re, &mut im);
+            fft.run(&mut re, &mut im);
             (0..=N_FFT / 2).map(|k| 10.0 * (re[k] * re[k] + im[k] * im[k]).max(POWER_FLOOR).log10()).collect()
         })
         .collect()
 }
 
-/// In-place iterative radix-2 FFT; the length must be a power of two.
-pub(crate) fn fft(re: &mut [f64], im: &mut [f64]) {
-    let n = re.len();
-    debug_assert!(n.is_power_of_two() && im.len() == n);
-    let mut j = 0;
-    for i in 1..n {
-        let mut bit = n >> 1;
-        while j & bit != 0 {
-            j ^= bit;
-            bit >>= 1;
-        }
-        j |= bit;
-        if i < j {
-            re.swap(i, j);
-            im.swap(i, j);
-        }
+/// In-place iterative radix-2 FFT with its twiddle factors computed once.
+pub(crate) struct Fft {
+    /// exp(-2πik/n) for k in 0..n/2.
+    twiddles: Vec<(f64, f64)>,
+}
+
+impl Fft {
+    /// An FFT of `n` points; `n` must be a power of two.
+    pub(crate) fn new(n: usize) -> Self {
+        debug_assert!(n.is_power_of_two());
+        let twiddles = (0..n / 2)
+            .map(|k| {
+                let a = -2.0 * std::f64::consts::PI * k as f64 / n as f64;
+                (a.cos(), a.sin())
+            })
+            .collect();
+        Self { twiddles }
     }
-    let mut len = 2;
-    while len <= n {
-        let ang = -2.0 * std::f64::consts::PI / len as f64;
-        for start in (0..n).step_by(len) {
-            for k in 0..len / 2 {
-                let (wr, wi) = ((ang * k as f64).cos(), (ang * k as f64).sin());
-                let (a, b) = (start + k, start + k + len / 2);
-                let (xr, xi) = (re[b] * wr - im[b] * wi, re[b] * wi + im[b] * wr);
-                re[b] = re[a] - xr;
-                im[b] = im[a] - xi;
-                re[a] += xr;
-                im[a] += xi;
+
+    /// Transforms `re` + i·`im` in place; both must be `n` long.
+    pub(crate) fn run(&self, re: &mut [f64], im: &mut [f64]) {
+        let n = re.len();
+        debug_assert!(n == self.twiddles.len() * 2 && im.len() == n);
+        let mut j = 0;
+        for i in 1..n {
+            let mut bit = n >> 1;
+            while j & bit != 0 {
+                j ^= bit;
+                bit >>= 1;
+            }
+            j |= bit;
+            if i < j {
+                re.swap(i, j);
+                im.swap(i, j);
             }
         }
-        len <<= 1;
+        let mut len = 2;
+        while len <= n {
+            let step = n / len;
+            for start in (0..n).step_by(len) {
+                for k in 0..len / 2 {
+                    let (wr, wi) = self.twiddles[k * step];
+                    let (a, b) = (start + k, start + k + len / 2);
+                    let (xr, xi) = (re[b] * wr - im[b] * wi, re[b] * wi + im[b] * wr);
+                    re[b] = re[a] - xr;
+                    im[b] = im[a] - xi;
+                    re[a] += xr;
+                    im[a] += xi;
+                }
+            }
+            len <<= 1;
+        }
     }
 }

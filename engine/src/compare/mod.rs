@@ -1,5 +1,5 @@
 //! A/B metrics: PSNR, SSIM, max abs difference and a difference heat map for images; SNR and
-//! log-spectral distance for audio ([`audio`]); and the binomial p-value of an ABX listening test.
+//! log-spectral distance for audio (`audio.rs`); and the binomial p-value of an ABX listening test.
 //!
 //! Every function that takes two signals refuses ones of different sizes with an error saying
 //! both sizes, rather than comparing a prefix.

@@ -121,7 +121,7 @@ fn fft_of_cosine() {
     let n = 64;
     let mut re: Vec<f64> = (0..n).map(|i| (2.0 * std::f64::consts::PI * 5.0 * i as f64 / n as f64).cos()).collect();
     let mut im = vec![0.0; n];
-    audio::fft(&mut re, &mut im);
+    audio::Fft::new(n).run(&mut re, &mut im);
     for k in 0..n {
         let mag = (re[k] * re[k] + im[k] * im[k]).sqrt();
         let want = if k == 5 || k == n - 5 { n as f64 / 2.0 } else { 0.0 };
@@ -137,4 +137,23 @@ fn binomial_known_values() {
     assert_eq!(binomial_p_value(0, 7), 1.0);
     assert_eq!(binomial_p_value(11, 10), 0.0);
     assert!(binomial_p_value(60, 100) > 0.02 && binomial_p_value(60, 100) < 0.03);
+}
+
+/// Prints the metrics' timings at A/B sizes (with --nocapture) and checks their values stay sane
+/// on big inputs.
+#[test]
+#[ignore = "timing printout; run by hand"]
+fn metric_timings() {
+    let big = Image { width: 512, height: 512, rgb: (0..512 * 512 * 3).map(|i| (i * 7 % 251) as u8).collect() };
+    let mut other = big.clone();
+    other.rgb.iter_mut().step_by(5).for_each(|v| *v = v.wrapping_add(3));
+    let t = std::time::Instant::now();
+    let s = ssim(&big, &other).unwrap();
+    println!("ssim 512x512: {:?} ({s})", t.elapsed());
+    assert!(s < 1.0);
+    let a = Audio { sample_rate: 44_100, samples: noise(441_000) };
+    let t = std::time::Instant::now();
+    let d = log_spectral_distance(&a, &a).unwrap();
+    println!("lsd 10 s at 44.1 kHz: {:?}", t.elapsed());
+    assert_eq!(d, 0.0);
 }

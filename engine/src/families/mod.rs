@@ -38,9 +38,21 @@ pub trait Family: Send {
 /// Opens `model` with the family that can run it, placing its weights as `knobs` say.
 ///
 /// # Errors
-/// No family can run the model (for now always, until the families are connected here), or
+/// The model cannot be found or read, no family can run it (the message says what it is), or
 /// the family's own load errors.
 pub fn load(model: &ModelRef, knobs: &Knobs, obs: &mut dyn RunObserver) -> Result<Box<dyn Family>> {
-    let _ = (knobs, obs);
-    Err(Error::invalid(format!("no model family can run {model} yet")))
+    let _ = obs;
+    let path = model.resolve()?;
+    if path.join("model_index.json").is_file() {
+        return Ok(Box::new(latent_diffusion::load(&path, knobs)?));
+    }
+    let insp = crate::formats::inspect(&path)?;
+    Err(Error::file(
+        &path,
+        format!(
+            "a {} {} cannot be run yet: this build runs Stable Diffusion 1.x/2.x diffusers folders",
+            insp.family.label,
+            insp.format.name()
+        ),
+    ))
 }

@@ -87,7 +87,7 @@ impl GgmlType {
     /// Bytes to store `elements` values whose rows are `row_len` long, or `None` when the rows
     /// are not a whole number of blocks (which ggml cannot store) or the count overflows.
     pub fn bytes_for(self, elements: u64, row_len: u64) -> Option<u64> {
-        if self.block_elements > 1 && (row_len == 0 || row_len % self.block_elements != 0) {
+        if self.block_elements > 1 && (row_len == 0 || !row_len.is_multiple_of(self.block_elements)) {
             return (elements == 0).then_some(0);
         }
         (elements / self.block_elements.max(1)).checked_mul(self.block_bytes)

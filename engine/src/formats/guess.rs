@@ -92,6 +92,23 @@ pub(crate) fn family(format: Format, components: &[ComponentInfo], metadata: &BT
     if names().any(|t| t.name.starts_with("cond_stage_model.model.")) {
         return guess("sd2", "LDM keys cond_stage_model.model.* (OpenCLIP text encoder)");
     }
+    if components.iter().any(|c| c.name == "text_encoder_2") {
+        return guess("sdxl", "two text encoders (text_encoder_2), as SDXL has");
+    }
+    // A real-size text encoder's width: CLIP ViT-L (768) for 1.x, OpenCLIP ViT-H (1024) for 2.x.
+    let text_width = metadata.get("text_encoder.hidden_size").and_then(|h| h.parse().ok()).or_else(|| {
+        components
+            .iter()
+            .filter(|c| c.component == Some(Component::Text))
+            .flat_map(|c| c.tensors.iter())
+            .find(|t| t.name.ends_with("final_layer_norm.weight") || t.name.ends_with("ln_final.weight"))
+            .and_then(|t| t.shape.first().copied())
+    });
+    match text_width {
+        Some(768) => return guess("sd1", "text encoder width 768 (CLIP ViT-L, as SD 1.x)"),
+        Some(1024) => return guess("sd2", "text encoder width 1024 (OpenCLIP ViT-H, as SD 2.x)"),
+        _ => {}
+    }
     match metadata.get("text_encoder.hidden_act").map(String::as_str) {
         Some("quick_gelu") if has_unet => {
             return guess("sd1", "text encoder uses quick_gelu (OpenAI CLIP, as SD 1.x)");
@@ -144,6 +161,21 @@ mod tests {
             TensorInfo { name: "cond_stage_model.model.ln_final.weight".into(), dtype: "F32".into(), shape: vec![32], bytes: None },
         ]);
         assert_eq!(family(Format::Ckpt, &c, &BTreeMap::new()).id, "sd2");
+    }
+
+    /// Tiny models: SDXL's extra embedding, a second text encoder, or a standard text width decide.
+    #[test]
+    fn tiny_model_signals() {
+        let none = BTreeMap::new();
+        let unet = comp("unet", &[("add_embedding.linear_1.weight", &[32, 40]), ("mid_block.attn2.to_k.weight", &[8, 16])]);
+        assert_eq!(family(Format::Diffusers, std::slice::from_ref(&unet), &none).id, "sdxl");
+        let plain = comp("unet", &[("mid_block.attn2.to_k.weight", &[8, 16])]);
+        let te2 = comp("text_encoder_2", &[("text_model.final_layer_norm.weight", &[16])]);
+        assert_eq!(family(Format::Diffusers, &[plain.clone(), te2], &none).id, "sdxl");
+        let te = comp("text_encoder", &[("text_model.final_layer_norm.weight", &[1024])]);
+        assert_eq!(family(Format::Diffusers, &[plain.clone(), te], &none).id, "sd2");
+        let g = family(Format::Diffusers, &[plain], &none);
+        assert_eq!((g.id.as_str(), g.label.as_str()), ("unknown", "Stable Diffusion-like (version unclear)"));
     }
 
     /// A GGUF's architecture names an LLM unless its tensors are a UNet.

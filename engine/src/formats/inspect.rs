@@ -2,7 +2,8 @@
 //! weights would take at each precision, counted the way llama.cpp and our loaders store them:
 //! 1-D tensors (biases, norms) stay f32 under quantized precisions and take the float precision
 //! otherwise; integer tensors keep their stored size; quantized rows that are not whole blocks
-//! stay f16 ([`Precision::bytes_for`]).
+//! stay f16 ([`Precision::bytes_for`]). A row is everything after the first dimension: the input
+//! features of a linear weight, `in × kh × kw` of a convolution (quantized per output channel).
 
 use std::collections::BTreeMap;
 
@@ -24,7 +25,7 @@ pub fn tensor_bytes_at(t: &TensorInfo, p: Precision) -> u64 {
         let p = if p.is_quantized() { Precision::F32 } else { p };
         return p.bytes_for(elements, 1);
     }
-    let row_len = t.shape.last().copied().unwrap_or(1);
+    let row_len = t.shape[1..].iter().product::<u64>();
     p.bytes_for(elements, row_len)
 }
 
@@ -76,7 +77,7 @@ impl Inspection {
     /// The `n` largest tensors by stored bytes (then by elements), largest first.
     pub fn largest(&self, n: usize) -> Vec<&TensorInfo> {
         let mut all: Vec<&TensorInfo> = self.tensors().collect();
-        all.sort_by(|a, b| (b.bytes.unwrap_or(0), b.elements()).cmp(&(a.bytes.unwrap_or(0), a.elements())));
+        all.sort_by_key(|t| std::cmp::Reverse((t.bytes.unwrap_or(0), t.elements())));
         all.truncate(n);
         all
     }

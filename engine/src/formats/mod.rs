@@ -142,6 +142,37 @@ pub(crate) struct Loaded {
 /// A missing or unreadable path, an unsupported format (including legacy non-zip PyTorch pickles),
 /// or a malformed header: one line naming the file and the problem.
 pub fn inspect(path: &Path) -> Result<Inspection> {
+    inspect_any(path).map_err(one_line)
+}
+
+/// Longest problem text kept in an error (names from a hostile file can be huge).
+const MAX_PROBLEM_CHARS: usize = 400;
+
+/// Keeps a file error on one readable line: control characters from names inside the file
+/// (a key with a newline) are escaped and very long problems are cut.
+fn one_line(e: Error) -> Error {
+    match e {
+        Error::File { path, problem } => {
+            let mut out = String::new();
+            for (i, c) in problem.chars().enumerate() {
+                if i == MAX_PROBLEM_CHARS {
+                    out.push('…');
+                    break;
+                }
+                if c.is_control() {
+                    out.extend(c.escape_default());
+                } else {
+                    out.push(c);
+                }
+            }
+            Error::File { path, problem: out }
+        }
+        other => other,
+    }
+}
+
+/// [`inspect`] before its errors are made one line.
+fn inspect_any(path: &Path) -> Result<Inspection> {
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
     if meta.is_dir() {
         return inspect_dir(path);

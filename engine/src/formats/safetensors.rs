@@ -50,8 +50,11 @@ pub(crate) fn read(path: &Path) -> Result<Loaded> {
     Ok(Loaded { format: Format::Safetensors, tensors, metadata, warnings, files: vec![path.to_path_buf()] })
 }
 
-/// Parses a safetensors buffer: tensors sorted by data offset, `__metadata__`, warnings.
-pub(crate) fn parse(buf: &[u8], path: &Path) -> Result<(Vec<TensorInfo>, BTreeMap<String, String>, Vec<String>)> {
+/// What a safetensors header holds: tensors sorted by data offset, `__metadata__`, warnings.
+type Header = (Vec<TensorInfo>, BTreeMap<String, String>, Vec<String>);
+
+/// Parses a safetensors buffer.
+pub(crate) fn parse(buf: &[u8], path: &Path) -> Result<Header> {
     let file_len = buf.len() as u64;
     if file_len < 8 {
         return Err(Error::file(
@@ -100,7 +103,7 @@ pub(crate) fn parse(buf: &[u8], path: &Path) -> Result<(Vec<TensorInfo>, BTreeMa
         }
         entries.push(tensor_entry(path, name, v, data_len)?);
     }
-    entries.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    entries.sort_by_key(|e| (e.0, e.1));
     let mut prev: Option<(u64, &str)> = None;
     let mut covered = 0u64;
     for (begin, end, t) in &entries {

@@ -72,10 +72,10 @@ pub fn parse_workflow(json: &str) -> Result<Restored, String> {
         let class = n.get("type").and_then(Value::as_str).unwrap_or_default().to_string();
         let mut inputs = Map::new();
         for inp in n.get("inputs").and_then(Value::as_array).into_iter().flatten() {
-            if let (Some(name), Some(link)) = (inp.get("name").and_then(Value::as_str), inp.get("link")) {
-                if let Some(target) = links.get(&link.to_string()) {
-                    inputs.insert(name.to_string(), target.clone());
-                }
+            if let (Some(name), Some(link)) = (inp.get("name").and_then(Value::as_str), inp.get("link"))
+                && let Some(target) = links.get(&link.to_string())
+            {
+                inputs.insert(name.to_string(), target.clone());
             }
         }
         if let (Some(names), Some(values)) =
@@ -169,7 +169,14 @@ fn from_graph(g: &Graph) -> Result<Restored, String> {
     }
     let num = |k: &str| ks.inputs.get(k).and_then(Value::as_f64);
     let seed_key = if ks.class == "KSamplerAdvanced" { "noise_seed" } else { "seed" };
-    match ks.inputs.get(seed_key).and_then(Value::as_u64) {
+    // The seed may come from a primitive/seed node through a link.
+    let seed = match ks.inputs.get(seed_key) {
+        Some(v @ Value::Array(_)) => follow(g, Some(v)).and_then(|(_, n)| {
+            ["seed", "noise_seed", "value", "int"].iter().find_map(|k| n.inputs.get(*k).and_then(Value::as_u64))
+        }),
+        v => v.and_then(Value::as_u64),
+    };
+    match seed {
         Some(s) => {
             out.request.seed = s;
             out.mapped.push(format!("seed: {s}"));

@@ -131,6 +131,19 @@ fn comfyui_prompt_restores() {
     assert!(r.unmapped.is_empty(), "{:?}", r.unmapped);
 }
 
+/// A seed fed from a separate seed node through a link is still found.
+#[test]
+fn comfyui_linked_seed() {
+    let json = COMFY_PROMPT.replace("\"seed\": 156680208700286", "\"seed\": [\"20\", 0]").replacen(
+        '{',
+        "{\"20\": {\"inputs\": {\"seed\": 1234}, \"class_type\": \"Seed (rgthree)\"}, ",
+        1,
+    );
+    let r = comfy::parse_prompt(&json).unwrap();
+    assert_eq!(r.request.seed, 1234);
+    assert!(r.unmapped.is_empty(), "{:?}", r.unmapped);
+}
+
 /// A PNG with only the editor workflow restores through the widgets and links, and names the
 /// sampler and LoRA it cannot reproduce.
 #[test]
@@ -215,6 +228,19 @@ fn png_other_color_types_become_rgb() {
     assert_eq!(img.rgb, [10, 20, 30, 40, 50, 60]);
 }
 
+/// A PNG whose Headroom profile is damaged falls back to its `parameters` and says why.
+#[test]
+fn damaged_profile_falls_back_to_parameters() {
+    let dir = tempfile::tempdir().unwrap();
+    let params = a1111::format_parameters(&profile());
+    let path = png_with(dir.path(), "half.png", &[("parameters", &params), ("headroom", "version = 99\n")]);
+    let r = restore_from_file(&path).unwrap();
+    assert_eq!((r.source, r.request.prompt.as_str()), (Source::A1111, "a red circle, on blue"));
+    assert!(r.unmapped.iter().any(|u| u.contains("profile version 99")), "{:?}", r.unmapped);
+    let e = one_line_naming(Profile::load(&path).unwrap_err(), "half.png");
+    assert!(e.contains("newer Headroom"), "{e}");
+}
+
 /// A PNG with no settings in it cannot be restored, and says so.
 #[test]
 fn png_without_settings_is_refused() {
@@ -260,4 +286,38 @@ fn wav_truncated_chunk_is_reported() {
     let e = one_line_naming(read_wav(&path).unwrap_err(), "cut.wav");
     assert!(e.contains("truncated") && e.contains("'hdrm'"), "{e}");
     one_line_naming(Profile::load(&path).unwrap_err(), "cut.wav");
+}
+
+/// Every truncation and many single-byte corruptions of an output give Ok or a one-line error,
+/// never a panic.
+#[test]
+fn damaged_outputs_never_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let png_path = dir.path().join("o.png");
+    let wav_path = dir.path().join("o.wav");
+    write_png(&png_path, &image(8, 8), Some(&profile())).unwrap();
+    write_wav(&wav_path, &Audio { sample_rate: 8000, samples: vec![0.25; 64] }, Some(&profile())).unwrap();
+    for path in [png_path, wav_path] {
+        let good = std::fs::read(&path).unwrap();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        let mut variants: Vec<Vec<u8>> = (0..good.len()).step_by(2).map(|n| good[..n].to_vec()).collect();
+        variants.extend((0..good.len()).step_by(5).map(|i| {
+            let mut v = good.clone();
+            v[i] ^= 0xA5;
+            v
+        }));
+        for bytes in variants {
+            std::fs::write(&path, &bytes).unwrap();
+            let read = if name.ends_with(".png") {
+                read_png(&path).map(|_| ())
+            } else {
+                read_wav(&path).map(|_| ())
+            };
+            for result in [read, restore_from_file(&path).map(|_| ()), Profile::load(&path).map(|_| ())] {
+                if let Err(e) = result {
+                    one_line_naming(e, &name);
+                }
+            }
+        }
+    }
 }

@@ -11,34 +11,20 @@ use serde_json::Value;
 use crate::formats::{Inspection, TensorInfo};
 use crate::knobs::{Component, Precision};
 
-/// One weight tensor, reduced to what sizing needs.
+/// One weight tensor as sizing sees it (name, dtype, shape).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WeightTensor {
-    pub elements: u64,
-    /// Length of the last dimension (quantized types need whole blocks per row).
-    pub row_len: u64,
-    /// Number of dimensions; 1-D tensors (biases, norms) are never quantized.
-    pub ndim: usize,
-}
+pub struct WeightTensor(pub TensorInfo);
 
 impl WeightTensor {
-    /// From a tensor's shape.
+    /// A float tensor of this shape (for tests and synthetic models).
     pub fn from_shape(shape: &[u64]) -> Self {
-        Self {
-            elements: shape.iter().product::<u64>().max(if shape.is_empty() { 1 } else { 0 }),
-            row_len: shape.last().copied().unwrap_or(1),
-            ndim: shape.len(),
-        }
+        Self(TensorInfo { name: String::new(), dtype: "F32".into(), shape: shape.to_vec(), bytes: None })
     }
 
-    /// Bytes this tensor takes at precision `p`: 1-D tensors stay f32 under quantization (and take
-    /// the float precision otherwise); quantized rows that are not whole blocks stay f16.
+    /// Bytes this tensor takes at precision `p`, by the one storage rule
+    /// ([`crate::formats::tensor_bytes_at`]).
     pub fn bytes_at(&self, p: Precision) -> u64 {
-        if self.ndim <= 1 {
-            let p = if p.is_quantized() { Precision::F32 } else { p };
-            return p.bytes_for(self.elements, 1);
-        }
-        p.bytes_for(self.elements, self.row_len)
+        crate::formats::tensor_bytes_at(&self.0, p)
     }
 }
 
@@ -98,7 +84,7 @@ impl ModelShape {
         let mut vae_tensors: Vec<&TensorInfo> = Vec::new();
         for c in &insp.components {
             for t in &c.tensors {
-                let w = WeightTensor::from_shape(&t.shape);
+                let w = WeightTensor(t.clone());
                 components.entry(c.component).or_default().push(w.clone());
                 match c.component {
                     Some(Component::Unet) => {

@@ -3,7 +3,7 @@
 //! A [`Profile`] is the typed view of the file (model, request, knobs, build, result). Fields this
 //! build does not know — keys added by a newer Headroom or by hand, in any section, and whole
 //! unknown sections — are kept aside and written back on save, so a read → write round trip loses
-//! nothing. The TOML side lives in [`doc`]; this file holds the types, loading, saving and drift.
+//! nothing. The TOML side lives in `doc.rs`; this file holds the types, loading, saving and drift.
 
 mod doc;
 #[cfg(test)]
@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::knobs::Knobs;
 use crate::request::Request;
 
-pub use crate::fsutil::write_atomic;
+pub use crate::fsutil::{sha256_file, write_atomic};
 
 /// The profile format version this build writes and the newest it reads.
 pub const PROFILE_VERSION: u32 = 1;
@@ -89,9 +89,13 @@ pub struct RunResult {
 pub struct Profile {
     /// Format version; [`PROFILE_VERSION`] for profiles made by this build.
     pub version: u32,
+    /// `[model]`: which model ran (required in the file).
     pub model: ModelInfo,
+    /// `[request]`: what to make (required in the file).
     pub request: Request,
+    /// `[knobs]`: device, precision, offload, slicing, rng (defaults when absent).
     pub knobs: Knobs,
+    /// `[build]`: which Headroom made it (`unknown` when absent).
     pub build: BuildInfo,
     /// Present once the run has happened.
     pub result: Option<RunResult>,

@@ -7,6 +7,7 @@ use crate::knobs::Precision;
 use crate::request::Scheduler;
 
 const FULL: &str = r#"version = 1
+created = 2026-11-23T10:00:00Z
 
 [model]
 source = "builtin:shapes"
@@ -98,7 +99,7 @@ fn reads_typed_fields() {
 fn unknown_fields_survive_round_trip() {
     let p = Profile::from_toml_str(FULL, origin()).unwrap();
     let out = p.to_toml_string();
-    for needle in ["license = \"MIT\"", "style = \"from the future\"", "lora = \"f16\"", "[future]", "thing = [1, 2, 3]"] {
+    for needle in ["created = 2026-11-23T10:00:00Z", "license = \"MIT\"", "style = \"from the future\"", "lora = \"f16\"", "[future]", "thing = [1, 2, 3]"] {
         assert!(out.contains(needle), "lost {needle}:\n{out}");
     }
     let back = Profile::from_toml_str(&out, origin()).unwrap();
@@ -159,6 +160,11 @@ fn newer_version_is_refused() {
 fn missing_section_is_named() {
     let s = "version = 1\n[model]\nsource = \"builtin:shapes\"\n";
     assert!(err(s).contains("[request] section missing"));
+    let s = "version = 1\n[request]\nseed = 1\n";
+    assert!(err(s).contains("[model] section missing"));
+    let s = "version = 1\nrequest = 3\n[model]\nsource = \"x\"\n";
+    assert!(err(s).contains("should be a [request] section"));
+    assert!(err("[model]\nsource = \"x\"\n").contains("no `version` key"));
 }
 
 /// A seed that is not a number is named with its value.

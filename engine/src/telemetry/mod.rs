@@ -87,6 +87,10 @@ impl StagePeak {
     }
 }
 
+/// Tests that measure this process's RSS or reset its kernel peak take turns.
+#[cfg(test)]
+pub(crate) static RSS_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn max_opt(a: Option<u64>, b: Option<u64>) -> Option<u64> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.max(b)),

@@ -79,6 +79,7 @@ mod tests {
     /// The current RSS is readable and grows when a large buffer is touched.
     #[test]
     fn rss_sees_a_touched_buffer() {
+        let _turn = crate::telemetry::RSS_TESTS.lock().unwrap_or_else(|e| e.into_inner());
         let before = current_rss_bytes().expect("rss readable");
         let mut v = vec![0u8; 64 << 20];
         for i in (0..v.len()).step_by(4096) {
@@ -93,6 +94,7 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn kernel_peak_resets() {
+        let _turn = crate::telemetry::RSS_TESTS.lock().unwrap_or_else(|e| e.into_inner());
         let v = vec![1u8; 96 << 20];
         std::hint::black_box(&v);
         let held = current_rss_bytes().unwrap();

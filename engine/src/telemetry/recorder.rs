@@ -224,26 +224,22 @@ impl Drop for RunRecorder {
 
 fn spawn_watcher(peaks: Arc<Peaks>, gpu: Option<GpuHandle>) -> Option<Watcher> {
     let (stop, stop_rx) = mpsc::sync_channel::<()>(1);
-    let thread = std::thread::Builder::new()
-        .name("headroom-peaks".into())
-        .spawn(move || {
-            let mut tick = 0u32;
-            loop {
-                if let Some(rss) = procmem::current_rss_bytes() {
-                    peaks.rss.fetch_max(rss, Ordering::Relaxed);
-                }
-                tick += 1;
-                if tick % GPU_EVERY == 0 {
-                    if let Some(g) = &gpu {
-                        peaks.record_gpus(&g.sample());
-                    }
-                }
-                match stop_rx.recv_timeout(RSS_PERIOD) {
-                    Err(RecvTimeoutError::Timeout) => continue,
-                    _ => break,
-                }
+    let thread = std::thread::Builder::new().name("headroom-peaks".into()).spawn(move || {
+        let mut tick = 0u32;
+        loop {
+            if let Some(rss) = procmem::current_rss_bytes() {
+                peaks.rss.fetch_max(rss, Ordering::Relaxed);
             }
-        });
+            tick = tick.wrapping_add(1);
+            if let Some(g) = gpu.as_ref().filter(|_| tick.is_multiple_of(GPU_EVERY)) {
+                peaks.record_gpus(&g.sample());
+            }
+            match stop_rx.recv_timeout(RSS_PERIOD) {
+                Err(RecvTimeoutError::Timeout) => continue,
+                _ => break,
+            }
+        }
+    });
     match thread {
         Ok(thread) => Some(Watcher { stop, thread }),
         Err(e) => {
@@ -257,10 +253,11 @@ fn spawn_watcher(peaks: Arc<Peaks>, gpu: Option<GpuHandle>) -> Option<Watcher> {
 mod tests {
     use super::*;
 
-    /// A buffer touched and freed inside one stage shows in that stage's RAM peak, not in a
-    /// later quiet stage, and both stages get a timing.
+    /// A buffer touched and freed inside one stage shows in that stage's RAM peak, both stages
+    /// get a timing, and a repeated note is kept once.
     #[test]
     fn peaks_are_kept_per_stage() {
+        let _turn = crate::telemetry::RSS_TESTS.lock().unwrap_or_else(|e| e.into_inner());
         let mut rec = RunRecorder::start();
         rec.stage("denoise");
         let base = procmem::current_rss_bytes().unwrap();
@@ -269,6 +266,7 @@ mod tests {
             v[i] = 1;
         }
         std::hint::black_box(&v);
+        let held = procmem::current_rss_bytes().unwrap();
         drop(v);
         rec.stage("decode");
         rec.note("a note");
@@ -276,7 +274,9 @@ mod tests {
         let t = rec.finish();
         assert!(t.timings_ms.contains_key("denoise") && t.timings_ms.contains_key("decode"));
         let denoise = t.peaks_by_stage["denoise"].ram_bytes;
-        assert!(denoise >= base + (100 << 20), "denoise peak {denoise}, base {base}");
+        assert!(held >= base + (100 << 20), "the buffer did not show in RSS: {held}, base {base}");
+        // The kernel's RSS counters are per-CPU and approximate by some pages: allow 1 MiB.
+        assert!(denoise + (1 << 20) >= held, "denoise peak {denoise} below the RSS {held} seen during it");
         assert!(t.peak_ram_bytes >= denoise);
         assert_eq!(t.notes, vec!["a note".to_string()]);
     }

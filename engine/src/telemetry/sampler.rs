@@ -40,9 +40,7 @@ struct Reader {
 
 impl Reader {
     fn new() -> Self {
-        let sys = System::new()
-            .map_err(|e| log::warn!("system memory readings unavailable: {e}"))
-            .ok();
+        let sys = System::new().map_err(|e| log::warn!("system memory readings unavailable: {e}")).ok();
         Reader { sys, gpu: GpuProbe::new() }
     }
 
@@ -62,6 +60,12 @@ impl Reader {
             gpus: self.gpu.sample(),
         }
     }
+}
+
+/// How many readings [`HISTORY_SPAN`] holds at `interval`, within [1, 30 000].
+fn history_capacity(interval: Duration) -> usize {
+    let n = HISTORY_SPAN.as_secs_f64() / interval.as_secs_f64().max(1e-3);
+    (n.ceil() as usize).clamp(1, HISTORY_MAX_SAMPLES)
 }
 
 /// One reading now, for the CLI. Starts NVML for this call only.
@@ -89,8 +93,7 @@ impl Sampler {
     /// Only if the OS cannot start a thread.
     pub fn spawn(interval: Duration, waker: impl Fn() + Send + 'static) -> Sampler {
         let interval = interval.max(Duration::from_millis(1));
-        let capacity = ((HISTORY_SPAN.as_secs_f64() / interval.as_secs_f64()).ceil() as usize)
-            .clamp(1, HISTORY_MAX_SAMPLES);
+        let capacity = history_capacity(interval);
         let shared = Arc::new(Mutex::new(Shared {
             history: VecDeque::with_capacity(capacity.min(4096)),
             gpu_status: GpuStatus::Unavailable("checking for NVIDIA GPUs".into()),
@@ -159,6 +162,14 @@ impl Drop for Sampler {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Five minutes of history is 3000 readings at 10 Hz, and the ring never grows unbounded.
+    #[test]
+    fn history_is_bounded() {
+        assert_eq!(history_capacity(Duration::from_millis(100)), 3000);
+        assert_eq!(history_capacity(Duration::from_secs(600)), 1);
+        assert_eq!(history_capacity(Duration::from_micros(1)), HISTORY_MAX_SAMPLES);
+    }
 
     /// A single reading sees the machine's RAM and this process's RSS.
     #[test]

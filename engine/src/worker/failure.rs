@@ -5,7 +5,7 @@ use std::any::Any;
 
 use super::protocol::{Event, Stage};
 use crate::error::Error;
-use crate::knobs::Knobs;
+use crate::knobs::{DeviceKind, Knobs};
 
 /// Phrases by which candle, CUDA, Metal and allocators report running out of memory.
 const OOM_PHRASES: [&str; 6] = [
@@ -23,17 +23,19 @@ pub fn is_out_of_memory(text: &str) -> bool {
     OOM_PHRASES.iter().any(|p| t.contains(p))
 }
 
-/// The knob that would help when memory runs out in `stage`.
-pub fn oom_hint(stage: Option<Stage>) -> &'static str {
-    match stage {
-        Some(Stage::Load) => {
+/// The knob that would help when memory runs out in `stage` of a run on `device`.
+pub fn oom_hint(stage: Option<Stage>, device: DeviceKind) -> &'static str {
+    match (stage, device.is_gpu()) {
+        (Some(Stage::Load), true) => {
             "try a smaller precision (precision.unet=q8_0 or q4k), offload.gpu_blocks=N or offload.text=cpu"
         }
-        Some(Stage::Text) => "try offload.text=cpu or precision.text=f16",
-        Some(Stage::Decode) => "try slicing.vae_tile=32 or offload.vae=cpu",
-        Some(Stage::Denoise) | Some(Stage::Save) | None => {
-            "try precision.unet=q8_0, offload.gpu_blocks or slicing.attention_slice"
-        }
+        (Some(Stage::Load), false) => "try a smaller precision (precision=q8_0 or q4k)",
+        (Some(Stage::Text), true) => "try offload.text=cpu or precision.text=f16",
+        (Some(Stage::Text), false) => "try precision.text=q8_0",
+        (Some(Stage::Decode), true) => "try slicing.vae_tile=32 or offload.vae=cpu",
+        (Some(Stage::Decode), false) => "try slicing.vae_tile=32 or slicing.attention_slice=16",
+        (_, true) => "try precision.unet=q8_0, offload.gpu_blocks or slicing.attention_slice",
+        (_, false) => "try precision.unet=q8_0 or slicing.attention_slice=16",
     }
 }
 
@@ -44,7 +46,10 @@ pub fn classify(err: Error, stage: Option<Stage>, knobs: &Knobs) -> (Error, Stri
     if matches!(err, Error::OutOfMemory { .. }) || !is_out_of_memory(&text) {
         return (err, String::new());
     }
-    let oom = Error::OutOfMemory { device: knobs.device.to_string(), hint: oom_hint(stage).to_string() };
+    let oom = Error::OutOfMemory {
+        device: knobs.device.to_string(),
+        hint: oom_hint(stage, knobs.device).to_string(),
+    };
     (oom, text)
 }
 
@@ -78,7 +83,9 @@ mod tests {
     /// CUDA's out-of-memory text becomes OutOfMemory naming a knob; other errors pass through.
     #[test]
     fn oom_is_recognised_and_names_a_knob() {
-        let cuda = Error::Candle(candle_core::Error::Msg("DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")".into()));
+        let cuda = Error::Candle(candle_core::Error::Msg(
+            "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")".into(),
+        ));
         let knobs = Knobs { device: "cuda:0".parse().unwrap(), ..Knobs::default() };
         let (e, detail) = classify(cuda, Some(Stage::Denoise), &knobs);
         let msg = e.to_string();
@@ -88,7 +95,11 @@ mod tests {
         let (e, _) = classify(Error::invalid("steps = 0"), Some(Stage::Decode), &knobs);
         assert!(matches!(e, Error::Invalid(_)));
         let (e, _) = classify(Error::invalid("failed to allocate 4 GiB"), Some(Stage::Decode), &knobs);
-        assert!(e.to_string().contains("slicing.vae_tile"), "{e}");
+        assert!(e.to_string().contains("offload.vae=cpu"), "{e}");
+        // On the CPU, moving things to the CPU cannot help: the hint says something else.
+        let (e, _) =
+            classify(Error::invalid("failed to allocate 4 GiB"), Some(Stage::Decode), &Knobs::default());
+        assert!(e.to_string().starts_with("out of memory on cpu: try slicing.vae_tile"), "{e}");
     }
 
     /// Multi-line errors keep one line as the message and the rest as detail.

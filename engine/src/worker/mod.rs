@@ -1,9 +1,12 @@
 //! The background engine thread and its handle: bounded commands in, bounded events out (see
 //! [`protocol`]). Front ends hold an [`Engine`], send [`Command`]s and draw [`Event`]s.
 //!
-//! Every `Load` and `Generate` ends with a [`Event::Telemetry`] followed by exactly one of
-//! `Loaded`/`Output`, `Cancelled` or `Error` (a panic in a run is also followed by `Unloaded`,
-//! because a family that panicked is not run again). Progress and previews may be dropped when
+//! Every `Load` and `Generate` that starts running ends with an [`Event::Telemetry`] followed by
+//! exactly one of `Loaded`/`Output`, `Cancelled` or `Error` (a panic in a run is also followed by
+//! `Unloaded`, because a family that panicked is not run again); one refused before it starts
+//! (an invalid request, no model loaded, cancelled while queued) sends only `Error` or
+//! `Cancelled`. A `Load` that replaces a model sends `Unloaded` first: the old model is freed
+//! before the new one is read. The first run after a load carries the load's timing and peaks. Progress and previews may be dropped when
 //! the front end falls behind; every other event waits for room. `Cancel` takes effect at once
 //! for every command sent before it (the run in progress stops at its next step, queued runs
 //! end as `Cancelled`) and never touches commands sent after it.
@@ -164,10 +167,10 @@ impl Drop for Engine {
             let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
             let _ = commands.send(Envelope { seq, cmd: Command::Shutdown });
         }
-        if let Some(thread) = self.thread.take() {
-            if thread.join().is_err() {
-                log::error!("the engine thread ended with a panic");
-            }
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            log::error!("the engine thread ended with a panic");
         }
     }
 }

@@ -68,25 +68,29 @@ impl Worker {
         while let Ok(Envelope { seq, cmd }) = commands.recv() {
             let counted = !matches!(cmd, Command::Cancel | Command::Shutdown);
             let stop = matches!(cmd, Command::Shutdown);
-            match cmd {
+            // The closing events are sent after the command counts as done, so a front end
+            // that sees them also sees `is_busy() == false` (when nothing else is queued).
+            let closing = match cmd {
                 Command::Load { model, knobs } => self.load(seq, model, knobs),
                 Command::Unload => {
                     self.unload();
-                    self.events.send(Event::Unloaded);
+                    vec![Event::Unloaded]
                 }
                 Command::Generate { request, out_dir } => self.generate(seq, &request, &out_dir),
                 // Applied when it was sent (Engine::cancel); nothing is left to do here.
-                Command::Cancel => {}
+                Command::Cancel | Command::Shutdown => Vec::new(),
                 Command::Plan { model, knobs, request, budget_bytes } => {
                     match plan(&model, &knobs, &request, budget_bytes) {
-                        Ok(p) => self.events.send(Event::Planned(Box::new(p))),
-                        Err(e) => self.events.send(error_event(&e, "")),
+                        Ok(p) => vec![Event::Planned(Box::new(p))],
+                        Err(e) => vec![error_event(&e, "")],
                     }
                 }
-                Command::Shutdown => {}
-            }
+            };
             if counted {
                 self.pending.fetch_sub(1, Ordering::SeqCst);
+            }
+            for event in closing {
+                self.events.send(event);
             }
             if stop {
                 break;
@@ -97,10 +101,10 @@ impl Worker {
 
     /// Drops the loaded model, if any; a panic in its `Drop` is logged, not propagated.
     fn unload(&mut self) {
-        if let Some(loaded) = self.loaded.take() {
-            if let Err(p) = catch_unwind(AssertUnwindSafe(move || drop(loaded))) {
-                log::error!("panic while dropping the model: {}", panic_text(p.as_ref()));
-            }
+        if let Some(loaded) = self.loaded.take()
+            && let Err(p) = catch_unwind(AssertUnwindSafe(move || drop(loaded)))
+        {
+            log::error!("panic while dropping the model: {}", panic_text(p.as_ref()));
         }
     }
 
@@ -111,10 +115,11 @@ impl Worker {
         }
     }
 
-    fn load(&mut self, seq: u64, model: ModelRef, knobs: Knobs) {
+    /// Loads a model; returns the closing events.
+    fn load(&mut self, seq: u64, model: ModelRef, knobs: Knobs) -> Vec<Event> {
         if self.cancel.is_cancelled(seq) {
             // Cancelled while queued: keep whatever is loaded.
-            return self.events.send(Event::Cancelled);
+            return vec![Event::Cancelled];
         }
         if self.loaded.is_some() {
             // Free the old model before reading the new one: both rarely fit.
@@ -140,41 +145,52 @@ impl Worker {
         }));
         let telemetry = recorder.finish();
         let load_ms = telemetry.timings_ms.get(Stage::Load.name()).copied().unwrap_or(0);
-        self.events.send(Event::Telemetry(telemetry.clone()));
-        match result {
+        let mut closing = vec![Event::Telemetry(telemetry.clone())];
+        closing.push(match result {
             Ok(Ok((family, name, weight_bytes, sha256))) => {
+                let load_telemetry = Some(telemetry);
                 let info = ModelInfo { source: model.to_string(), sha256, family: name.clone(), name: model.display_name() };
-                self.loaded = Some(Loaded { family, knobs, info, load_telemetry: Some(telemetry) });
-                self.events.send(Event::Loaded { model, family: name, weight_bytes, load_ms });
+                self.loaded = Some(Loaded { family, knobs, info, load_telemetry });
+                Event::Loaded { model, family: name, weight_bytes, load_ms }
             }
-            Ok(Err(Error::Cancelled)) => self.events.send(Event::Cancelled),
+            Ok(Err(Error::Cancelled)) => Event::Cancelled,
             Ok(Err(e)) => {
                 let (e, original) = classify(e, Some(Stage::Load), &knobs);
-                self.events.send(error_event(&e, &original));
+                error_event(&e, &original)
             }
-            Err(p) => self.events.send(Event::Error {
+            Err(p) => Event::Error {
                 message: format!("internal error while loading: {}", panic_text(p.as_ref())),
                 detail: format!("model {model}; nothing is loaded now"),
-            }),
-        }
+            },
+        });
+        closing
     }
 
-    fn generate(&mut self, seq: u64, request: &Request, out_dir: &Path) {
+    /// Runs a request; returns the closing events.
+    fn generate(&mut self, seq: u64, request: &Request, out_dir: &Path) -> Vec<Event> {
         if let Err(e) = request.validate() {
-            return self.events.send(error_event(&e, ""));
+            return vec![error_event(&e, "")];
         }
-        if self.loaded.is_none() {
-            return self.events.send(Event::Error {
+        let Some(loaded) = self.loaded.as_mut() else {
+            return vec![Event::Error {
                 message: "no model loaded".into(),
                 detail: "load a model before generating".into(),
-            });
-        }
+            }];
+        };
         if self.cancel.is_cancelled(seq) {
-            return self.events.send(Event::Cancelled);
+            return vec![Event::Cancelled];
         }
-        let mut recorder = self.recorder();
-        let loaded = self.loaded.as_mut().expect("checked above");
-        let mut obs = Observer { events: &self.events, recorder: &mut recorder, cancel: &self.cancel, seq, stage: None };
+        let mut recorder = match &self.gpu {
+            Some(g) => RunRecorder::start_with_gpus(g),
+            None => RunRecorder::start(),
+        };
+        let mut obs = Observer {
+            events: &self.events,
+            recorder: &mut recorder,
+            cancel: &self.cancel,
+            seq,
+            stage: None,
+        };
         let family = &mut loaded.family;
         let result = catch_unwind(AssertUnwindSafe(|| family.generate(request, &mut obs)));
         let stage = obs.stage;
@@ -182,7 +198,7 @@ impl Worker {
         if let Some(load) = loaded.load_telemetry.take() {
             telemetry.merge(&load);
         }
-        match result {
+        let end = match result {
             Ok(Ok(artifacts)) => {
                 let started = Instant::now();
                 let mut profile = Profile::new(loaded.info.clone(), request.clone(), loaded.knobs);
@@ -193,44 +209,42 @@ impl Worker {
                     notes: telemetry.notes.clone(),
                     ..RunResult::default()
                 });
-                let written = catch_unwind(AssertUnwindSafe(|| self.sink.write(&artifacts, &mut profile, out_dir)));
+                let sink = &mut self.sink;
+                let written = catch_unwind(AssertUnwindSafe(|| sink.write(&artifacts, &mut profile, out_dir)));
                 telemetry.timings_ms.insert(Stage::Save.name().into(), started.elapsed().as_millis() as u64);
-                self.events.send(Event::Telemetry(telemetry));
                 match written {
-                    Ok(Ok((paths, profile_path))) => {
-                        self.events.send(Event::Output { paths, profile_path, profile: Box::new(profile) })
-                    }
-                    Ok(Err(e)) => self.events.send(error_event(&e, "the run finished but its files could not be written")),
-                    Err(p) => self.events.send(Event::Error {
+                    Ok(Ok((paths, profile_path))) => Event::Output { paths, profile_path, profile: Box::new(profile) },
+                    Ok(Err(e)) => error_event(&e, "the run finished but its files could not be written"),
+                    Err(p) => Event::Error {
                         message: format!("internal error while saving: {}", panic_text(p.as_ref())),
                         detail: String::new(),
-                    }),
+                    },
                 }
             }
-            Ok(Err(Error::Cancelled)) => {
-                self.events.send(Event::Telemetry(telemetry));
-                self.events.send(Event::Cancelled);
-            }
+            Ok(Err(Error::Cancelled)) => Event::Cancelled,
             Ok(Err(e)) => {
-                let knobs = loaded.knobs;
-                self.events.send(Event::Telemetry(telemetry));
-                let (e, original) = classify(e, stage, &knobs);
+                let (e, original) = classify(e, stage, &loaded.knobs);
                 let at = stage.map(|s| format!("during {}", s.name())).unwrap_or_default();
-                let extra = [original, at].iter().filter(|s| !s.is_empty()).cloned().collect::<Vec<_>>().join("\n");
-                self.events.send(error_event(&e, &extra));
+                let extra: Vec<String> = [original, at].into_iter().filter(|s| !s.is_empty()).collect();
+                error_event(&e, &extra.join("\n"))
             }
             Err(p) => {
-                self.events.send(Event::Telemetry(telemetry));
                 let at = stage.map(|s| format!(" during {}", s.name())).unwrap_or_default();
-                self.events.send(Event::Error {
-                    message: format!("internal error while generating: {}", panic_text(p.as_ref())),
-                    detail: format!("the model panicked{at}; it was unloaded — load it again to continue"),
-                });
                 // A family that panicked may be in any state: do not run it again.
                 self.unload();
-                self.events.send(Event::Unloaded);
+                return vec![
+                    Event::Telemetry(telemetry),
+                    Event::Error {
+                        message: format!("internal error while generating: {}", panic_text(p.as_ref())),
+                        detail: format!(
+                            "the model panicked{at}; it was unloaded — load it again to continue"
+                        ),
+                    },
+                    Event::Unloaded,
+                ];
             }
-        }
+        };
+        vec![Event::Telemetry(telemetry), end]
     }
 }
 

@@ -7,9 +7,16 @@
 pub mod blocks;
 pub mod clip;
 pub mod folder;
+pub mod pipeline;
+pub mod preview;
+pub mod schedulers;
 pub mod tokenizer;
 pub mod unet;
 pub mod vae;
 
 #[cfg(test)]
 mod parity_tests;
+#[cfg(test)]
+mod pipeline_tests;
+
+pub use pipeline::{LatentDiffusion, load};

@@ -166,9 +166,9 @@ impl AutoencoderKl {
         let e = vb.pp("encoder");
         let mut enc_stages = Vec::with_capacity(n);
         let mut out_ch = boc[0];
-        for i in 0..n {
+        for (i, &ch) in boc.iter().enumerate() {
             let in_ch = out_ch;
-            out_ch = boc[i];
+            out_ch = ch;
             let b = e.pp("down_blocks").pp(i);
             let resnets = (0..cfg.layers_per_block)
                 .map(|j| {
@@ -184,9 +184,9 @@ impl AutoencoderKl {
         let mut dec_stages = Vec::with_capacity(n);
         let rev: Vec<usize> = boc.iter().rev().copied().collect();
         let mut out_ch = rev[0];
-        for i in 0..n {
+        for (i, &ch) in rev.iter().enumerate() {
             let prev = out_ch;
-            out_ch = rev[i];
+            out_ch = ch;
             let b = d.pp("up_blocks").pp(i);
             let resnets = (0..cfg.layers_per_block + 1)
                 .map(|j| {

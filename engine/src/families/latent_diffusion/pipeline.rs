@@ -1,0 +1,310 @@
+//! Prompt → image for Stable Diffusion 1.x/2.x: tokenize, encode, denoise with classifier-free
+//! guidance (batch `[uncond, cond]`), decode, and the [`Family`] the worker drives.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+
+use super::clip::{ClipConfig, ClipTextModel};
+use super::folder::{build, read_config, read_json, var_builder};
+use super::preview::latents_to_rgb;
+use super::schedulers::{Sampler, SchedulerConfig};
+use super::tokenizer::ClipTokenizer;
+use super::unet::{Unet, UnetConfig};
+use super::vae::{AutoencoderKl, VaeConfig};
+use crate::error::{Error, Result};
+use crate::families::{Family, RunObserver};
+use crate::knobs::{Component, DeviceKind, Knobs, Precision};
+use crate::media::Image;
+use crate::request::Request;
+use crate::worker::protocol::{Artifact, Preview, Stage};
+
+/// A stream of standard-normal f32 noise for one image of a batch: its initial latents first,
+/// then whatever an ancestral sampler draws, step by step.
+pub trait NoiseSource {
+    /// The next `numel` values.
+    fn randn(&mut self, numel: usize) -> Vec<f32>;
+}
+
+/// Makes the noise stream for a seed (image `i` of a batch gets `seed + i`).
+pub type NoiseFactory = Box<dyn Fn(u64) -> Box<dyn NoiseSource> + Send>;
+
+/// The default noise until the engine's torch-compatible generator (`crate::rng`) is wired in:
+/// SplitMix64 + Box–Muller. Deterministic per seed, but NOT torch's numbers.
+struct SplitMixNoise {
+    state: u64,
+}
+
+impl SplitMixNoise {
+    fn next_u64(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn uniform(&mut self) -> f64 {
+        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+}
+
+impl NoiseSource for SplitMixNoise {
+    fn randn(&mut self, numel: usize) -> Vec<f32> {
+        (0..numel)
+            .map(|_| {
+                let (u1, u2) = (self.uniform(), self.uniform());
+                ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+            })
+            .collect()
+    }
+}
+
+/// The noise every run uses unless [`LatentDiffusion::set_noise`] replaced it.
+pub fn default_noise() -> NoiseFactory {
+    Box::new(|seed| Box::new(SplitMixNoise { state: seed }))
+}
+
+/// A loaded Stable Diffusion 1.x/2.x model.
+pub struct LatentDiffusion {
+    tokenizer: ClipTokenizer,
+    text: ClipTextModel,
+    unet: Unet,
+    vae: AutoencoderKl,
+    scheduler: SchedulerConfig,
+    device: Device,
+    dtype: DType,
+    weight_elements: u64,
+    noise: NoiseFactory,
+    /// Notes for the next run's telemetry (knobs that are not honoured yet).
+    load_notes: Vec<String>,
+    /// Layers to skip at the end of the text encoder (diffusers' `clip_skip`); 0 by default.
+    pub clip_skip: usize,
+}
+
+/// The candle device for a device knob.
+///
+/// # Errors
+/// A GPU that is absent or whose back end was not compiled in.
+pub fn candle_device(kind: DeviceKind) -> Result<Device> {
+    match kind {
+        DeviceKind::Cpu => Ok(Device::Cpu),
+        DeviceKind::Cuda(n) => Device::new_cuda(n as usize)
+            .map_err(|e| Error::invalid(format!("device cuda:{n} is not available: {}", e.to_string().lines().next().unwrap_or("")))),
+        DeviceKind::Metal => Device::new_metal(0)
+            .map_err(|e| Error::invalid(format!("device metal is not available: {}", e.to_string().lines().next().unwrap_or("")))),
+    }
+}
+
+/// Loads a diffusers Stable Diffusion folder (`model_index.json`, `tokenizer/`, `text_encoder/`,
+/// `unet/`, `vae/`, `scheduler/`) with the knobs that this family honours today: device and
+/// `attention_slice`. Other knobs are accepted and reported in the run's notes.
+///
+/// # Errors
+/// A missing or malformed file or component, named; an unavailable device.
+pub fn load(path: &Path, knobs: &Knobs) -> Result<LatentDiffusion> {
+    if !path.join("model_index.json").is_file() {
+        return Err(Error::file(path, "not a diffusers folder (no model_index.json)"));
+    }
+    let device = candle_device(knobs.device)?;
+    let dtype = DType::F32;
+    let mut notes = Vec::new();
+    for c in Component::ALL {
+        let p = knobs.precision.get(c).resolve(knobs.device);
+        if p != Precision::F32 {
+            notes.push(format!("{c}: precision {p} is not implemented for latent-diffusion yet; stored and computed in f32"));
+        }
+    }
+    if knobs.offload.gpu_blocks.is_some() || knobs.slicing.vae_tile != 0 {
+        notes.push("offload.gpu_blocks and slicing.vae_tile are not implemented for latent-diffusion yet; ignored".into());
+    }
+    let slice = knobs.slicing.attention_slice as usize;
+
+    let tokenizer = ClipTokenizer::from_dir(&path.join("tokenizer"))?;
+    let dir = path.join("text_encoder");
+    let cfg: ClipConfig = read_config(&dir)?;
+    let (vb, n_text) = var_builder(&dir, dtype, &device)?;
+    let mut text = build(&dir, || ClipTextModel::new(&cfg, vb))?;
+    text.attention_slice = slice;
+
+    let dir = path.join("unet");
+    let cfg: UnetConfig = read_config(&dir)?;
+    let (vb, n_unet) = var_builder(&dir, dtype, &device)?;
+    let mut unet = build(&dir, || Unet::new(&cfg, vb))?;
+    unet.attention_slice = slice;
+
+    let dir = path.join("vae");
+    let cfg: VaeConfig = read_config(&dir)?;
+    let (vb, n_vae) = var_builder(&dir, dtype, &device)?;
+    let mut vae = build(&dir, || AutoencoderKl::new(&cfg, vb))?;
+    vae.attention_slice = slice;
+
+    let sp = path.join("scheduler").join("scheduler_config.json");
+    let scheduler: SchedulerConfig = read_json(&sp)?;
+    scheduler.prediction().map_err(|e| Error::file(&sp, e))?;
+    scheduler.alphas_cumprod().map_err(|e| Error::file(&sp, e))?;
+
+    Ok(LatentDiffusion {
+        tokenizer,
+        text,
+        unet,
+        vae,
+        scheduler,
+        device,
+        dtype,
+        weight_elements: n_text + n_unet + n_vae,
+        noise: default_noise(),
+        load_notes: notes,
+        clip_skip: 0,
+    })
+}
+
+impl LatentDiffusion {
+    /// Replaces the noise source (tests feed diffusers' exact noise; the engine's torch-compatible
+    /// generator plugs in here).
+    pub fn set_noise(&mut self, noise: NoiseFactory) {
+        self.noise = noise;
+    }
+
+    /// The scheduler config read from the folder.
+    pub fn scheduler_config(&self) -> &SchedulerConfig {
+        &self.scheduler
+    }
+
+    /// Encodes a prompt to `(1, 77, D)` embeddings; the string is set when the prompt was cut.
+    ///
+    /// # Errors
+    /// Tokenizer or tensor errors.
+    pub fn encode_prompt(&self, text: &str) -> Result<(Tensor, Option<String>)> {
+        let tokens = self.tokenizer.encode(text)?;
+        let n = tokens.ids.len();
+        let ids = Tensor::from_vec(tokens.ids, (1, n), &self.device)?;
+        Ok((self.text.forward(&ids, self.clip_skip)?, tokens.warning))
+    }
+
+    fn noise_tensor(&self, streams: &mut [Box<dyn NoiseSource>], shape: (usize, usize, usize)) -> Result<Tensor> {
+        let (c, h, w) = shape;
+        let mut all = Vec::with_capacity(streams.len() * c * h * w);
+        for s in streams.iter_mut() {
+            all.extend(s.randn(c * h * w));
+        }
+        Ok(Tensor::from_vec(all, (streams.len(), c, h, w), &self.device)?.to_dtype(self.dtype)?)
+    }
+
+    /// Runs `request` and returns the images as floats `(B, H, W, 3)` in [0, 1] (diffusers'
+    /// `output_type="np"`).
+    ///
+    /// # Errors
+    /// Invalid requests, tensor errors, [`Error::Cancelled`] when the observer asks between steps.
+    pub fn run(&mut self, request: &Request, observer: &mut dyn RunObserver) -> Result<Tensor> {
+        request.validate()?;
+        let f = self.vae.config.scale_factor() as u32;
+        for (name, v) in [("width", request.width), ("height", request.height)] {
+            if v % f != 0 {
+                return Err(Error::invalid(format!("{name} = {v}: this model needs a multiple of {f}")));
+            }
+        }
+        for n in self.load_notes.clone() {
+            observer.note(n);
+        }
+        let batch = request.batch as usize;
+        let guided = request.guidance > 1.0;
+
+        observer.stage(Stage::Text);
+        let (cond, warning) = self.encode_prompt(&request.prompt)?;
+        if let Some(w) = warning {
+            observer.note(format!("prompt: {w}"));
+        }
+        let context = if guided {
+            let (uncond, warning) = self.encode_prompt(&request.negative)?;
+            if let Some(w) = warning {
+                observer.note(format!("negative prompt: {w}"));
+            }
+            Tensor::cat(&[uncond.repeat((batch, 1, 1))?, cond.repeat((batch, 1, 1))?], 0)?
+        } else {
+            cond.repeat((batch, 1, 1))?
+        };
+
+        observer.stage(Stage::Denoise);
+        let steps = request.steps as usize;
+        let mut sampler = Sampler::new(request.scheduler, &self.scheduler, steps, request.karras).map_err(Error::invalid)?;
+        for n in std::mem::take(&mut sampler.notes) {
+            observer.note(n);
+        }
+        let shape = (
+            self.unet.config.in_channels,
+            (request.height / f) as usize,
+            (request.width / f) as usize,
+        );
+        let mut streams: Vec<Box<dyn NoiseSource>> =
+            (0..batch).map(|i| (self.noise)(request.seed.wrapping_add(i as u64))).collect();
+        let mut latents = (self.noise_tensor(&mut streams, shape)? * sampler.init_noise_sigma())?;
+        let timesteps = sampler.timesteps().to_vec();
+        for (i, &t) in timesteps.iter().enumerate() {
+            if observer.cancelled() {
+                return Err(Error::Cancelled);
+            }
+            let x = sampler.scale_model_input(&latents, i)?;
+            let x = if guided { Tensor::cat(&[&x, &x], 0)? } else { x };
+            let out = self.unet.forward(&x, t, &context)?;
+            let out = if guided {
+                let u = out.narrow(0, 0, batch)?;
+                let c = out.narrow(0, batch, batch)?;
+                (&u + ((c - &u)? * request.guidance as f64)?)?
+            } else {
+                out
+            };
+            let noise = if sampler.needs_noise() { Some(self.noise_tensor(&mut streams, shape)?) } else { None };
+            latents = sampler.step(&out, i, &latents, noise.as_ref())?;
+            observer.progress(i as u32 + 1, steps as u32);
+            observer.preview(Preview::Image(latents_to_rgb(&latents)?));
+        }
+        if observer.cancelled() {
+            return Err(Error::Cancelled);
+        }
+
+        observer.stage(Stage::Decode);
+        let mut images = Vec::with_capacity(batch);
+        for b in 0..batch {
+            let img = self.vae.decode_scaled(&latents.narrow(0, b, 1)?)?;
+            images.push(((img / 2.0)? + 0.5)?.clamp(0f32, 1f32)?);
+            observer.progress(b as u32 + 1, batch as u32);
+        }
+        Ok(Tensor::cat(&images, 0)?.permute((0, 2, 3, 1))?.to_dtype(DType::F32)?)
+    }
+}
+
+/// Float images `(B, H, W, 3)` in [0, 1] → 8-bit images, rounding as diffusers' `numpy_to_pil`.
+///
+/// # Errors
+/// Tensor errors.
+pub fn to_images(x: &Tensor) -> Result<Vec<Image>> {
+    let (b, h, w, _) = x.dims4()?;
+    let bytes = (x * 255.0)?.round()?.clamp(0f32, 255f32)?;
+    (0..b)
+        .map(|i| {
+            let rgb = bytes.get(i)?.flatten_all()?.to_vec1::<f32>()?.into_iter().map(|v| v as u8).collect();
+            Ok(Image { width: w as u32, height: h as u32, rgb })
+        })
+        .collect()
+}
+
+impl Family for LatentDiffusion {
+    fn name(&self) -> &str {
+        "latent-diffusion"
+    }
+
+    fn weight_bytes(&self) -> Vec<(String, u64)> {
+        let device = match &self.device {
+            Device::Cpu => "cpu".to_string(),
+            Device::Cuda(_) => "cuda:0".to_string(),
+            Device::Metal(_) => "metal".to_string(),
+        };
+        vec![(device, self.weight_elements * self.dtype.size_in_bytes() as u64)]
+    }
+
+    fn generate(&mut self, request: &Request, observer: &mut dyn RunObserver) -> Result<Vec<Artifact>> {
+        let floats = self.run(request, observer)?;
+        Ok(to_images(&floats)?.into_iter().map(Artifact::Image).collect())
+    }
+}

@@ -1,0 +1,180 @@
+//! End-to-end parity of the pipeline with diffusers' StableDiffusionPipeline on the tiny fixtures,
+//! fed diffusers' exact noise, plus the run contract (progress, previews, cancel, batch).
+
+use std::collections::{HashMap, VecDeque};
+
+use candle_core::Tensor;
+
+use super::parity_tests::{fixture, max_diff, refs};
+use super::pipeline::{NoiseSource, load};
+use crate::error::Error;
+use crate::families::{Family, RunObserver};
+use crate::knobs::Knobs;
+use crate::request::{Request, Scheduler};
+use crate::worker::protocol::{Artifact, Preview, Stage};
+
+/// Replays fixed noise: the initial latents, then one tensor per ancestral step.
+struct Replay(VecDeque<Vec<f32>>);
+
+impl NoiseSource for Replay {
+    fn randn(&mut self, numel: usize) -> Vec<f32> {
+        let v = self.0.pop_front().expect("the test ran out of recorded noise");
+        assert_eq!(v.len(), numel);
+        v
+    }
+}
+
+/// Records what a run reports; cancels after `cancel_after` progress events if set.
+#[derive(Default)]
+struct Recorder {
+    stages: Vec<Stage>,
+    progress: Vec<(u32, u32)>,
+    previews: usize,
+    notes: Vec<String>,
+    cancel_after: Option<usize>,
+}
+
+impl RunObserver for Recorder {
+    fn stage(&mut self, stage: Stage) {
+        self.stages.push(stage);
+    }
+    fn progress(&mut self, step: u32, total: u32) {
+        self.progress.push((step, total));
+    }
+    fn preview(&mut self, preview: Preview) {
+        if let Preview::Image(img) = preview {
+            assert_eq!(img.rgb.len(), (img.width * img.height * 3) as usize);
+            self.previews += 1;
+        }
+    }
+    fn cancelled(&self) -> bool {
+        self.cancel_after.is_some_and(|n| self.progress.len() >= n)
+    }
+    fn note(&mut self, note: String) {
+        self.notes.push(note);
+    }
+}
+
+fn request(name: &str) -> Request {
+    let p: serde_json::Value = super::folder::read_json(&fixture(name).join("refs.json")).unwrap();
+    Request {
+        prompt: p["prompt"].as_str().unwrap().into(),
+        negative: p["negative"].as_str().unwrap().into(),
+        seed: 42,
+        steps: 4,
+        guidance: 7.5,
+        width: 32,
+        height: 32,
+        ..Request::default()
+    }
+}
+
+fn replay_factory(r: &HashMap<String, Tensor>) -> super::pipeline::NoiseFactory {
+    let mut q = vec![r["latents"].flatten_all().unwrap().to_vec1::<f32>().unwrap()];
+    for i in 0..r["step_noise"].dim(0).unwrap() {
+        q.push(r["step_noise"].get(i).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap());
+    }
+    Box::new(move |seed| {
+        assert_eq!(seed, 42);
+        Box::new(Replay(q.clone().into()))
+    })
+}
+
+/// Final images equal diffusers' (output_type="np") within 1e-3 (the issue asks 2/255) for DDIM, Euler, Euler
+/// ancestral, DPM++ 2M and DPM++ 2M Karras, on SD1-style (epsilon) and SD2-style (v) models.
+#[test]
+fn images_match_diffusers() {
+    for name in ["tiny-sd1", "tiny-sd2"] {
+        let r = refs(name);
+        let mut model = load(&fixture(name), &Knobs::default()).unwrap();
+        for (key, kind, karras) in [
+            ("ddim", Scheduler::Ddim, false),
+            ("euler", Scheduler::Euler, false),
+            ("euler_a", Scheduler::EulerAncestral, false),
+            ("dpmpp_2m", Scheduler::DpmPp2M, false),
+            ("dpmpp_2m_karras", Scheduler::DpmPp2M, true),
+        ] {
+            model.set_noise(replay_factory(&r));
+            let req = Request { scheduler: kind, karras, ..request(name) };
+            let mut obs = Recorder::default();
+            let img = model.run(&req, &mut obs).unwrap();
+            let d = max_diff(&img, &r[&format!("image_{key}")]);
+            // measured about 1e-5; the issue asks for 2/255, this is stricter
+            assert!(d <= 1e-3, "{name} {key}: {d}");
+        }
+    }
+}
+
+/// A run reports text, denoise and decode stages, one progress event and one preview per step,
+/// and returns one 8-bit image per batch entry, different per seed.
+#[test]
+fn run_reports_and_batches() {
+    let mut model = load(&fixture("tiny-sd1"), &Knobs::default()).unwrap();
+    let req = Request { batch: 2, steps: 3, ..request("tiny-sd1") };
+    let mut obs = Recorder::default();
+    let out = model.generate(&req, &mut obs).unwrap();
+    assert_eq!(obs.stages, vec![Stage::Text, Stage::Denoise, Stage::Decode]);
+    assert_eq!(&obs.progress[..3], &[(1, 3), (2, 3), (3, 3)]);
+    assert_eq!(obs.previews, 3);
+    assert_eq!(out.len(), 2);
+    let imgs: Vec<_> = out
+        .into_iter()
+        .map(|a| match a {
+            Artifact::Image(i) => i,
+            Artifact::Audio(_) => panic!("audio from an image model"),
+        })
+        .collect();
+    assert_eq!((imgs[0].width, imgs[0].height), (32, 32));
+    assert_ne!(imgs[0].rgb, imgs[1].rgb);
+    let w = model.weight_bytes();
+    assert_eq!(w.len(), 1);
+    assert_eq!(w[0].0, "cpu");
+    assert!(w[0].1 > 100_000, "{w:?}");
+}
+
+/// Cancelling between steps stops the run with Error::Cancelled before decoding.
+#[test]
+fn cancel_between_steps() {
+    let mut model = load(&fixture("tiny-sd2"), &Knobs::default()).unwrap();
+    let mut obs = Recorder { cancel_after: Some(2), ..Recorder::default() };
+    let err = model.generate(&request("tiny-sd2"), &mut obs).unwrap_err();
+    assert!(matches!(err, Error::Cancelled), "{err}");
+    assert_eq!(obs.progress.len(), 2);
+    assert!(!obs.stages.contains(&Stage::Decode));
+}
+
+/// attention_slice as a knob leaves the image unchanged (within 1e-5), and a too-long prompt
+/// and an unimplemented precision are reported as notes.
+#[test]
+fn slicing_knob_and_notes() {
+    let name = "tiny-sd1";
+    let r = refs(name);
+    let req = Request { scheduler: Scheduler::Euler, ..request(name) };
+    let mut plain = load(&fixture(name), &Knobs::default()).unwrap();
+    plain.set_noise(replay_factory(&r));
+    let a = plain.run(&req, &mut Recorder::default()).unwrap();
+    let mut knobs = Knobs::default();
+    knobs.set("slicing.attention_slice", "3").unwrap();
+    knobs.set("precision.unet", "q4k").unwrap();
+    let mut sliced = load(&fixture(name), &knobs).unwrap();
+    sliced.set_noise(replay_factory(&r));
+    let mut obs = Recorder::default();
+    let long = Request { prompt: "a red cat ".repeat(40), ..req.clone() };
+    sliced.run(&long, &mut obs).unwrap();
+    assert!(obs.notes.iter().any(|n| n.contains("prompt") && n.contains("dropped")), "{:?}", obs.notes);
+    assert!(obs.notes.iter().any(|n| n.contains("q4k")), "{:?}", obs.notes);
+    sliced.set_noise(replay_factory(&r));
+    let b = sliced.run(&req, &mut Recorder::default()).unwrap();
+    assert!(max_diff(&a, &b) <= 1e-5);
+}
+
+/// Loading a folder that is not a diffusers pipeline names the folder and the problem.
+#[test]
+fn load_errors_name_the_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = load(dir.path(), &Knobs::default()).err().unwrap().to_string();
+    assert!(e.contains("model_index.json"), "{e}");
+    std::fs::write(dir.path().join("model_index.json"), "{}").unwrap();
+    let e = load(dir.path(), &Knobs::default()).err().unwrap().to_string();
+    assert!(e.contains("vocab.json"), "{e}");
+}
