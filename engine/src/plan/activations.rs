@@ -113,26 +113,7 @@ pub fn vae_bytes(shape: &ModelShape, req: &Request, slicing: (u32, u32), elem: u
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::shape::{UnetShape, VaeShape};
-
-    fn sd15() -> ModelShape {
-        ModelShape {
-            family: "sd1".into(),
-            components: Default::default(),
-            unet_blocks: vec![],
-            unet_stem: vec![],
-            unet: UnetShape {
-                block_channels: vec![320, 640, 1280, 1280],
-                attention_levels: vec![true, true, true, false],
-                heads: vec![8; 4],
-                layers_per_block: 2,
-                in_channels: 4,
-            },
-            vae: VaeShape { block_channels: vec![128, 256, 512, 512], latent_channels: 4 },
-            text_hidden: 768,
-            assumptions: vec![],
-        }
-    }
+    use crate::plan::tests::sd15;
 
     /// Slicing attention shrinks the denoiser's peak, and never grows it.
     #[test]

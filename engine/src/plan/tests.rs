@@ -4,7 +4,7 @@ use super::shape::{UnetShape, VaeShape, WeightTensor};
 use super::*;
 
 /// An SD-1.5-like model: 860M-parameter denoiser in 9 blocks, 123M text encoder, 84M VAE.
-fn sd15() -> ModelShape {
+pub(crate) fn sd15() -> ModelShape {
     let w = |rows: u64, cols: u64| WeightTensor::from_shape(&[rows, cols]);
     let blocks: Vec<(String, Vec<WeightTensor>)> = (0..9)
         .map(|i| (format!("block{i}"), vec![w(95_000, 1024), WeightTensor::from_shape(&[1280])]))
