@@ -6,5 +6,5 @@ cd "$(dirname "$0")/.."
 bash tools/install-deps.sh --test
 cargo test --workspace --locked
 if [ -f tools/screenshot.sh ]; then
-  bash tools/screenshot.sh
+  bash tools/screenshot.sh "${CARGO_TARGET_DIR:-target}/screenshot.png"
 fi

@@ -74,8 +74,9 @@ impl ModelRef {
                     .find(|d| d.join("model.toml").is_file() || d.join("model_index.json").is_file())
                     .ok_or_else(|| {
                         crate::Error::invalid(format!(
-                            "builtin:{name}: not found in {} (set HEADROOM_MODELS to the folder holding it)",
-                            dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
+                            "builtin:{name}: not found in the {} model folders searched (first: {}); set HEADROOM_MODELS to the folder holding it",
+                            dirs.len(),
+                            dirs.first().map(|d| d.display().to_string()).unwrap_or_default()
                         ))
                     })
             }

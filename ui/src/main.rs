@@ -7,6 +7,11 @@ use clap::Parser;
 use headroom_ui::app;
 mod cli;
 
+/// Counts heap bytes so every run reports its exact peak heap (two relaxed atomics per
+/// allocation; model tensors are few and large, so the cost does not show).
+#[global_allocator]
+static ALLOC: headroom_engine::telemetry::CountingAlloc = headroom_engine::telemetry::CountingAlloc;
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let args = cli::Cli::parse();

@@ -104,11 +104,13 @@ impl ModelShape {
         let dir = model_dir(&insp.path);
         let unet = unet_shape(dir.as_deref(), &family, &unet_tensors, &mut assumptions);
         let vae = vae_shape(dir.as_deref(), &vae_tensors, &mut assumptions);
-        let text_hidden = match family.as_str() {
-            "sd2" => 1024,
-            "sdxl" => 2048,
-            _ => 768,
-        };
+        let text_hidden = read_config(dir.as_deref(), "text_encoder")
+            .and_then(|c| c.get("hidden_size").and_then(Value::as_u64))
+            .unwrap_or(match family.as_str() {
+                "sd2" => 1024,
+                "sdxl" => 2048,
+                _ => 768,
+            });
         Self {
             family,
             components,

@@ -89,6 +89,7 @@ impl Outcome {
             "peak_ram_bytes": self.telemetry.peak_ram_bytes,
             "peak_vram_bytes": self.telemetry.peak_vram_bytes,
             "peak_heap_bytes": self.telemetry.peak_heap_bytes,
+            "peaks_by_stage": self.telemetry.peaks_by_stage,
             "notes": self.telemetry.notes,
             "weight_bytes": self.weight_bytes,
         })
