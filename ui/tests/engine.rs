@@ -213,6 +213,9 @@ impl Family for Slow {
     ) -> headroom_engine::Result<Vec<Artifact>> {
         obs.stage(Stage::Denoise);
         for step in 1..=r.steps {
+            if obs.cancelled() {
+                return Err(headroom_engine::Error::Cancelled);
+            }
             std::thread::sleep(Duration::from_millis(self.0));
             let rgb = vec![(step * 7) as u8; 64 * 64 * 3];
             obs.preview(Preview::Image(Image {
@@ -263,4 +266,47 @@ fn ui_keeps_drawing_during_a_run() {
     println!("frames during a 50-step run: {n}, p50 {p50:.2} ms, p99 {p99:.2} ms");
     assert!(n > 50, "the UI kept drawing during the run ({n} frames)");
     assert!(p50 <= p99);
+}
+
+/// Esc cancels a run on the real worker: the run stops, no output card, and the app says so.
+#[test]
+fn escape_cancels_a_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = EngineBackend::spawn_with(
+        || {},
+        Box::new(|_, _, _| Ok(Box::new(Slow(50)) as Box<dyn Family>)),
+    );
+    let mut state = SavedState::default();
+    state.request.steps = 200;
+    let app = HeadroomApp::new(state, Box::new(backend), dir.path().to_path_buf());
+    let mut h = Harness::builder()
+        .with_size([1440.0, 900.0])
+        .build_ui_state(|ui, app: &mut HeadroomApp| app.frame_ui(ui), app);
+    h.state_mut()
+        .rt
+        .commands
+        .push(headroom_ui::app::AppCommand::InspectModel(fixture()));
+    h.run_steps(3);
+    h.get_by_label("Generate").click();
+    step_until(&mut h, "the first step", |a| {
+        a.rt.run.as_ref().is_some_and(|r| r.step >= 1)
+    });
+    h.key_press(egui::Key::Escape);
+    let pressed = Instant::now();
+    step_until(&mut h, "the cancel", |a| a.rt.run.is_none());
+    // Generous bound: the run has 200 × 50 ms left, the cancel lands at the next step.
+    assert!(
+        pressed.elapsed() < Duration::from_secs(5),
+        "stopped at a step boundary, not at the end"
+    );
+    assert!(h.state().rt.outputs.is_empty());
+    assert!(
+        h.state()
+            .rt
+            .notices
+            .iter()
+            .any(|n| n.text == "Run cancelled"),
+        "{:?}",
+        h.state().rt.notices
+    );
 }

@@ -204,10 +204,8 @@ impl HeadroomApp {
 
     /// Inspects a model and makes it the candidate; the plan follows on the next frame.
     fn inspect(&mut self, model: String) {
+        // An error shows in the model card, where the summary would be.
         let summary = self.rt.backend.inspect(&model);
-        if let Err(e) = &summary {
-            self.rt.error(e.clone());
-        }
         self.state.remember(&model);
         self.rt.candidate = Some(Candidate { model, summary });
         self.rt.plan_key.clear();

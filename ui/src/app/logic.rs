@@ -202,6 +202,14 @@ impl HeadroomApp {
             self.rt.plan = None;
             return;
         };
+        // A model that could not be inspected cannot be planned; its card says why.
+        let unreadable = self.rt.loaded.is_none()
+            && self.rt.candidate.as_ref().is_some_and(|c| c.summary.is_err());
+        if unreadable {
+            self.rt.plan = None;
+            self.rt.plan_key.clear();
+            return;
+        }
         let s = &self.state;
         let budget = s.budget_bytes();
         let key = format!(

@@ -33,7 +33,7 @@ impl HeadroomApp {
                     ui.label(RichText::new("Plan: drop a model to see whether it fits").weak());
                 }
                 Some(Err(e)) => {
-                    ui.label(RichText::new(format!("Plan unavailable: {e}")).weak());
+                    ui.label(RichText::new("Plan unavailable").weak()).on_hover_text(e);
                 }
                 Some(Ok(plan)) => {
                     let verdict = plan.verdict;
