@@ -199,3 +199,19 @@ fn unrunnable_model_is_named() {
     assert!(v["error"].as_str().unwrap().contains(file.file_name().unwrap().to_str().unwrap()), "{v}");
     assert!(std::fs::read_dir(&out).map(|d| d.count() == 0).unwrap_or(true));
 }
+
+/// Every example profile in profiles/ parses (and names a model the CLI can resolve or a path).
+#[test]
+fn example_profiles_parse() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let p = headroom_engine::profile::Profile::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            assert!(!p.model.source.is_empty(), "{}", path.display());
+            n += 1;
+        }
+    }
+    assert!(n >= 1, "profiles/ has example profiles");
+}
