@@ -1,10 +1,217 @@
-//! End-to-end tests: run the real `headroom` binary.
+//! End-to-end tests: run the real `headroom` binary the way a script would.
 
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
-/// The binary starts and reports its version.
+fn headroom(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_headroom"))
+        .args(args)
+        .env("HEADROOM_DATA", std::env::temp_dir().join("headroom-e2e-data"))
+        .output()
+        .expect("the headroom binary runs")
+}
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
+}
+
+/// Parses stdout as exactly one JSON object.
+fn json(out: &Output) -> serde_json::Value {
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}):\n{text}"))
+}
+
+/// `--version` prints the engine's version.
 #[test]
 fn version_runs() {
-    let out = Command::new(env!("CARGO_BIN_EXE_headroom")).output().unwrap();
+    let out = headroom(&["--version"]);
+    assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains(headroom_engine::VERSION));
+}
+
+/// `inspect --json` prints the contract keys with the parameter counts the fixture script recorded.
+#[test]
+fn inspect_json_matches_fixture_counts() {
+    let dir = fixtures().join("formats");
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let entries = expected.as_object().expect("expected.json maps file names to counts");
+    assert!(entries.len() >= 4, "fixtures cover safetensors, diffusers, gguf and ckpt");
+    for (name, want) in entries {
+        let path = dir.join(name);
+        let out = headroom(&["inspect", path.to_str().unwrap(), "--json"]);
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        let v = json(&out);
+        for key in ["format", "family", "parameters", "bytes_by_precision", "tensors"] {
+            assert!(v.get(key).is_some(), "{name}: no '{key}' in {v}");
+        }
+        let want_params = want.get("parameters").and_then(|p| p.as_u64()).unwrap_or_else(|| want.as_u64().unwrap());
+        assert_eq!(v["parameters"].as_u64().unwrap(), want_params, "{name}");
+        for p in ["f32", "f16", "bf16", "q8_0", "q6k", "q5k", "q4k", "q4_0"] {
+            assert!(v["bytes_by_precision"][p].as_u64().is_some(), "{name}: bytes_by_precision.{p}");
+        }
+    }
+}
+
+/// A bad file is a one-line error naming it, on stderr, with a JSON error object in --json mode.
+#[test]
+fn bad_file_is_one_line_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("empty.safetensors");
+    std::fs::write(&bad, b"").unwrap();
+    let out = headroom(&["inspect", bad.to_str().unwrap(), "--json"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let first = stderr.lines().next().unwrap_or_default();
+    assert!(first.contains("empty.safetensors"), "{stderr}");
+    let v = json(&out);
+    assert!(v["error"].as_str().unwrap().contains("empty.safetensors"));
+    assert!(v.get("detail").is_some());
+}
+
+/// `plan --json` has the contract keys, and a tiny budget turns the verdict away from `fits`.
+#[test]
+fn plan_json_verdicts() {
+    let model = fixtures().join("sd/tiny-sd1");
+    if !model.exists() {
+        panic!("fixture {} is missing", model.display());
+    }
+    let m = model.to_str().unwrap();
+    let out = headroom(&["plan", m, "--budget", "64GiB", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v = json(&out);
+    for key in ["verdict", "weights_bytes", "activation_bytes", "total_bytes", "budget_bytes", "per_device", "suggestions"] {
+        assert!(v.get(key).is_some(), "no '{key}' in {v}");
+    }
+    assert_eq!(v["verdict"], "fits");
+    assert_eq!(v["budget_bytes"].as_u64().unwrap(), 64 << 30);
+    let out = headroom(&["plan", m, "--budget", "1MiB", "--width", "512", "--height", "512", "--json"]);
+    let v = json(&out);
+    assert_ne!(v["verdict"], "fits", "{v}");
+}
+
+/// `noise` writes the torch-compatible noise the engine uses, as a safetensors file.
+#[test]
+fn noise_writes_safetensors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("n.safetensors");
+    let out = headroom(&["noise", "--seed", "42", "--shape", "1,4,8,8", "--out", path.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let bytes = std::fs::read(&path).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header = String::from_utf8_lossy(&bytes[8..8 + header_len]);
+    assert!(header.contains("\"noise\"") && header.contains("[1,4,8,8]"), "{header}");
+    let values: Vec<f32> = bytes[8 + header_len..].chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    assert_eq!(values, headroom_engine::rng::randn(42, &[1, 4, 8, 8]));
+}
+
+/// Bad knob and request flags are refused with the value named.
+#[test]
+fn bad_flags_are_named() {
+    let out = headroom(&["plan", "builtin:shapes", "--precision", "q3", "--json"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("q3"));
+    let out = headroom(&["plan", "builtin:shapes", "--width", "100"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("width = 100"));
+}
+
+fn tiny_sd1() -> String {
+    fixtures().join("sd/tiny-sd1").to_str().unwrap().to_string()
+}
+
+/// `run --json` writes a PNG with its profile; `reproduce` of that PNG says identical.
+#[test]
+fn run_then_reproduce_is_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    let m = tiny_sd1();
+    let res = headroom(&["run", &m, "--prompt", "a red circle", "--steps", "2", "--width", "32", "--height", "32", "--seed", "7", "--out", out, "--json"]);
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    let v = json(&res);
+    for key in ["outputs", "profile", "sha256", "timings_ms", "peak_ram_bytes", "peak_vram_bytes"] {
+        assert!(v.get(key).is_some(), "no '{key}' in {v}");
+    }
+    let png = v["outputs"][0].as_str().unwrap().to_string();
+    assert!(png.ends_with(".png") && Path::new(&png).is_file());
+    assert_eq!(v["sha256"].as_str().unwrap().len(), 64);
+    let again = headroom(&["reproduce", &png, "--json"]);
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    let r = json(&again);
+    assert_eq!(r["identical"], true, "{r}");
+    assert_eq!(r["sha256"], v["sha256"]);
+
+    // A profile whose recorded hash differs is reported as drift, with exit code 2.
+    let profile = v["profile"].as_str().unwrap();
+    let text = std::fs::read_to_string(profile).unwrap();
+    let tampered = text.replace(v["sha256"].as_str().unwrap(), &"0".repeat(64));
+    let tampered_path = dir.path().join("tampered.toml");
+    std::fs::write(&tampered_path, tampered).unwrap();
+    let drift = headroom(&["reproduce", tampered_path.to_str().unwrap(), "--json"]);
+    assert_eq!(drift.status.code(), Some(2));
+    let d = json(&drift);
+    assert_eq!(d["identical"], false);
+    assert!(d["drift"][0].as_str().unwrap().contains("sha256"), "{d}");
+}
+
+/// `run --profile` reruns a saved profile to the same content hash.
+#[test]
+fn run_profile_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = tiny_sd1();
+    let first = headroom(&["run", &m, "--steps", "2", "--width", "32", "--height", "32", "--scheduler", "ddim", "--out", dir.path().join("a").to_str().unwrap(), "--json"]);
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let v = json(&first);
+    let second = headroom(&["run", "--profile", v["profile"].as_str().unwrap(), "--out", dir.path().join("b").to_str().unwrap(), "--json"]);
+    assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
+    assert_eq!(json(&second)["sha256"], v["sha256"]);
+}
+
+/// `ab --json` runs both sides and reports the image metrics and ratios.
+#[test]
+fn ab_reports_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = tiny_sd1();
+    let res = headroom(&[
+        "ab", &m, "--steps", "2", "--width", "32", "--height", "32", "--a", "slicing.attention_slice=0",
+        "--b", "slicing.attention_slice=3", "--out", dir.path().to_str().unwrap(), "--json",
+    ]);
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    let v = json(&res);
+    for key in ["psnr_db", "ssim", "max_abs_diff", "time_ratio", "peak_memory_ratio", "weight_bytes_ratio"] {
+        assert!(v["metrics"].get(key).is_some(), "no metrics.{key} in {v}");
+    }
+    // Slicing attention changes no pixel beyond rounding.
+    assert!(v["metrics"]["max_abs_diff"].as_u64().unwrap() <= 1, "{v}");
+    assert!(v["a"]["outputs"][0].as_str().is_some() && v["b"]["outputs"][0].as_str().is_some());
+}
+
+/// Running a model file no family can run is a one-line error naming it, and nothing is written.
+#[test]
+fn unrunnable_model_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let gguf = fixtures().join("formats");
+    let file = std::fs::read_dir(&gguf).unwrap().filter_map(|e| e.ok()).map(|e| e.path()).find(|p| p.extension().is_some_and(|x| x == "gguf")).unwrap();
+    let out = dir.path().join("out");
+    let res = headroom(&["run", file.to_str().unwrap(), "--out", out.to_str().unwrap(), "--json"]);
+    assert!(!res.status.success());
+    let v = json(&res);
+    assert!(v["error"].as_str().unwrap().contains(file.file_name().unwrap().to_str().unwrap()), "{v}");
+    assert!(std::fs::read_dir(&out).map(|d| d.count() == 0).unwrap_or(true));
+}
+
+/// Every example profile in profiles/ parses (and names a model the CLI can resolve or a path).
+#[test]
+fn example_profiles_parse() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let p = headroom_engine::profile::Profile::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            assert!(!p.model.source.is_empty(), "{}", path.display());
+            n += 1;
+        }
+    }
+    assert!(n >= 1, "profiles/ has example profiles");
 }

@@ -37,3 +37,110 @@ impl std::str::FromStr for ModelRef {
         Ok(Self::parse(s))
     }
 }
+
+/// Where the embedded default models are looked for, in order: `$HEADROOM_MODELS`; `models/` next
+/// to the executable; `../share/headroom/models` from the executable (an installed package); the
+/// repository the engine was built from; the user's data directory.
+pub fn builtin_search_dirs() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(d) = std::env::var_os("HEADROOM_MODELS") {
+        dirs.push(PathBuf::from(d));
+    }
+    if let Some(exe_dir) = std::env::current_exe().ok().and_then(|p| p.parent().map(PathBuf::from)) {
+        dirs.push(exe_dir.join("models"));
+        dirs.push(exe_dir.join("../share/headroom/models"));
+        dirs.push(exe_dir.join("../lib/headroom/models"));
+    }
+    dirs.push(PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../models")));
+    if let Some(data) = crate::paths::data_dir() {
+        dirs.push(data.join("models"));
+    }
+    dirs
+}
+
+impl ModelRef {
+    /// The file or folder to read: the path itself, or the embedded model's folder.
+    ///
+    /// # Errors
+    /// A built-in model that is in none of [`builtin_search_dirs`]; a path that does not exist.
+    pub fn resolve(&self) -> crate::Result<PathBuf> {
+        match self {
+            ModelRef::Path(p) if p.exists() => Ok(p.clone()),
+            ModelRef::Path(p) => Err(crate::Error::file(p, "no such file or folder")),
+            ModelRef::Builtin(name) => {
+                let dirs = builtin_search_dirs();
+                dirs.iter()
+                    .map(|d| d.join(name))
+                    .find(|d| d.join("model.toml").is_file() || d.join("model_index.json").is_file())
+                    .ok_or_else(|| {
+                        crate::Error::invalid(format!(
+                            "builtin:{name}: not found in the {} model folders searched (first: {}); set HEADROOM_MODELS to the folder holding it",
+                            dirs.len(),
+                            dirs.first().map(|d| d.display().to_string()).unwrap_or_default()
+                        ))
+                    })
+            }
+        }
+    }
+}
+
+impl ModelRef {
+    /// A short name for people: the builtin's name, or the file or folder name.
+    pub fn display_name(&self) -> String {
+        match self {
+            ModelRef::Builtin(n) => n.clone(),
+            ModelRef::Path(p) => p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| p.display().to_string()),
+        }
+    }
+}
+
+/// The model's identity: SHA-256 (hex) of a single file's bytes, or for a folder of every file
+/// in it (relative path, length and bytes, in sorted order). A model that cannot be found is
+/// `unknown` here; loading it reports why.
+///
+/// # Errors
+/// A file that exists but cannot be read.
+pub fn fingerprint(model: &ModelRef) -> crate::Result<String> {
+    use sha2::{Digest, Sha256};
+    let Ok(root) = model.resolve() else {
+        return Ok("unknown".to_string());
+    };
+    let mut files = Vec::new();
+    collect_files(&root, &mut files)?;
+    files.sort();
+    let mut h = Sha256::new();
+    for f in &files {
+        if root.is_dir() {
+            let rel = f.strip_prefix(&root).unwrap_or(f);
+            h.update(rel.to_string_lossy().as_bytes());
+            h.update([0]);
+        }
+        let file = std::fs::File::open(f).map_err(|e| crate::Error::io(f, e))?;
+        let len = file.metadata().map_err(|e| crate::Error::io(f, e))?.len();
+        if root.is_dir() {
+            h.update(len.to_le_bytes());
+        }
+        if len > 0 {
+            // SAFETY: read-only map of a file we only read; a concurrent truncation is the
+            // same hazard every mmap-based model loader accepts.
+            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| crate::Error::io(f, e))?;
+            h.update(&map[..]);
+        }
+    }
+    Ok(format!("{:x}", h.finalize()))
+}
+
+fn collect_files(p: &std::path::Path, out: &mut Vec<PathBuf>) -> crate::Result<()> {
+    if p.is_dir() {
+        for e in std::fs::read_dir(p).map_err(|e| crate::Error::io(p, e))? {
+            let e = e.map_err(|e| crate::Error::io(p, e))?;
+            collect_files(&e.path(), out)?;
+        }
+    } else {
+        out.push(p.to_path_buf());
+    }
+    Ok(())
+}

@@ -1,5 +1,28 @@
 //! `headroom`: with no arguments opens the desktop app; subcommands are the headless CLI.
 
-fn main() {
-    println!("headroom {}", headroom_engine::VERSION);
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use headroom_ui::app;
+mod cli;
+
+/// Counts heap bytes so every run reports its exact peak heap (two relaxed atomics per
+/// allocation; model tensors are few and large, so the cost does not show).
+#[global_allocator]
+static ALLOC: headroom_engine::telemetry::CountingAlloc = headroom_engine::telemetry::CountingAlloc;
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let args = cli::Cli::parse();
+    match args.command {
+        Some(command) => cli::run(command),
+        None => match app::run_app(args.paths) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("headroom: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
 }

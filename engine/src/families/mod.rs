@@ -2,7 +2,9 @@
 
 pub mod latent_diffusion;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::knobs::Knobs;
+use crate::model::ModelRef;
 use crate::request::Request;
 use crate::worker::protocol::{Artifact, Preview, Stage};
 
@@ -31,4 +33,26 @@ pub trait Family: Send {
     /// # Errors
     /// Invalid requests, tensor errors, out of memory, cancellation.
     fn generate(&mut self, request: &Request, observer: &mut dyn RunObserver) -> Result<Vec<Artifact>>;
+}
+
+/// Opens `model` with the family that can run it, placing its weights as `knobs` say.
+///
+/// # Errors
+/// The model cannot be found or read, no family can run it (the message says what it is), or
+/// the family's own load errors.
+pub fn load(model: &ModelRef, knobs: &Knobs, obs: &mut dyn RunObserver) -> Result<Box<dyn Family>> {
+    let _ = obs;
+    let path = model.resolve()?;
+    if path.join("model_index.json").is_file() {
+        return Ok(Box::new(latent_diffusion::load(&path, knobs)?));
+    }
+    let insp = crate::formats::inspect(&path)?;
+    Err(Error::file(
+        &path,
+        format!(
+            "a {} {} cannot be run yet: this build runs Stable Diffusion 1.x/2.x diffusers folders",
+            insp.family.label,
+            insp.format.name()
+        ),
+    ))
 }

@@ -1,0 +1,50 @@
+//! Records the git commit the engine is built from, for every profile's `[build]` section.
+//!
+//! Sets `HEADROOM_GIT_COMMIT` (the full hash of HEAD, or `unknown` outside a git checkout or
+//! without git; a value already in the environment wins, for packagers) and asks cargo to rerun
+//! this when HEAD moves. Uncommitted edits are not detected.
+
+use std::process::Command;
+
+fn git(args: &[&str]) -> Option<String> {
+    let out = Command::new("git").args(args).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let s = String::from_utf8(out.stdout).ok()?.trim().to_string();
+    (!s.is_empty()).then_some(s)
+}
+
+/// Asks cargo to rerun this script when `path` changes; paths that do not exist are skipped,
+/// since cargo would otherwise rerun it on every build.
+fn watch(path: &str) {
+    if std::path::Path::new(path).exists() {
+        println!("cargo:rerun-if-changed={path}");
+    }
+}
+
+fn main() {
+    println!("cargo:rerun-if-env-changed=HEADROOM_GIT_COMMIT");
+    if let Ok(forced) = std::env::var("HEADROOM_GIT_COMMIT") {
+        println!("cargo:rustc-env=HEADROOM_GIT_COMMIT={forced}");
+        return;
+    }
+    let commit = match git(&["rev-parse", "HEAD"]) {
+        Some(hash) => {
+            // Rebuild when HEAD moves: HEAD itself, the branch it points at, packed refs.
+            for rel in ["HEAD", "packed-refs"] {
+                if let Some(p) = git(&["rev-parse", "--git-path", rel]) {
+                    watch(&p);
+                }
+            }
+            if let Some(r) = git(&["symbolic-ref", "-q", "HEAD"])
+                && let Some(p) = git(&["rev-parse", "--git-path", &r])
+            {
+                watch(&p);
+            }
+            hash
+        }
+        None => "unknown".to_string(),
+    };
+    println!("cargo:rustc-env=HEADROOM_GIT_COMMIT={commit}");
+}

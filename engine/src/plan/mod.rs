@@ -1,0 +1,397 @@
+//! The planner: predicted bytes per device for a model + knobs + request, against a budget, with a
+//! verdict (fits / fits with knob changes / does not fit) and the cheapest knob changes that make it
+//! fit, ranked by expected quality loss.
+//!
+//! Weights are counted per tensor at the chosen precision ([`shape`]); activations come from the
+//! family's formula ([`activations`]); a device's peak is its resident weights plus the largest
+//! stage it runs, plus the runtime's own overhead.
+
+pub mod activations;
+pub mod shape;
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::knobs::{Component, DeviceKind, Knobs, OffloadMode, Precision};
+use crate::model::ModelRef;
+use crate::request::Request;
+
+pub use shape::ModelShape;
+
+/// Memory the runtime itself needs on a device before any model byte (allocator slack, code;
+/// the CUDA context on a GPU).
+pub fn runtime_overhead_bytes(device: DeviceKind) -> u64 {
+    if device.is_gpu() { 400 << 20 } else { 64 << 20 }
+}
+
+/// The verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    /// Fits as configured.
+    Fits,
+    /// Does not fit as configured, but does with one of the suggestions.
+    FitsWith,
+    /// Does not fit even with every knob turned.
+    DoesNotFit,
+}
+
+impl Verdict {
+    /// The verdict as written in JSON and shown to people.
+    pub fn name(self) -> &'static str {
+        match self {
+            Verdict::Fits => "fits",
+            Verdict::FitsWith => "fits-with",
+            Verdict::DoesNotFit => "does-not-fit",
+        }
+    }
+}
+
+/// Memory budget per device; a device with no entry is not checked.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Budgets(pub BTreeMap<DeviceKind, u64>);
+
+impl Budgets {
+    /// One budget for one device.
+    pub fn single(device: DeviceKind, bytes: u64) -> Self {
+        Self(BTreeMap::from([(device, bytes)]))
+    }
+}
+
+/// Predicted bytes on one device.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DevicePlan {
+    pub device: String,
+    pub weights_bytes: u64,
+    pub activation_bytes: u64,
+    pub overhead_bytes: u64,
+    pub total_bytes: u64,
+    /// None where no budget is known for the device.
+    pub budget_bytes: Option<u64>,
+    /// Weight bytes per component (`text`, `unet`, `vae`, `unet (streamed)`, `other`).
+    pub components: BTreeMap<String, u64>,
+    /// The stage whose activations set the peak.
+    pub peak_stage: String,
+}
+
+impl DevicePlan {
+    /// True when there is no budget or the total is within it.
+    pub fn fits(&self) -> bool {
+        self.budget_bytes.is_none_or(|b| self.total_bytes <= b)
+    }
+}
+
+/// A set of knob changes that makes the model fit.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Suggestion {
+    /// `(knob, value)` pairs with profile names.
+    pub changes: Vec<(String, String)>,
+    /// Predicted peak of the busiest device with the changes.
+    pub total_bytes: u64,
+    /// What it costs, in words ("lossless, ~5% slower", "small quality loss").
+    pub cost: String,
+    /// Expected quality loss, 0 = none; suggestions are sorted by it.
+    pub quality_loss: f32,
+}
+
+/// A memory prediction with its verdict.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Plan {
+    pub verdict: Verdict,
+    /// Sum over devices.
+    pub weights_bytes: u64,
+    pub activation_bytes: u64,
+    pub total_bytes: u64,
+    /// The run's main device budget (0 when unknown).
+    pub budget_bytes: u64,
+    pub per_device: Vec<DevicePlan>,
+    pub suggestions: Vec<Suggestion>,
+    /// Where a number is an assumption rather than read from the model.
+    pub notes: Vec<String>,
+}
+
+impl Default for Plan {
+    fn default() -> Self {
+        Self {
+            verdict: Verdict::Fits,
+            weights_bytes: 0,
+            activation_bytes: 0,
+            total_bytes: 0,
+            budget_bytes: 0,
+            per_device: vec![],
+            suggestions: vec![],
+            notes: vec![],
+        }
+    }
+}
+
+/// The budget of each device in use: `given` for the run's device, else the free memory now
+/// (NVML for an NVIDIA GPU, available RAM for the CPU).
+pub fn default_budgets(knobs: &Knobs, given: Option<u64>) -> Budgets {
+    let sample = crate::telemetry::sample_once();
+    let mut b = Budgets::default();
+    b.0.insert(DeviceKind::Cpu, sample.ram_total_bytes.saturating_sub(sample.ram_used_bytes));
+    if let DeviceKind::Cuda(n) = knobs.device {
+        if let Some(g) = sample.gpus.iter().find(|g| g.index == n) {
+            b.0.insert(knobs.device, g.total_bytes.saturating_sub(g.used_bytes));
+        }
+    }
+    if let Some(g) = given {
+        b.0.insert(knobs.device, g);
+    }
+    b
+}
+
+/// Inspects a model and plans it against [`default_budgets`] — what the CLI, the app and the
+/// worker's `Plan` command all call.
+///
+/// # Errors
+/// The model cannot be found or read.
+pub fn plan_model(model: &ModelRef, knobs: &Knobs, request: &Request, budget: Option<u64>) -> crate::Result<Plan> {
+    let insp = crate::formats::inspect(&model.resolve()?)?;
+    let shape = ModelShape::from_inspection(&insp);
+    Ok(plan(&shape, knobs, request, &default_budgets(knobs, budget)))
+}
+
+/// Predicts memory per device for `shape` run with `knobs` on `request`, checks it against
+/// `budgets` and, when it does not fit, searches for knob changes that make it fit.
+pub fn plan(shape: &ModelShape, knobs: &Knobs, request: &Request, budgets: &Budgets) -> Plan {
+    let per_device = predict(shape, knobs, request, budgets);
+    let fits = per_device.iter().all(DevicePlan::fits);
+    let suggestions = if fits { vec![] } else { suggest(shape, knobs, request, budgets) };
+    let verdict = match (fits, suggestions.is_empty()) {
+        (true, _) => Verdict::Fits,
+        (false, false) => Verdict::FitsWith,
+        (false, true) => Verdict::DoesNotFit,
+    };
+    let mut notes = shape.assumptions.clone();
+    if budgets.0.is_empty() {
+        notes.push("no budget known: nothing was checked".into());
+    }
+    Plan {
+        verdict,
+        weights_bytes: per_device.iter().map(|d| d.weights_bytes).sum(),
+        activation_bytes: per_device.iter().map(|d| d.activation_bytes).sum(),
+        total_bytes: per_device.iter().map(|d| d.total_bytes).sum(),
+        budget_bytes: budgets.0.get(&knobs.device).copied().unwrap_or(0),
+        per_device,
+        suggestions,
+        notes,
+    }
+}
+
+/// Bytes per device, without a verdict.
+pub fn predict(shape: &ModelShape, knobs: &Knobs, req: &Request, budgets: &Budgets) -> Vec<DevicePlan> {
+    let dev = knobs.device;
+    let prec = |c: Component| knobs.precision.get(c).resolve(dev);
+    let mut acc: BTreeMap<DeviceKind, (BTreeMap<String, u64>, Vec<(&'static str, u64)>)> = BTreeMap::new();
+    let mut add_weights = |d: DeviceKind, name: &str, bytes: u64| {
+        if bytes > 0 {
+            *acc.entry(d).or_default().0.entry(name.to_string()).or_default() += bytes;
+        }
+    };
+
+    // Text encoder and autoencoder: whole components.
+    let text_dev = knobs.offload.text.resolve(dev);
+    let vae_dev = knobs.offload.vae.resolve(dev);
+    add_weights(text_dev, "text", shape.component_bytes(Component::Text, prec(Component::Text)));
+    add_weights(vae_dev, "vae", shape.component_bytes(Component::Vae, prec(Component::Vae)));
+    add_weights(dev, "other", shape.other_bytes(Precision::F16.min_with(prec(Component::Unet))));
+
+    // Denoiser: the stem and the first gpu_blocks blocks on the device; the rest on the CPU,
+    // computed there (split) or copied in one at a time (stream).
+    let up = prec(Component::Unet);
+    let blocks: Vec<u64> = shape.unet_blocks.iter().map(|(_, t)| shape::bytes_at(t, up)).collect();
+    let stem = shape::bytes_at(&shape.unet_stem, up);
+    let unet_total = shape.component_bytes(Component::Unet, up);
+    let resident = match knobs.offload.gpu_blocks {
+        Some(n) if (n as usize) < blocks.len() => n as usize,
+        _ => blocks.len(),
+    };
+    let (on_dev, off_dev): (u64, u64) = (blocks[..resident].iter().sum(), blocks[resident..].iter().sum());
+    let largest_off = blocks[resident..].iter().copied().max().unwrap_or(0);
+    let mut unet_split_on_cpu = false;
+    if blocks.is_empty() {
+        add_weights(dev, "unet", unet_total);
+    } else if !dev.is_gpu() {
+        match knobs.offload.mode {
+            // On the CPU, stream keeps the weights in the mapped file and materializes one block at a time.
+            OffloadMode::Stream => add_weights(dev, "unet", stem + blocks.iter().copied().max().unwrap_or(0)),
+            OffloadMode::Split => add_weights(dev, "unet", unet_total),
+        }
+    } else {
+        add_weights(dev, "unet", stem + on_dev);
+        if off_dev > 0 {
+            match knobs.offload.mode {
+                OffloadMode::Split => {
+                    add_weights(DeviceKind::Cpu, "unet", off_dev);
+                    unet_split_on_cpu = true;
+                }
+                OffloadMode::Stream => {
+                    add_weights(DeviceKind::Cpu, "unet (held for streaming)", off_dev);
+                    add_weights(dev, "unet (streamed block)", largest_off);
+                }
+            }
+        }
+    }
+
+    // Stage activations on the devices that run them.
+    let slice = knobs.slicing.attention_slice;
+    let text_act = activations::text_bytes(shape, req, activations::activation_elem_bytes(prec(Component::Text), text_dev));
+    let unet_act = activations::unet_bytes(shape, req, slice, activations::activation_elem_bytes(up, dev));
+    let vae_act = activations::vae_bytes(
+        shape,
+        req,
+        (slice, knobs.slicing.vae_tile),
+        activations::activation_elem_bytes(prec(Component::Vae), vae_dev),
+    );
+    let mut stages: Vec<(DeviceKind, &'static str, u64)> =
+        vec![(text_dev, "text", text_act), (dev, "denoise", unet_act), (vae_dev, "decode", vae_act)];
+    if unet_split_on_cpu {
+        stages.push((DeviceKind::Cpu, "denoise", unet_act));
+    }
+    for (d, name, bytes) in stages {
+        acc.entry(d).or_default().1.push((name, bytes));
+    }
+
+    acc.into_iter()
+        .map(|(d, (components, stages))| {
+            let weights_bytes: u64 = components.values().sum();
+            let (peak_stage, activation_bytes) =
+                stages.into_iter().max_by_key(|s| s.1).map_or(("none", 0), |s| (s.0, s.1));
+            let overhead_bytes = runtime_overhead_bytes(d);
+            DevicePlan {
+                device: d.to_string(),
+                weights_bytes,
+                activation_bytes,
+                overhead_bytes,
+                total_bytes: weights_bytes + activation_bytes + overhead_bytes,
+                budget_bytes: budgets.0.get(&d).copied(),
+                components,
+                peak_stage: peak_stage.to_string(),
+            }
+        })
+        .collect()
+}
+
+impl Precision {
+    /// The narrower of two float precisions (used for tensors of no known component).
+    fn min_with(self, other: Precision) -> Precision {
+        if other.bits_per_weight() < self.bits_per_weight() && !other.is_quantized() { other } else { self }
+    }
+}
+
+/// A knob move the search may make, with its expected quality loss and its cost in words.
+struct Move {
+    key: &'static str,
+    value: String,
+    quality_loss: f32,
+    cost: &'static str,
+}
+
+fn moves(knobs: &Knobs, req: &Request) -> Vec<Move> {
+    let mut m = Vec::new();
+    let mv = |key, value: String, quality_loss, cost| Move { key, value, quality_loss, cost };
+    let latent = (req.width as u64 / 8) * (req.height as u64 / 8);
+    for slice in [1024u32, 256, 64] {
+        if (slice as u64) < latent && (knobs.slicing.attention_slice == 0 || knobs.slicing.attention_slice > slice) {
+            m.push(mv("slicing.attention_slice", slice.to_string(), 0.0, "lossless, a few % slower"));
+        }
+    }
+    for tile in [64u32, 32] {
+        let side = (req.width.max(req.height) / 8) as u32;
+        if tile < side && (knobs.slicing.vae_tile == 0 || knobs.slicing.vae_tile > tile) {
+            m.push(mv("slicing.vae_tile", tile.to_string(), 0.05, "near-lossless (blended seams), slower decode"));
+        }
+    }
+    if knobs.device.is_gpu() {
+        m.push(mv("offload.text", "cpu".into(), 0.0, "lossless, prompt encoding on the CPU"));
+        m.push(mv("offload.vae", "cpu".into(), 0.0, "lossless, decode on the CPU (slower)"));
+        m.push(mv("offload.mode", "stream".into(), 0.0, "lossless, slower (blocks copied in each step)"));
+        for n in [6u32, 3, 0] {
+            m.push(mv("offload.gpu_blocks", n.to_string(), 0.0, "lossless, slower as fewer blocks stay on the GPU"));
+        }
+    } else {
+        m.push(mv("offload.mode", "stream".into(), 0.0, "lossless, weights read from the file per block"));
+    }
+    let unet = knobs.precision.unet.resolve(knobs.device);
+    for (p, loss) in [
+        (Precision::F16, 0.5),
+        (Precision::Q8_0, 1.0),
+        (Precision::Q6K, 2.0),
+        (Precision::Q5K, 3.0),
+        (Precision::Q4K, 4.0),
+    ] {
+        if p.bits_per_weight() < unet.bits_per_weight() {
+            m.push(mv("precision.unet", p.to_string(), loss, "smaller weights, some quality loss (check with A/B)"));
+        }
+    }
+    for c in ["precision.text", "precision.vae"] {
+        let cur = if c.ends_with("text") { knobs.precision.text } else { knobs.precision.vae };
+        if Precision::F16.bits_per_weight() < cur.resolve(knobs.device).bits_per_weight() {
+            m.push(mv(c, "f16".into(), 0.3, "half-size weights, tiny quality loss"));
+        }
+    }
+    m
+}
+
+fn busiest(devs: &[DevicePlan]) -> u64 {
+    devs.iter().map(|d| d.total_bytes).max().unwrap_or(0)
+}
+
+/// Up to three ways to fit: single moves that fit alone (least quality loss first), else the
+/// cumulative ladder of moves in that order, stopped at the first point that fits.
+fn suggest(shape: &ModelShape, knobs: &Knobs, req: &Request, budgets: &Budgets) -> Vec<Suggestion> {
+    let mut all = moves(knobs, req);
+    all.sort_by(|a, b| a.quality_loss.total_cmp(&b.quality_loss));
+    let try_knobs = |k: &Knobs| {
+        let devs = predict(shape, k, req, budgets);
+        (devs.iter().all(DevicePlan::fits), busiest(&devs))
+    };
+    let mut out: Vec<Suggestion> = Vec::new();
+    for m in &all {
+        let mut k = *knobs;
+        if k.set(m.key, &m.value).is_err() {
+            continue;
+        }
+        let (fits, total) = try_knobs(&k);
+        // One suggestion per knob: the mildest value that fits.
+        if fits && !out.iter().any(|s| s.changes[0].0 == m.key) {
+            out.push(Suggestion {
+                changes: vec![(m.key.to_string(), m.value.clone())],
+                total_bytes: total,
+                cost: m.cost.to_string(),
+                quality_loss: m.quality_loss,
+            });
+        }
+    }
+    if out.is_empty() {
+        let mut k = *knobs;
+        let mut changes: Vec<(String, String)> = Vec::new();
+        let mut loss: f32 = 0.0;
+        for m in &all {
+            if k.set(m.key, &m.value).is_err() {
+                continue;
+            }
+            changes.retain(|c| c.0 != m.key);
+            changes.push((m.key.to_string(), m.value.clone()));
+            loss = loss.max(m.quality_loss);
+            let (fits, total) = try_knobs(&k);
+            if fits {
+                out.push(Suggestion {
+                    changes,
+                    total_bytes: total,
+                    cost: "several knobs together".into(),
+                    quality_loss: loss,
+                });
+                break;
+            }
+        }
+    }
+    out.truncate(3);
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,257 @@
+//! What the planner needs to know about a model: weight tensors per component (with the denoiser
+//! grouped into the blocks that offload moves), and the few architecture numbers the activation
+//! formula uses, read from the components' `config.json` where there is one, else from tensor
+//! shapes, else from the family's published defaults.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::formats::{Inspection, TensorInfo};
+use crate::knobs::{Component, Precision};
+
+/// One weight tensor as sizing sees it (name, dtype, shape).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WeightTensor(pub TensorInfo);
+
+impl WeightTensor {
+    /// A float tensor of this shape (for tests and synthetic models).
+    pub fn from_shape(shape: &[u64]) -> Self {
+        Self(TensorInfo { name: String::new(), dtype: "F32".into(), shape: shape.to_vec(), bytes: None })
+    }
+
+    /// Bytes this tensor takes at precision `p`, by the one storage rule
+    /// ([`crate::formats::tensor_bytes_at`]).
+    pub fn bytes_at(&self, p: Precision) -> u64 {
+        crate::formats::tensor_bytes_at(&self.0, p)
+    }
+}
+
+/// Bytes of a list of tensors at precision `p`.
+pub fn bytes_at(tensors: &[WeightTensor], p: Precision) -> u64 {
+    tensors.iter().map(|t| t.bytes_at(p)).sum()
+}
+
+/// The denoiser's architecture numbers that drive activation memory.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UnetShape {
+    /// Channels per resolution level, highest resolution first.
+    pub block_channels: Vec<u64>,
+    /// Which levels (down blocks) have attention.
+    pub attention_levels: Vec<bool>,
+    /// Attention heads per level.
+    pub heads: Vec<u64>,
+    pub layers_per_block: u64,
+    pub in_channels: u64,
+}
+
+/// The autoencoder's numbers that drive decode memory.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VaeShape {
+    /// Decoder channels per level, highest resolution first (as in `block_out_channels`).
+    pub block_channels: Vec<u64>,
+    pub latent_channels: u64,
+}
+
+/// A model as the planner sees it.
+#[derive(Clone, Debug)]
+pub struct ModelShape {
+    /// The family guess id (`sd1`, `sd2`, `sdxl`, `llm:…`, `unknown`).
+    pub family: String,
+    /// Weight tensors per component; tensors of no known component are under `None`.
+    pub components: BTreeMap<Option<Component>, Vec<WeightTensor>>,
+    /// The denoiser's weights split by offloadable block, in execution order
+    /// (down blocks, mid block, up blocks). What is not in a block (stem, time embedding,
+    /// output conv) is `unet_stem`.
+    pub unet_blocks: Vec<(String, Vec<WeightTensor>)>,
+    pub unet_stem: Vec<WeightTensor>,
+    pub unet: UnetShape,
+    pub vae: VaeShape,
+    /// Text encoder hidden size (for its small activation term).
+    pub text_hidden: u64,
+    /// Where a number came from a default rather than the model.
+    pub assumptions: Vec<String>,
+}
+
+impl ModelShape {
+    /// Builds the planner's view of an inspected model.
+    pub fn from_inspection(insp: &Inspection) -> Self {
+        let mut components: BTreeMap<Option<Component>, Vec<WeightTensor>> = BTreeMap::new();
+        let mut blocks: BTreeMap<(u8, u32), (String, Vec<WeightTensor>)> = BTreeMap::new();
+        let mut stem = Vec::new();
+        let mut unet_tensors: Vec<&TensorInfo> = Vec::new();
+        let mut vae_tensors: Vec<&TensorInfo> = Vec::new();
+        for c in &insp.components {
+            for t in &c.tensors {
+                let w = WeightTensor(t.clone());
+                components.entry(c.component).or_default().push(w.clone());
+                match c.component {
+                    Some(Component::Unet) => {
+                        unet_tensors.push(t);
+                        match unet_block_key(&t.name) {
+                            Some((key, label)) => blocks.entry(key).or_insert_with(|| (label, Vec::new())).1.push(w),
+                            None => stem.push(w),
+                        }
+                    }
+                    Some(Component::Vae) => vae_tensors.push(t),
+                    _ => {}
+                }
+            }
+        }
+        let mut assumptions = Vec::new();
+        let family = insp.family.id.clone();
+        let dir = model_dir(&insp.path);
+        let unet = unet_shape(dir.as_deref(), &family, &unet_tensors, &mut assumptions);
+        let vae = vae_shape(dir.as_deref(), &vae_tensors, &mut assumptions);
+        let text_hidden = read_config(dir.as_deref(), "text_encoder")
+            .and_then(|c| c.get("hidden_size").and_then(Value::as_u64))
+            .unwrap_or(match family.as_str() {
+                "sd2" => 1024,
+                "sdxl" => 2048,
+                _ => 768,
+            });
+        Self {
+            family,
+            components,
+            unet_blocks: blocks.into_values().collect(),
+            unet_stem: stem,
+            unet,
+            vae,
+            text_hidden,
+            assumptions,
+        }
+    }
+
+    /// Bytes of a component at precision `p` (0 when the model has no such component).
+    pub fn component_bytes(&self, c: Component, p: Precision) -> u64 {
+        self.components.get(&Some(c)).map_or(0, |t| bytes_at(t, p))
+    }
+
+    /// Bytes of tensors that belong to no known component, at their stored precision counted as f16.
+    pub fn other_bytes(&self, p: Precision) -> u64 {
+        self.components.get(&None).map_or(0, |t| bytes_at(t, p))
+    }
+}
+
+/// The folder a diffusers model lives in, if `path` is one.
+fn model_dir(path: &Path) -> Option<std::path::PathBuf> {
+    path.join("model_index.json").is_file().then(|| path.to_path_buf())
+}
+
+/// Groups a denoiser tensor into its offloadable block: diffusers names (`down_blocks.N`,
+/// `mid_block`, `up_blocks.N`) and original LDM names (`input_blocks.N`, `middle_block`,
+/// `output_blocks.N`). The key orders blocks in execution order.
+fn unet_block_key(name: &str) -> Option<((u8, u32), String)> {
+    let name = name.strip_prefix("model.diffusion_model.").unwrap_or(name);
+    let numbered = |prefix: &str, rank: u8| -> Option<((u8, u32), String)> {
+        let rest = name.strip_prefix(prefix)?;
+        let n: u32 = rest.split('.').next()?.parse().ok()?;
+        Some(((rank, n), format!("{prefix}{n}")))
+    };
+    if name.starts_with("mid_block.") || name.starts_with("middle_block.") {
+        return Some(((1, 0), "mid_block".to_string()));
+    }
+    numbered("down_blocks.", 0)
+        .or_else(|| numbered("input_blocks.", 0))
+        .or_else(|| numbered("up_blocks.", 2))
+        .or_else(|| numbered("output_blocks.", 2))
+}
+
+fn read_config(dir: Option<&Path>, sub: &str) -> Option<Value> {
+    let text = std::fs::read_to_string(dir?.join(sub).join("config.json")).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+fn u64_list(v: Option<&Value>) -> Option<Vec<u64>> {
+    v?.as_array()?.iter().map(Value::as_u64).collect()
+}
+
+fn unet_shape(dir: Option<&Path>, family: &str, tensors: &[&TensorInfo], notes: &mut Vec<String>) -> UnetShape {
+    let cfg = read_config(dir, "unet");
+    // Channels: config, else the first resnet conv of each diffusers down block.
+    let from_tensors: Vec<u64> = (0..8)
+        .map_while(|i| {
+            let name = format!("down_blocks.{i}.resnets.0.conv1.weight");
+            tensors.iter().find(|t| t.name == name).and_then(|t| t.shape.first().copied())
+        })
+        .collect();
+    let default_channels = vec![320, 640, 1280, 1280];
+    let block_channels = u64_list(cfg.as_ref().and_then(|c| c.get("block_out_channels")))
+        .or((!from_tensors.is_empty()).then_some(from_tensors))
+        .unwrap_or_else(|| {
+            notes.push("unet channels: Stable Diffusion defaults (320, 640, 1280, 1280)".into());
+            default_channels
+        });
+    let levels = block_channels.len();
+    let attention_levels: Vec<bool> = match cfg.as_ref().and_then(|c| c.get("down_block_types")).and_then(Value::as_array) {
+        Some(types) => types.iter().map(|t| t.as_str().is_some_and(|s| s.contains("Attn"))).collect(),
+        None if !tensors.is_empty() && tensors.iter().any(|t| t.name.starts_with("down_blocks.")) => (0..levels)
+            .map(|i| tensors.iter().any(|t| t.name.starts_with(&format!("down_blocks.{i}.attentions."))))
+            .collect(),
+        None => (0..levels).map(|i| i + 1 < levels).collect(),
+    };
+    // Heads: SD1 uses 8 heads everywhere; SD2/XL use 64-wide heads. diffusers' config calls the
+    // head count `attention_head_dim` for SD (a historical misnomer) unless `num_attention_heads` is set.
+    let heads_cfg = cfg.as_ref().and_then(|c| {
+        let v = c.get("num_attention_heads").filter(|v| !v.is_null()).or_else(|| c.get("attention_head_dim"))?;
+        match v {
+            Value::Number(n) => n.as_u64().map(|n| vec![n; levels]),
+            Value::Array(_) => u64_list(Some(v)),
+            _ => None,
+        }
+    });
+    let heads = heads_cfg.unwrap_or_else(|| match family {
+        "sd2" | "sdxl" => block_channels.iter().map(|c| (c / 64).max(1)).collect(),
+        _ => vec![8; levels],
+    });
+    let layers_per_block = cfg.as_ref().and_then(|c| c.get("layers_per_block")).and_then(Value::as_u64).unwrap_or(2);
+    let in_channels = cfg.as_ref().and_then(|c| c.get("in_channels")).and_then(Value::as_u64).unwrap_or(4);
+    UnetShape { block_channels, attention_levels, heads, layers_per_block, in_channels }
+}
+
+fn vae_shape(dir: Option<&Path>, tensors: &[&TensorInfo], notes: &mut Vec<String>) -> VaeShape {
+    let cfg = read_config(dir, "vae");
+    let from_tensors: Vec<u64> = (0..8)
+        .map_while(|i| {
+            let name = format!("encoder.down_blocks.{i}.resnets.0.conv1.weight");
+            tensors.iter().find(|t| t.name == name).and_then(|t| t.shape.first().copied())
+        })
+        .collect();
+    let block_channels = u64_list(cfg.as_ref().and_then(|c| c.get("block_out_channels")))
+        .or((!from_tensors.is_empty()).then_some(from_tensors))
+        .unwrap_or_else(|| {
+            notes.push("vae channels: Stable Diffusion defaults (128, 256, 512, 512)".into());
+            vec![128, 256, 512, 512]
+        });
+    let latent_channels = cfg.as_ref().and_then(|c| c.get("latent_channels")).and_then(Value::as_u64).unwrap_or(4);
+    VaeShape { block_channels, latent_channels }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Denoiser tensors group into blocks in execution order, for both naming schemes.
+    #[test]
+    fn unet_blocks_in_execution_order() {
+        let names = ["up_blocks.0.x", "down_blocks.1.x", "mid_block.x", "down_blocks.0.x", "conv_in.weight"];
+        let mut keys: Vec<_> = names.iter().filter_map(|n| unet_block_key(n)).collect();
+        keys.sort();
+        let labels: Vec<_> = keys.into_iter().map(|k| k.1).collect();
+        assert_eq!(labels, ["down_blocks.0", "down_blocks.1", "mid_block", "up_blocks.0"]);
+        assert_eq!(unet_block_key("model.diffusion_model.output_blocks.11.1.norm.weight").unwrap().1, "output_blocks.11");
+        assert!(unet_block_key("time_embedding.linear_1.weight").is_none());
+    }
+
+    /// 1-D tensors stay f32 under quantization; 2-D ones take the quantized size.
+    #[test]
+    fn tensor_bytes_follow_storage_rules() {
+        let bias = WeightTensor::from_shape(&[320]);
+        let w = WeightTensor::from_shape(&[320, 768]);
+        assert_eq!(bias.bytes_at(Precision::Q4K), 320 * 4);
+        assert_eq!(bias.bytes_at(Precision::F16), 320 * 2);
+        assert_eq!(w.bytes_at(Precision::Q8_0), 320 * 768 / 32 * 34);
+        assert_eq!(w.bytes_at(Precision::Q4K), 320 * 768 / 256 * 144);
+    }
+}

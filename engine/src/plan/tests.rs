@@ -1,0 +1,119 @@
+//! Planner tests on a synthetic SD-1.5-sized model (shapes only, no weights).
+
+use super::shape::{UnetShape, VaeShape, WeightTensor};
+use super::*;
+
+/// An SD-1.5-like model: 860M-parameter denoiser in 9 blocks, 123M text encoder, 84M VAE.
+pub(crate) fn sd15() -> ModelShape {
+    let w = |rows: u64, cols: u64| WeightTensor::from_shape(&[rows, cols]);
+    let blocks: Vec<(String, Vec<WeightTensor>)> = (0..9)
+        .map(|i| (format!("block{i}"), vec![w(95_000, 1024), WeightTensor::from_shape(&[1280])]))
+        .collect();
+    let mut components = BTreeMap::new();
+    components.insert(Some(Component::Unet), blocks.iter().flat_map(|b| b.1.clone()).chain([w(1280, 1024)]).collect());
+    components.insert(Some(Component::Text), vec![w(120_000, 1024)]);
+    components.insert(Some(Component::Vae), vec![w(82_000, 1024)]);
+    ModelShape {
+        family: "sd1".into(),
+        components,
+        unet_blocks: blocks,
+        unet_stem: vec![w(1280, 1024)],
+        unet: UnetShape {
+            block_channels: vec![320, 640, 1280, 1280],
+            attention_levels: vec![true, true, true, false],
+            heads: vec![8; 4],
+            layers_per_block: 2,
+            in_channels: 4,
+        },
+        vae: VaeShape { block_channels: vec![128, 256, 512, 512], latent_channels: 4 },
+        text_hidden: 768,
+        assumptions: vec![],
+    }
+}
+
+fn req512() -> Request {
+    Request { width: 512, height: 512, ..Request::default() }
+}
+
+const GIB: u64 = 1 << 30;
+
+/// Narrower precisions predict fewer weight bytes, in the order of their bits per weight.
+#[test]
+fn precision_orders_weight_bytes() {
+    let shape = sd15();
+    let mut last = u64::MAX;
+    for p in [Precision::F32, Precision::F16, Precision::Q8_0, Precision::Q6K, Precision::Q5K, Precision::Q4K] {
+        let mut k = Knobs::default();
+        k.precision = crate::knobs::PrecisionKnobs::all(p);
+        let plan = plan(&shape, &k, &req512(), &Budgets::default());
+        assert!(plan.weights_bytes < last, "{p}: {} !< {last}", plan.weights_bytes);
+        last = plan.weights_bytes;
+    }
+}
+
+/// A budget between the sliced and unsliced peaks gives fits-with, and the suggestion fits.
+#[test]
+fn tight_budget_suggests_lossless_knobs_first() {
+    let shape = sd15();
+    // Tiled decode, so the denoiser's attention sets the peak.
+    let mut k = Knobs::default();
+    k.slicing.vae_tile = 32;
+    let full = plan(&shape, &k, &req512(), &Budgets::default());
+    let budget = full.total_bytes - full.activation_bytes / 2;
+    let p = plan(&shape, &k, &req512(), &Budgets::single(DeviceKind::Cpu, budget));
+    assert_eq!(p.verdict, Verdict::FitsWith, "{p:#?}");
+    let first = &p.suggestions[0];
+    assert_eq!(first.quality_loss, 0.0, "{first:?}");
+    assert_eq!(first.changes[0].0, "slicing.attention_slice");
+    let mut fixed = k;
+    for (key, value) in &first.changes {
+        fixed.set(key, value).unwrap();
+    }
+    let again = plan(&shape, &fixed, &req512(), &Budgets::single(DeviceKind::Cpu, budget));
+    assert_eq!(again.verdict, Verdict::Fits);
+    assert!(again.total_bytes <= budget);
+}
+
+/// A budget below the smallest possible footprint is does-not-fit with no suggestions.
+#[test]
+fn impossible_budget_does_not_fit() {
+    let p = plan(&sd15(), &Knobs::default(), &req512(), &Budgets::single(DeviceKind::Cpu, 100 << 20));
+    assert_eq!(p.verdict, Verdict::DoesNotFit);
+    assert!(p.suggestions.is_empty());
+}
+
+/// Quantizing is suggested only once lossless knobs are not enough.
+#[test]
+fn weights_over_budget_need_quantization() {
+    let shape = sd15();
+    let mut k = Knobs::default();
+    k.slicing.attention_slice = 64;
+    k.slicing.vae_tile = 32;
+    let f32_total = plan(&shape, &k, &req512(), &Budgets::default()).total_bytes;
+    let budget = f32_total - GIB;
+    let p = plan(&shape, &k, &req512(), &Budgets::single(DeviceKind::Cpu, budget));
+    assert_eq!(p.verdict, Verdict::FitsWith);
+    assert!(p.suggestions.iter().all(|s| s.quality_loss > 0.0 || s.changes[0].0 == "offload.mode"), "{:?}", p.suggestions);
+}
+
+/// On a GPU, gpu_blocks with stream keeps only the resident blocks plus one streamed block there.
+#[test]
+fn gpu_blocks_move_weights_to_ram() {
+    let shape = sd15();
+    let mut k = Knobs::default();
+    k.device = DeviceKind::Cuda(0);
+    let all_on_gpu = predict(&shape, &k, &req512(), &Budgets::default());
+    k.set("offload.gpu_blocks", "3").unwrap();
+    k.set("offload.mode", "stream").unwrap();
+    let streamed = predict(&shape, &k, &req512(), &Budgets::default());
+    let gpu = |d: &[DevicePlan]| {
+        let dev = d.iter().find(|x| x.device == "cuda:0").unwrap();
+        dev.components.iter().filter(|(k, _)| k.starts_with("unet")).map(|(_, v)| v).sum::<u64>()
+    };
+    let cpu = streamed.iter().find(|x| x.device == "cpu").unwrap();
+    assert!(gpu(&streamed) < gpu(&all_on_gpu) / 2);
+    assert!(cpu.components["unet (held for streaming)"] > 0);
+    // f16 by default on a GPU: 9 blocks of 97.3M weights, 6 of them held in RAM.
+    let held = cpu.components["unet (held for streaming)"];
+    assert_eq!(held, 6 * (95_000 * 1024 * 2 + 1280 * 2));
+}

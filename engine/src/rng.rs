@@ -1,1 +1,0 @@
-//! The engine's own seeded noise: reproduces torch's CPU `randn` bit for bit.

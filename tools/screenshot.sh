@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Takes a screenshot of the real Headroom window under Xvfb and checks it is not blank.
+#
+#   tools/screenshot.sh [OUT.png] [BINARY]
+#
+# Starts Xvfb on :99 (installing xvfb, x11-apps, imagemagick and xdotool with apt-get if they are
+# missing), runs the binary, waits for it to draw, takes `import -display :99 -window root`,
+# checks the image's standard deviation is above a small threshold (a blank or single-colour
+# screen fails), then asks the app to quit (Ctrl+Q through xdotool, else SIGTERM) and checks it
+# exited. APP_ARGS are passed to the binary (e.g. a model path).
+# Exits non-zero on any failure.
+set -euo pipefail
+
+OUT=${1:-screenshot.png}
+BIN=${2:-${CARGO_TARGET_DIR:-target}/debug/headroom}
+DISPLAY_NUM=${DISPLAY_NUM:-99}
+WAIT_SECS=${WAIT_SECS:-8}
+MIN_STDDEV=${MIN_STDDEV:-0.02}
+
+need() { command -v "$1" >/dev/null 2>&1; }
+if ! need Xvfb || ! need import || ! need identify || ! need xdotool; then
+    echo "installing xvfb x11-apps imagemagick xdotool" >&2
+    apt-get install -y --no-install-recommends xvfb x11-apps imagemagick xdotool >/dev/null
+fi
+[ -x "$BIN" ] || { echo "screenshot: $BIN is not built (cargo build -p headroom)" >&2; exit 1; }
+
+RUNTIME=$(mktemp -d)
+chmod 700 "$RUNTIME"
+export XDG_RUNTIME_DIR=$RUNTIME
+# A private data dir so the screenshot does not depend on (or change) the user's history.
+export HEADROOM_DATA=${HEADROOM_DATA:-$RUNTIME/data}
+export XDG_DATA_HOME=$RUNTIME/share
+
+Xvfb ":$DISPLAY_NUM" -screen 0 1440x900x24 -nolisten tcp >/dev/null 2>&1 &
+XVFB=$!
+APP=
+cleanup() {
+    [ -n "$APP" ] && kill "$APP" 2>/dev/null || true
+    kill "$XVFB" 2>/dev/null || true
+    rm -rf "$RUNTIME"
+}
+trap cleanup EXIT
+export DISPLAY=":$DISPLAY_NUM"
+for _ in $(seq 50); do xdpyinfo >/dev/null 2>&1 && break; sleep 0.1; done
+
+# shellcheck disable=SC2086
+"$BIN" ${APP_ARGS:-} >"$RUNTIME/app.log" 2>&1 &
+APP=$!
+# Wait for the window to appear and draw a few frames.
+for _ in $(seq $((WAIT_SECS * 10))); do
+    xdotool search --name Headroom >/dev/null 2>&1 && break
+    kill -0 "$APP" 2>/dev/null || { echo "screenshot: the app exited early:" >&2; cat "$RUNTIME/app.log" >&2; exit 1; }
+    sleep 0.1
+done
+sleep "$WAIT_SECS"
+kill -0 "$APP" 2>/dev/null || { echo "screenshot: the app died:" >&2; cat "$RUNTIME/app.log" >&2; exit 1; }
+
+import -display "$DISPLAY" -window root "$OUT"
+SD=$(identify -format '%[fx:standard_deviation]' "$OUT")
+echo "screenshot: $OUT (standard deviation $SD)"
+if ! awk -v sd="$SD" -v min="$MIN_STDDEV" 'BEGIN { exit !(sd > min) }'; then
+    echo "screenshot: the screen looks blank (standard deviation $SD ≤ $MIN_STDDEV)" >&2
+    exit 1
+fi
+
+# Ask the window to close like a window manager would; fall back to SIGTERM.
+WIN=$(xdotool search --name Headroom | head -n1 || true)
+if [ -n "$WIN" ]; then
+    # Ctrl+Q is the app's Quit; with no window manager, focus the window and type it (XTEST).
+    xdotool windowfocus --sync "$WIN" 2>/dev/null || true
+    xdotool key ctrl+q 2>/dev/null || true
+fi
+for _ in $(seq 50); do kill -0 "$APP" 2>/dev/null || break; sleep 0.1; done
+if kill -0 "$APP" 2>/dev/null; then
+    kill -TERM "$APP"
+    for _ in $(seq 50); do kill -0 "$APP" 2>/dev/null || break; sleep 0.1; done
+fi
+if kill -0 "$APP" 2>/dev/null; then
+    echo "screenshot: the app did not exit after a close request and SIGTERM" >&2
+    exit 1
+fi
+set +e
+wait "$APP"
+RC=$?
+set -e
+APP=
+if [ "$RC" -ne 0 ] && [ "$RC" -ne 143 ]; then
+    echo "screenshot: the app exited with status $RC:" >&2
+    tail -n 20 "$RUNTIME/app.log" >&2
+    exit 1
+fi
+echo "screenshot: closed cleanly (status $RC)"

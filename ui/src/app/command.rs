@@ -1,0 +1,385 @@
+//! What widgets ask for: [`AppCommand`]s pushed during the frame and run at its end, so drawing
+//! code never changes shared state directly.
+
+use std::path::PathBuf;
+
+use headroom_engine::{Knobs, Request};
+
+use super::HeadroomApp;
+use super::backend::{RunRecord, Verdict};
+use super::state::{Abx, Candidate, CenterTab, ImageScale};
+
+/// A change asked for by a widget.
+#[derive(Clone, Debug)]
+pub enum AppCommand {
+    /// Show the file dialog to pick a model file.
+    OpenModelDialog,
+    /// Inspect a model and plan it, showing both before anything is loaded.
+    InspectModel(String),
+    /// Load a model; `force` loads even when the plan says it does not fit.
+    LoadModel { model: String, force: bool },
+    /// Forget the inspected-but-not-loaded model.
+    DismissCandidate,
+    /// Replace the knobs (the plan follows).
+    SetKnobs(Knobs),
+    /// Replace the request.
+    SetRequest(Request),
+    /// Keep the seed between runs (true) or draw a new one per run (false).
+    SetSeedLocked(bool),
+    /// The planning budget in GiB (0: the devices' free memory).
+    SetBudget(f32),
+    /// Draw a new random seed now.
+    RandomizeSeed,
+    /// Start a run with the current request, loading the model with the current knobs first if needed.
+    Generate,
+    /// Stop the current run at the next step.
+    Cancel,
+    /// Files dropped on the window: outputs and profiles are restored, anything else is inspected as a model.
+    OpenPaths(Vec<PathBuf>),
+    /// Restore the request (and knobs and model when known) from an output or profile file.
+    RestoreFrom(PathBuf),
+    /// Restore a history run's request, knobs and model.
+    RestoreRun(Box<RunRecord>),
+    /// Run a history entry again and say whether the output is identical.
+    Reproduce(Box<RunRecord>),
+    /// Show an output (and its history run) in the center.
+    OpenRun(Box<RunRecord>),
+    /// Show output number N in the center.
+    SelectOutput(usize),
+    /// Save output number N under a name the user picks.
+    SaveOutputAs(usize),
+    /// Switch the center tab.
+    ShowTab(CenterTab),
+    /// Change how the image view scales.
+    SetScale(ImageScale),
+    /// Play output number N (audio) from its position.
+    PlayAudio(usize),
+    /// Pause audio playback.
+    PauseAudio,
+    /// Move the play position to a fraction of the clip.
+    SeekAudio(f32),
+    /// Loop playback on or off.
+    SetLoop(bool),
+    /// Choose output N as side A (`b: false`) or B (`b: true`).
+    SetAbSide { b: bool, output: usize },
+    /// Move the A/B wipe (0: all B, 1: all A; A shows left of it).
+    SetWipe(f32),
+    /// Show the difference heatmap instead of the wipe.
+    ShowHeatmap(bool),
+    /// Begin an ABX blind test with this many trials.
+    StartAbx(u32),
+    /// Answer the current ABX trial: true means "X is A".
+    AnswerAbx(bool),
+    /// Read the history folder again.
+    RefreshHistory,
+    /// Clear the status messages.
+    ClearNotices,
+}
+
+impl HeadroomApp {
+    /// Runs the commands pushed this frame, in order.
+    pub fn run_commands(&mut self, ctx: &egui::Context) {
+        let commands = std::mem::take(&mut self.rt.commands);
+        for cmd in commands {
+            self.run_command(ctx, cmd);
+        }
+    }
+
+    fn run_command(&mut self, ctx: &egui::Context, cmd: AppCommand) {
+        let rt = &mut self.rt;
+        match cmd {
+            AppCommand::OpenModelDialog => {
+                let picked = rfd::FileDialog::new()
+                    .add_filter("models", &["safetensors", "gguf", "ckpt", "pth", "json"])
+                    .pick_file();
+                if let Some(p) = picked {
+                    self.inspect(p.display().to_string());
+                }
+            }
+            AppCommand::InspectModel(m) => self.inspect(m),
+            AppCommand::LoadModel { model, force } => self.load(model, force),
+            AppCommand::DismissCandidate => rt.candidate = None,
+            AppCommand::SetKnobs(k) => self.state.knobs = k,
+            AppCommand::SetRequest(r) => self.state.request = r,
+            AppCommand::SetSeedLocked(on) => self.state.seed_locked = on,
+            AppCommand::SetBudget(g) => self.state.budget_gib = g.max(0.0),
+            AppCommand::RandomizeSeed => self.state.request.seed = rt.random_u64() % (1u64 << 32),
+            AppCommand::Generate => self.generate(),
+            AppCommand::Cancel => {
+                if rt.run.is_some() {
+                    rt.backend.cancel();
+                    rt.notify("Cancelling at the next step…");
+                }
+            }
+            AppCommand::OpenPaths(paths) => {
+                for p in paths {
+                    let ext = p
+                        .extension()
+                        .and_then(|e| e.to_str())
+                        .unwrap_or("")
+                        .to_ascii_lowercase();
+                    if matches!(ext.as_str(), "png" | "wav" | "toml") {
+                        self.restore_from(&p);
+                    } else {
+                        self.inspect(p.display().to_string());
+                    }
+                }
+            }
+            AppCommand::RestoreFrom(p) => self.restore_from(&p),
+            AppCommand::RestoreRun(r) => self.restore_run(&r),
+            AppCommand::Reproduce(r) => {
+                self.restore_run(&r);
+                self.rt.expect = Some(super::state::Expectation { original: *r });
+                self.generate_with_seed_kept();
+            }
+            AppCommand::OpenRun(r) => {
+                if let Some(i) = self
+                    .rt
+                    .outputs
+                    .iter()
+                    .position(|o| o.record.profile_path == r.profile_path)
+                {
+                    self.rt.selected = Some(i);
+                } else {
+                    self.add_output(ctx, *r, None);
+                }
+                self.rt.tab = CenterTab::Output;
+            }
+            AppCommand::SelectOutput(i) => rt.selected = Some(i),
+            AppCommand::SaveOutputAs(i) => self.save_output_as(i),
+            AppCommand::ShowTab(t) => {
+                rt.tab = t;
+                if t == CenterTab::History && rt.history.is_none() {
+                    self.refresh_history();
+                }
+            }
+            AppCommand::SetScale(s) => rt.scale = s,
+            AppCommand::PlayAudio(i) => self.play_audio(i),
+            AppCommand::PauseAudio => {
+                if let Some(p) = &rt.player {
+                    p.pause();
+                }
+            }
+            AppCommand::SeekAudio(f) => {
+                if let Some(p) = &rt.player {
+                    p.seek_fraction(f);
+                }
+            }
+            AppCommand::SetLoop(on) => {
+                if let Some(p) = self.player() {
+                    p.set_looping(on);
+                }
+            }
+            AppCommand::SetAbSide { b, output } => {
+                if b {
+                    rt.ab.b = Some(output);
+                } else {
+                    rt.ab.a = Some(output);
+                }
+                self.compare_ab(ctx);
+            }
+            AppCommand::SetWipe(w) => rt.ab.wipe = w.clamp(0.0, 1.0),
+            AppCommand::ShowHeatmap(on) => rt.ab.show_heatmap = on,
+            AppCommand::StartAbx(n) => {
+                let n = n.clamp(1, 100);
+                self.state.abx_trials = n;
+                let x_is_a = (0..n).map(|_| rt.random_u64() & 1 == 1).collect();
+                rt.ab.abx = Some(Abx {
+                    x_is_a,
+                    answers: Vec::new(),
+                });
+            }
+            AppCommand::AnswerAbx(says_a) => {
+                if let Some(abx) = &mut rt.ab.abx {
+                    let i = abx.answers.len();
+                    if i < abx.x_is_a.len() {
+                        abx.answers.push(abx.x_is_a[i] == says_a);
+                    }
+                }
+            }
+            AppCommand::RefreshHistory => self.refresh_history(),
+            AppCommand::ClearNotices => rt.notices.clear(),
+        }
+    }
+
+    /// Inspects a model and makes it the candidate; the plan follows on the next frame.
+    fn inspect(&mut self, model: String) {
+        // An error shows in the model card, where the summary would be.
+        let summary = self.rt.backend.inspect(&model);
+        self.state.remember(&model);
+        self.rt.candidate = Some(Candidate { model, summary });
+        self.rt.plan_key.clear();
+    }
+
+    /// Asks the worker to load a model; a model that does not fit needs `force`.
+    fn load(&mut self, model: String, force: bool) {
+        let refuses = matches!(&self.rt.plan, Some(Ok(p)) if p.verdict == Verdict::DoesNotFit);
+        if refuses && !force && self.rt.current_model() == Some(model.as_str()) {
+            self.rt.error(format!(
+                "{model} does not fit with these knobs; change them or choose Load anyway"
+            ));
+            return;
+        }
+        match self.rt.backend.load(&model, &self.state.knobs) {
+            Ok(()) => {
+                self.rt.loading = Some(model.clone());
+                self.rt.notify(format!("Loading {model}…"));
+            }
+            Err(e) => self.rt.error(e),
+        }
+    }
+
+    /// Starts a run, drawing a new seed first unless the seed is locked.
+    pub(super) fn generate(&mut self) {
+        if !self.state.seed_locked {
+            self.state.request.seed = self.rt.random_u64() % (1u64 << 32);
+        }
+        self.generate_with_seed_kept();
+    }
+
+    fn generate_with_seed_kept(&mut self) {
+        let rt = &mut self.rt;
+        if rt.run.is_some() {
+            rt.error("A run is in progress: cancel it first (Esc)");
+            return;
+        }
+        let Some(model) = rt.current_model().map(str::to_string) else {
+            rt.error("No model: drop a model file, choose Open…, or pick a built-in");
+            return;
+        };
+        if let Err(e) = self.state.request.validate() {
+            rt.error(e.to_string());
+            return;
+        }
+        let needs_load = rt
+            .loaded
+            .as_ref()
+            .is_none_or(|l| l.model != model || l.knobs != self.state.knobs);
+        if needs_load && rt.loading.as_deref() != Some(model.as_str()) {
+            if matches!(&rt.plan, Some(Ok(p)) if p.verdict == Verdict::DoesNotFit)
+                && rt.loaded.is_none()
+            {
+                rt.error(format!(
+                    "{model} does not fit with these knobs: change them, or Load anyway first"
+                ));
+                return;
+            }
+            if let Err(e) = rt.backend.load(&model, &self.state.knobs) {
+                rt.error(e);
+                return;
+            }
+            rt.loading = Some(model.clone());
+        }
+        if let Err(e) = rt.backend.generate(&self.state.request, &rt.out_dir) {
+            rt.error(e);
+            return;
+        }
+        let t = rt
+            .backend
+            .memory_history()
+            .last()
+            .map(|p| p.t_secs)
+            .unwrap_or(0.0);
+        rt.run_marks.push((t, "start".into()));
+        rt.run = Some(super::state::RunProgress {
+            stage: "queued".into(),
+            step: 0,
+            total: 0,
+            started: std::time::Instant::now(),
+        });
+        rt.preview = None;
+        rt.preview_wave.clear();
+    }
+
+    fn restore_from(&mut self, path: &std::path::Path) {
+        match self.rt.backend.restore(path) {
+            Ok(r) => {
+                self.state.request = r.request;
+                if let Some(k) = r.knobs {
+                    self.state.knobs = k;
+                }
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let mut msg = format!("Restored from {name}: {}", r.mapped.join(", "));
+                if !r.unmapped.is_empty() {
+                    msg.push_str(&format!("; not restored: {}", r.unmapped.join(", ")));
+                }
+                self.rt.notify(msg);
+                if let Some(m) = r.model_hint
+                    && self.rt.current_model() != Some(m.as_str())
+                {
+                    self.inspect(m);
+                }
+            }
+            Err(e) => self.rt.error(e),
+        }
+    }
+
+    fn restore_run(&mut self, r: &super::backend::RunRecord) {
+        self.state.request = r.request.clone();
+        self.state.knobs = r.knobs;
+        if self.rt.current_model() != Some(r.model.as_str()) {
+            self.inspect(r.model.clone());
+        }
+        self.rt.notify(format!(
+            "Restored seed {} and knobs from {}",
+            r.request.seed,
+            r.profile_path.display()
+        ));
+    }
+
+    fn save_output_as(&mut self, i: usize) {
+        let Some(src) = self
+            .rt
+            .outputs
+            .get(i)
+            .and_then(|o| o.record.outputs.first().cloned())
+        else {
+            return;
+        };
+        let name = src
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if let Some(dest) = rfd::FileDialog::new().set_file_name(&name).save_file() {
+            match std::fs::copy(&src, &dest) {
+                Ok(_) => self.rt.notify(format!("Saved {}", dest.display())),
+                Err(e) => self.rt.error(format!("{}: {e}", dest.display())),
+            }
+        }
+    }
+
+    /// The audio player, started on first use.
+    fn player(&mut self) -> Option<&crate::audio::Player> {
+        if self.rt.player.is_none() {
+            match crate::audio::Player::spawn(crate::audio::cpal_out::CpalOutput) {
+                Ok(p) => self.rt.player = Some(p),
+                Err(e) => self.rt.error(format!("audio thread: {e}")),
+            }
+        }
+        self.rt.player.as_ref()
+    }
+
+    fn play_audio(&mut self, i: usize) {
+        let clip = match self.rt.outputs.get(i).map(|o| &o.media) {
+            Some(Ok(super::backend::Media::Audio(a))) => {
+                (a.sample_rate, std::sync::Arc::new(a.samples.clone()))
+            }
+            _ => return,
+        };
+        let switching = self.rt.audio_output != Some(i);
+        let Some(p) = self.player() else { return };
+        if let Some(e) = p.error() {
+            let e = e.to_string();
+            self.rt.error(e);
+            return;
+        }
+        if switching {
+            p.load(clip.0, clip.1);
+        }
+        p.play();
+        self.rt.audio_output = Some(i);
+    }
+}

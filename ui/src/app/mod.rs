@@ -1,0 +1,222 @@
+//! The desktop app: [`HeadroomApp`] holds the saved [`state::SavedState`] and the runtime
+//! [`state::Runtime`]; each frame runs [`HeadroomApp::logic`], draws the panels (the `*_ui`
+//! functions, which only push [`command::AppCommand`]s), then runs the commands.
+//!
+//! Layout: plan bar on top, model and knobs on the left, request on the right, output / history /
+//! A/B in the center, memory gauges at the bottom.
+
+pub mod backend;
+pub mod command;
+pub mod engine_link;
+mod logic;
+pub mod state;
+mod ui_ab;
+mod ui_gauges;
+mod ui_knobs;
+mod ui_model;
+mod ui_output;
+mod ui_plan;
+mod ui_request;
+pub mod widgets;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use egui::{Key, Modifiers};
+
+pub use backend::Backend;
+pub use command::AppCommand;
+use state::{Runtime, SavedState};
+
+/// The key the saved state is stored under in eframe's storage.
+const STORAGE_KEY: &str = "headroom-app";
+
+/// Opens the desktop window; `initial_paths` are handled as if dropped on it.
+///
+/// # Errors
+/// No display (with no `DISPLAY`/`WAYLAND_DISPLAY`, eframe cannot open a window) or a renderer
+/// that fails to start.
+pub fn run_app(initial_paths: Vec<PathBuf>) -> anyhow::Result<()> {
+    let options = eframe::NativeOptions {
+        viewport: egui::ViewportBuilder::default()
+            .with_title("Headroom")
+            .with_app_id("headroom")
+            .with_inner_size([1440.0, 900.0])
+            .with_min_inner_size([960.0, 600.0])
+            .with_drag_and_drop(true),
+        ..Default::default()
+    };
+    eframe::run_native(
+        "Headroom",
+        options,
+        Box::new(move |cc| {
+            let ctx = cc.egui_ctx.clone();
+            let backend = engine_link::EngineBackend::spawn(move || ctx.request_repaint());
+            let saved: SavedState = cc
+                .storage
+                .and_then(|s| eframe::get_value(s, STORAGE_KEY))
+                .unwrap_or_default();
+            let mut app = HeadroomApp::new(saved, Box::new(backend), backend::runs_dir());
+            app.start(initial_paths);
+            Ok(Box::new(app))
+        }),
+    )
+    .map_err(|e| anyhow::anyhow!("cannot open the Headroom window: {e}"))
+}
+
+/// The whole app: saved state plus runtime handles.
+pub struct HeadroomApp {
+    /// Persisted between sessions.
+    pub state: SavedState,
+    /// Handles and caches.
+    pub rt: Runtime,
+}
+
+impl HeadroomApp {
+    /// An app around a back end; outputs and profiles go to `out_dir`.
+    pub fn new(state: SavedState, backend: Box<dyn Backend>, out_dir: PathBuf) -> Self {
+        Self {
+            state,
+            rt: Runtime::new(backend, out_dir),
+        }
+    }
+
+    /// First-frame work: open the given paths, else inspect the last model used (or the
+    /// built-in image model) so the plan is there at once.
+    pub fn start(&mut self, initial_paths: Vec<PathBuf>) {
+        if !initial_paths.is_empty() {
+            self.rt.commands.push(AppCommand::OpenPaths(initial_paths));
+        } else {
+            let model = self
+                .state
+                .last_model
+                .clone()
+                .unwrap_or_else(|| "builtin:shapes".into());
+            self.rt.commands.push(AppCommand::InspectModel(model));
+        }
+    }
+
+    /// One whole frame, as tests drive it: [`HeadroomApp::logic`] then [`HeadroomApp::draw_ui`].
+    pub fn frame_ui(&mut self, ui: &mut egui::Ui) {
+        self.logic(&ui.ctx().clone());
+        self.draw_ui(ui);
+    }
+
+    /// Input, drawing, then the commands the drawing pushed (eframe calls
+    /// [`HeadroomApp::logic`] separately, also while the window is hidden).
+    pub fn draw_ui(&mut self, ui: &mut egui::Ui) {
+        let t0 = Instant::now();
+        let ctx = ui.ctx().clone();
+        self.take_dropped_files(&ctx);
+        self.shortcuts(&ctx);
+        self.layout_ui(ui);
+        self.drop_overlay_ui(&ctx);
+        self.run_commands(&ctx);
+        let ms = t0.elapsed().as_secs_f32() * 1000.0;
+        if self.rt.frame_ms.len() >= 2000 {
+            self.rt.frame_ms.remove(0);
+        }
+        self.rt.frame_ms.push(ms);
+        if self.rt.run.is_some() {
+            // Keep the elapsed time and spinner moving between engine events.
+            ctx.request_repaint_after(std::time::Duration::from_millis(100));
+        }
+    }
+
+    fn shortcuts(&mut self, ctx: &egui::Context) {
+        let (generate, cancel, quit) = ctx.input_mut(|i| {
+            (
+                i.consume_key(Modifiers::COMMAND, Key::Enter),
+                i.consume_key(Modifiers::NONE, Key::Escape),
+                i.consume_key(Modifiers::COMMAND, Key::Q),
+            )
+        });
+        if quit {
+            ctx.send_viewport_cmd(egui::ViewportCommand::Close);
+        }
+        if generate {
+            self.rt.commands.push(AppCommand::Generate);
+        }
+        if cancel {
+            self.rt.commands.push(AppCommand::Cancel);
+        }
+    }
+
+    fn layout_ui(&mut self, ui: &mut egui::Ui) {
+        egui::Panel::top("plan_bar")
+            .frame(
+                egui::Frame::side_top_panel(ui.style())
+                    .inner_margin(egui::Margin::symmetric(10, 6)),
+            )
+            .show(ui, |ui| self.plan_bar_ui(ui));
+        egui::Panel::bottom("gauges")
+            .resizable(true)
+            .default_size(170.0)
+            .min_size(90.0)
+            .show(ui, |ui| self.gauges_ui(ui));
+        egui::Panel::left("model_knobs")
+            .resizable(true)
+            .default_size(310.0)
+            .min_size(240.0)
+            .show(ui, |ui| {
+                egui::ScrollArea::vertical().show(ui, |ui| {
+                    self.model_ui(ui);
+                    ui.add_space(6.0);
+                    self.knobs_ui(ui);
+                });
+            });
+        egui::Panel::right("request")
+            .resizable(true)
+            .default_size(330.0)
+            .min_size(260.0)
+            .show(ui, |ui| {
+                egui::ScrollArea::vertical().show(ui, |ui| self.request_ui(ui));
+            });
+        egui::CentralPanel::default().show(ui, |ui| self.center_ui(ui));
+    }
+
+    /// A translucent layer over the whole window while files are dragged over it.
+    fn drop_overlay_ui(&mut self, ctx: &egui::Context) {
+        if !self.rt.hovering_files {
+            return;
+        }
+        let painter = ctx.layer_painter(egui::LayerId::new(
+            egui::Order::Foreground,
+            egui::Id::unique("drop"),
+        ));
+        let rect = ctx.content_rect();
+        painter.rect_filled(rect, 0.0, egui::Color32::from_black_alpha(170));
+        painter.text(
+            rect.center(),
+            egui::Align2::CENTER_CENTER,
+            "Drop a model to inspect it, or an output / profile to restore its settings",
+            egui::FontId::proportional(22.0),
+            egui::Color32::WHITE,
+        );
+    }
+}
+
+impl eframe::App for HeadroomApp {
+    fn logic(&mut self, ctx: &egui::Context, _frame: &mut eframe::Frame) {
+        HeadroomApp::logic(self, ctx);
+    }
+
+    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+        self.draw_ui(ui);
+    }
+
+    fn save(&mut self, storage: &mut dyn eframe::Storage) {
+        eframe::set_value(storage, STORAGE_KEY, &self.state);
+    }
+
+    fn on_exit(&mut self) {
+        if std::env::var_os("HEADROOM_FRAME_STATS").is_some()
+            && let Some((p50, p99)) = self.rt.frame_percentiles()
+        {
+            eprintln!(
+                "frames: {} p50 {p50:.2} ms p99 {p99:.2} ms",
+                self.rt.frame_ms.len()
+            );
+        }
+    }
+}

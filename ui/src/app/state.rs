@@ -1,0 +1,289 @@
+//! The app's data: [`SavedState`] (persisted between sessions) and [`Runtime`] (handles, caches
+//! and what the engine last said; never persisted).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use headroom_engine::{Knobs, Request};
+use serde::{Deserialize, Serialize};
+
+use super::backend::{Backend, Comparison, Media, ModelSummary, PlanView, RunRecord};
+use super::command::AppCommand;
+use crate::audio::Player;
+
+/// What is remembered between sessions (eframe storage).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SavedState {
+    /// The model last loaded (path or `builtin:NAME`).
+    pub last_model: Option<String>,
+    /// Most recent first, at most [`SavedState::MAX_RECENT`].
+    pub recent_models: Vec<String>,
+    pub knobs: Knobs,
+    pub request: Request,
+    /// Keep the seed between runs; unlocked draws a new one per Generate.
+    pub seed_locked: bool,
+    /// Memory budget for the plan in GiB; 0 means the devices' free memory.
+    pub budget_gib: f32,
+    /// ABX trials per test.
+    pub abx_trials: u32,
+}
+
+impl SavedState {
+    /// How many recent models are remembered.
+    pub const MAX_RECENT: usize = 8;
+
+    /// Puts `model` first in the recent list.
+    pub fn remember(&mut self, model: &str) {
+        self.recent_models.retain(|m| m != model);
+        self.recent_models.insert(0, model.to_string());
+        self.recent_models.truncate(Self::MAX_RECENT);
+    }
+
+    /// The budget for the planner, `None` for "free memory".
+    pub fn budget_bytes(&self) -> Option<u64> {
+        (self.budget_gib > 0.0).then_some((self.budget_gib as f64 * (1u64 << 30) as f64) as u64)
+    }
+}
+
+impl Default for SavedState {
+    fn default() -> Self {
+        Self {
+            last_model: None,
+            recent_models: Vec::new(),
+            knobs: Knobs::default(),
+            request: Request {
+                prompt: "a red circle on a blue square".into(),
+                ..Request::default()
+            },
+            seed_locked: true,
+            budget_gib: 0.0,
+            abx_trials: 10,
+        }
+    }
+}
+
+/// A model dropped or picked but not loaded: its summary and plan, shown first.
+#[derive(Clone, Debug)]
+pub struct Candidate {
+    pub model: String,
+    pub summary: Result<ModelSummary, String>,
+}
+
+/// The model the worker has loaded.
+#[derive(Clone, Debug)]
+pub struct LoadedModel {
+    pub model: String,
+    pub family: String,
+    pub weight_bytes: u64,
+    pub load_ms: u64,
+    /// The knobs it was loaded with (a change means reloading before the next run).
+    pub knobs: Knobs,
+}
+
+/// A run in progress.
+#[derive(Clone, Debug)]
+pub struct RunProgress {
+    pub stage: String,
+    pub step: u32,
+    pub total: u32,
+    pub started: Instant,
+}
+
+/// One output shown in the center: the run, its decoded media and its texture.
+pub struct OutputCard {
+    pub record: RunRecord,
+    pub media: Result<Media, String>,
+    pub texture: Option<egui::TextureHandle>,
+    /// Min/max envelope of an audio output, for drawing.
+    pub envelope: Vec<(f32, f32)>,
+    /// The result of reproducing an earlier run: `Ok(())` identical, `Err(drift)` otherwise.
+    pub reproduction: Option<Result<(), Vec<String>>>,
+}
+
+/// The center area's tabs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum CenterTab {
+    #[default]
+    Output,
+    History,
+    Ab,
+}
+
+/// How the image view scales.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ImageScale {
+    /// Fit the panel.
+    Fit,
+    /// This many screen points per pixel (1.0 is 1:1).
+    Zoom(f32),
+}
+
+/// An ABX blind test in progress.
+#[derive(Clone, Debug, Default)]
+pub struct Abx {
+    /// Per trial: true when X is A.
+    pub x_is_a: Vec<bool>,
+    /// Answers so far: true when right.
+    pub answers: Vec<bool>,
+}
+
+/// A/B comparison state.
+pub struct AbState {
+    /// Output indices of A and B.
+    pub a: Option<usize>,
+    pub b: Option<usize>,
+    /// Wipe position as a fraction of the width: A shows left of it, B right of it.
+    pub wipe: f32,
+    pub comparison: Option<Result<Comparison, String>>,
+    pub heatmap: Option<egui::TextureHandle>,
+    pub show_heatmap: bool,
+    pub abx: Option<Abx>,
+}
+
+impl Default for AbState {
+    fn default() -> Self {
+        Self {
+            a: None,
+            b: None,
+            wipe: 0.5,
+            comparison: None,
+            heatmap: None,
+            show_heatmap: false,
+            abx: None,
+        }
+    }
+}
+
+/// A message for the status line.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Notice {
+    pub text: String,
+    pub is_error: bool,
+}
+
+/// A run to compare against when its reproduction arrives.
+#[derive(Clone, Debug)]
+pub struct Expectation {
+    pub original: RunRecord,
+}
+
+/// Handles and caches: everything not saved.
+pub struct Runtime {
+    pub backend: Box<dyn Backend>,
+    /// Commands pushed by widgets this frame, run at its end.
+    pub commands: Vec<AppCommand>,
+    pub candidate: Option<Candidate>,
+    pub loaded: Option<LoadedModel>,
+    /// A load was asked for and has not answered.
+    pub loading: Option<String>,
+    /// The plan for the current model + knobs + request, and what it was computed for.
+    pub plan: Option<Result<PlanView, String>>,
+    pub plan_key: String,
+    pub run: Option<RunProgress>,
+    pub preview: Option<egui::TextureHandle>,
+    pub preview_wave: Vec<(f32, f32)>,
+    pub outputs: Vec<OutputCard>,
+    pub selected: Option<usize>,
+    /// History cards, newest first (`None` until first read).
+    pub history: Option<Vec<RunRecord>>,
+    /// Run events for the gauges: (sampler seconds, label).
+    pub run_marks: Vec<(f64, String)>,
+    pub notices: Vec<Notice>,
+    pub tab: CenterTab,
+    pub scale: ImageScale,
+    pub player: Option<Player>,
+    /// The output loaded into the player.
+    pub audio_output: Option<usize>,
+    pub ab: AbState,
+    pub expect: Option<Expectation>,
+    /// Where outputs and profiles go.
+    pub out_dir: PathBuf,
+    /// Files are being dragged over the window.
+    pub hovering_files: bool,
+    /// Milliseconds spent building each recent frame.
+    pub frame_ms: Vec<f32>,
+    /// State of the seed dice.
+    pub rng_state: u64,
+}
+
+impl Runtime {
+    /// Fresh runtime state around a back end.
+    pub fn new(backend: Box<dyn Backend>, out_dir: PathBuf) -> Self {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0x9E37_79B9_7F4A_7C15);
+        Self {
+            backend,
+            commands: Vec::new(),
+            candidate: None,
+            loaded: None,
+            loading: None,
+            plan: None,
+            plan_key: String::new(),
+            run: None,
+            preview: None,
+            preview_wave: Vec::new(),
+            outputs: Vec::new(),
+            selected: None,
+            history: None,
+            run_marks: Vec::new(),
+            notices: Vec::new(),
+            tab: CenterTab::Output,
+            scale: ImageScale::Fit,
+            player: None,
+            audio_output: None,
+            ab: AbState::default(),
+            expect: None,
+            out_dir,
+            hovering_files: false,
+            frame_ms: Vec::new(),
+            rng_state: seed,
+        }
+    }
+
+    /// A status-line message.
+    pub fn notify(&mut self, text: impl Into<String>) {
+        self.notices.push(Notice {
+            text: text.into(),
+            is_error: false,
+        });
+    }
+
+    /// A status-line error.
+    pub fn error(&mut self, text: impl Into<String>) {
+        self.notices.push(Notice {
+            text: text.into(),
+            is_error: true,
+        });
+    }
+
+    /// The next number of a splitmix64 sequence (seed dice, ABX order).
+    pub fn random_u64(&mut self) -> u64 {
+        self.rng_state = self.rng_state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.rng_state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// The model the plan and Generate are about: the loaded one, else the candidate.
+    pub fn current_model(&self) -> Option<&str> {
+        self.loaded
+            .as_ref()
+            .map(|l| l.model.as_str())
+            .or(self.candidate.as_ref().map(|c| c.model.as_str()))
+    }
+
+    /// p50 and p99 of recent frame times in milliseconds.
+    pub fn frame_percentiles(&self) -> Option<(f32, f32)> {
+        if self.frame_ms.is_empty() {
+            return None;
+        }
+        let mut v = self.frame_ms.clone();
+        v.sort_by(f32::total_cmp);
+        let at = |q: f32| v[((v.len() - 1) as f32 * q).round() as usize];
+        Some((at(0.5), at(0.99)))
+    }
+}

@@ -1,0 +1,116 @@
+//! `headroom ab MODEL [REQUEST] --a KNOBS --b KNOBS --out DIR`: two runs that differ only in
+//! knobs, and the numbers that compare them.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Result, bail};
+use clap::Args;
+use headroom_engine::{Knobs, ModelRef, Request, compare, media};
+
+use super::args::{KnobArgs, RequestArgs};
+use super::print_json;
+use super::run_cmd::{Outcome, execute};
+
+/// Arguments of `ab`.
+#[derive(Args, Debug)]
+pub struct AbArgs {
+    /// A model path or builtin:NAME.
+    pub model: String,
+    #[command(flatten)]
+    pub request: RequestArgs,
+    /// Knobs shared by both runs.
+    #[command(flatten)]
+    pub knobs: KnobArgs,
+    /// Run A's knobs: `precision=f32,slicing.attention_slice=0` (profile names).
+    #[arg(long = "a", default_value = "")]
+    pub a: String,
+    /// Run B's knobs: `precision.unet=q4k`.
+    #[arg(long = "b", default_value = "")]
+    pub b: String,
+    /// Folder for both runs (in a/ and b/).
+    #[arg(long)]
+    pub out: std::path::PathBuf,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs A and B and prints the comparison.
+pub fn run(args: &AbArgs) -> Result<ExitCode> {
+    let model = ModelRef::parse(&args.model);
+    let mut request = Request::default();
+    args.request.apply(&mut request)?;
+    let mut shared = Knobs::default();
+    args.knobs.apply(&mut shared)?;
+    let (mut ka, mut kb) = (shared, shared);
+    ka.apply_list(None, &args.a)?;
+    kb.apply_list(None, &args.b)?;
+    if ka == kb {
+        bail!("ab: --a and --b give the same knobs; name what differs, e.g. --a precision=f32 --b precision.unet=q4k");
+    }
+    let a = execute(&model, &request, &ka, &args.out.join("a"), !args.json)?;
+    let b = execute(&model, &request, &kb, &args.out.join("b"), !args.json)?;
+    let metrics = metrics(&a, &b)?;
+    if args.json {
+        print_json(&serde_json::json!({ "a": a.to_json(), "b": b.to_json(), "metrics": metrics }));
+    } else {
+        println!("A: {}", ka.diff(&kb).iter().map(|k| format!("{k}={}", value_of(&ka, k))).collect::<Vec<_>>().join(","));
+        println!("B: {}", ka.diff(&kb).iter().map(|k| format!("{k}={}", value_of(&kb, k))).collect::<Vec<_>>().join(","));
+        if let Some(m) = metrics.as_object() {
+            for (k, v) in m {
+                println!("  {k:<24} {v}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn value_of(k: &Knobs, key: &str) -> String {
+    k.to_pairs().into_iter().find(|p| p.0 == key).map(|p| p.1).unwrap_or_default()
+}
+
+fn total_ms(o: &Outcome) -> u64 {
+    o.telemetry.timings_ms.iter().filter(|(k, _)| k.as_str() != "load").map(|(_, v)| *v).sum()
+}
+
+fn peak(o: &Outcome) -> u64 {
+    o.telemetry.peak_vram_bytes.max(o.telemetry.peak_ram_bytes)
+}
+
+fn ratio(b: u64, a: u64) -> f64 {
+    if a == 0 { f64::NAN } else { b as f64 / a as f64 }
+}
+
+/// The `metrics` object: quality of B against A, and B/A ratios of time, memory and weights.
+fn metrics(a: &Outcome, b: &Outcome) -> Result<serde_json::Value> {
+    let (Some(pa), Some(pb)) = (a.outputs.first(), b.outputs.first()) else {
+        bail!("ab: a run wrote no output");
+    };
+    let mut m = serde_json::Map::new();
+    if is_ext(pa, "png") {
+        let (ia, _) = media::read_png(pa)?;
+        let (ib, _) = media::read_png(pb)?;
+        m.insert("psnr_db".into(), finite(compare::psnr_db(&ia, &ib)?));
+        m.insert("ssim".into(), finite(compare::ssim(&ia, &ib)?));
+        m.insert("max_abs_diff".into(), compare::max_abs_diff(&ia, &ib)?.into());
+    } else {
+        let (aa, _) = media::read_wav(pa)?;
+        let (ab, _) = media::read_wav(pb)?;
+        m.insert("snr_db".into(), finite(compare::snr_db(&aa, &ab)?));
+        m.insert("log_spectral_distance".into(), finite(compare::log_spectral_distance(&aa, &ab)?));
+    }
+    m.insert("time_ratio".into(), finite(ratio(total_ms(b), total_ms(a))));
+    m.insert("peak_memory_ratio".into(), finite(ratio(peak(b), peak(a))));
+    m.insert("weight_bytes_ratio".into(), finite(ratio(b.weight_bytes, a.weight_bytes)));
+    Ok(serde_json::Value::Object(m))
+}
+
+/// JSON has no infinity: identical outputs give a PSNR of `"inf"`.
+fn finite(v: f64) -> serde_json::Value {
+    if v.is_finite() { v.into() } else if v > 0.0 { "inf".into() } else { serde_json::Value::Null }
+}
+
+fn is_ext(p: &Path, ext: &str) -> bool {
+    p.extension().is_some_and(|e| e.eq_ignore_ascii_case(ext))
+}

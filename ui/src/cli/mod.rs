@@ -1,0 +1,94 @@
+//! The headless CLI: the same engine as the app, driven from a terminal or a script.
+//!
+//! Every subcommand takes `--json`, which prints exactly one JSON object on stdout (the keys in
+//! DESIGN.md's CLI contract); errors print one line for a person on stderr, and in `--json` mode
+//! an `{"error", "detail"}` object on stdout too, with a non-zero exit code.
+
+mod args;
+mod compare_cmd;
+mod inspect;
+mod plan_cmd;
+mod progress;
+mod run_cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+
+/// Headroom: run heavy image and audio models in the memory you have.
+#[derive(Parser, Debug)]
+#[command(name = "headroom", version, about, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Model or output files to open in the desktop app (as if dropped on it).
+    pub paths: Vec<PathBuf>,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Show what a model file is: format, family, tensors, parameters, bytes per precision.
+    Inspect(inspect::InspectArgs),
+    /// Predict memory per device for a model with knobs and a request, and say whether it fits.
+    Plan(plan_cmd::PlanArgs),
+    /// Write the initial noise the engine would use for a seed and shape.
+    Noise(run_cmd::NoiseArgs),
+    /// Generate outputs and their profiles.
+    Run(run_cmd::RunArgs),
+    /// Rerun a profile (or an output with one embedded) and compare the result.
+    Reproduce(run_cmd::ReproduceArgs),
+    /// Run twice with different knobs and compare quality, time and memory.
+    Ab(compare_cmd::AbArgs),
+}
+
+/// Runs a subcommand, printing its result or its error, and returns the exit code.
+pub fn run(command: Command) -> ExitCode {
+    let (json, result) = match command {
+        Command::Inspect(a) => (a.json, inspect::run(&a)),
+        Command::Plan(a) => (a.json, plan_cmd::run(&a)),
+        Command::Noise(a) => (a.json, run_cmd::noise(&a)),
+        Command::Run(a) => (a.json, run_cmd::run(&a)),
+        Command::Reproduce(a) => (a.json, run_cmd::reproduce(&a)),
+        Command::Ab(a) => (a.json, compare_cmd::run(&a)),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            report_error(json, &e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints an error: one line on stderr, and the JSON error object on stdout in `--json` mode.
+fn report_error(json: bool, e: &anyhow::Error) {
+    let message = e.to_string();
+    let detail: Vec<String> = e.chain().skip(1).map(|c| c.to_string()).collect();
+    eprintln!("headroom: {message}");
+    for d in &detail {
+        eprintln!("  caused by: {d}");
+    }
+    if json {
+        println!("{}", serde_json::json!({ "error": message, "detail": detail.join("; ") }));
+    }
+}
+
+/// Prints one JSON value on stdout.
+fn print_json(v: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string()));
+}
+
+/// Formats a byte count for people: `1.23 GiB`.
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{b} B") } else { format!("{v:.2} {}", UNITS[u]) }
+}

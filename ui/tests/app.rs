@@ -1,0 +1,224 @@
+//! The desktop app driven headlessly with egui_kittest and a fake engine (the real worker and
+//! model families are not needed to check what the panels do with their answers).
+
+mod common;
+
+use common::{FakeBackend, drop_files, harness, plan_bar_text};
+use egui_kittest::kittest::{NodeT as _, Queryable as _};
+use headroom_engine::Request;
+use headroom_ui::app::backend::RestoredView;
+use headroom_ui::app::state::SavedState;
+
+/// Dropping a model file shows its inspect summary (format, family, parameters) and the plan.
+#[test]
+fn dropping_a_model_shows_its_summary() {
+    let mut h = harness(FakeBackend::new());
+    drop_files(&mut h, &["/models/sd15.safetensors"]);
+    assert_eq!(
+        h.state().rt.candidate.as_ref().map(|c| c.model.as_str()),
+        Some("/models/sd15.safetensors")
+    );
+    h.get_by_label("Stable Diffusion 1.x");
+    h.get_by_label("1.07 B");
+    h.get_by_label("Plan: fits");
+    assert!(
+        h.query_by_label("Load").is_some(),
+        "a model that fits offers Load"
+    );
+}
+
+/// Choosing q4k for all components shrinks the predicted bytes and the plan bar says so.
+#[test]
+fn changing_a_knob_updates_the_plan_bar() {
+    let mut h = harness(FakeBackend::new());
+    drop_files(&mut h, &["/models/sd15.safetensors"]);
+    let before = plan_bar_text(h.state()).expect("a plan");
+    h.get_by_label(&before);
+    // "q4k" is also a row of the summary's bytes-per-precision table: click the button.
+    h.get_all_by_label("q4k")
+        .find(|n| n.accesskit_node().role() != egui::accesskit::Role::Label)
+        .expect("a q4k button")
+        .click();
+    h.run_steps(3);
+    let after = plan_bar_text(h.state()).expect("a plan");
+    assert_ne!(before, after);
+    h.get_by_label(&after);
+    assert!(
+        h.query_by_label(&before).is_none(),
+        "the old figure is gone"
+    );
+    assert_eq!(
+        h.state().state.knobs.precision.unet,
+        headroom_engine::knobs::Precision::Q4K
+    );
+}
+
+/// A model that does not fit is not loaded by Load: the button is disabled and Load anyway is offered.
+#[test]
+fn a_model_that_does_not_fit_is_not_loaded_blindly() {
+    let mut fake = FakeBackend::new();
+    fake.budget_bytes = 1 << 30;
+    let mut h = harness(fake);
+    drop_files(&mut h, &["/models/sd15.safetensors"]);
+    h.get_by_label("Plan: does not fit");
+    h.get_by_label("Load").click();
+    h.run_steps(3);
+    assert!(h.state().rt.loaded.is_none() && h.state().rt.loading.is_none());
+    h.get_by_label("Load anyway").click();
+    h.run_steps(3);
+    assert!(h.state().rt.loaded.is_some());
+}
+
+/// Load then Generate (fake engine) ends with an output card showing the run's seed.
+#[test]
+fn generate_produces_an_output_card() {
+    let mut h = harness(FakeBackend::new());
+    drop_files(&mut h, &["/models/sd15.safetensors"]);
+    h.get_by_label("Load").click();
+    h.run_steps(3);
+    assert!(h.state().rt.loaded.is_some());
+    h.get_by_label("Generate").click();
+    h.run_steps(6);
+    assert_eq!(h.state().rt.outputs.len(), 1);
+    assert!(h.state().rt.run.is_none());
+    h.get_by_label("seed 42");
+    h.get_by_label("Save as…");
+}
+
+/// Ctrl+Enter generates too, and an unlocked seed changes per run.
+#[test]
+fn ctrl_enter_generates_with_a_fresh_seed_when_unlocked() {
+    let mut h = harness(FakeBackend::new());
+    drop_files(&mut h, &["/models/sd15.safetensors"]);
+    h.get_by_label("Lock").click();
+    h.run_steps(2);
+    assert!(!h.state().state.seed_locked);
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Enter);
+    h.run_steps(6);
+    assert_eq!(h.state().rt.outputs.len(), 1);
+    assert_ne!(
+        h.state().rt.outputs[0].record.request.seed,
+        Request::default().seed
+    );
+}
+
+/// Dropping an output PNG restores the seed and prompt it carries.
+#[test]
+fn dropping_an_output_png_restores_seed_and_prompt() {
+    let mut fake = FakeBackend::new();
+    let request = Request {
+        prompt: "a teal triangle".into(),
+        seed: 1234,
+        ..Request::default()
+    };
+    fake.restorable.insert(
+        "/outputs/run7.png".into(),
+        RestoredView {
+            request,
+            knobs: None,
+            model_hint: None,
+            mapped: vec!["seed".into(), "prompt".into()],
+            unmapped: vec![],
+        },
+    );
+    let mut h = harness(fake);
+    drop_files(&mut h, &["/outputs/run7.png"]);
+    assert_eq!(h.state().state.request.seed, 1234);
+    assert_eq!(h.state().state.request.prompt, "a teal triangle");
+    assert!(
+        h.query_all_by_value("a teal triangle").next().is_some(),
+        "the prompt box shows it"
+    );
+}
+
+/// Two outputs make an A/B pair, and an ABX test scores answers with a p-value.
+#[test]
+fn ab_and_abx_score() {
+    let mut h = harness(FakeBackend::new());
+    drop_files(&mut h, &["/models/sd15.safetensors"]);
+    h.get_by_label("Load").click();
+    h.run_steps(3);
+    for _ in 0..2 {
+        h.get_by_label("Generate").click();
+        h.run_steps(6);
+    }
+    assert_eq!((h.state().rt.ab.a, h.state().rt.ab.b), (Some(0), Some(1)));
+    h.get_by_label("A/B").click();
+    h.run_steps(2);
+    h.get_by_label("PSNR dB");
+    h.get_by_label("Start ABX").click();
+    h.run_steps(2);
+    let trials = h.state().state.abx_trials as usize;
+    for i in 0..trials {
+        let x_is_a = h.state().rt.ab.abx.as_ref().unwrap().x_is_a[i];
+        h.get_by_label(if x_is_a { "X is A" } else { "X is B" })
+            .click();
+        h.run_steps(1);
+    }
+    h.run_steps(2);
+    let abx = h.state().rt.ab.abx.clone().unwrap();
+    assert_eq!(
+        abx.answers,
+        vec![true; trials],
+        "every answer counted right"
+    );
+    h.get_by_label_contains(&format!("Score {trials}/{trials}"));
+}
+
+/// Saved state keeps defaults for fields it does not name (older saves still load).
+#[test]
+fn saved_state_fills_missing_fields() {
+    let s: SavedState = serde_json::from_str(r#"{"seed_locked": false}"#).unwrap();
+    assert!(!s.seed_locked);
+    assert_eq!(s.request.steps, SavedState::default().request.steps);
+    let back: SavedState = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+    assert_eq!(back, s);
+}
+
+/// An audio output shows a waveform; Play plays it through the player (mock device here) and a
+/// click on the waveform seeks.
+#[test]
+fn audio_output_plays_and_seeks() {
+    use headroom_ui::audio::Player;
+    use headroom_ui::audio::mock::MockOutput;
+    let mut fake = FakeBackend::new();
+    let samples = (0..16_000).map(|i| (i as f32 * 0.03).sin() * 0.6).collect();
+    fake.media = Some(headroom_ui::app::backend::Media::Audio(
+        headroom_engine::media::Audio {
+            sample_rate: 8000,
+            samples,
+        },
+    ));
+    let mut h = harness(fake);
+    h.state_mut().rt.player = Some(
+        Player::spawn(MockOutput {
+            realtime: true,
+            ..MockOutput::default()
+        })
+        .unwrap(),
+    );
+    drop_files(&mut h, &["/models/sd15.safetensors"]);
+    h.get_by_label("Generate").click();
+    h.run_steps(6);
+    assert_eq!(h.state().rt.outputs.len(), 1);
+    assert!(
+        !h.state().rt.outputs[0].envelope.is_empty(),
+        "a waveform to draw"
+    );
+    h.get_by_label("Play").click();
+    h.run_steps(2);
+    let player = h.state().rt.player.as_ref().unwrap();
+    assert!(player.is_playing());
+    // A click lands in the middle of the waveform.
+    h.get_by_label("waveform").click();
+    h.run_steps(2);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let at = h.state().rt.player.as_ref().unwrap().position_fraction();
+    assert!(
+        (0.45..0.8).contains(&at),
+        "seeked to about the middle: {at}"
+    );
+    h.get_by_label("Pause").click();
+    h.run_steps(2);
+    assert!(!h.state().rt.player.as_ref().unwrap().is_playing());
+}
