@@ -29,40 +29,18 @@ pub trait NoiseSource {
 /// Makes the noise stream for a seed (image `i` of a batch gets `seed + i`).
 pub type NoiseFactory = Box<dyn Fn(u64) -> Box<dyn NoiseSource> + Send>;
 
-/// The default noise until the engine's torch-compatible generator (`crate::rng`) is wired in:
-/// SplitMix64 + Box–Muller. Deterministic per seed, but NOT torch's numbers.
-struct SplitMixNoise {
-    state: u64,
-}
-
-impl SplitMixNoise {
-    fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn uniform(&mut self) -> f64 {
-        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-}
-
-impl NoiseSource for SplitMixNoise {
+impl NoiseSource for crate::rng::TorchCpuRng {
     fn randn(&mut self, numel: usize) -> Vec<f32> {
-        (0..numel)
-            .map(|_| {
-                let (u1, u2) = (self.uniform(), self.uniform());
-                ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
-            })
-            .collect()
+        crate::rng::TorchCpuRng::randn(self, numel)
     }
 }
 
-/// The noise every run uses unless [`LatentDiffusion::set_noise`] replaced it.
+/// The noise every run uses unless [`LatentDiffusion::set_noise`] replaced it: the engine's
+/// torch-compatible CPU generator, so seed `s` gives `torch.randn(shape,
+/// generator=torch.Generator().manual_seed(s))` for the initial latents, and an ancestral
+/// sampler's per-step noise continues that same stream, as diffusers does with one generator.
 pub fn default_noise() -> NoiseFactory {
-    Box::new(|seed| Box::new(SplitMixNoise { state: seed }))
+    Box::new(|seed| Box::new(crate::rng::TorchCpuRng::new(seed)))
 }
 
 /// A loaded Stable Diffusion 1.x/2.x model.

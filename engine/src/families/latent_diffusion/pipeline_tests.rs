@@ -206,3 +206,19 @@ fn half_precisions_on_cpu() {
     assert!(max_diff(&img, &r["image_euler"]) <= 1e-3);
     assert!(obs.notes.iter().filter(|n| n.contains("bf16")).count() == 3, "{:?}", obs.notes);
 }
+
+/// With the default (torch-compatible) noise, seed 42 reproduces diffusers' images directly,
+/// ancestral per-step noise included.
+#[test]
+fn torch_noise_reproduces_diffusers() {
+    for name in ["tiny-sd1", "tiny-sd2"] {
+        let r = refs(name);
+        let mut model = load(&fixture(name), &Knobs::default()).unwrap();
+        for (key, kind) in [("euler", Scheduler::Euler), ("euler_a", Scheduler::EulerAncestral)] {
+            let req = Request { scheduler: kind, ..request(name) };
+            let img = model.run(&req, &mut Recorder::default()).unwrap();
+            let d = max_diff(&img, &r[&format!("image_{key}")]);
+            assert!(d <= 1e-3, "{name} {key}: {d}");
+        }
+    }
+}
