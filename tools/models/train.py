@@ -40,7 +40,7 @@ BETAS = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_
 SETTINGS = {
     # samples, share of the time for the VAE, hidden size of the text encoder, UNet widths
     "shapes": dict(samples=20000, vae_share=0.3, text_hidden=32, unet_channels=(32, 64, 64)),
-    "melodies": dict(samples=6000, vae_share=0.3, text_hidden=32, unet_channels=(32, 64, 64)),
+    "melodies": dict(samples=4000, vae_share=0.3, text_hidden=32, unet_channels=(32, 64, 64)),
 }
 
 
