@@ -13,19 +13,22 @@ Three stages, one process, one CPU thread:
 
     /work/venv/bin/python tools/models/train.py --model shapes --seed 0 --minutes 20
 """
-import argparse
-import hashlib
-import importlib
-import json
-import math
-import shutil
-import sys
-import time
-from pathlib import Path
+import os
 
-import numpy as np
-import torch
-import torch.nn.functional as F
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")  # one thread: numpy's BLAS threads only contend on a busy machine
+
+import argparse  # noqa: E402
+import importlib  # noqa: E402
+import math  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
