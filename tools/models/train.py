@@ -167,6 +167,16 @@ def train_diffusion(text_encoder, unet, ids, mean, std, scale, seconds, rng, bat
     return dict(steps=step, final_loss=ema, seconds=time.time() - t0, batch=batch)
 
 
+def install_tokenizer(out: Path):
+    """Replaces the saved tokenizer/ with the project's CLIP vocabulary files (vocab.json, merges.txt,
+    tokenizer_config.json, special_tokens_map.json), the layout Stable Diffusion checkpoints ship."""
+    tok = out / "tokenizer"
+    shutil.rmtree(tok, ignore_errors=True)
+    tok.mkdir(parents=True)
+    for name in ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copyfile(REPO / "assets" / "clip" / name, tok / name)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", choices=list(SETTINGS), required=True)
@@ -216,6 +226,7 @@ def main():
     for sub in ("text_encoder", "tokenizer", "unet", "vae", "scheduler"):
         shutil.rmtree(out / sub, ignore_errors=True)
     pipe.save_pretrained(out, safe_serialization=True)
+    install_tokenizer(out)
     minutes = (time.time() - started) / 60
     model_toml.write(
         out, a.model, meta, command,
