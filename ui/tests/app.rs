@@ -222,3 +222,24 @@ fn audio_output_plays_and_seeks() {
     h.run_steps(2);
     assert!(!h.state().rt.player.as_ref().unwrap().is_playing());
 }
+
+/// On first start (no paths, no last model) the built-in image model is inspected and loaded.
+#[test]
+fn first_start_loads_the_builtin_model() {
+    let mut h = harness(FakeBackend::new());
+    h.state_mut().start(Vec::new());
+    h.run_steps(3);
+    let app = h.state();
+    assert_eq!(app.rt.loaded.as_ref().map(|l| l.model.as_str()), Some("builtin:shapes"));
+}
+
+/// Opening the app on a user's own model inspects it but does not load it unasked.
+#[test]
+fn start_with_a_path_does_not_load_it() {
+    let mut h = harness(FakeBackend::new());
+    h.state_mut().start(vec!["/models/sd15.safetensors".into()]);
+    h.run_steps(3);
+    let app = h.state();
+    assert_eq!(app.rt.candidate.as_ref().map(|c| c.model.as_str()), Some("/models/sd15.safetensors"));
+    assert!(app.rt.loaded.is_none());
+}

@@ -82,7 +82,8 @@ impl HeadroomApp {
     }
 
     /// First-frame work: open the given paths, else inspect the last model used (or the
-    /// built-in image model) so the plan is there at once.
+    /// built-in image model) so the plan is there at once; a built-in model (small, known to
+    /// fit) is loaded straight away, so the app is ready to generate on first start.
     pub fn start(&mut self, initial_paths: Vec<PathBuf>) {
         if !initial_paths.is_empty() {
             self.rt.commands.push(AppCommand::OpenPaths(initial_paths));
@@ -92,7 +93,10 @@ impl HeadroomApp {
                 .last_model
                 .clone()
                 .unwrap_or_else(|| "builtin:shapes".into());
-            self.rt.commands.push(AppCommand::InspectModel(model));
+            self.rt.commands.push(AppCommand::InspectModel(model.clone()));
+            if model.starts_with("builtin:") {
+                self.rt.commands.push(AppCommand::LoadModel { model, force: false });
+            }
         }
     }
 
