@@ -215,3 +215,31 @@ fn example_profiles_parse() {
     }
     assert!(n >= 1, "profiles/ has example profiles");
 }
+
+/// Every embedded model's weights match the sha256 in its manifest, and a few steps of it run.
+#[test]
+fn embedded_models_match_manifest_and_run() {
+    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&models).unwrap() {
+        let dir = entry.unwrap().path();
+        let manifest = dir.join("model.toml");
+        if !manifest.is_file() {
+            continue;
+        }
+        let m: toml::Table = std::fs::read_to_string(&manifest).unwrap().parse().unwrap();
+        let hashes = m["sha256"].as_table().expect("[sha256] in the manifest");
+        assert!(!hashes.is_empty());
+        for (file, want) in hashes {
+            let got = headroom_engine::fsutil::sha256_file(&dir.join(file)).unwrap();
+            assert_eq!(&got, want.as_str().unwrap(), "{}/{file}", dir.display());
+        }
+        let name = dir.file_name().unwrap().to_str().unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let res = headroom(&["run", &format!("builtin:{name}"), "--steps", "2", "--out", out.path().to_str().unwrap(), "--json"]);
+        assert!(res.status.success(), "builtin:{name}: {}", String::from_utf8_lossy(&res.stderr));
+        assert!(Path::new(json(&res)["outputs"][0].as_str().unwrap()).is_file());
+        checked += 1;
+    }
+    assert!(checked >= 1, "models/ holds the embedded models");
+}
