@@ -243,3 +243,13 @@ fn embedded_models_match_manifest_and_run() {
     }
     assert!(checked >= 1, "models/ holds the embedded models");
 }
+
+/// A built-in model runs at its native size when the request names none.
+#[test]
+fn builtin_runs_at_native_size() {
+    let out = tempfile::tempdir().unwrap();
+    let res = headroom(&["run", "builtin:melodies", "--steps", "1", "--out", out.path().to_str().unwrap(), "--json"]);
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    let profile = headroom_engine::profile::Profile::load(Path::new(json(&res)["profile"].as_str().unwrap())).unwrap();
+    assert_eq!((profile.request.width, profile.request.height), (128, 64));
+}

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Result, bail};
 use clap::Args;
-use headroom_engine::{Knobs, ModelRef, Request, compare, media};
+use headroom_engine::{Knobs, ModelRef, compare, media};
 
 use super::args::{KnobArgs, RequestArgs};
 use super::print_json;
@@ -39,7 +39,7 @@ pub struct AbArgs {
 /// Runs A and B and prints the comparison.
 pub fn run(args: &AbArgs) -> Result<ExitCode> {
     let model = ModelRef::parse(&args.model);
-    let mut request = Request::default();
+    let mut request = super::run_cmd::native_request(&model);
     args.request.apply(&mut request)?;
     let mut shared = Knobs::default();
     args.knobs.apply(&mut shared)?;

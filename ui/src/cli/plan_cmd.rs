@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Args;
 use headroom_engine::plan::{Plan, plan_model};
-use headroom_engine::{Knobs, ModelRef, Request};
+use headroom_engine::{Knobs, ModelRef};
 
 use super::args::{KnobArgs, RequestArgs, parse_size};
 use super::{human_bytes, print_json};
@@ -32,10 +32,11 @@ pub struct PlanArgs {
 pub fn run(a: &PlanArgs) -> Result<ExitCode> {
     let mut knobs = Knobs::default();
     a.knobs.apply(&mut knobs)?;
-    let mut request = Request::default();
+    let model = ModelRef::parse(&a.model);
+    let mut request = super::run_cmd::native_request(&model);
     a.request.apply(&mut request)?;
     request.validate()?;
-    let p = plan_model(&ModelRef::parse(&a.model), &knobs, &request, a.budget)?;
+    let p = plan_model(&model, &knobs, &request, a.budget)?;
     if a.json {
         print_json(&serde_json::to_value(&p)?);
     } else {

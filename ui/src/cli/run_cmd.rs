@@ -145,7 +145,11 @@ pub fn run(a: &RunArgs) -> Result<ExitCode> {
             let model = a.model.as_deref().map_or_else(|| ModelRef::parse(&prof.model.source), ModelRef::parse);
             (model, prof.request.clone(), prof.knobs)
         }
-        (None, Some(m)) => (ModelRef::parse(m), Request::default(), Knobs::default()),
+        (None, Some(m)) => {
+            let model = ModelRef::parse(m);
+            let request = native_request(&model);
+            (model, request, Knobs::default())
+        }
         (None, None) => bail!("run: name a MODEL (a path or builtin:NAME) or --profile FILE"),
     };
     a.request.apply(&mut request)?;
@@ -160,6 +164,16 @@ pub fn run(a: &RunArgs) -> Result<ExitCode> {
         println!("{}", outcome.profile_path.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The default request for a model: its native size where its manifest gives one.
+pub fn native_request(model: &ModelRef) -> Request {
+    let mut r = Request::default();
+    if let Some((w, h)) = headroom_engine::model::native_size(model) {
+        r.width = w;
+        r.height = h;
+    }
+    r
 }
 
 /// Exit code of `reproduce` when the rerun differs (errors exit with 1).
