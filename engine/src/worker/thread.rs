@@ -171,18 +171,15 @@ impl Worker {
         if let Err(e) = request.validate() {
             return vec![error_event(&e, "")];
         }
-        let Some(loaded) = self.loaded.as_mut() else {
-            return vec![Event::Error {
-                message: "no model loaded".into(),
-                detail: "load a model before generating".into(),
-            }];
-        };
+        if self.loaded.is_none() {
+            return vec![no_model()];
+        }
         if self.cancel.is_cancelled(seq) {
             return vec![Event::Cancelled];
         }
-        let mut recorder = match &self.gpu {
-            Some(g) => RunRecorder::start_with_gpus(g),
-            None => RunRecorder::start(),
+        let mut recorder = self.recorder();
+        let Some(loaded) = self.loaded.as_mut() else {
+            return vec![no_model()];
         };
         let mut obs = Observer {
             events: &self.events,
@@ -246,6 +243,11 @@ impl Worker {
         };
         vec![Event::Telemetry(telemetry), end]
     }
+}
+
+/// The answer to `Generate` when nothing is loaded.
+fn no_model() -> Event {
+    Event::Error { message: "no model loaded".into(), detail: "load a model before generating".into() }
 }
 
 /// The planner's answer to [`Command::Plan`]. The one place the worker calls the planner.

@@ -274,13 +274,7 @@ impl HeadroomApp {
             rt.error(e);
             return;
         }
-        let t = rt
-            .backend
-            .memory_history()
-            .last()
-            .map(|p| p.t_secs)
-            .unwrap_or(0.0);
-        rt.run_marks.push((t, "start".into()));
+        rt.mark_run_event("start");
         rt.run = Some(super::state::RunProgress {
             stage: "queued".into(),
             step: 0,

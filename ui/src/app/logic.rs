@@ -110,33 +110,23 @@ impl HeadroomApp {
                     total: 0,
                     started: Instant::now(),
                 });
-                if run.stage != stage {
-                    let t = rt
-                        .backend
-                        .memory_history()
-                        .last()
-                        .map(|p| p.t_secs)
-                        .unwrap_or(0.0);
-                    rt.run_marks.push((t, stage.clone()));
-                }
+                let started = run.started;
+                let new_stage = run.stage != stage;
                 *run = RunProgress {
-                    stage,
+                    stage: stage.clone(),
                     step,
                     total,
-                    started: run.started,
+                    started,
                 };
+                if new_stage {
+                    rt.mark_run_event(stage);
+                }
             }
             EngineEvent::Preview(Preview::Image(img)) => rt.preview = texture(ctx, "preview", &img),
             EngineEvent::Preview(Preview::Waveform(w)) => rt.preview_wave = w,
             EngineEvent::Output(record) => {
                 rt.run = None;
-                let t = rt
-                    .backend
-                    .memory_history()
-                    .last()
-                    .map(|p| p.t_secs)
-                    .unwrap_or(0.0);
-                rt.run_marks.push((t, "done".into()));
+                rt.mark_run_event("done");
                 let reproduction = rt.expect.take().map(|e| {
                     let drift = rt.backend.drift(&e.original, &record);
                     if drift.is_empty() { Ok(()) } else { Err(drift) }

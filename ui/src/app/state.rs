@@ -208,6 +208,12 @@ pub struct Runtime {
 }
 
 impl Runtime {
+    /// Marks a run event (`start`, a stage name, `done`) on the gauges at the latest sample's time.
+    pub fn mark_run_event(&mut self, label: impl Into<String>) {
+        let t = self.backend.memory_history().last().map_or(0.0, |p| p.t_secs);
+        self.run_marks.push((t, label.into()));
+    }
+
     /// Fresh runtime state around a back end.
     pub fn new(backend: Box<dyn Backend>, out_dir: PathBuf) -> Self {
         let seed = std::time::SystemTime::now()
