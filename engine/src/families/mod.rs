@@ -3,6 +3,7 @@
 pub mod latent_diffusion;
 
 use crate::error::{Error, Result};
+use crate::formats::Format;
 use crate::knobs::Knobs;
 use crate::model::ModelRef;
 use crate::request::Request;
@@ -47,10 +48,14 @@ pub fn load(model: &ModelRef, knobs: &Knobs, obs: &mut dyn RunObserver) -> Resul
         return Ok(Box::new(latent_diffusion::load(&path, knobs)?));
     }
     let insp = crate::formats::inspect(&path)?;
+    // a single file is tried as an LDM checkpoint, which names a few keys when it is not one
+    if matches!(insp.format, Format::Safetensors | Format::Ckpt) && path.is_file() {
+        return Ok(Box::new(latent_diffusion::load(&path, knobs)?));
+    }
     Err(Error::file(
         &path,
         format!(
-            "a {} {} cannot be run yet: this build runs Stable Diffusion 1.x/2.x diffusers folders",
+            "a {} {} cannot be run yet: this build runs Stable Diffusion 1.x/2.x (diffusers folders and single-file checkpoints)",
             insp.family.label,
             insp.format.name()
         ),

@@ -23,6 +23,88 @@ const WRAPPERS: &[&str] = &["state_dict", "model_state_dict", "state_dict_ema", 
 
 /// Reads a PyTorch zip checkpoint's tensor names, dtypes and shapes.
 pub(crate) fn read(path: &Path) -> Result<Loaded> {
+    let (located, metadata, warnings) = locate(path)?;
+    let tensors = located
+        .into_iter()
+        .map(|t| {
+            let bytes = t.elements() * t.elem_bytes;
+            TensorInfo { name: t.name, dtype: t.dtype.to_string(), shape: t.shape, bytes: Some(bytes) }
+        })
+        .collect();
+    Ok(Loaded { format: Format::Ckpt, tensors, metadata, warnings, files: vec![path.to_path_buf()] })
+}
+
+/// Where one tensor's elements are inside a checkpoint archive.
+#[derive(Clone, Debug)]
+pub(crate) struct CkptTensor {
+    /// The flattened state-dict name.
+    pub name: String,
+    /// safetensors-style dtype name (`F32`, `F16`, `BF16`, …).
+    pub dtype: &'static str,
+    /// Bytes per element.
+    pub elem_bytes: u64,
+    pub shape: Vec<u64>,
+    /// Strides in elements.
+    pub stride: Vec<u64>,
+    /// First element's offset in its storage, in elements.
+    pub offset: u64,
+    /// The archive entry holding the storage.
+    pub entry: String,
+}
+
+impl CkptTensor {
+    /// Number of elements.
+    pub fn elements(&self) -> u64 {
+        self.shape.iter().product()
+    }
+
+    /// Whether the elements are laid out row-major without gaps.
+    pub fn is_contiguous(&self) -> bool {
+        let mut expect = 1u64;
+        for (&d, &s) in self.shape.iter().zip(&self.stride).rev() {
+            if d != 1 && s != expect {
+                return false;
+            }
+            expect *= d;
+        }
+        true
+    }
+}
+
+/// Reads one tensor's bytes (row-major, as stored) from an open archive.
+///
+/// # Errors
+/// A missing entry, a short read, or a non-contiguous tensor (a view torch saved with strides).
+pub(crate) fn read_tensor_bytes(zip: &mut zip::ZipArchive<File>, path: &Path, t: &CkptTensor) -> Result<Vec<u8>> {
+    if !t.is_contiguous() {
+        return Err(Error::file(
+            path,
+            format!("tensor '{}' is a strided view (shape {:?}, stride {:?}); save the checkpoint with contiguous tensors", t.name, t.shape, t.stride),
+        ));
+    }
+    let mut entry = zip.by_name(&t.entry).map_err(|e| Error::file(path, format!("{}: {e}", t.entry)))?;
+    let skip = t.offset * t.elem_bytes;
+    std::io::copy(&mut (&mut entry).take(skip), &mut std::io::sink()).map_err(|e| Error::io(path, e))?;
+    let n = (t.elements() * t.elem_bytes) as usize;
+    let mut buf = vec![0u8; n];
+    entry.read_exact(&mut buf).map_err(|e| Error::file(path, format!("tensor '{}': {e}", t.name)))?;
+    Ok(buf)
+}
+
+/// Opens a checkpoint archive for [`read_tensor_bytes`].
+///
+/// # Errors
+/// An unreadable file or one that is not a zip archive.
+pub(crate) fn open_archive(path: &Path) -> Result<zip::ZipArchive<File>> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    zip::ZipArchive::new(file).map_err(|e| Error::file(path, format!("not a readable zip archive: {e}")))
+}
+
+type Located = (Vec<CkptTensor>, BTreeMap<String, String>, Vec<String>);
+
+/// Reads a PyTorch zip checkpoint's tensors with where their bytes are, plus scalar metadata and
+/// warnings.
+pub(crate) fn locate(path: &Path) -> Result<Located> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let mut zip = zip::ZipArchive::new(file)
         .map_err(|e| Error::file(path, format!("not a readable zip archive: {e}")))?;
@@ -90,7 +172,7 @@ pub(crate) fn read(path: &Path) -> Result<Loaded> {
     finish(path, &prefix, &sizes, &un.heap, flat.out, metadata, warnings)
 }
 
-/// Checks each tensor against its storage and builds the tensor infos.
+/// Checks each tensor against its storage and says where it is.
 fn finish(
     path: &Path,
     prefix: &str,
@@ -99,7 +181,7 @@ fn finish(
     named: Vec<(String, usize)>,
     metadata: BTreeMap<String, String>,
     warnings: Vec<String>,
-) -> Result<Loaded> {
+) -> Result<Located> {
     let mut tensors = Vec::new();
     for (name, t) in named {
         let t = &heap.tensors[t];
@@ -123,10 +205,18 @@ fn finish(
                 _ => return Err(bad(format!("shape {:?} at offset {} reaches past its storage of {} elements", t.shape, t.offset, s.numel))),
             }
         }
-        let bytes = elements.checked_mul(s.elem_bytes).ok_or_else(|| bad("size overflows".into()))?;
-        tensors.push(TensorInfo { name, dtype: s.dtype.to_string(), shape: t.shape.clone(), bytes: Some(bytes) });
+        elements.checked_mul(s.elem_bytes).ok_or_else(|| bad("size overflows".into()))?;
+        tensors.push(CkptTensor {
+            name,
+            dtype: s.dtype,
+            elem_bytes: s.elem_bytes,
+            shape: t.shape.clone(),
+            stride: t.stride.clone(),
+            offset: t.offset,
+            entry,
+        });
     }
-    Ok(Loaded { format: Format::Ckpt, tensors, metadata, warnings, files: vec![path.to_path_buf()] })
+    Ok((tensors, metadata, warnings))
 }
 
 /// A dict key as a name part.

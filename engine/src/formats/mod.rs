@@ -8,7 +8,7 @@
 //! before anything is sliced or allocated, and a bad file gives one line naming it and the problem.
 
 mod bin;
-mod ckpt;
+pub(crate) mod ckpt;
 mod components;
 mod diffusers;
 mod ggml;

@@ -5,6 +5,7 @@
 //! an `{"error", "detail"}` object on stdout too, with a non-zero exit code.
 
 mod args;
+mod bench_cmd;
 mod compare_cmd;
 mod inspect;
 mod plan_cmd;
@@ -42,6 +43,8 @@ pub enum Command {
     Reproduce(run_cmd::ReproduceArgs),
     /// Run twice with different knobs and compare quality, time and memory.
     Ab(compare_cmd::AbArgs),
+    /// Time and measure one model under several knob settings (default: the mini model).
+    Bench(bench_cmd::BenchArgs),
 }
 
 /// Runs a subcommand, printing its result or its error, and returns the exit code.
@@ -53,6 +56,7 @@ pub fn run(command: Command) -> ExitCode {
         Command::Run(a) => (a.json, run_cmd::run(&a)),
         Command::Reproduce(a) => (a.json, run_cmd::reproduce(&a)),
         Command::Ab(a) => (a.json, compare_cmd::run(&a)),
+        Command::Bench(a) => (a.json, bench_cmd::run(&a)),
     };
     match result {
         Ok(code) => code,

@@ -1,20 +1,27 @@
 //! Latent diffusion: Stable Diffusion 1.x and 2.x. One file per module: [`tokenizer`] (CLIP BPE),
 //! [`clip`] (text encoder), [`blocks`] and [`unet`] (denoiser), [`vae`] and [`vae_tiling`] (autoencoder),
 //! [`schedulers`] (DDIM, Euler, Euler ancestral, DPM++ 2M), [`preview`] (latents → RGB) and
-//! [`pipeline`] (prompt → image, the [`crate::families::Family`] implementation), with [`folder`]
-//! reading a diffusers folder's configs and weights.
+//! [`pipeline`] (prompt → image, the [`crate::families::Family`] implementation). [`checkpoint`]
+//! opens what a model is loaded from: a diffusers folder ([`folder`]) or a single-file LDM
+//! checkpoint ([`single_file`], with the key map and inferred configs in [`ldm_keys`]).
 
 pub mod blocks;
+pub mod checkpoint;
 pub mod clip;
 pub mod folder;
+pub mod ldm_keys;
 pub mod pipeline;
 pub mod preview;
 pub mod schedulers;
+pub mod single_file;
+pub mod synthetic;
 pub mod tokenizer;
 pub mod unet;
 pub mod vae;
 pub mod vae_tiling;
 
+#[cfg(test)]
+mod ldm_tests;
 #[cfg(test)]
 mod parity_tests;
 #[cfg(test)]

@@ -5,13 +5,14 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
-use super::clip::{ClipConfig, ClipTextModel};
-use super::folder::{build, read_config, read_json, var_builder};
+use super::checkpoint::Checkpoint;
+use super::clip::ClipTextModel;
+use super::folder::build;
 use super::preview::latents_to_rgb;
 use super::schedulers::{Sampler, SchedulerConfig};
 use super::tokenizer::ClipTokenizer;
-use super::unet::{Unet, UnetConfig};
-use super::vae::{AutoencoderKl, VaeConfig};
+use super::unet::Unet;
+use super::vae::AutoencoderKl;
 use crate::error::{Error, Result};
 use crate::families::{Family, RunObserver};
 use crate::knobs::{Component, DeviceKind, Knobs, Precision};
@@ -78,17 +79,14 @@ pub fn candle_device(kind: DeviceKind) -> Result<Device> {
     }
 }
 
-/// Loads a diffusers Stable Diffusion folder (`model_index.json`, `tokenizer/`, `text_encoder/`,
-/// `unet/`, `vae/`, `scheduler/`) with the knobs that this family honours today: device,
+/// Loads a Stable Diffusion 1.x/2.x model — a diffusers folder (`model_index.json`, `tokenizer/`,
+/// `text_encoder/`, `unet/`, `vae/`, `scheduler/`) or a single-file LDM checkpoint — with the knobs that this family honours today: device,
 /// precision f32/f16/bf16 per component, `attention_slice` and `vae_tile`. Other knobs (quantized
 /// types, offload) are accepted and reported in the run's notes.
 ///
 /// # Errors
 /// A missing or malformed file or component, named; an unavailable device.
 pub fn load(path: &Path, knobs: &Knobs) -> Result<LatentDiffusion> {
-    if !path.join("model_index.json").is_file() {
-        return Err(Error::file(path, "not a diffusers folder (no model_index.json)"));
-    }
     let device = candle_device(knobs.device)?;
     let mut notes = Vec::new();
     let mut dtypes = [DType::F32; 3];
@@ -115,21 +113,20 @@ pub fn load(path: &Path, knobs: &Knobs) -> Result<LatentDiffusion> {
     }
     let slice = knobs.slicing.attention_slice as usize;
 
-    let tokenizer = ClipTokenizer::from_dir(&path.join("tokenizer"))?;
-    let dir = path.join("text_encoder");
-    let cfg: ClipConfig = read_config(&dir)?;
-    let (vb, n_text) = var_builder(&dir, text_dtype, &device)?;
-    let mut text = build(&dir, || ClipTextModel::new(&cfg, vb))?;
+    let source = Checkpoint::open(path)?;
+    notes.extend(source.notes());
+    let tokenizer = source.tokenizer()?;
+    let cfg = source.text_config()?;
+    let (vb, n_text) = source.weights(Component::Text, text_dtype, &device)?;
+    let mut text = build(&source.label(Component::Text), || ClipTextModel::new(&cfg, vb))?;
     text.attention_slice = slice;
 
-    let dir = path.join("unet");
-    let cfg: UnetConfig = read_config(&dir)?;
-    let (vb, n_unet) = var_builder(&dir, unet_dtype, &device)?;
-    let mut unet = build(&dir, || Unet::new(&cfg, vb))?;
+    let cfg = source.unet_config()?;
+    let (vb, n_unet) = source.weights(Component::Unet, unet_dtype, &device)?;
+    let mut unet = build(&source.label(Component::Unet), || Unet::new(&cfg, vb))?;
     unet.attention_slice = slice;
 
-    let dir = path.join("vae");
-    let cfg: VaeConfig = read_config(&dir)?;
+    let cfg = source.vae_config()?;
     // as diffusers: an autoencoder marked `force_upcast` (SD 1.x/2.x's overflows in f16) decodes in
     // f32 unless the user asked for f16 by name
     if cfg.force_upcast && vae_dtype == DType::F16 && knobs.precision.vae == Precision::Auto {
@@ -137,15 +134,12 @@ pub fn load(path: &Path, knobs: &Knobs) -> Result<LatentDiffusion> {
         vae_dtype = DType::F32;
         dtypes[2] = DType::F32;
     }
-    let (vb, n_vae) = var_builder(&dir, vae_dtype, &device)?;
-    let mut vae = build(&dir, || AutoencoderKl::new(&cfg, vb))?;
+    let (vb, n_vae) = source.weights(Component::Vae, vae_dtype, &device)?;
+    let mut vae = build(&source.label(Component::Vae), || AutoencoderKl::new(&cfg, vb))?;
     vae.attention_slice = slice;
     vae.tile = knobs.slicing.vae_tile as usize;
 
-    let sp = path.join("scheduler").join("scheduler_config.json");
-    let scheduler: SchedulerConfig = read_json(&sp)?;
-    scheduler.prediction().map_err(|e| Error::file(&sp, e))?;
-    scheduler.alphas_cumprod().map_err(|e| Error::file(&sp, e))?;
+    let scheduler = source.scheduler_config()?;
 
     Ok(LatentDiffusion {
         tokenizer,

@@ -117,6 +117,15 @@ impl ClipTokenizer {
         Ok(Self { tokenizer, bos, eos, pad, max_length })
     }
 
+    /// Pads with `token` from now on (SD 2.x's OpenCLIP tokenizer pads with `!`).
+    ///
+    /// # Errors
+    /// A token that is not in the vocabulary.
+    pub fn set_pad_token(&mut self, token: &str) -> std::result::Result<(), String> {
+        self.pad = self.tokenizer.token_to_id(token).ok_or_else(|| format!("pad token '{token}' is not in the vocabulary"))?;
+        Ok(())
+    }
+
     /// Tokenizes `text` to exactly `max_length` ids: start, up to `max_length − 2` tokens, end,
     /// padding. A longer prompt is cut, and [`Tokens::warning`] says so.
     ///

@@ -1,0 +1,154 @@
+//! What a Stable Diffusion model is loaded from: a diffusers folder (configs and weights per
+//! component) or a single-file LDM checkpoint (configs inferred, the standard CLIP vocabulary
+//! from `assets/clip`). Both give the pipeline the same things: a tokenizer, a config and a
+//! memory-mapped weight builder per component, and the scheduler config.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+
+use super::clip::ClipConfig;
+use super::folder::{read_config, read_json, var_builder};
+use super::ldm_keys::TextTower;
+use super::schedulers::SchedulerConfig;
+use super::single_file::SingleFile;
+use super::tokenizer::ClipTokenizer;
+use super::unet::UnetConfig;
+use super::vae::VaeConfig;
+use crate::error::{Error, Result};
+use crate::knobs::Component;
+
+/// A model's source of configs and weights.
+pub enum Checkpoint {
+    /// A diffusers folder (`model_index.json`).
+    Folder(PathBuf),
+    /// A single `.safetensors` / `.ckpt` file in the original LDM layout.
+    Single(Box<SingleFile>),
+}
+
+impl Checkpoint {
+    /// Opens a diffusers folder or a single-file checkpoint.
+    ///
+    /// # Errors
+    /// A folder without `model_index.json`, or a file that is not an SD 1.x/2.x LDM checkpoint.
+    pub fn open(path: &Path) -> Result<Self> {
+        if path.is_dir() {
+            if !path.join("model_index.json").is_file() {
+                return Err(Error::file(path, "not a diffusers folder (no model_index.json)"));
+            }
+            Ok(Checkpoint::Folder(path.to_path_buf()))
+        } else {
+            Ok(Checkpoint::Single(Box::new(SingleFile::open(path)?)))
+        }
+    }
+
+    /// What was assumed while opening (single files: configs inferred without a `.yaml`).
+    pub fn notes(&self) -> Vec<String> {
+        match self {
+            Checkpoint::Folder(_) => Vec::new(),
+            Checkpoint::Single(s) => s.layout.notes.clone(),
+        }
+    }
+
+    /// The path errors about `component` should name.
+    pub fn label(&self, component: Component) -> PathBuf {
+        match self {
+            Checkpoint::Folder(p) => p.join(match component {
+                Component::Text => "text_encoder",
+                Component::Unet => "unet",
+                Component::Vae => "vae",
+            }),
+            Checkpoint::Single(_) => self.path(),
+        }
+    }
+
+    fn path(&self) -> PathBuf {
+        match self {
+            Checkpoint::Folder(p) => p.clone(),
+            Checkpoint::Single(s) => s.path().to_path_buf(),
+        }
+    }
+
+    /// The prompt tokenizer: the folder's, or the standard CLIP vocabulary shipped in
+    /// `assets/clip` (padded with `!` for SD 2.x's OpenCLIP tower, as its tokenizer does).
+    ///
+    /// # Errors
+    /// A missing or malformed vocabulary.
+    pub fn tokenizer(&self) -> Result<ClipTokenizer> {
+        match self {
+            Checkpoint::Folder(p) => ClipTokenizer::from_dir(&p.join("tokenizer")),
+            Checkpoint::Single(s) => {
+                let dir = crate::model::asset_dir("clip")?;
+                let mut t = ClipTokenizer::from_dir(&dir)?;
+                if s.layout.tower == TextTower::OpenClip {
+                    t.set_pad_token("!").map_err(|e| Error::file(&dir, e))?;
+                }
+                Ok(t)
+            }
+        }
+    }
+
+    /// The text encoder's config.
+    ///
+    /// # Errors
+    /// A missing or malformed `config.json`.
+    pub fn text_config(&self) -> Result<ClipConfig> {
+        match self {
+            Checkpoint::Folder(p) => read_config(&p.join("text_encoder")),
+            Checkpoint::Single(s) => Ok(s.layout.text.clone()),
+        }
+    }
+
+    /// The denoiser's config.
+    ///
+    /// # Errors
+    /// A missing or malformed `config.json`.
+    pub fn unet_config(&self) -> Result<UnetConfig> {
+        match self {
+            Checkpoint::Folder(p) => read_config(&p.join("unet")),
+            Checkpoint::Single(s) => Ok(s.layout.unet.clone()),
+        }
+    }
+
+    /// The autoencoder's config.
+    ///
+    /// # Errors
+    /// A missing or malformed `config.json`.
+    pub fn vae_config(&self) -> Result<VaeConfig> {
+        match self {
+            Checkpoint::Folder(p) => read_config(&p.join("vae")),
+            Checkpoint::Single(s) => Ok(s.layout.vae.clone()),
+        }
+    }
+
+    /// The scheduler config, checked.
+    ///
+    /// # Errors
+    /// A missing or malformed `scheduler_config.json`, or values no sampler can use.
+    pub fn scheduler_config(&self) -> Result<SchedulerConfig> {
+        let (config, file) = match self {
+            Checkpoint::Folder(p) => {
+                let f = p.join("scheduler").join("scheduler_config.json");
+                (read_json(&f)?, f)
+            }
+            Checkpoint::Single(s) => (s.layout.scheduler.clone(), self.path()),
+        };
+        let c: &SchedulerConfig = &config;
+        c.prediction().map_err(|e| Error::file(&file, e))?;
+        c.alphas_cumprod().map_err(|e| Error::file(&file, e))?;
+        Ok(config)
+    }
+
+    /// A memory-mapped weight builder for `component` in `dtype` on `device`, and its number of
+    /// weight elements.
+    ///
+    /// # Errors
+    /// A missing or unreadable weight file.
+    pub fn weights(&self, component: Component, dtype: DType, device: &Device) -> Result<(VarBuilder<'static>, u64)> {
+        match self {
+            Checkpoint::Folder(_) => var_builder(&self.label(component), dtype, device),
+            Checkpoint::Single(s) => Ok(s.weights(component, dtype, device)),
+        }
+    }
+}

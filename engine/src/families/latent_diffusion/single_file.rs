@@ -1,0 +1,183 @@
+//! Single-file checkpoints (`.safetensors`, or `.ckpt` torch zips read by our own pickle reader)
+//! in the original LDM layout, served to the modules under diffusers names: a candle
+//! `SimpleBackend` per component that finds each tensor through [`super::ldm_keys`], reads it from
+//! the memory map (or the zip entry) only when a module asks for it, and reshapes or splits it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::VarBuilder;
+use candle_nn::var_builder::SimpleBackend;
+
+use super::ldm_keys::{self, LdmHints, LdmLayout, Shapes, Source, Take};
+use crate::error::{Error, Result};
+use crate::formats::ckpt::{self, CkptTensor};
+use crate::knobs::Component;
+
+/// Where the tensors' bytes are.
+enum Storage {
+    Safetensors(candle_core::safetensors::MmapedSafetensors),
+    Ckpt { tensors: HashMap<String, CkptTensor>, zip: Mutex<zip::ZipArchive<File>> },
+}
+
+/// An open single-file checkpoint: its storage and its inferred layout.
+pub struct SingleFile {
+    path: PathBuf,
+    storage: Arc<Storage>,
+    /// Configs and name maps inferred from the file (and an LDM `.yaml` beside it).
+    pub layout: LdmLayout,
+}
+
+fn dtype_of(name: &str) -> Option<DType> {
+    Some(match name {
+        "F32" => DType::F32,
+        "F16" => DType::F16,
+        "BF16" => DType::BF16,
+        "F64" => DType::F64,
+        "U8" => DType::U8,
+        "I64" => DType::I64,
+        "U32" => DType::U32,
+        _ => return None,
+    })
+}
+
+impl SingleFile {
+    /// Opens `path` and infers its layout; an LDM `.yaml` with the same stem, when present, gives
+    /// the head counts and prediction type.
+    ///
+    /// # Errors
+    /// An unreadable file, a format other than safetensors or a torch zip, or a key layout that
+    /// is not SD 1.x/2.x LDM (the message names a few keys).
+    pub fn open(path: &Path) -> Result<Self> {
+        let is_zip = {
+            let mut magic = [0u8; 4];
+            let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
+            std::io::Read::read(&mut f, &mut magic).map_err(|e| Error::io(path, e))? == 4 && &magic == b"PK\x03\x04"
+        };
+        let (storage, shapes, metadata) = if is_zip {
+            let (located, metadata, _) = ckpt::locate(path)?;
+            let shapes: Shapes = located.iter().map(|t| (t.name.clone(), t.shape.clone())).collect();
+            let tensors = located.into_iter().map(|t| (t.name.clone(), t)).collect();
+            let zip = Mutex::new(ckpt::open_archive(path)?);
+            (Storage::Ckpt { tensors, zip }, shapes, metadata)
+        } else {
+            // SAFETY: mapped read-only; like every mmap user we rely on nobody truncating the
+            // model file while it is loaded.
+            let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }
+                .map_err(|e| Error::file(path, format!("not readable as safetensors or a torch checkpoint: {e}")))?;
+            let shapes: Shapes =
+                st.tensors().into_iter().map(|(n, v)| (n, v.shape().iter().map(|&d| d as u64).collect())).collect();
+            (Storage::Safetensors(st), shapes, BTreeMap::new())
+        };
+        let yaml = path.with_extension("yaml");
+        let hints = match std::fs::read_to_string(&yaml) {
+            Ok(text) => LdmHints::from_yaml(&text),
+            Err(_) => LdmHints::default(),
+        };
+        let layout = ldm_keys::layout(&shapes, &hints, &metadata).map_err(|e| Error::file(path, e))?;
+        Ok(Self { path: path.to_path_buf(), storage: Arc::new(storage), layout })
+    }
+
+    /// The checkpoint file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A memory-mapped builder for one component, in `dtype` on `device`, and its number of weight
+    /// elements.
+    pub fn weights(&self, component: Component, dtype: DType, device: &Device) -> (VarBuilder<'static>, u64) {
+        let names = self.layout.names[component_index(component)].clone();
+        let elements = names.values().map(|s| self.elements(s)).sum();
+        let backend = ComponentBackend { path: self.path.clone(), storage: Arc::clone(&self.storage), names };
+        (VarBuilder::from_backend(Box::new(backend), dtype, device.clone()), elements)
+    }
+
+    fn elements(&self, s: &Source) -> u64 {
+        let n = match &*self.storage {
+            Storage::Safetensors(st) => st.get(&s.key).map(|v| v.shape().iter().product::<usize>() as u64).unwrap_or(0),
+            Storage::Ckpt { tensors, .. } => tensors.get(&s.key).map(CkptTensor::elements).unwrap_or(0),
+        };
+        if matches!(s.take, Take::Third(_)) { n / 3 } else { n }
+    }
+}
+
+/// Index of a component in [`LdmLayout::names`].
+fn component_index(c: Component) -> usize {
+    match c {
+        Component::Text => 0,
+        Component::Unet => 1,
+        Component::Vae => 2,
+    }
+}
+
+/// One component's tensors under their diffusers names.
+struct ComponentBackend {
+    path: PathBuf,
+    storage: Arc<Storage>,
+    names: HashMap<String, Source>,
+}
+
+impl ComponentBackend {
+    fn raw(&self, key: &str) -> candle_core::Result<Tensor> {
+        match &*self.storage {
+            Storage::Safetensors(st) => st.load(key, &Device::Cpu),
+            Storage::Ckpt { tensors, zip } => {
+                let t = tensors.get(key).ok_or_else(|| candle_core::Error::Msg(format!("'{key}' is not in the file")))?;
+                let dtype = dtype_of(t.dtype)
+                    .ok_or_else(|| candle_core::Error::Msg(format!("tensor '{key}' has dtype {}, which is not supported", t.dtype)))?;
+                let bytes = {
+                    let mut zip = zip.lock().map_err(|_| candle_core::Error::Msg("checkpoint reader poisoned".into()))?;
+                    ckpt::read_tensor_bytes(&mut zip, &self.path, t).map_err(|e| candle_core::Error::Msg(e.to_string()))?
+                };
+                let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
+                Tensor::from_raw_buffer(&bytes, dtype, &shape, &Device::Cpu)
+            }
+        }
+    }
+
+    fn load(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let src = self
+            .names
+            .get(name)
+            .ok_or_else(|| candle_core::Error::Msg(format!("no tensor maps to '{name}' in the LDM checkpoint")))?;
+        let t = self.raw(&src.key)?;
+        let t = match src.take {
+            Take::Whole => t,
+            Take::Squeeze1x1 => {
+                let d = t.dims().to_vec();
+                t.reshape((d[0], d[1..].iter().product::<usize>()))?
+            }
+            Take::Third(k) => {
+                let n = t.dim(0)? / 3;
+                t.narrow(0, k * n, n)?.contiguous()?
+            }
+        };
+        t.to_dtype(dtype)?.to_device(dev)
+    }
+}
+
+impl SimpleBackend for ComponentBackend {
+    fn get(&self, s: Shape, name: &str, _: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let t = self.load(name, dtype, dev)?;
+        if t.shape() != &s {
+            return Err(candle_core::Error::Msg(format!(
+                "tensor '{}' has shape {:?}, the model expects {:?}",
+                self.names.get(name).map_or(name, |s| s.key.as_str()),
+                t.dims(),
+                s.dims()
+            )));
+        }
+        Ok(t)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.load(name, dtype, dev)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.names.contains_key(name)
+    }
+}
