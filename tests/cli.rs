@@ -253,3 +253,38 @@ fn builtin_runs_at_native_size() {
     let profile = headroom_engine::profile::Profile::load(Path::new(json(&res)["profile"].as_str().unwrap())).unwrap();
     assert_eq!((profile.request.width, profile.request.height), (128, 64));
 }
+
+/// Single-file LDM checkpoints (`.safetensors` and `.ckpt` + `.yaml`) run from the command line
+/// like folders, and their outputs reproduce.
+#[test]
+fn single_file_checkpoints_run_and_reproduce() {
+    let dir = tempfile::tempdir().unwrap();
+    for file in ["tiny-ldm1.safetensors", "tiny-ldm2.ckpt"] {
+        let m = fixtures().join("sd/ldm").join(file);
+        let out = dir.path().join(file);
+        let res = headroom(&["run", m.to_str().unwrap(), "--steps", "2", "--width", "32", "--height", "32", "--out", out.to_str().unwrap(), "--json"]);
+        assert!(res.status.success(), "{file}: {}", String::from_utf8_lossy(&res.stderr));
+        let v = json(&res);
+        let png = v["outputs"][0].as_str().unwrap().to_string();
+        let again = headroom(&["reproduce", &png, "--json"]);
+        assert!(again.status.success(), "{file}: {}", String::from_utf8_lossy(&again.stderr));
+        assert_eq!(json(&again)["identical"], true);
+    }
+}
+
+/// `bench` runs each setting and reports times, peaks and weight bytes per row.
+#[test]
+fn bench_reports_each_setting() {
+    let m = tiny_sd1();
+    let res = headroom(&["bench", "--model", &m, "--steps", "1", "--size", "32", "--setting", "precision=f32", "--setting", "precision=f16", "--json"]);
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    let v = json(&res);
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for r in rows {
+        assert!(r["step_ms"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["peak_rss_bytes"].as_u64().unwrap() > 0, "{r}");
+    }
+    let (f32b, f16b) = (rows[0]["weight_bytes"].as_u64().unwrap(), rows[1]["weight_bytes"].as_u64().unwrap());
+    assert_eq!(f32b, 2 * f16b, "f16 holds half the bytes of f32");
+}
