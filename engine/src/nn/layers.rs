@@ -5,7 +5,8 @@
 //! quantized form (a `QMatMul`, or a conv weight dequantized at use) without touching model code.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::VarBuilder;
+
+use super::Weights;
 
 /// How a linear layer stores its weight.
 #[derive(Clone, Debug)]
@@ -27,7 +28,7 @@ impl Linear {
     ///
     /// # Errors
     /// A missing tensor or one of the wrong shape.
-    pub fn new(in_features: usize, out_features: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
+    pub fn new(in_features: usize, out_features: usize, bias: bool, vb: Weights) -> Result<Self> {
         let w = vb.get((out_features, in_features), "weight")?;
         let b = if bias { Some(vb.get(out_features, "bias")?) } else { None };
         Ok(Self { weight: LinearWeight::Dense(w), bias: b, out_features })
@@ -77,10 +78,10 @@ impl Conv2d {
         kernel: usize,
         stride: usize,
         padding: usize,
-        vb: VarBuilder,
+        vb: Weights,
     ) -> Result<Self> {
         let cfg = candle_nn::Conv2dConfig { padding, stride, ..Default::default() };
-        Ok(Self { inner: candle_nn::conv2d(in_channels, out_channels, kernel, cfg, vb)? })
+        Ok(Self { inner: candle_nn::conv2d(in_channels, out_channels, kernel, cfg, vb.vb().clone())? })
     }
 }
 
@@ -134,6 +135,7 @@ impl Module for Activation {
 mod tests {
     use super::*;
     use candle_core::{DType, Device};
+    use candle_nn::VarBuilder;
     use std::collections::HashMap;
 
     /// The 2-D-reshaped linear equals an explicit per-row product with bias, on a 3-D input.
@@ -144,7 +146,7 @@ mod tests {
         let b = Tensor::randn(0f32, 1., 5, &dev).unwrap();
         let ts = HashMap::from([("l.weight".to_string(), w.clone()), ("l.bias".to_string(), b.clone())]);
         let vb = VarBuilder::from_tensors(ts, DType::F32, &dev);
-        let lin = Linear::new(3, 5, true, vb.pp("l")).unwrap();
+        let lin = Linear::new(3, 5, true, Weights::new(vb).pp("l")).unwrap();
         let x = Tensor::randn(0f32, 1., (2, 4, 3), &dev).unwrap();
         let y = lin.forward(&x).unwrap();
         assert_eq!(y.dims(), &[2, 4, 5]);

@@ -7,7 +7,9 @@
 pub mod attention;
 pub mod layers;
 pub mod norm;
+pub mod weights;
 
 pub use attention::attention;
 pub use layers::{Activation, Conv2d, Linear};
 pub use norm::GroupNorm;
+pub use weights::Weights;

@@ -3,7 +3,8 @@
 //! eight element-wise passes plus a separate SiLU pass; elsewhere it falls back to candle's.
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Tensor};
-use candle_nn::VarBuilder;
+
+use super::Weights;
 
 /// `GroupNorm` (affine) over `(B, C, …)`, with [`GroupNorm::forward_silu`] fusing the SiLU that
 /// usually follows it.
@@ -21,8 +22,8 @@ impl GroupNorm {
     ///
     /// # Errors
     /// Missing or mis-shaped tensors, or `channels` not a multiple of `groups`.
-    pub fn new(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
-        let fallback = candle_nn::group_norm(groups, channels, eps, vb.clone())?;
+    pub fn new(groups: usize, channels: usize, eps: f64, vb: Weights) -> Result<Self> {
+        let fallback = candle_nn::group_norm(groups, channels, eps, vb.vb().clone())?;
         let cpu_affine = if vb.device().is_cpu() && vb.dtype() == DType::F32 {
             let w = vb.get(channels, "weight")?.to_vec1::<f32>()?;
             let b = vb.get(channels, "bias")?.to_vec1::<f32>()?;
@@ -125,6 +126,7 @@ impl CustomOp1 for FusedGroupNorm<'_> {
 mod tests {
     use super::*;
     use candle_core::Device;
+    use candle_nn::VarBuilder;
     use std::collections::HashMap;
 
     /// The fused kernel equals candle's GroupNorm (+ SiLU) within 1e-5, on a 4-D input with an
@@ -139,7 +141,7 @@ mod tests {
             DType::F32,
             &dev,
         );
-        let gn = GroupNorm::new(4, 12, 1e-6, vb.clone()).unwrap();
+        let gn = GroupNorm::new(4, 12, 1e-6, Weights::new(vb.clone())).unwrap();
         assert!(gn.cpu_affine.is_some());
         let reference = candle_nn::group_norm(4, 12, 1e-6, vb).unwrap();
         let x = (Tensor::randn(0f32, 2., (2, 12, 5, 7), &dev).unwrap() + 3.0).unwrap();

@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::families::{Family, RunObserver};
 use crate::knobs::{Component, DeviceKind, Knobs, Precision};
 use crate::media::Image;
+use crate::nn::Weights;
 use crate::request::Request;
 use crate::worker::protocol::{Artifact, Preview, Stage};
 
@@ -119,13 +120,13 @@ pub fn load(path: &Path, knobs: &Knobs) -> Result<LatentDiffusion> {
     let dir = path.join("text_encoder");
     let cfg: ClipConfig = read_config(&dir)?;
     let (vb, n_text) = var_builder(&dir, text_dtype, &device)?;
-    let mut text = build(&dir, || ClipTextModel::new(&cfg, vb))?;
+    let mut text = build(&dir, || ClipTextModel::new(&cfg, Weights::new(vb)))?;
     text.attention_slice = slice;
 
     let dir = path.join("unet");
     let cfg: UnetConfig = read_config(&dir)?;
     let (vb, n_unet) = var_builder(&dir, unet_dtype, &device)?;
-    let mut unet = build(&dir, || Unet::new(&cfg, vb))?;
+    let mut unet = build(&dir, || Unet::new(&cfg, Weights::new(vb)))?;
     unet.attention_slice = slice;
 
     let dir = path.join("vae");
@@ -138,7 +139,7 @@ pub fn load(path: &Path, knobs: &Knobs) -> Result<LatentDiffusion> {
         dtypes[2] = DType::F32;
     }
     let (vb, n_vae) = var_builder(&dir, vae_dtype, &device)?;
-    let mut vae = build(&dir, || AutoencoderKl::new(&cfg, vb))?;
+    let mut vae = build(&dir, || AutoencoderKl::new(&cfg, Weights::new(vb)))?;
     vae.attention_slice = slice;
     vae.tile = knobs.slicing.vae_tile as usize;
 
