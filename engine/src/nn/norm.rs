@@ -23,14 +23,16 @@ impl GroupNorm {
     /// # Errors
     /// Missing or mis-shaped tensors, or `channels` not a multiple of `groups`.
     pub fn new(groups: usize, channels: usize, eps: f64, vb: Weights) -> Result<Self> {
-        let fallback = candle_nn::group_norm(groups, channels, eps, vb.vb().clone())?;
+        let weight = vb.get(channels, "weight")?;
+        let bias = vb.get(channels, "bias")?;
+        // the fused kernel's copy is f32 whatever the storage (bf16 stored, f32 computed)
         let cpu_affine = if vb.device().is_cpu() && vb.dtype() == DType::F32 {
-            let w = vb.get(channels, "weight")?.to_vec1::<f32>()?;
-            let b = vb.get(channels, "bias")?.to_vec1::<f32>()?;
-            Some((w, b))
+            let f = |t: &Tensor| t.to_dtype(DType::F32)?.to_vec1::<f32>();
+            Some((f(&weight)?, f(&bias)?))
         } else {
             None
         };
+        let fallback = candle_nn::GroupNorm::new(weight, bias, channels, groups, eps)?;
         Ok(Self { fallback, cpu_affine, groups, eps })
     }
 
@@ -59,6 +61,16 @@ impl Module for GroupNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.run(x, false)
     }
+}
+
+/// candle's `LayerNorm` (affine, with bias) over the last dimension, its `weight` and `bias`
+/// `(size)` read under `vb` in the compute dtype (candle's kernel wants them there) and counted in
+/// its ledger.
+///
+/// # Errors
+/// Missing or mis-shaped tensors.
+pub fn layer_norm(size: usize, eps: f64, vb: Weights) -> Result<candle_nn::LayerNorm> {
+    Ok(candle_nn::LayerNorm::new(vb.get_compute(size, "weight")?, vb.get_compute(size, "bias")?, eps))
 }
 
 struct FusedGroupNorm<'a> {

@@ -6,7 +6,7 @@ use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::LayerNorm;
 
 use crate::nn::attention::{attention, merge_heads, split_heads};
-use crate::nn::{Conv2d, GroupNorm, Linear, Weights};
+use crate::nn::{Conv2d, GroupNorm, Linear, Weights, layer_norm};
 
 /// `ResnetBlock2D`: two norm-SiLU-conv stages, an optional time-embedding shift, a shortcut.
 #[derive(Debug)]
@@ -199,11 +199,11 @@ impl BasicTransformerBlock {
     ) -> Result<Self> {
         let inner = dim * 4;
         Ok(Self {
-            norm1: candle_nn::layer_norm(dim, 1e-5, vb.pp("norm1").vb().clone())?,
+            norm1: layer_norm(dim, 1e-5, vb.pp("norm1"))?,
             attn1: CrossAttention::new(dim, dim, heads, dim_head, upcast, vb.pp("attn1"))?,
-            norm2: candle_nn::layer_norm(dim, 1e-5, vb.pp("norm2").vb().clone())?,
+            norm2: layer_norm(dim, 1e-5, vb.pp("norm2"))?,
             attn2: CrossAttention::new(dim, context_dim, heads, dim_head, upcast, vb.pp("attn2"))?,
-            norm3: candle_nn::layer_norm(dim, 1e-5, vb.pp("norm3").vb().clone())?,
+            norm3: layer_norm(dim, 1e-5, vb.pp("norm3"))?,
             ff_proj: Linear::new(dim, inner * 2, true, vb.pp("ff").pp("net").pp(0).pp("proj"))?,
             ff_out: Linear::new(inner, dim, true, vb.pp("ff").pp("net").pp(2))?,
         })

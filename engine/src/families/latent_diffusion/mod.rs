@@ -19,5 +19,7 @@ pub mod vae_tiling;
 mod parity_tests;
 #[cfg(test)]
 mod pipeline_tests;
+#[cfg(test)]
+mod quant_tests;
 
 pub use pipeline::{LatentDiffusion, load};
