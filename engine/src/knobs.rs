@@ -157,15 +157,47 @@ impl Precision {
         b as f64 * 8.0 / n as f64
     }
 
-    /// Bytes to store `elements` weights whose rows are `row_len` long. Quantized types need rows
-    /// that are a whole number of blocks; tensors whose rows are not stay in f16 (as llama.cpp and
-    /// our loaders do), and that is what this counts for them.
+    /// Bytes to store `elements` weights whose rows are `row_len` long at precision `self`, after
+    /// the per-row fallback of [`Precision::for_row`].
     pub fn bytes_for(self, elements: u64, row_len: u64) -> u64 {
-        let (n, b) = self.block();
-        if n > 1 && (row_len == 0 || row_len % n != 0) {
-            return elements * 2;
-        }
+        let (n, b) = self.for_row(row_len).block();
         elements.div_ceil(n) * b
+    }
+
+    /// The type a weight matrix with rows of `row_len` elements is really stored in when its
+    /// component asks for `self`. Quantized types need rows that are whole blocks (256 for the
+    /// k-quants, 32 for q8_0/q4_0); as llama.cpp does, a row that does not fit falls back to a
+    /// type of similar bits that fits (q4k → q4_0, q5k and q6k → q8_0), and to f16 when not even
+    /// a 32-element block fits. Float precisions are returned unchanged.
+    pub fn for_row(self, row_len: u64) -> Precision {
+        let chain: &[Precision] = match self {
+            Precision::Q4K => &[Precision::Q4K, Precision::Q4_0],
+            Precision::Q5K => &[Precision::Q5K, Precision::Q8_0],
+            Precision::Q6K => &[Precision::Q6K, Precision::Q8_0],
+            Precision::Q8_0 => &[Precision::Q8_0],
+            Precision::Q4_0 => &[Precision::Q4_0],
+            float => return float,
+        };
+        chain.iter().copied().find(|p| row_len > 0 && row_len % p.block().0 == 0).unwrap_or(Precision::F16)
+    }
+
+    /// The type one float tensor named `name` of `shape` is stored in when its component asks for
+    /// `self`: the one rule the loaders (`nn::Weights`) and the planner
+    /// (`formats::tensor_bytes_at`) share. Under a quantized type, 1-D tensors (biases, norms)
+    /// stay f32, embedding tables (`…embeddings.…`) stay f16 (they are looked up, never
+    /// multiplied), and matrices follow [`Precision::for_row`] with a row being everything after
+    /// the first dimension (`in` of a linear, `in × kh × kw` of a convolution).
+    pub fn for_tensor(self, name: &str, shape: &[u64]) -> Precision {
+        if !self.is_quantized() {
+            return self;
+        }
+        if shape.len() <= 1 {
+            return Precision::F32;
+        }
+        if name.starts_with("embeddings.") || name.contains(".embeddings.") {
+            return Precision::F16;
+        }
+        self.for_row(shape[1..].iter().product())
     }
 }
 
@@ -560,6 +592,24 @@ mod tests {
         assert_eq!(Knobs::default().diff(&k).len(), 9);
     }
 
+    /// The per-tensor storage rule: block fallbacks, f32 vectors, f16 embedding tables.
+    #[test]
+    fn per_tensor_storage_rule() {
+        use Precision as P;
+        assert_eq!(P::Q4K.for_tensor("a.weight", &[320, 1280]), P::Q4K);
+        assert_eq!(P::Q4K.for_tensor("a.weight", &[320, 320, 3, 3]), P::Q4_0); // 2880 = 32 × 90
+        assert_eq!(P::Q5K.for_tensor("a.weight", &[8, 288]), P::Q8_0);
+        assert_eq!(P::Q6K.for_tensor("a.weight", &[8, 64]), P::Q8_0);
+        assert_eq!(P::Q8_0.for_tensor("a.weight", &[8, 4, 3, 3]), P::F16); // 36
+        assert_eq!(P::Q4_0.for_tensor("a.weight", &[8, 4, 1, 1]), P::F16);
+        assert_eq!(P::Q4K.for_tensor("a.bias", &[320]), P::F32);
+        assert_eq!(P::Q4K.for_tensor("text_model.embeddings.token_embedding.weight", &[49408, 768]), P::F16);
+        assert_eq!(P::Q4K.for_tensor("time_embedding.linear_1.weight", &[1280, 256]), P::Q4K);
+        assert_eq!(P::F16.for_tensor("a.weight", &[8, 36]), P::F16);
+        assert_eq!(P::Q4K.bytes_for(512, 256), 2 * 144);
+        assert_eq!(P::Q4K.bytes_for(64, 32), 2 * 18);
+    }
+
     /// A bare value after a prefix sets every component (`--precision q4k`).
     #[test]
     fn bare_precision_sets_all() {
@@ -585,8 +635,9 @@ mod tests {
         assert_eq!(Precision::Q6K.bits_per_weight(), 6.5625);
         assert_eq!(Precision::Q5K.bits_per_weight(), 5.5);
         assert_eq!(Precision::Q4K.bytes_for(512, 256), 288);
-        // rows that are not whole blocks stay f16
-        assert_eq!(Precision::Q4K.bytes_for(320, 320), 640);
+        // rows that are not whole k-quant blocks fall back to q4_0; not even 32-element ones, f16
+        assert_eq!(Precision::Q4K.bytes_for(320, 320), 320 / 32 * 18);
+        assert_eq!(Precision::Q4K.bytes_for(36, 36), 72);
     }
 
     /// Knobs survive a TOML round trip with the profile's section names.

@@ -1,9 +1,8 @@
 //! Summaries of an [`Inspection`]: parameter counts, the dtype histogram, and the bytes the
 //! weights would take at each precision, counted the way llama.cpp and our loaders store them:
-//! 1-D tensors (biases, norms) stay f32 under quantized precisions and take the float precision
-//! otherwise; integer tensors keep their stored size; quantized rows that are not whole blocks
-//! stay f16 ([`Precision::bytes_for`]). A row is everything after the first dimension: the input
-//! features of a linear weight, `in × kh × kw` of a convolution (quantized per output channel).
+//! integer tensors keep their stored size, float ones follow [`Precision::for_tensor`] (1-D
+//! tensors f32 under quantized types, embedding tables f16, rows that are not whole blocks fall
+//! back to a type that fits, or f16).
 
 use std::collections::BTreeMap;
 
@@ -15,18 +14,16 @@ fn is_integer(dtype: &str) -> bool {
     matches!(dtype, "I8" | "I16" | "I32" | "I64" | "U8" | "U16" | "U32" | "U64" | "BOOL")
 }
 
-/// Bytes one tensor takes when its component is stored at precision `p`.
+/// Bytes one tensor takes when its component is stored at precision `p`: integer tensors keep
+/// their stored size, float ones take the type [`Precision::for_tensor`] picks for them (the rule
+/// the loaders follow, so a plan predicts what is really resident).
 pub fn tensor_bytes_at(t: &TensorInfo, p: Precision) -> u64 {
     let elements = t.elements();
     if is_integer(&t.dtype) {
         return t.bytes.unwrap_or(elements);
     }
-    if t.shape.len() <= 1 {
-        let p = if p.is_quantized() { Precision::F32 } else { p };
-        return p.bytes_for(elements, 1);
-    }
-    let row_len = t.shape[1..].iter().product::<u64>();
-    p.bytes_for(elements, row_len)
+    let (n, b) = p.for_tensor(&t.name, &t.shape).block();
+    elements.div_ceil(n) * b
 }
 
 impl Inspection {
@@ -110,7 +107,8 @@ mod tests {
         }
     }
 
-    /// 1-D tensors stay f32 under quantization, odd rows stay f16, integer tensors keep their size.
+    /// 1-D tensors stay f32 under quantization, rows fall back per tensor, integer tensors keep
+    /// their size.
     #[test]
     fn bytes_follow_the_storage_rules() {
         let mut i = sample();
@@ -118,10 +116,11 @@ mod tests {
         let unet_q4k = 4 * 144 + 4 * 4; // 4 rows of one Q4_K block, plus the f32 bias
         assert_eq!(i.component_bytes(Component::Unet, Precision::Q4K), unet_q4k);
         assert_eq!(i.component_bytes(Component::Unet, Precision::F16), 1024 * 2 + 4 * 2);
-        assert_eq!(i.component_bytes(Component::Vae, Precision::Q4K), 960 * 2);
+        // 320-element rows are not whole q4k blocks: q4_0 (32 per 18 bytes) instead
+        assert_eq!(i.component_bytes(Component::Vae, Precision::Q4K), 960 / 32 * 18);
         let by = i.bytes_by_precision();
         assert_eq!(by.len(), 8);
-        assert_eq!(by["q4k"], unet_q4k + 960 * 2 + 616);
+        assert_eq!(by["q4k"], unet_q4k + 960 / 32 * 18 + 616);
         assert_eq!(by["f32"], 1028 * 4 + 960 * 4 + 616);
     }
 

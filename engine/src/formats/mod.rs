@@ -31,6 +31,7 @@ use crate::error::{Error, Result};
 
 pub use ggml::{GGML_TYPES, GgmlType};
 pub use inspect::tensor_bytes_at;
+pub(crate) use bin::human_bytes;
 
 /// The container a model came in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]

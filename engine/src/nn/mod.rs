@@ -1,13 +1,16 @@
 //! Knob-aware layers: quantized linear/conv, sliced attention, placement.
 //!
 //! Model code in `families/` builds its layers from here rather than from `candle_nn` directly, so
-//! that a knob (precision, slicing, placement) changes one place: [`Linear`] can later hold a
-//! quantized matmul, [`attention`] honours `attention_slice`.
+//! that a knob (precision, slicing, placement) changes one place: constructors take [`Weights`]
+//! (the tensor source and the component's precision), [`Linear`] holds a quantized matmul when
+//! asked, [`attention`] honours `attention_slice`.
 
 pub mod attention;
 pub mod layers;
 pub mod norm;
+pub mod weights;
 
 pub use attention::attention;
 pub use layers::{Activation, Conv2d, Linear};
-pub use norm::GroupNorm;
+pub use norm::{GroupNorm, layer_norm};
+pub use weights::{Ledger, StoredWeight, Weights};

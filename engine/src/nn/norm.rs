@@ -3,7 +3,8 @@
 //! eight element-wise passes plus a separate SiLU pass; elsewhere it falls back to candle's.
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Tensor};
-use candle_nn::VarBuilder;
+
+use super::Weights;
 
 /// `GroupNorm` (affine) over `(B, C, …)`, with [`GroupNorm::forward_silu`] fusing the SiLU that
 /// usually follows it.
@@ -21,15 +22,17 @@ impl GroupNorm {
     ///
     /// # Errors
     /// Missing or mis-shaped tensors, or `channels` not a multiple of `groups`.
-    pub fn new(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
-        let fallback = candle_nn::group_norm(groups, channels, eps, vb.clone())?;
+    pub fn new(groups: usize, channels: usize, eps: f64, vb: Weights) -> Result<Self> {
+        let weight = vb.get(channels, "weight")?;
+        let bias = vb.get(channels, "bias")?;
+        // the fused kernel's copy is f32 whatever the storage (bf16 stored, f32 computed)
         let cpu_affine = if vb.device().is_cpu() && vb.dtype() == DType::F32 {
-            let w = vb.get(channels, "weight")?.to_vec1::<f32>()?;
-            let b = vb.get(channels, "bias")?.to_vec1::<f32>()?;
-            Some((w, b))
+            let f = |t: &Tensor| t.to_dtype(DType::F32)?.to_vec1::<f32>();
+            Some((f(&weight)?, f(&bias)?))
         } else {
             None
         };
+        let fallback = candle_nn::GroupNorm::new(weight, bias, channels, groups, eps)?;
         Ok(Self { fallback, cpu_affine, groups, eps })
     }
 
@@ -58,6 +61,16 @@ impl Module for GroupNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.run(x, false)
     }
+}
+
+/// candle's `LayerNorm` (affine, with bias) over the last dimension, its `weight` and `bias`
+/// `(size)` read under `vb` in the compute dtype (candle's kernel wants them there) and counted in
+/// its ledger.
+///
+/// # Errors
+/// Missing or mis-shaped tensors.
+pub fn layer_norm(size: usize, eps: f64, vb: Weights) -> Result<candle_nn::LayerNorm> {
+    Ok(candle_nn::LayerNorm::new(vb.get_compute(size, "weight")?, vb.get_compute(size, "bias")?, eps))
 }
 
 struct FusedGroupNorm<'a> {
@@ -125,6 +138,7 @@ impl CustomOp1 for FusedGroupNorm<'_> {
 mod tests {
     use super::*;
     use candle_core::Device;
+    use candle_nn::VarBuilder;
     use std::collections::HashMap;
 
     /// The fused kernel equals candle's GroupNorm (+ SiLU) within 1e-5, on a 4-D input with an
@@ -139,7 +153,7 @@ mod tests {
             DType::F32,
             &dev,
         );
-        let gn = GroupNorm::new(4, 12, 1e-6, vb.clone()).unwrap();
+        let gn = GroupNorm::new(4, 12, 1e-6, Weights::new(vb.clone())).unwrap();
         assert!(gn.cpu_affine.is_some());
         let reference = candle_nn::group_norm(4, 12, 1e-6, vb).unwrap();
         let x = (Tensor::randn(0f32, 2., (2, 12, 5, 7), &dev).unwrap() + 3.0).unwrap();

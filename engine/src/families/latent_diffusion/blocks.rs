@@ -3,10 +3,10 @@
 //! with `BasicTransformerBlock`s) and the VAE's single-head attention block.
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{LayerNorm, VarBuilder};
+use candle_nn::LayerNorm;
 
 use crate::nn::attention::{attention, merge_heads, split_heads};
-use crate::nn::{Conv2d, GroupNorm, Linear};
+use crate::nn::{Conv2d, GroupNorm, Linear, Weights, layer_norm};
 
 /// `ResnetBlock2D`: two norm-SiLU-conv stages, an optional time-embedding shift, a shortcut.
 #[derive(Debug)]
@@ -32,7 +32,7 @@ impl ResnetBlock2D {
         groups: usize,
         eps: f64,
         output_scale_factor: f64,
-        vb: VarBuilder,
+        vb: Weights,
     ) -> Result<Self> {
         let conv_shortcut = if in_channels != out_channels {
             Some(Conv2d::new(in_channels, out_channels, 1, 1, 0, vb.pp("conv_shortcut"))?)
@@ -86,7 +86,7 @@ impl Downsample2D {
     ///
     /// # Errors
     /// Missing or mis-shaped tensors.
-    pub fn new(channels: usize, padding: usize, vb: VarBuilder) -> Result<Self> {
+    pub fn new(channels: usize, padding: usize, vb: Weights) -> Result<Self> {
         Ok(Self { conv: Conv2d::new(channels, channels, 3, 2, padding, vb.pp("conv"))?, asymmetric: padding == 0 })
     }
 }
@@ -111,7 +111,7 @@ pub struct Upsample2D {
 impl Upsample2D {
     /// # Errors
     /// Missing or mis-shaped tensors.
-    pub fn new(channels: usize, vb: VarBuilder) -> Result<Self> {
+    pub fn new(channels: usize, vb: Weights) -> Result<Self> {
         Ok(Self { conv: Conv2d::new(channels, channels, 3, 1, 1, vb.pp("conv"))? })
     }
 
@@ -145,7 +145,7 @@ impl CrossAttention {
         heads: usize,
         dim_head: usize,
         upcast: bool,
-        vb: VarBuilder,
+        vb: Weights,
     ) -> Result<Self> {
         let inner = heads * dim_head;
         Ok(Self {
@@ -195,15 +195,15 @@ impl BasicTransformerBlock {
         dim_head: usize,
         context_dim: usize,
         upcast: bool,
-        vb: VarBuilder,
+        vb: Weights,
     ) -> Result<Self> {
         let inner = dim * 4;
         Ok(Self {
-            norm1: candle_nn::layer_norm(dim, 1e-5, vb.pp("norm1"))?,
+            norm1: layer_norm(dim, 1e-5, vb.pp("norm1"))?,
             attn1: CrossAttention::new(dim, dim, heads, dim_head, upcast, vb.pp("attn1"))?,
-            norm2: candle_nn::layer_norm(dim, 1e-5, vb.pp("norm2"))?,
+            norm2: layer_norm(dim, 1e-5, vb.pp("norm2"))?,
             attn2: CrossAttention::new(dim, context_dim, heads, dim_head, upcast, vb.pp("attn2"))?,
-            norm3: candle_nn::layer_norm(dim, 1e-5, vb.pp("norm3"))?,
+            norm3: layer_norm(dim, 1e-5, vb.pp("norm3"))?,
             ff_proj: Linear::new(dim, inner * 2, true, vb.pp("ff").pp("net").pp(0).pp("proj"))?,
             ff_out: Linear::new(inner, dim, true, vb.pp("ff").pp("net").pp(2))?,
         })
@@ -250,7 +250,7 @@ impl SpatialTransformer {
         groups: usize,
         linear_projection: bool,
         upcast_attention: bool,
-        vb: VarBuilder,
+        vb: Weights,
     ) -> Result<Self> {
         let inner = heads * dim_head;
         let (proj_in, proj_out) = if linear_projection {
@@ -327,7 +327,7 @@ pub struct VaeAttention {
 impl VaeAttention {
     /// # Errors
     /// Missing or mis-shaped tensors.
-    pub fn new(channels: usize, groups: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+    pub fn new(channels: usize, groups: usize, eps: f64, vb: Weights) -> Result<Self> {
         Ok(Self {
             group_norm: GroupNorm::new(groups, channels, eps, vb.pp("group_norm"))?,
             to_q: Linear::new(channels, channels, true, vb.pp("to_q"))?,

@@ -5,12 +5,12 @@
 //! "all stored layers, then the final layer norm" is right for both; [`ClipTextModel::forward`]
 //! also takes a `clip_skip` (diffusers' meaning) for checkpoints that are stored whole.
 
-use candle_core::{Module, Result, Tensor};
-use candle_nn::{Embedding, LayerNorm, VarBuilder};
+use candle_core::{DType, Module, Result, Tensor};
+use candle_nn::{Embedding, LayerNorm};
 use serde::Deserialize;
 
 use crate::nn::attention::{attention, causal_mask, merge_heads, split_heads};
-use crate::nn::{Activation, Linear};
+use crate::nn::{Activation, Linear, Weights, layer_norm};
 
 /// `text_encoder/config.json`, the fields the encoder needs (transformers' `CLIPTextConfig`).
 #[derive(Clone, Debug, Deserialize)]
@@ -58,16 +58,16 @@ struct EncoderLayer {
 }
 
 impl EncoderLayer {
-    fn new(cfg: &ClipConfig, act: Activation, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &ClipConfig, act: Activation, vb: Weights) -> Result<Self> {
         let h = cfg.hidden_size;
         let a = vb.pp("self_attn");
         Ok(Self {
-            layer_norm1: candle_nn::layer_norm(h, cfg.layer_norm_eps, vb.pp("layer_norm1"))?,
+            layer_norm1: layer_norm(h, cfg.layer_norm_eps, vb.pp("layer_norm1"))?,
             q_proj: Linear::new(h, h, true, a.pp("q_proj"))?,
             k_proj: Linear::new(h, h, true, a.pp("k_proj"))?,
             v_proj: Linear::new(h, h, true, a.pp("v_proj"))?,
             out_proj: Linear::new(h, h, true, a.pp("out_proj"))?,
-            layer_norm2: candle_nn::layer_norm(h, cfg.layer_norm_eps, vb.pp("layer_norm2"))?,
+            layer_norm2: layer_norm(h, cfg.layer_norm_eps, vb.pp("layer_norm2"))?,
             fc1: Linear::new(h, cfg.intermediate_size, true, vb.pp("mlp").pp("fc1"))?,
             fc2: Linear::new(cfg.intermediate_size, h, true, vb.pp("mlp").pp("fc2"))?,
             heads: cfg.num_attention_heads,
@@ -96,6 +96,8 @@ pub struct ClipTextModel {
     position_embedding: Tensor,
     layers: Vec<EncoderLayer>,
     final_layer_norm: LayerNorm,
+    /// The compute dtype (embedding tables may be stored narrower and are widened at lookup).
+    dtype: DType,
     /// Query rows per attention slice (0 = all at once).
     pub attention_slice: usize,
 }
@@ -106,19 +108,20 @@ impl ClipTextModel {
     ///
     /// # Errors
     /// An unsupported activation, a missing tensor or one of the wrong shape.
-    pub fn new(cfg: &ClipConfig, vb: VarBuilder) -> Result<Self> {
+    pub fn new(cfg: &ClipConfig, vb: Weights) -> Result<Self> {
         let vb =
             if vb.contains_tensor("text_model.embeddings.token_embedding.weight") { vb.pp("text_model") } else { vb };
         let act = Activation::from_name(&cfg.hidden_act).map_err(candle_core::Error::Msg)?;
         let e = vb.pp("embeddings");
-        let token_embedding = candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, e.pp("token_embedding"))?;
+        let table = e.pp("token_embedding").get((cfg.vocab_size, cfg.hidden_size), "weight")?;
+        let token_embedding = Embedding::new(table, cfg.hidden_size);
         let position_embedding =
             e.pp("position_embedding").get((cfg.max_position_embeddings, cfg.hidden_size), "weight")?;
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| EncoderLayer::new(cfg, act, vb.pp("encoder").pp("layers").pp(i)))
             .collect::<Result<Vec<_>>>()?;
-        let final_layer_norm = candle_nn::layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("final_layer_norm"))?;
-        Ok(Self { token_embedding, position_embedding, layers, final_layer_norm, attention_slice: 0 })
+        let final_layer_norm = layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("final_layer_norm"))?;
+        Ok(Self { token_embedding, position_embedding, layers, final_layer_norm, dtype: vb.dtype(), attention_slice: 0 })
     }
 
     /// Encodes token ids `(B, L)` (u32 or i64) to hidden states `(B, L, hidden)`.
@@ -136,8 +139,8 @@ impl ClipTextModel {
         if clip_skip >= self.layers.len() {
             candle_core::bail!("clip_skip {clip_skip}: the text encoder has only {} layers", self.layers.len());
         }
-        let x = self.token_embedding.forward(ids)?;
-        let mut x = x.broadcast_add(&self.position_embedding.narrow(0, 0, len)?)?;
+        let x = self.token_embedding.forward(ids)?.to_dtype(self.dtype)?;
+        let mut x = x.broadcast_add(&self.position_embedding.narrow(0, 0, len)?.to_dtype(self.dtype)?)?;
         let mask = causal_mask(len, x.device())?.to_dtype(x.dtype())?;
         for layer in &self.layers[..self.layers.len() - clip_skip] {
             x = layer.forward(&x, &mask, self.attention_slice)?;

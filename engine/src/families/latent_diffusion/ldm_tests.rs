@@ -13,6 +13,7 @@ use super::unet::Unet;
 use super::vae::AutoencoderKl;
 use crate::families::RunObserver;
 use crate::knobs::{Component, Knobs};
+use crate::nn::Weights;
 use crate::request::{Request, Scheduler};
 use crate::worker::protocol::{Preview, Stage};
 
@@ -40,18 +41,18 @@ fn components_match_diffusers_conversion() {
         assert_eq!(ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), want, "{file} ids");
 
         let (vb, _) = ck.weights(Component::Text, DType::F32, &Device::Cpu).unwrap();
-        let text = ClipTextModel::new(&ck.text_config().unwrap(), vb).unwrap();
+        let text = ClipTextModel::new(&ck.text_config().unwrap(), Weights::new(vb)).unwrap();
         for k in ["prompt", "negative"] {
             let d = max_diff(&text.forward(&r[&format!("ids_{k}")], 0).unwrap(), &r[&format!("emb_{k}")]);
             assert!(d <= 1e-4, "{file} emb_{k}: {d}");
         }
         let (vb, _) = ck.weights(Component::Unet, DType::F32, &Device::Cpu).unwrap();
-        let unet = Unet::new(&ck.unet_config().unwrap(), vb).unwrap();
+        let unet = Unet::new(&ck.unet_config().unwrap(), Weights::new(vb)).unwrap();
         let ctx = Tensor::cat(&[&r["emb_negative"], &r["emb_prompt"]], 0).unwrap();
         let d = max_diff(&unet.forward(&r["unet_in"], 500.0, &ctx).unwrap(), &r["unet_out"]);
         assert!(d <= 1e-3, "{file} unet: {d}");
         let (vb, _) = ck.weights(Component::Vae, DType::F32, &Device::Cpu).unwrap();
-        let vae = AutoencoderKl::new(&ck.vae_config().unwrap(), vb).unwrap();
+        let vae = AutoencoderKl::new(&ck.vae_config().unwrap(), Weights::new(vb)).unwrap();
         let d = max_diff(&vae.decode_scaled(&r["vae_in"]).unwrap(), &r["vae_out"]);
         assert!(d <= 1e-3, "{file} vae: {d}");
     }

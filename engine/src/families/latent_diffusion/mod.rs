@@ -26,5 +26,7 @@ mod ldm_tests;
 mod parity_tests;
 #[cfg(test)]
 mod pipeline_tests;
+#[cfg(test)]
+mod quant_tests;
 
 pub use pipeline::{LatentDiffusion, load};

@@ -10,6 +10,7 @@ use super::clip::{ClipConfig, ClipTextModel};
 use super::folder::{read_config, var_builder};
 use super::unet::{Unet, UnetConfig};
 use super::vae::{AutoencoderKl, VaeConfig};
+use crate::nn::Weights;
 
 /// The fixture folder `tests/fixtures/sd/<name>`.
 pub(crate) fn fixture(name: &str) -> PathBuf {
@@ -33,21 +34,21 @@ fn text_model(name: &str) -> ClipTextModel {
     let dir = fixture(name).join("text_encoder");
     let cfg: ClipConfig = read_config(&dir).unwrap();
     let (vb, _) = var_builder(&dir, DType::F32, &Device::Cpu).unwrap();
-    ClipTextModel::new(&cfg, vb).unwrap()
+    ClipTextModel::new(&cfg, Weights::new(vb)).unwrap()
 }
 
 fn unet(name: &str) -> Unet {
     let dir = fixture(name).join("unet");
     let cfg: UnetConfig = read_config(&dir).unwrap();
     let (vb, _) = var_builder(&dir, DType::F32, &Device::Cpu).unwrap();
-    Unet::new(&cfg, vb).unwrap()
+    Unet::new(&cfg, Weights::new(vb)).unwrap()
 }
 
 fn vae(name: &str) -> AutoencoderKl {
     let dir = fixture(name).join("vae");
     let cfg: VaeConfig = read_config(&dir).unwrap();
     let (vb, _) = var_builder(&dir, DType::F32, &Device::Cpu).unwrap();
-    AutoencoderKl::new(&cfg, vb).unwrap()
+    AutoencoderKl::new(&cfg, Weights::new(vb)).unwrap()
 }
 
 /// Text embeddings match transformers' CLIPTextModel within 1e-4 (quick_gelu SD1, gelu SD2), and

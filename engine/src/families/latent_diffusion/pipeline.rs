@@ -15,8 +15,10 @@ use super::unet::Unet;
 use super::vae::AutoencoderKl;
 use crate::error::{Error, Result};
 use crate::families::{Family, RunObserver};
+use crate::formats::human_bytes;
 use crate::knobs::{Component, DeviceKind, Knobs, Precision};
 use crate::media::Image;
+use crate::nn::Weights;
 use crate::request::Request;
 use crate::worker::protocol::{Artifact, Preview, Stage};
 
@@ -54,8 +56,8 @@ pub struct LatentDiffusion {
     device: Device,
     /// Storage and compute dtype per component: text encoder, UNet, VAE.
     dtypes: [DType; 3],
-    /// Weight elements per component, in the same order.
-    weight_elements: [u64; 3],
+    /// Resident weight bytes per component, in the same order, as the loaders counted them.
+    weight_bytes: [u64; 3],
     noise: NoiseFactory,
     /// Notes for the next run's telemetry (knobs that are not honoured yet).
     load_notes: Vec<String>,
@@ -80,9 +82,10 @@ pub fn candle_device(kind: DeviceKind) -> Result<Device> {
 }
 
 /// Loads a Stable Diffusion 1.x/2.x model — a diffusers folder (`model_index.json`, `tokenizer/`,
-/// `text_encoder/`, `unet/`, `vae/`, `scheduler/`) or a single-file LDM checkpoint — with the knobs that this family honours today: device,
-/// precision f32/f16/bf16 per component, `attention_slice` and `vae_tile`. Other knobs (quantized
-/// types, offload) are accepted and reported in the run's notes.
+/// `text_encoder/`, `unet/`, `vae/`, `scheduler/`) or a single-file LDM checkpoint — with the knobs
+/// that this family honours: device, precision per component (f32/f16/bf16; quantized types store
+/// each weight matrix as [`crate::knobs::Precision::for_tensor`] says and compute in f32, the counts
+/// going to the run's notes), `attention_slice` and `vae_tile`.
 ///
 /// # Errors
 /// A missing or malformed file or component, named; an unavailable device.
@@ -90,23 +93,30 @@ pub fn load(path: &Path, knobs: &Knobs) -> Result<LatentDiffusion> {
     let device = candle_device(knobs.device)?;
     let mut notes = Vec::new();
     let mut dtypes = [DType::F32; 3];
+    // what each component's weights are stored as when it differs from the compute dtype:
+    // quantized types, and bf16 on the CPU, compute in f32 (F32 here means "as computed")
+    let mut storage = [Precision::F32; 3];
     for (i, c) in Component::ALL.into_iter().enumerate() {
-        dtypes[i] = match knobs.precision.get(c).resolve(knobs.device) {
+        let p = knobs.precision.get(c).resolve(knobs.device);
+        storage[i] = if p.is_quantized() { p } else { Precision::F32 };
+        dtypes[i] = match p {
             Precision::F32 => DType::F32,
             Precision::F16 => DType::F16,
             Precision::Bf16 if matches!(device, Device::Cpu) => {
-                notes.push(format!("{c}: bf16 has no CPU matmul kernel in candle; stored and computed in f32"));
+                notes.push(format!(
+                    "{c}: bf16 has no CPU matmul kernel in candle; stored in bf16, widened to f32 per layer at use"
+                ));
+                storage[i] = Precision::Bf16;
                 DType::F32
             }
             Precision::Bf16 => DType::BF16,
-            p => {
-                notes.push(format!(
-                    "{c}: precision {p} is not implemented for latent-diffusion yet; stored and computed in f32"
-                ));
-                DType::F32
-            }
+            _ => DType::F32,
         };
     }
+    let weights = |vb, i: usize| {
+        if storage[i] == Precision::F32 { Weights::new(vb) } else { Weights::with_precision(vb, storage[i]) }
+    };
+    let mut ledgers = Vec::with_capacity(3);
     let [text_dtype, unet_dtype, mut vae_dtype] = dtypes;
     if knobs.offload.gpu_blocks.is_some() {
         notes.push("offload.gpu_blocks is not implemented for latent-diffusion yet; ignored".into());
@@ -117,13 +127,17 @@ pub fn load(path: &Path, knobs: &Knobs) -> Result<LatentDiffusion> {
     notes.extend(source.notes());
     let tokenizer = source.tokenizer()?;
     let cfg = source.text_config()?;
-    let (vb, n_text) = source.weights(Component::Text, text_dtype, &device)?;
-    let mut text = build(&source.label(Component::Text), || ClipTextModel::new(&cfg, vb))?;
+    let (vb, _) = source.weights(Component::Text, text_dtype, &device)?;
+    let w = weights(vb, 0);
+    let mut text = build(&source.label(Component::Text), || ClipTextModel::new(&cfg, w.clone()))?;
+    ledgers.push(w.ledger());
     text.attention_slice = slice;
 
     let cfg = source.unet_config()?;
-    let (vb, n_unet) = source.weights(Component::Unet, unet_dtype, &device)?;
-    let mut unet = build(&source.label(Component::Unet), || Unet::new(&cfg, vb))?;
+    let (vb, _) = source.weights(Component::Unet, unet_dtype, &device)?;
+    let w = weights(vb, 1);
+    let mut unet = build(&source.label(Component::Unet), || Unet::new(&cfg, w.clone()))?;
+    ledgers.push(w.ledger());
     unet.attention_slice = slice;
 
     let cfg = source.vae_config()?;
@@ -134,8 +148,16 @@ pub fn load(path: &Path, knobs: &Knobs) -> Result<LatentDiffusion> {
         vae_dtype = DType::F32;
         dtypes[2] = DType::F32;
     }
-    let (vb, n_vae) = source.weights(Component::Vae, vae_dtype, &device)?;
-    let mut vae = build(&source.label(Component::Vae), || AutoencoderKl::new(&cfg, vb))?;
+    let (vb, _) = source.weights(Component::Vae, vae_dtype, &device)?;
+    let w = weights(vb, 2);
+    let mut vae = build(&source.label(Component::Vae), || AutoencoderKl::new(&cfg, w.clone()))?;
+    ledgers.push(w.ledger());
+    for (i, c) in Component::ALL.into_iter().enumerate() {
+        if storage[i].is_quantized() {
+            let l = &ledgers[i];
+            notes.push(format!("{c}: {}; {} resident", l.summary(), human_bytes(l.bytes)));
+        }
+    }
     vae.attention_slice = slice;
     vae.tile = knobs.slicing.vae_tile as usize;
 
@@ -149,7 +171,7 @@ pub fn load(path: &Path, knobs: &Knobs) -> Result<LatentDiffusion> {
         scheduler,
         device,
         dtypes,
-        weight_elements: [n_text, n_unet, n_vae],
+        weight_bytes: [ledgers[0].bytes, ledgers[1].bytes, ledgers[2].bytes],
         noise: default_noise(),
         load_notes: notes,
         clip_skip: 0,
@@ -161,6 +183,11 @@ impl LatentDiffusion {
     /// generator plugs in here).
     pub fn set_noise(&mut self, noise: NoiseFactory) {
         self.noise = noise;
+    }
+
+    /// Resident weight bytes per component (text encoder, UNet, VAE) as the loaders counted them.
+    pub fn component_weight_bytes(&self) -> [u64; 3] {
+        self.weight_bytes
     }
 
     /// The scheduler config read from the folder.
@@ -299,8 +326,7 @@ impl Family for LatentDiffusion {
             Device::Cuda(_) => "cuda:0".to_string(),
             Device::Metal(_) => "metal".to_string(),
         };
-        let bytes = self.weight_elements.iter().zip(self.dtypes).map(|(&n, d)| n * d.size_in_bytes() as u64).sum();
-        vec![(device, bytes)]
+        vec![(device, self.weight_bytes.iter().sum())]
     }
 
     fn generate(&mut self, request: &Request, observer: &mut dyn RunObserver) -> Result<Vec<Artifact>> {

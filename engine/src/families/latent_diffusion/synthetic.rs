@@ -12,6 +12,7 @@ use super::clip::{ClipConfig, ClipTextModel};
 use super::unet::{PerBlock, Unet, UnetConfig};
 use super::vae::{AutoencoderKl, VaeConfig};
 use crate::error::{Error, Result};
+use crate::nn::Weights;
 use crate::rng::TorchCpuRng;
 
 /// The sizes of a synthetic SD-1-style model.
@@ -126,7 +127,7 @@ pub fn write_folder(dir: &Path, spec: &SyntheticSpec) -> Result<u64> {
     let mut params = 0;
 
     let (cfg, vm) = (spec.text(), VarMap::new());
-    ClipTextModel::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &dev).pp("text_model"))?;
+    ClipTextModel::new(&cfg, Weights::new(VarBuilder::from_varmap(&vm, DType::F32, &dev).pp("text_model")))?;
     params += randomize(&vm, &mut rng)?;
     let json = serde_json::json!({
         "architectures": ["CLIPTextModel"], "hidden_size": cfg.hidden_size, "intermediate_size": cfg.intermediate_size,
@@ -138,7 +139,7 @@ pub fn write_folder(dir: &Path, spec: &SyntheticSpec) -> Result<u64> {
     save_component(&dir.join("text_encoder"), "model.safetensors", &json, &vm)?;
 
     let (cfg, vm) = (spec.unet(), VarMap::new());
-    Unet::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &dev))?;
+    Unet::new(&cfg, Weights::new(VarBuilder::from_varmap(&vm, DType::F32, &dev)))?;
     params += randomize(&vm, &mut rng)?;
     let json = serde_json::json!({
         "_class_name": "UNet2DConditionModel", "in_channels": 4, "out_channels": 4, "sample_size": cfg.sample_size,
@@ -150,7 +151,7 @@ pub fn write_folder(dir: &Path, spec: &SyntheticSpec) -> Result<u64> {
     save_component(&dir.join("unet"), "diffusion_pytorch_model.safetensors", &json, &vm)?;
 
     let (cfg, vm) = (spec.vae(), VarMap::new());
-    AutoencoderKl::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &dev))?;
+    AutoencoderKl::new(&cfg, Weights::new(VarBuilder::from_varmap(&vm, DType::F32, &dev)))?;
     params += randomize(&vm, &mut rng)?;
     let json = serde_json::json!({
         "_class_name": "AutoencoderKL", "in_channels": 3, "out_channels": 3, "latent_channels": 4,

@@ -4,11 +4,10 @@
 //! projections, `attention_head_dim` as one number or one per block.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::VarBuilder;
 use serde::Deserialize;
 
 use super::blocks::{Downsample2D, ResnetBlock2D, SpatialTransformer, Upsample2D};
-use crate::nn::{Conv2d, GroupNorm, Linear};
+use crate::nn::{Conv2d, GroupNorm, Linear, Weights};
 
 /// A config value given either once for all blocks or once per block.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -199,13 +198,13 @@ impl Unet {
     ///
     /// # Errors
     /// An unsupported config (named), missing or mis-shaped tensors.
-    pub fn new(cfg: &UnetConfig, vb: VarBuilder) -> Result<Self> {
+    pub fn new(cfg: &UnetConfig, vb: Weights) -> Result<Self> {
         cfg.check().map_err(candle_core::Error::Msg)?;
         let boc = &cfg.block_out_channels;
         let n = boc.len();
         let temb = boc[0] * 4;
         let (groups, eps) = (cfg.norm_num_groups, cfg.norm_eps);
-        let transformer = |ch: usize, i: usize, vb: VarBuilder| {
+        let transformer = |ch: usize, i: usize, vb: Weights| {
             let heads = cfg.heads(i);
             SpatialTransformer::new(
                 ch,

@@ -2,11 +2,10 @@
 //! latent distribution's mean and a decoder from latents to pixels, with `scaling_factor`.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::VarBuilder;
 use serde::Deserialize;
 
 use super::blocks::{Downsample2D, ResnetBlock2D, Upsample2D, VaeAttention};
-use crate::nn::{Conv2d, GroupNorm};
+use crate::nn::{Conv2d, GroupNorm, Weights};
 
 /// `vae/config.json`, the fields an SD 1.x/2.x autoencoder uses.
 #[derive(Clone, Debug, Deserialize)]
@@ -91,7 +90,7 @@ struct MidBlock {
 }
 
 impl MidBlock {
-    fn new(ch: usize, groups: usize, attention: bool, vb: VarBuilder) -> Result<Self> {
+    fn new(ch: usize, groups: usize, attention: bool, vb: Weights) -> Result<Self> {
         let r = |i: usize| ResnetBlock2D::new(ch, ch, None, groups, 1e-6, 1.0, vb.pp("resnets").pp(i));
         Ok(Self {
             resnets: [r(0)?, r(1)?],
@@ -164,7 +163,7 @@ impl AutoencoderKl {
     ///
     /// # Errors
     /// An unsupported config (named), missing or mis-shaped tensors.
-    pub fn new(cfg: &VaeConfig, vb: VarBuilder) -> Result<Self> {
+    pub fn new(cfg: &VaeConfig, vb: Weights) -> Result<Self> {
         cfg.check().map_err(candle_core::Error::Msg)?;
         let boc = &cfg.block_out_channels;
         let n = boc.len();

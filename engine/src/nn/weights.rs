@@ -1,0 +1,217 @@
+//! [`Weights`]: where a model constructor reads its tensors, and how it should store them.
+//!
+//! Every model constructor takes a `Weights` instead of a bare `candle_nn::VarBuilder`, so that
+//! the knobs that decide how a component's weights are held (precision, later placement) reach
+//! every layer through one explicit value rather than a global. Each tensor is read from the
+//! memory-mapped file, converted or quantized, and the source dropped, one tensor at a time; a
+//! [`Ledger`] shared by all prefixes of one component counts what was really kept.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{DType, Device, Result, Shape, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::knobs::Precision;
+
+/// What one component's loader kept: resident bytes and tensors per storage type.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ledger {
+    /// Bytes held by the loaded tensors (quantized storage as stored, dense as elements × size).
+    pub bytes: u64,
+    /// Number of tensors per storage type name (`q4k`, `q4_0`, `f16`, `f32` …).
+    pub tensors: BTreeMap<&'static str, usize>,
+}
+
+impl Ledger {
+    fn add(&mut self, kind: Precision, bytes: u64) {
+        self.bytes += bytes;
+        *self.tensors.entry(kind.name()).or_insert(0) += 1;
+    }
+
+    /// "q4k on 112 tensors, q4_0 on 30, f16 on 6, f32 on 200": quantized types first, each group
+    /// most-used first.
+    pub fn summary(&self) -> String {
+        let mut parts: Vec<(&str, usize)> = self.tensors.iter().map(|(k, v)| (*k, *v)).collect();
+        parts.sort_by_key(|&(k, n)| (matches!(k, "f32" | "f16" | "bf16"), std::cmp::Reverse(n), k));
+        parts
+            .iter()
+            .enumerate()
+            .map(|(i, (k, n))| if i == 0 { format!("{k} on {n} tensors") } else { format!("{k} on {n}") })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// A weight matrix as [`Weights::matrix`] hands it to a layer.
+#[derive(Debug)]
+pub enum StoredWeight {
+    /// Dense, in the storage dtype (which may be narrower than the compute dtype: the layer
+    /// converts it at use).
+    Dense(Tensor),
+    /// Quantized row by row, rows being everything after the first dimension; shaped
+    /// `(out, row)`, the layer restores its own shape when it dequantizes.
+    Quantized(QTensor),
+}
+
+/// A component's tensor source (a prefixed `VarBuilder` whose dtype is the compute dtype), its
+/// precision, and the ledger of what its layers hold.
+#[derive(Clone)]
+pub struct Weights<'a> {
+    vb: VarBuilder<'a>,
+    precision: Precision,
+    ledger: Arc<Mutex<Ledger>>,
+}
+
+impl<'a> Weights<'a> {
+    /// Dense weights stored in `vb`'s dtype.
+    pub fn new(vb: VarBuilder<'a>) -> Self {
+        let precision = precision_of(vb.dtype());
+        Self::with_precision(vb, precision)
+    }
+
+    /// Weights stored per [`Precision::for_tensor`] at `precision` (a concrete one; `auto` is
+    /// taken as f32) and computed in `vb`'s dtype.
+    pub fn with_precision(vb: VarBuilder<'a>, precision: Precision) -> Self {
+        let precision = if precision == Precision::Auto { Precision::F32 } else { precision };
+        Self { vb, precision, ledger: Arc::default() }
+    }
+
+    /// The same source and rules under the prefix `name` (`vb.pp`), sharing the ledger.
+    pub fn pp<S: ToString>(&self, name: S) -> Self {
+        Self { vb: self.vb.pp(name), precision: self.precision, ledger: self.ledger.clone() }
+    }
+
+    /// The underlying builder (no storage rule, nothing counted).
+    pub fn vb(&self) -> &VarBuilder<'a> {
+        &self.vb
+    }
+
+    /// What has been loaded through this component's `Weights` so far.
+    pub fn ledger(&self) -> Ledger {
+        self.ledger.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// The precision the component asked for.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    fn full_name(&self, name: &str) -> String {
+        let prefix = self.vb.prefix();
+        if prefix.is_empty() { name.to_string() } else { format!("{prefix}.{name}") }
+    }
+
+    fn record(&self, kind: Precision, bytes: usize) {
+        if let Ok(mut l) = self.ledger.lock() {
+            l.add(kind, bytes as u64);
+        }
+    }
+
+    /// The type `name` of `shape` is stored in under this component's precision.
+    fn storage(&self, shape: &Shape, name: &str) -> Precision {
+        let dims: Vec<u64> = shape.dims().iter().map(|&d| d as u64).collect();
+        self.precision.for_tensor(&self.full_name(name), &dims)
+    }
+
+    fn dense_dtype(&self, p: Precision) -> DType {
+        match p {
+            Precision::F16 => DType::F16,
+            Precision::Bf16 => DType::BF16,
+            Precision::F32 => DType::F32,
+            _ => self.vb.dtype(),
+        }
+    }
+
+    /// A tensor that is never quantized (bias, norm, embedding table), in the dense type the
+    /// storage rule gives it: the compute dtype, or f16 for embedding tables under a quantized
+    /// precision. Callers convert it to the compute dtype where they use it.
+    ///
+    /// # Errors
+    /// A missing tensor or one of the wrong shape.
+    pub fn get<S: Into<Shape>>(&self, shape: S, name: &str) -> Result<Tensor> {
+        let shape = shape.into();
+        let p = self.storage(&shape, name);
+        // a matrix read here is held dense even if the rule would quantize it: count what is held
+        let (dtype, kind) = if p.is_quantized() {
+            (self.vb.dtype(), precision_of(self.vb.dtype()))
+        } else {
+            (self.dense_dtype(p), p)
+        };
+        let t = self.vb.get_with_hints_dtype(shape, name, Default::default(), dtype)?;
+        self.record(kind, t.elem_count() * dtype.size_in_bytes());
+        Ok(t)
+    }
+
+    /// A tensor read in the compute dtype whatever the storage rule says, for layers whose
+    /// kernels need it there (layer norms); counted as held.
+    ///
+    /// # Errors
+    /// A missing tensor or one of the wrong shape.
+    pub fn get_compute<S: Into<Shape>>(&self, shape: S, name: &str) -> Result<Tensor> {
+        let dtype = self.vb.dtype();
+        let t = self.vb.get_with_hints_dtype(shape, name, Default::default(), dtype)?;
+        self.record(precision_of(dtype), t.elem_count() * dtype.size_in_bytes());
+        Ok(t)
+    }
+
+    /// A weight matrix of a linear or convolution layer, quantized when the rule says so (read as
+    /// f32 from the file, quantized, the f32 copy dropped), otherwise dense in its storage type.
+    ///
+    /// # Errors
+    /// A missing tensor or one of the wrong shape.
+    pub fn matrix<S: Into<Shape>>(&self, shape: S, name: &str) -> Result<StoredWeight> {
+        let shape = shape.into();
+        let p = self.storage(&shape, name);
+        let Some(ggml) = ggml_type(p) else {
+            let dtype = self.dense_dtype(p);
+            let t = self.vb.get_with_hints_dtype(shape, name, Default::default(), dtype)?;
+            self.record(p, t.elem_count() * dtype.size_in_bytes());
+            return Ok(StoredWeight::Dense(t));
+        };
+        let rows = shape.dims().first().copied().unwrap_or(1);
+        let f32 = self.vb.get_with_hints_dtype(shape.clone(), name, Default::default(), DType::F32)?;
+        let f32 = f32.reshape((rows, shape.elem_count() / rows.max(1)))?;
+        let q = QTensor::quantize(&f32, ggml)?;
+        drop(f32);
+        self.record(p, q.storage_size_in_bytes());
+        Ok(StoredWeight::Quantized(q))
+    }
+
+    /// Whether the source holds `name` (relative to this prefix).
+    pub fn contains_tensor(&self, name: &str) -> bool {
+        self.vb.contains_tensor(name)
+    }
+
+    /// The device tensors are loaded onto.
+    pub fn device(&self) -> &Device {
+        self.vb.device()
+    }
+
+    /// The compute dtype.
+    pub fn dtype(&self) -> DType {
+        self.vb.dtype()
+    }
+}
+
+/// The float precision of a dense dtype (f32 for anything not f16/bf16).
+fn precision_of(dtype: DType) -> Precision {
+    match dtype {
+        DType::F16 => Precision::F16,
+        DType::BF16 => Precision::Bf16,
+        _ => Precision::F32,
+    }
+}
+
+/// candle's block type for a quantized precision; `None` for float ones.
+pub fn ggml_type(p: Precision) -> Option<GgmlDType> {
+    match p {
+        Precision::Q8_0 => Some(GgmlDType::Q8_0),
+        Precision::Q6K => Some(GgmlDType::Q6K),
+        Precision::Q5K => Some(GgmlDType::Q5K),
+        Precision::Q4K => Some(GgmlDType::Q4K),
+        Precision::Q4_0 => Some(GgmlDType::Q4_0),
+        _ => None,
+    }
+}
