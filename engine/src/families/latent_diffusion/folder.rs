@@ -70,6 +70,29 @@ pub fn var_builder(dir: &Path, dtype: DType, device: &Device) -> Result<(VarBuil
     Ok((vb, elements))
 }
 
+/// Weight elements of each offloadable UNet block in a component folder's weight file, by the
+/// planner's grouping (label such as `down_blocks.0` or `mid_block`, elements).
+///
+/// # Errors
+/// As [`var_builder`].
+pub fn block_elements(dir: &Path) -> Result<Vec<(String, u64)>> {
+    let path = weight_file(dir)?;
+    // SAFETY: as in `var_builder`.
+    let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(&path) }
+        .map_err(|e| Error::file(&path, format!("not readable as safetensors: {e}")))?;
+    let mut out: Vec<(String, u64)> = Vec::new();
+    for (name, view) in st.tensors() {
+        if let Some((_, label)) = crate::plan::shape::unet_block_key(&name) {
+            let n = view.shape().iter().product::<usize>() as u64;
+            match out.iter_mut().find(|(l, _)| *l == label) {
+                Some((_, e)) => *e += n,
+                None => out.push((label, n)),
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Runs a model constructor and turns its tensor error into one naming the component folder.
 ///
 /// # Errors

@@ -1,5 +1,5 @@
 //! Latent diffusion: Stable Diffusion 1.x and 2.x. One file per module: [`tokenizer`] (CLIP BPE),
-//! [`clip`] (text encoder), [`blocks`] and [`unet`] (denoiser), [`vae`] and [`vae_tiling`] (autoencoder),
+//! [`clip`] (text encoder), [`blocks`] and [`unet`] (denoiser, its blocks placed by [`offload`]), [`vae`] and [`vae_tiling`] (autoencoder),
 //! [`schedulers`] (DDIM, Euler, Euler ancestral, DPM++ 2M), [`preview`] (latents → RGB) and
 //! [`pipeline`] (prompt → image, the [`crate::families::Family`] implementation), with [`folder`]
 //! reading a diffusers folder's configs and weights.
@@ -7,6 +7,7 @@
 pub mod blocks;
 pub mod clip;
 pub mod folder;
+pub mod offload;
 pub mod pipeline;
 pub mod preview;
 pub mod schedulers;
@@ -15,6 +16,8 @@ pub mod unet;
 pub mod vae;
 pub mod vae_tiling;
 
+#[cfg(test)]
+mod offload_tests;
 #[cfg(test)]
 mod parity_tests;
 #[cfg(test)]

@@ -6,7 +6,8 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 
 use super::clip::{ClipConfig, ClipTextModel};
-use super::folder::{build, read_config, read_json, var_builder};
+use super::folder::{block_elements, build, read_config, read_json, var_builder};
+use super::offload::{BlockPlacement, SlotKind};
 use super::preview::latents_to_rgb;
 use super::schedulers::{Sampler, SchedulerConfig};
 use super::tokenizer::ClipTokenizer;
@@ -14,7 +15,7 @@ use super::unet::{Unet, UnetConfig};
 use super::vae::{AutoencoderKl, VaeConfig};
 use crate::error::{Error, Result};
 use crate::families::{Family, RunObserver};
-use crate::knobs::{Component, DeviceKind, Knobs, Precision};
+use crate::knobs::{Component, DeviceKind, Knobs, OffloadMode, Precision};
 use crate::media::Image;
 use crate::nn::Weights;
 use crate::request::Request;
@@ -51,11 +52,14 @@ pub struct LatentDiffusion {
     unet: Unet,
     vae: AutoencoderKl,
     scheduler: SchedulerConfig,
+    /// The UNet's device (latents live here); the text encoder and VAE have their own.
     device: Device,
+    text_device: Device,
+    vae_device: Device,
     /// Storage and compute dtype per component: text encoder, UNet, VAE.
     dtypes: [DType; 3],
-    /// Weight elements per component, in the same order.
-    weight_elements: [u64; 3],
+    /// Resident weight bytes per device name.
+    resident: Vec<(String, u64)>,
     noise: NoiseFactory,
     /// Notes for the next run's telemetry (knobs that are not honoured yet).
     load_notes: Vec<String>,
@@ -81,8 +85,9 @@ pub fn candle_device(kind: DeviceKind) -> Result<Device> {
 
 /// Loads a diffusers Stable Diffusion folder (`model_index.json`, `tokenizer/`, `text_encoder/`,
 /// `unet/`, `vae/`, `scheduler/`) with the knobs that this family honours today: device,
-/// precision f32/f16/bf16 per component, `attention_slice` and `vae_tile`. Other knobs (quantized
-/// types, offload) are accepted and reported in the run's notes.
+/// precision f32/f16/bf16 per component, offload (text encoder and VAE placement, the UNet's
+/// `gpu_blocks` split or streamed), `attention_slice` and `vae_tile`. Other knobs (quantized
+/// types) are accepted and reported in the run's notes.
 ///
 /// # Errors
 /// A missing or malformed file or component, named; an unavailable device.
@@ -91,13 +96,17 @@ pub fn load(path: &Path, knobs: &Knobs) -> Result<LatentDiffusion> {
         return Err(Error::file(path, "not a diffusers folder (no model_index.json)"));
     }
     let device = candle_device(knobs.device)?;
+    // a component placed on the CPU gets the CPU; otherwise the one device made above (two
+    // handles to one GPU would count as different devices)
+    let place = |p: crate::knobs::Placement| if p.resolve(knobs.device).is_gpu() { device.clone() } else { Device::Cpu };
+    let devices = [place(knobs.offload.text), device.clone(), place(knobs.offload.vae)];
     let mut notes = Vec::new();
     let mut dtypes = [DType::F32; 3];
     for (i, c) in Component::ALL.into_iter().enumerate() {
         dtypes[i] = match knobs.precision.get(c).resolve(knobs.device) {
             Precision::F32 => DType::F32,
             Precision::F16 => DType::F16,
-            Precision::Bf16 if matches!(device, Device::Cpu) => {
+            Precision::Bf16 if devices[i].is_cpu() => {
                 notes.push(format!("{c}: bf16 has no CPU matmul kernel in candle; stored and computed in f32"));
                 DType::F32
             }
@@ -111,23 +120,49 @@ pub fn load(path: &Path, knobs: &Knobs) -> Result<LatentDiffusion> {
         };
     }
     let [text_dtype, unet_dtype, mut vae_dtype] = dtypes;
-    if knobs.offload.gpu_blocks.is_some() {
-        notes.push("offload.gpu_blocks is not implemented for latent-diffusion yet; ignored".into());
-    }
+    let [text_device, _, vae_device] = devices;
     let slice = knobs.slicing.attention_slice as usize;
+    let mut resident = Resident::default();
 
     let tokenizer = ClipTokenizer::from_dir(&path.join("tokenizer"))?;
     let dir = path.join("text_encoder");
     let cfg: ClipConfig = read_config(&dir)?;
-    let (vb, n_text) = var_builder(&dir, text_dtype, &device)?;
+    let (vb, n_text) = var_builder(&dir, text_dtype, &text_device)?;
     let mut text = build(&dir, || ClipTextModel::new(&cfg, Weights::new(vb)))?;
     text.attention_slice = slice;
+    resident.add(&text_device, n_text * text_dtype.size_in_bytes() as u64);
 
     let dir = path.join("unet");
     let cfg: UnetConfig = read_config(&dir)?;
     let (vb, n_unet) = var_builder(&dir, unet_dtype, &device)?;
-    let mut unet = build(&dir, || Unet::new(&cfg, Weights::new(vb)))?;
+    let split_on_cpu = device.is_cpu() && knobs.offload.mode == OffloadMode::Split;
+    let placement = BlockPlacement {
+        // split on a CPU run would compute on the CPU what already lives there: all resident
+        resident: knobs.offload.gpu_blocks.filter(|_| !split_on_cpu).map_or(usize::MAX, |n| n as usize),
+        mode: knobs.offload.mode,
+        // the CPU has no bf16 matmul: split blocks of a bf16 UNet are held and run in f32
+        cpu_dtype: if unet_dtype == DType::BF16 { DType::F32 } else { unet_dtype },
+    };
+    let mut unet = build(&dir, || Unet::with_offload(&cfg, Weights::new(vb), &placement))?;
     unet.attention_slice = slice;
+    let block_bytes = block_elements(&dir)?;
+    let slots = unet.slots();
+    let mut unet_bytes = n_unet * unet_dtype.size_in_bytes() as u64;
+    for (label, kind) in &slots {
+        let n = block_bytes.iter().find(|(l, _)| l == label).map_or(0, |b| b.1);
+        match kind {
+            SlotKind::Resident => {}
+            SlotKind::Split => {
+                unet_bytes -= n * unet_dtype.size_in_bytes() as u64;
+                resident.add(&Device::Cpu, n * placement.cpu_dtype.size_in_bytes() as u64);
+            }
+            SlotKind::Streamed => unet_bytes -= n * unet_dtype.size_in_bytes() as u64,
+        }
+    }
+    resident.add(&device, unet_bytes);
+    if let Some(note) = offload_note(knobs, &device, &slots) {
+        notes.push(note);
+    }
 
     let dir = path.join("vae");
     let cfg: VaeConfig = read_config(&dir)?;
@@ -138,10 +173,11 @@ pub fn load(path: &Path, knobs: &Knobs) -> Result<LatentDiffusion> {
         vae_dtype = DType::F32;
         dtypes[2] = DType::F32;
     }
-    let (vb, n_vae) = var_builder(&dir, vae_dtype, &device)?;
+    let (vb, n_vae) = var_builder(&dir, vae_dtype, &vae_device)?;
     let mut vae = build(&dir, || AutoencoderKl::new(&cfg, Weights::new(vb)))?;
     vae.attention_slice = slice;
     vae.tile = knobs.slicing.vae_tile as usize;
+    resident.add(&vae_device, n_vae * vae_dtype.size_in_bytes() as u64);
 
     let sp = path.join("scheduler").join("scheduler_config.json");
     let scheduler: SchedulerConfig = read_json(&sp)?;
@@ -155,14 +191,58 @@ pub fn load(path: &Path, knobs: &Knobs) -> Result<LatentDiffusion> {
         vae,
         scheduler,
         device,
+        text_device,
+        vae_device,
         dtypes,
-        weight_elements: [n_text, n_unet, n_vae],
+        resident: resident.0,
         noise: default_noise(),
         load_notes: notes,
         clip_skip: 0,
     })
 }
 
+/// Weight bytes per device name, in the order devices were first seen.
+#[derive(Default)]
+struct Resident(Vec<(String, u64)>);
+
+impl Resident {
+    fn add(&mut self, device: &Device, bytes: u64) {
+        let name = device_name(device);
+        match self.0.iter_mut().find(|(d, _)| *d == name) {
+            Some((_, b)) => *b += bytes,
+            None => self.0.push((name, bytes)),
+        }
+    }
+}
+
+/// A device as telemetry and the planner name it (`cpu`, `cuda:0`, `metal`).
+fn device_name(device: &Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { .. } => "metal".into(),
+    }
+}
+
+/// What the run notes say about the UNet's blocks: how many are held where, and when a setting
+/// changes nothing on this device.
+fn offload_note(knobs: &Knobs, device: &Device, slots: &[(String, SlotKind)]) -> Option<String> {
+    let n = knobs.offload.gpu_blocks? as usize;
+    let count = |k: SlotKind| slots.iter().filter(|s| s.1 == k).count();
+    let (resident, split, streamed) = (count(SlotKind::Resident), count(SlotKind::Split), count(SlotKind::Streamed));
+    let dev = device_name(device);
+    let mut note = format!("unet offload: {resident} of {} blocks resident on {dev}", slots.len());
+    if split > 0 {
+        note.push_str(&format!(", {split} split (held and computed on the cpu)"));
+    }
+    if streamed > 0 {
+        note.push_str(&format!(", {streamed} streamed from the weight file at each use"));
+    }
+    if device.is_cpu() && knobs.offload.mode == OffloadMode::Split && n < slots.len() {
+        note.push_str("; mode split on a cpu run keeps every block in RAM (the same as resident): use mode=stream to save memory");
+    }
+    Some(note)
+}
 impl LatentDiffusion {
     /// Replaces the noise source (tests feed diffusers' exact noise; the engine's torch-compatible
     /// generator plugs in here).
@@ -183,7 +263,7 @@ impl LatentDiffusion {
     pub fn encode_prompt(&self, text: &str) -> Result<(Tensor, Option<String>)> {
         let tokens = self.tokenizer.encode(text)?;
         let n = tokens.ids.len();
-        let ids = Tensor::from_vec(tokens.ids, (1, n), &self.device)?;
+        let ids = Tensor::from_vec(tokens.ids, (1, n), &self.text_device)?;
         Ok((self.text.forward(&ids, self.clip_skip)?, tokens.warning))
     }
 
@@ -231,7 +311,7 @@ impl LatentDiffusion {
         };
         // latents and sampler arithmetic stay f32 (as diffusers upcasts in its schedulers); each
         // component computes in its own dtype
-        let context = context.to_dtype(self.dtypes[1])?;
+        let context = context.to_device(&self.device)?.to_dtype(self.dtypes[1])?;
 
         observer.stage(Stage::Denoise);
         let steps = request.steps as usize;
@@ -272,7 +352,8 @@ impl LatentDiffusion {
         let mut images = Vec::with_capacity(batch);
         for b in 0..batch {
             let img =
-                self.vae.decode_scaled(&latents.narrow(0, b, 1)?.to_dtype(self.dtypes[2])?)?.to_dtype(DType::F32)?;
+                self.vae.decode_scaled(&latents.narrow(0, b, 1)?.to_device(&self.vae_device)?.to_dtype(self.dtypes[2])?)?;
+            let img = img.to_dtype(DType::F32)?;
             images.push(((img / 2.0)? + 0.5)?.clamp(0f32, 1f32)?);
             observer.progress(b as u32 + 1, batch as u32);
         }
@@ -301,13 +382,7 @@ impl Family for LatentDiffusion {
     }
 
     fn weight_bytes(&self) -> Vec<(String, u64)> {
-        let device = match &self.device {
-            Device::Cpu => "cpu".to_string(),
-            Device::Cuda(_) => "cuda:0".to_string(),
-            Device::Metal(_) => "metal".to_string(),
-        };
-        let bytes = self.weight_elements.iter().zip(self.dtypes).map(|(&n, d)| n * d.size_in_bytes() as u64).sum();
-        vec![(device, bytes)]
+        self.resident.clone()
     }
 
     fn generate(&mut self, request: &Request, observer: &mut dyn RunObserver) -> Result<Vec<Artifact>> {
