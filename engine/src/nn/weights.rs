@@ -78,6 +78,13 @@ impl<'a> Weights<'a> {
         Self { vb, precision, ledger: Arc::default() }
     }
 
+    /// The same source and rules over `vb` (e.g. the same file on another device or dtype), with
+    /// a ledger of its own: for weights held elsewhere (split blocks) or built and dropped again
+    /// (streamed blocks), which must not count as this component's resident bytes.
+    pub fn detached(&self, vb: VarBuilder<'a>) -> Self {
+        Self { vb, precision: self.precision, ledger: Arc::default() }
+    }
+
     /// The same source and rules under the prefix `name` (`vb.pp`), sharing the ledger.
     pub fn pp<S: ToString>(&self, name: S) -> Self {
         Self { vb: self.vb.pp(name), precision: self.precision, ledger: self.ledger.clone() }

@@ -69,7 +69,7 @@ pub struct DevicePlan {
     pub total_bytes: u64,
     /// None where no budget is known for the device.
     pub budget_bytes: Option<u64>,
-    /// Weight bytes per component (`text`, `unet`, `vae`, `unet (streamed)`, `other`).
+    /// Weight bytes per component (`text`, `unet`, `vae`, `unet (streamed block)`, `other`).
     pub components: BTreeMap<String, u64>,
     /// The stage whose activations set the peak.
     pub peak_stage: String,
@@ -109,6 +109,8 @@ pub struct Plan {
     pub suggestions: Vec<Suggestion>,
     /// Where a number is an assumption rather than read from the model.
     pub notes: Vec<String>,
+    /// The denoiser's offloadable blocks (the most `offload.gpu_blocks` can keep).
+    pub unet_blocks: u32,
 }
 
 impl Default for Plan {
@@ -122,6 +124,7 @@ impl Default for Plan {
             per_device: vec![],
             suggestions: vec![],
             notes: vec![],
+            unet_blocks: 0,
         }
     }
 }
@@ -166,6 +169,7 @@ pub fn plan(shape: &ModelShape, knobs: &Knobs, request: &Request, budgets: &Budg
         (false, true) => Verdict::DoesNotFit,
     };
     let mut notes = shape.assumptions.clone();
+    notes.extend(streamed_note(shape, knobs));
     if budgets.0.is_empty() {
         notes.push("no budget known: nothing was checked".into());
     }
@@ -178,7 +182,24 @@ pub fn plan(shape: &ModelShape, knobs: &Knobs, request: &Request, budgets: &Budg
         per_device,
         suggestions,
         notes,
+        unet_blocks: shape.unet_blocks.len() as u32,
     }
+}
+
+/// The blocks a stream plan reads from the weight file at every step (not counted as RAM).
+fn streamed_note(shape: &ModelShape, knobs: &Knobs) -> Option<String> {
+    let n = knobs.offload.gpu_blocks? as usize;
+    if knobs.offload.mode != OffloadMode::Stream || n >= shape.unet_blocks.len() {
+        return None;
+    }
+    let p = knobs.precision.get(Component::Unet).resolve(knobs.device);
+    let bytes: u64 = shape.unet_blocks[n..].iter().map(|(_, t)| shape::bytes_at(t, p)).sum();
+    Some(format!(
+        "unet: {} blocks ({:.1} MiB) are read from the memory-mapped weight file at each step; \
+         that is page cache, not counted against RAM",
+        shape.unet_blocks.len() - n,
+        bytes as f64 / (1u64 << 20) as f64
+    ))
 }
 
 /// Bytes per device, without a verdict.
@@ -215,10 +236,12 @@ pub fn predict(shape: &ModelShape, knobs: &Knobs, req: &Request, budgets: &Budge
     if blocks.is_empty() {
         add_weights(dev, "unet", unet_total);
     } else if !dev.is_gpu() {
+        // On the CPU, split computes where the blocks already are (all resident); stream leaves
+        // the non-resident blocks in the mapped file and materializes one at a time on the heap.
+        add_weights(dev, "unet", stem + on_dev);
         match knobs.offload.mode {
-            // On the CPU, stream keeps the weights in the mapped file and materializes one block at a time.
-            OffloadMode::Stream => add_weights(dev, "unet", stem + blocks.iter().copied().max().unwrap_or(0)),
-            OffloadMode::Split => add_weights(dev, "unet", unet_total),
+            OffloadMode::Stream => add_weights(dev, "unet (streamed block)", largest_off),
+            OffloadMode::Split => add_weights(dev, "unet", off_dev),
         }
     } else {
         add_weights(dev, "unet", stem + on_dev);
@@ -228,10 +251,9 @@ pub fn predict(shape: &ModelShape, knobs: &Knobs, req: &Request, budgets: &Budge
                     add_weights(DeviceKind::Cpu, "unet", off_dev);
                     unet_split_on_cpu = true;
                 }
-                OffloadMode::Stream => {
-                    add_weights(DeviceKind::Cpu, "unet (held for streaming)", off_dev);
-                    add_weights(dev, "unet (streamed block)", largest_off);
-                }
+                // Streamed blocks stay in the memory-mapped weight file (page cache the kernel
+                // can drop, not RAM the run holds): only the block being copied in counts.
+                OffloadMode::Stream => add_weights(dev, "unet (streamed block)", largest_off),
             }
         }
     }
@@ -284,15 +306,15 @@ impl Precision {
 
 /// A knob move the search may make, with its expected quality loss and its cost in words.
 struct Move {
-    key: &'static str,
-    value: String,
+    /// Knob settings made together (the first names the suggestion).
+    changes: Vec<(&'static str, String)>,
     quality_loss: f32,
     cost: &'static str,
 }
 
 fn moves(knobs: &Knobs, req: &Request) -> Vec<Move> {
     let mut m = Vec::new();
-    let mv = |key, value: String, quality_loss, cost| Move { key, value, quality_loss, cost };
+    let mv = |key, value: String, quality_loss, cost| Move { changes: vec![(key, value)], quality_loss, cost };
     let latent = (req.width as u64 / 8) * (req.height as u64 / 8);
     for slice in [1024u32, 256, 64] {
         if (slice as u64) < latent && (knobs.slicing.attention_slice == 0 || knobs.slicing.attention_slice > slice) {
@@ -312,8 +334,12 @@ fn moves(knobs: &Knobs, req: &Request) -> Vec<Move> {
         for n in [6u32, 3, 0] {
             m.push(mv("offload.gpu_blocks", n.to_string(), 0.0, "lossless, slower as fewer blocks stay on the GPU"));
         }
-    } else {
-        m.push(mv("offload.mode", "stream".into(), 0.0, "lossless, weights read from the file per block"));
+    } else if knobs.offload.gpu_blocks != Some(0) || knobs.offload.mode != OffloadMode::Stream {
+        m.push(Move {
+            changes: vec![("offload.mode", "stream".into()), ("offload.gpu_blocks", "0".into())],
+            quality_loss: 0.0,
+            cost: "lossless, weights read from the file per block each step",
+        });
     }
     let unet = knobs.precision.unet.resolve(knobs.device);
     for (p, loss) in [
@@ -350,16 +376,18 @@ fn suggest(shape: &ModelShape, knobs: &Knobs, req: &Request, budgets: &Budgets) 
         (devs.iter().all(DevicePlan::fits), busiest(&devs))
     };
     let mut out: Vec<Suggestion> = Vec::new();
+    let apply = |k: &mut Knobs, m: &Move| m.changes.iter().all(|(key, value)| k.set(key, value).is_ok());
+    let owned = |m: &Move| m.changes.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<Vec<_>>();
     for m in &all {
         let mut k = *knobs;
-        if k.set(m.key, &m.value).is_err() {
+        if !apply(&mut k, m) {
             continue;
         }
         let (fits, total) = try_knobs(&k);
         // One suggestion per knob: the mildest value that fits.
-        if fits && !out.iter().any(|s| s.changes[0].0 == m.key) {
+        if fits && !out.iter().any(|s| s.changes[0].0 == m.changes[0].0) {
             out.push(Suggestion {
-                changes: vec![(m.key.to_string(), m.value.clone())],
+                changes: owned(m),
                 total_bytes: total,
                 cost: m.cost.to_string(),
                 quality_loss: m.quality_loss,
@@ -371,11 +399,13 @@ fn suggest(shape: &ModelShape, knobs: &Knobs, req: &Request, budgets: &Budgets) 
         let mut changes: Vec<(String, String)> = Vec::new();
         let mut loss: f32 = 0.0;
         for m in &all {
-            if k.set(m.key, &m.value).is_err() {
+            if !apply(&mut k, m) {
                 continue;
             }
-            changes.retain(|c| c.0 != m.key);
-            changes.push((m.key.to_string(), m.value.clone()));
+            for (key, value) in owned(m) {
+                changes.retain(|c| c.0 != key);
+                changes.push((key, value));
+            }
             loss = loss.max(m.quality_loss);
             let (fits, total) = try_knobs(&k);
             if fits {

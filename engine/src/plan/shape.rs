@@ -141,8 +141,9 @@ fn model_dir(path: &Path) -> Option<std::path::PathBuf> {
 
 /// Groups a denoiser tensor into its offloadable block: diffusers names (`down_blocks.N`,
 /// `mid_block`, `up_blocks.N`) and original LDM names (`input_blocks.N`, `middle_block`,
-/// `output_blocks.N`). The key orders blocks in execution order.
-fn unet_block_key(name: &str) -> Option<((u8, u32), String)> {
+/// `output_blocks.N`). The key orders blocks in execution order; the label is the block's name
+/// prefix (`down_blocks.0`, `mid_block`), which the UNet's offload uses too.
+pub(crate) fn unet_block_key(name: &str) -> Option<((u8, u32), String)> {
     let name = name.strip_prefix("model.diffusion_model.").unwrap_or(name);
     let numbered = |prefix: &str, rank: u8| -> Option<((u8, u32), String)> {
         let rest = name.strip_prefix(prefix)?;

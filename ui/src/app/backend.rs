@@ -73,6 +73,8 @@ pub struct PlanView {
     pub per_device: Vec<DeviceUse>,
     /// Knob changes that would make it fit, in words.
     pub suggestions: Vec<String>,
+    /// The denoiser's offloadable blocks, where the model has them (the GPU-blocks slider's end).
+    pub unet_blocks: Option<u32>,
 }
 
 /// One reading of the memory sampler.

@@ -122,6 +122,7 @@ fn plan_view(p: &Plan) -> PlanView {
                 )
             })
             .collect(),
+        unet_blocks: (p.unet_blocks > 0).then_some(p.unet_blocks),
     }
 }
 

@@ -9,8 +9,9 @@ use super::backend::GpuInfo;
 use super::command::AppCommand;
 use super::widgets::section_ui;
 
-/// Largest `gpu_blocks` the slider offers (SD's UNet has 25 blocks counting the middle one).
-const MAX_GPU_BLOCKS: u32 = 25;
+/// Largest `gpu_blocks` the slider offers when no plan says how many blocks the model has (SD's
+/// UNet has 9: four down, the middle one, four up).
+const DEFAULT_GPU_BLOCKS: u32 = 9;
 
 impl HeadroomApp {
     /// The knobs section of the left panel.
@@ -103,17 +104,20 @@ impl HeadroomApp {
         ui.add_space(4.0);
         ui.label(RichText::new("Offload").strong());
         let on_gpu = k.device.is_gpu();
-        let why = "Offload moves parts off the GPU; the device is the CPU";
-        ui.add_enabled_ui(on_gpu, |ui| {
-            egui::Grid::new("offload_grid")
-                .num_columns(2)
-                .spacing([8.0, 3.0])
-                .show(ui, |ui| {
-                    for (label, place) in [
-                        ("Text encoder", &mut k.offload.text),
-                        ("VAE", &mut k.offload.vae),
-                    ] {
-                        let l = ui.label(label);
+        let max_blocks = match &self.rt.plan {
+            Some(Ok(p)) => p.unet_blocks.unwrap_or(DEFAULT_GPU_BLOCKS),
+            _ => DEFAULT_GPU_BLOCKS,
+        };
+        egui::Grid::new("offload_grid")
+            .num_columns(2)
+            .spacing([8.0, 3.0])
+            .show(ui, |ui| {
+                for (label, place) in [
+                    ("Text encoder", &mut k.offload.text),
+                    ("VAE", &mut k.offload.vae),
+                ] {
+                    let l = ui.label(label);
+                    ui.add_enabled_ui(on_gpu, |ui| {
                         egui::ComboBox::from_id_salt(("place", label))
                             .selected_text(place.to_string())
                             .show_ui(ui, |ui| {
@@ -122,38 +126,45 @@ impl HeadroomApp {
                                 }
                             })
                             .response
-                            .labelled_by(l.id);
-                        ui.end_row();
+                            .labelled_by(l.id)
+                    })
+                    .response
+                    .on_disabled_hover_text("placement moves a component off the GPU; the device is the CPU");
+                    ui.end_row();
+                }
+                ui.label(if on_gpu { "GPU blocks" } else { "Resident blocks" });
+                ui.horizontal(|ui| {
+                    let mut all = k.offload.gpu_blocks.is_none();
+                    if ui.checkbox(&mut all, "all").changed() {
+                        k.offload.gpu_blocks = if all { None } else { Some(max_blocks / 2) };
                     }
-                    ui.label("GPU blocks");
-                    ui.horizontal(|ui| {
-                        let mut all = k.offload.gpu_blocks.is_none();
-                        if ui.checkbox(&mut all, "all").changed() {
-                            k.offload.gpu_blocks =
-                                if all { None } else { Some(MAX_GPU_BLOCKS / 2) };
-                        }
-                        let mut n = k.offload.gpu_blocks.unwrap_or(MAX_GPU_BLOCKS);
-                        let r = ui.add_enabled(
-                            !all,
-                            egui::Slider::new(&mut n, 0..=MAX_GPU_BLOCKS).text("blocks"),
-                        );
-                        if r.changed() {
-                            k.offload.gpu_blocks = Some(n);
-                        }
-                    });
-                    ui.end_row();
-                    ui.label("Other blocks");
-                    ui.horizontal(|ui| {
-                        ui.selectable_value(&mut k.offload.mode, OffloadMode::Split, "split")
-                            .on_hover_text("computed on the CPU");
-                        ui.selectable_value(&mut k.offload.mode, OffloadMode::Stream, "stream")
-                            .on_hover_text("held in RAM, copied to the GPU just before use");
-                    });
-                    ui.end_row();
+                    let mut n = k.offload.gpu_blocks.unwrap_or(max_blocks).min(max_blocks);
+                    let r = ui.add_enabled(
+                        !all,
+                        egui::Slider::new(&mut n, 0..=max_blocks).text("blocks"),
+                    );
+                    if r.changed() {
+                        k.offload.gpu_blocks = Some(n);
+                    }
                 });
-        })
-        .response
-        .on_disabled_hover_text(why);
+                ui.end_row();
+                ui.label("Other blocks");
+                ui.horizontal(|ui| {
+                    let (split, stream) = if on_gpu {
+                        ("computed on the CPU", "held in the weight file, copied to the GPU just before use")
+                    } else {
+                        (
+                            "kept in RAM (on a CPU run the same as resident)",
+                            "left in the memory-mapped weight file, read in per block at each step",
+                        )
+                    };
+                    ui.selectable_value(&mut k.offload.mode, OffloadMode::Split, "split")
+                        .on_hover_text(split);
+                    ui.selectable_value(&mut k.offload.mode, OffloadMode::Stream, "stream")
+                        .on_hover_text(stream);
+                });
+                ui.end_row();
+            });
 
         ui.add_space(4.0);
         ui.label(RichText::new("Slicing").strong());

@@ -114,6 +114,7 @@ impl Backend for FakeBackend {
                 budget_bytes,
             }],
             suggestions: Vec::new(),
+            unet_blocks: Some(5),
         })
     }
 

@@ -1,5 +1,5 @@
 //! Latent diffusion: Stable Diffusion 1.x and 2.x. One file per module: [`tokenizer`] (CLIP BPE),
-//! [`clip`] (text encoder), [`blocks`] and [`unet`] (denoiser), [`vae`] and [`vae_tiling`] (autoencoder),
+//! [`clip`] (text encoder), [`blocks`] and [`unet`] (denoiser, its blocks placed by [`offload`]), [`vae`] and [`vae_tiling`] (autoencoder),
 //! [`schedulers`] (DDIM, Euler, Euler ancestral, DPM++ 2M), [`preview`] (latents → RGB) and
 //! [`pipeline`] (prompt → image, the [`crate::families::Family`] implementation). [`checkpoint`]
 //! opens what a model is loaded from: a diffusers folder ([`folder`]) or a single-file LDM
@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod clip;
 pub mod folder;
 pub mod ldm_keys;
+pub mod offload;
 pub mod pipeline;
 pub mod preview;
 pub mod schedulers;
@@ -22,6 +23,7 @@ pub mod vae_tiling;
 
 #[cfg(test)]
 mod ldm_tests;
+mod offload_tests;
 #[cfg(test)]
 mod parity_tests;
 #[cfg(test)]

@@ -8,6 +8,7 @@ use candle_core::{DType, Device, Tensor};
 use super::checkpoint::Checkpoint;
 use super::clip::ClipTextModel;
 use super::folder::build;
+use super::offload::{BlockPlacement, SlotKind};
 use super::preview::latents_to_rgb;
 use super::schedulers::{Sampler, SchedulerConfig};
 use super::tokenizer::ClipTokenizer;
@@ -16,7 +17,7 @@ use super::vae::AutoencoderKl;
 use crate::error::{Error, Result};
 use crate::families::{Family, RunObserver};
 use crate::formats::human_bytes;
-use crate::knobs::{Component, DeviceKind, Knobs, Precision};
+use crate::knobs::{Component, DeviceKind, Knobs, OffloadMode, Precision};
 use crate::media::Image;
 use crate::nn::Weights;
 use crate::request::Request;
@@ -53,11 +54,17 @@ pub struct LatentDiffusion {
     unet: Unet,
     vae: AutoencoderKl,
     scheduler: SchedulerConfig,
+    /// The UNet's device (latents live here); the text encoder and VAE have their own.
     device: Device,
+    text_device: Device,
+    vae_device: Device,
     /// Storage and compute dtype per component: text encoder, UNet, VAE.
     dtypes: [DType; 3],
-    /// Resident weight bytes per component, in the same order, as the loaders counted them.
+    /// Resident weight bytes per component (text encoder, UNet, VAE), as the loaders counted
+    /// them (the UNet's: what stays on its device).
     weight_bytes: [u64; 3],
+    /// Resident weight bytes per device name.
+    resident: Vec<(String, u64)>,
     noise: NoiseFactory,
     /// Notes for the next run's telemetry (knobs that are not honoured yet).
     load_notes: Vec<String>,
@@ -85,12 +92,17 @@ pub fn candle_device(kind: DeviceKind) -> Result<Device> {
 /// `text_encoder/`, `unet/`, `vae/`, `scheduler/`) or a single-file LDM checkpoint — with the knobs
 /// that this family honours: device, precision per component (f32/f16/bf16; quantized types store
 /// each weight matrix as [`crate::knobs::Precision::for_tensor`] says and compute in f32, the counts
-/// going to the run's notes), `attention_slice` and `vae_tile`.
+/// going to the run's notes), offload (text encoder and VAE placement, the UNet's `gpu_blocks`
+/// split or streamed), `attention_slice` and `vae_tile`.
 ///
 /// # Errors
 /// A missing or malformed file or component, named; an unavailable device.
 pub fn load(path: &Path, knobs: &Knobs) -> Result<LatentDiffusion> {
     let device = candle_device(knobs.device)?;
+    // a component placed on the CPU gets the CPU; otherwise the one device made above (two
+    // handles to one GPU would count as different devices)
+    let place = |p: crate::knobs::Placement| if p.resolve(knobs.device).is_gpu() { device.clone() } else { Device::Cpu };
+    let devices = [place(knobs.offload.text), device.clone(), place(knobs.offload.vae)];
     let mut notes = Vec::new();
     let mut dtypes = [DType::F32; 3];
     // what each component's weights are stored as when it differs from the compute dtype:
@@ -102,7 +114,7 @@ pub fn load(path: &Path, knobs: &Knobs) -> Result<LatentDiffusion> {
         dtypes[i] = match p {
             Precision::F32 => DType::F32,
             Precision::F16 => DType::F16,
-            Precision::Bf16 if matches!(device, Device::Cpu) => {
+            Precision::Bf16 if devices[i].is_cpu() => {
                 notes.push(format!(
                     "{c}: bf16 has no CPU matmul kernel in candle; stored in bf16, widened to f32 per layer at use"
                 ));
@@ -118,27 +130,44 @@ pub fn load(path: &Path, knobs: &Knobs) -> Result<LatentDiffusion> {
     };
     let mut ledgers = Vec::with_capacity(3);
     let [text_dtype, unet_dtype, mut vae_dtype] = dtypes;
-    if knobs.offload.gpu_blocks.is_some() {
-        notes.push("offload.gpu_blocks is not implemented for latent-diffusion yet; ignored".into());
-    }
+    let [text_device, _, vae_device] = devices;
     let slice = knobs.slicing.attention_slice as usize;
+    let mut resident = Resident::default();
 
     let source = Checkpoint::open(path)?;
     notes.extend(source.notes());
     let tokenizer = source.tokenizer()?;
     let cfg = source.text_config()?;
-    let (vb, _) = source.weights(Component::Text, text_dtype, &device)?;
+    let (vb, _) = source.weights(Component::Text, text_dtype, &text_device)?;
     let w = weights(vb, 0);
     let mut text = build(&source.label(Component::Text), || ClipTextModel::new(&cfg, w.clone()))?;
     ledgers.push(w.ledger());
     text.attention_slice = slice;
+    resident.add(&text_device, ledgers[0].bytes);
 
     let cfg = source.unet_config()?;
     let (vb, _) = source.weights(Component::Unet, unet_dtype, &device)?;
+    let split_on_cpu = device.is_cpu() && knobs.offload.mode == OffloadMode::Split;
+    let placement = BlockPlacement {
+        // split on a CPU run would compute on the CPU what already lives there: all resident
+        resident: knobs.offload.gpu_blocks.filter(|_| !split_on_cpu).map_or(usize::MAX, |n| n as usize),
+        mode: knobs.offload.mode,
+        // the CPU has no bf16 matmul: split blocks of a bf16 UNet are held and run in f32
+        cpu_dtype: if unet_dtype == DType::BF16 { DType::F32 } else { unet_dtype },
+    };
     let w = weights(vb, 1);
-    let mut unet = build(&source.label(Component::Unet), || Unet::new(&cfg, w.clone()))?;
+    let mut unet = build(&source.label(Component::Unet), || Unet::with_offload(&cfg, w.clone(), &placement))?;
     ledgers.push(w.ledger());
     unet.attention_slice = slice;
+    let slots = unet.slots();
+    // the ledger counted what stays on the UNet's device; split blocks counted their own
+    resident.add(&device, ledgers[1].bytes);
+    if unet.split_bytes() > 0 {
+        resident.add(&Device::Cpu, unet.split_bytes());
+    }
+    if let Some(note) = offload_note(knobs, &device, &slots) {
+        notes.push(note);
+    }
 
     let cfg = source.vae_config()?;
     // as diffusers: an autoencoder marked `force_upcast` (SD 1.x/2.x's overflows in f16) decodes in
@@ -148,7 +177,7 @@ pub fn load(path: &Path, knobs: &Knobs) -> Result<LatentDiffusion> {
         vae_dtype = DType::F32;
         dtypes[2] = DType::F32;
     }
-    let (vb, _) = source.weights(Component::Vae, vae_dtype, &device)?;
+    let (vb, _) = source.weights(Component::Vae, vae_dtype, &vae_device)?;
     let w = weights(vb, 2);
     let mut vae = build(&source.label(Component::Vae), || AutoencoderKl::new(&cfg, w.clone()))?;
     ledgers.push(w.ledger());
@@ -160,6 +189,7 @@ pub fn load(path: &Path, knobs: &Knobs) -> Result<LatentDiffusion> {
     }
     vae.attention_slice = slice;
     vae.tile = knobs.slicing.vae_tile as usize;
+    resident.add(&vae_device, ledgers[2].bytes);
 
     let scheduler = source.scheduler_config()?;
 
@@ -170,14 +200,59 @@ pub fn load(path: &Path, knobs: &Knobs) -> Result<LatentDiffusion> {
         vae,
         scheduler,
         device,
+        text_device,
+        vae_device,
         dtypes,
         weight_bytes: [ledgers[0].bytes, ledgers[1].bytes, ledgers[2].bytes],
+        resident: resident.0,
         noise: default_noise(),
         load_notes: notes,
         clip_skip: 0,
     })
 }
 
+/// Weight bytes per device name, in the order devices were first seen.
+#[derive(Default)]
+struct Resident(Vec<(String, u64)>);
+
+impl Resident {
+    fn add(&mut self, device: &Device, bytes: u64) {
+        let name = device_name(device);
+        match self.0.iter_mut().find(|(d, _)| *d == name) {
+            Some((_, b)) => *b += bytes,
+            None => self.0.push((name, bytes)),
+        }
+    }
+}
+
+/// A device as telemetry and the planner name it (`cpu`, `cuda:0`, `metal`).
+fn device_name(device: &Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { .. } => "metal".into(),
+    }
+}
+
+/// What the run notes say about the UNet's blocks: how many are held where, and when a setting
+/// changes nothing on this device.
+fn offload_note(knobs: &Knobs, device: &Device, slots: &[(String, SlotKind)]) -> Option<String> {
+    let n = knobs.offload.gpu_blocks? as usize;
+    let count = |k: SlotKind| slots.iter().filter(|s| s.1 == k).count();
+    let (resident, split, streamed) = (count(SlotKind::Resident), count(SlotKind::Split), count(SlotKind::Streamed));
+    let dev = device_name(device);
+    let mut note = format!("unet offload: {resident} of {} blocks resident on {dev}", slots.len());
+    if split > 0 {
+        note.push_str(&format!(", {split} split (held and computed on the cpu)"));
+    }
+    if streamed > 0 {
+        note.push_str(&format!(", {streamed} streamed from the weight file at each use"));
+    }
+    if device.is_cpu() && knobs.offload.mode == OffloadMode::Split && n < slots.len() {
+        note.push_str("; mode split on a cpu run keeps every block in RAM (the same as resident): use mode=stream to save memory");
+    }
+    Some(note)
+}
 impl LatentDiffusion {
     /// Replaces the noise source (tests feed diffusers' exact noise; the engine's torch-compatible
     /// generator plugs in here).
@@ -203,7 +278,7 @@ impl LatentDiffusion {
     pub fn encode_prompt(&self, text: &str) -> Result<(Tensor, Option<String>)> {
         let tokens = self.tokenizer.encode(text)?;
         let n = tokens.ids.len();
-        let ids = Tensor::from_vec(tokens.ids, (1, n), &self.device)?;
+        let ids = Tensor::from_vec(tokens.ids, (1, n), &self.text_device)?;
         Ok((self.text.forward(&ids, self.clip_skip)?, tokens.warning))
     }
 
@@ -251,7 +326,7 @@ impl LatentDiffusion {
         };
         // latents and sampler arithmetic stay f32 (as diffusers upcasts in its schedulers); each
         // component computes in its own dtype
-        let context = context.to_dtype(self.dtypes[1])?;
+        let context = context.to_device(&self.device)?.to_dtype(self.dtypes[1])?;
 
         observer.stage(Stage::Denoise);
         let steps = request.steps as usize;
@@ -292,7 +367,8 @@ impl LatentDiffusion {
         let mut images = Vec::with_capacity(batch);
         for b in 0..batch {
             let img =
-                self.vae.decode_scaled(&latents.narrow(0, b, 1)?.to_dtype(self.dtypes[2])?)?.to_dtype(DType::F32)?;
+                self.vae.decode_scaled(&latents.narrow(0, b, 1)?.to_device(&self.vae_device)?.to_dtype(self.dtypes[2])?)?;
+            let img = img.to_dtype(DType::F32)?;
             images.push(((img / 2.0)? + 0.5)?.clamp(0f32, 1f32)?);
             observer.progress(b as u32 + 1, batch as u32);
         }
@@ -321,12 +397,7 @@ impl Family for LatentDiffusion {
     }
 
     fn weight_bytes(&self) -> Vec<(String, u64)> {
-        let device = match &self.device {
-            Device::Cpu => "cpu".to_string(),
-            Device::Cuda(_) => "cuda:0".to_string(),
-            Device::Metal(_) => "metal".to_string(),
-        };
-        vec![(device, self.weight_bytes.iter().sum())]
+        self.resident.clone()
     }
 
     fn generate(&mut self, request: &Request, observer: &mut dyn RunObserver) -> Result<Vec<Artifact>> {

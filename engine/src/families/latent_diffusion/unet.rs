@@ -7,6 +7,7 @@ use candle_core::{Module, Result, Tensor};
 use serde::Deserialize;
 
 use super::blocks::{Downsample2D, ResnetBlock2D, SpatialTransformer, Upsample2D};
+use super::offload::{BlockPlacement, CondCache, Slot, SlotKind};
 use crate::nn::{Conv2d, GroupNorm, Linear, Weights};
 
 /// A config value given either once for all blocks or once per block.
@@ -163,17 +164,206 @@ impl UnetConfig {
     }
 }
 
-/// A down or up block: resnets, optional transformers after each, optional resampler.
+/// One of the UNet's offloadable blocks, named and ordered as the planner groups its weights
+/// ([`crate::plan::shape::ModelShape::unet_blocks`]): down blocks, the mid block, up blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockId {
+    /// `down_blocks.N`.
+    Down(usize),
+    /// `mid_block`.
+    Mid,
+    /// `up_blocks.N`.
+    Up(usize),
+}
+
+impl BlockId {
+    /// The tensor-name prefix of the block (`down_blocks.0`, `mid_block`, `up_blocks.2`), which is
+    /// also the planner's label for it.
+    pub fn label(self) -> String {
+        match self {
+            BlockId::Down(i) => format!("down_blocks.{i}"),
+            BlockId::Mid => "mid_block".into(),
+            BlockId::Up(i) => format!("up_blocks.{i}"),
+        }
+    }
+}
+
+/// A down, mid or up block: resnets, optional transformers after each, optional resampler.
 #[derive(Debug)]
-struct Block {
+pub struct UnetBlock {
+    id: BlockId,
     resnets: Vec<ResnetBlock2D>,
     attentions: Vec<SpatialTransformer>,
     down: Option<Downsample2D>,
     up: Option<Upsample2D>,
 }
 
-/// The UNet.
-#[derive(Debug)]
+/// What every block of one UNet call shares: the time embedding, the text context and the
+/// attention slice size.
+pub struct Cond<'a> {
+    pub emb: &'a Tensor,
+    pub context: &'a Tensor,
+    pub slice: usize,
+}
+
+impl UnetBlock {
+    /// Runs the block on `h`. `skips` are the skip connections an up block joins, in the order
+    /// it takes them (one per resnet); `size` is where an up block's upsampler goes (the size of
+    /// the next skip). Returns the output and the skip connections a down block makes.
+    ///
+    /// # Errors
+    /// Mismatched shapes, too few skips, tensor errors.
+    pub fn forward(
+        &self,
+        h: &Tensor,
+        cond: &Cond,
+        skips: Vec<Tensor>,
+        size: Option<(usize, usize)>,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
+        let mut h = h.clone();
+        let mut made = Vec::new();
+        match self.id {
+            BlockId::Mid => {
+                h = self.resnets[0].forward(&h, Some(cond.emb))?;
+                if let Some(a) = self.attentions.first() {
+                    h = a.forward(&h, cond.context, cond.slice)?;
+                }
+                h = self.resnets[1].forward(&h, Some(cond.emb))?;
+            }
+            BlockId::Down(_) => {
+                for (j, r) in self.resnets.iter().enumerate() {
+                    h = r.forward(&h, Some(cond.emb))?;
+                    if let Some(a) = self.attentions.get(j) {
+                        h = a.forward(&h, cond.context, cond.slice)?;
+                    }
+                    made.push(h.clone());
+                }
+                if let Some(d) = &self.down {
+                    h = d.forward(&h)?;
+                    made.push(h.clone());
+                }
+            }
+            BlockId::Up(_) => {
+                if skips.len() != self.resnets.len() {
+                    return Err(candle_core::Error::Msg("unet: skip connections ran out".into()));
+                }
+                for ((j, r), skip) in self.resnets.iter().enumerate().zip(&skips) {
+                    h = r.forward(&Tensor::cat(&[&h, skip], 1)?, Some(cond.emb))?;
+                    if let Some(a) = self.attentions.get(j) {
+                        h = a.forward(&h, cond.context, cond.slice)?;
+                    }
+                }
+                if let Some(u) = &self.up {
+                    // upsample to the size of the skip it will be joined with (odd sizes round down
+                    // on the way down, so ×2 is not always right)
+                    h = u.forward(&h, size)?;
+                }
+            }
+        }
+        Ok((h, made))
+    }
+}
+
+impl UnetConfig {
+    /// The offloadable blocks in execution order.
+    pub fn block_ids(&self) -> Vec<BlockId> {
+        let n = self.block_out_channels.len();
+        let mid = self.mid_block_type.is_some().then_some(BlockId::Mid);
+        (0..n).map(BlockId::Down).chain(mid).chain((0..n).map(BlockId::Up)).collect()
+    }
+
+    /// Skip connections block `id` joins (up blocks: one per resnet).
+    pub fn skips_taken(&self, id: BlockId) -> usize {
+        match id {
+            BlockId::Up(i) => self.layers_per_block.get(self.block_out_channels.len() - 1 - i) + 1,
+            _ => 0,
+        }
+    }
+
+    fn transformer(&self, ch: usize, i: usize, vb: Weights) -> Result<SpatialTransformer> {
+        let heads = self.heads(i);
+        SpatialTransformer::new(
+            ch,
+            heads,
+            ch / heads,
+            self.transformer_layers_per_block.get(i),
+            self.cross_attention_dim,
+            self.norm_num_groups,
+            self.use_linear_projection,
+            self.upcast_attention,
+            vb,
+        )
+    }
+
+    /// Builds block `id` from the UNet's root weights `vb` (its tensors are read — and placed on
+    /// `vb`'s device — now).
+    ///
+    /// # Errors
+    /// Missing or mis-shaped tensors.
+    pub fn build_block(&self, id: BlockId, vb: Weights) -> Result<UnetBlock> {
+        let boc = &self.block_out_channels;
+        let n = boc.len();
+        let temb = boc[0] * 4;
+        let (groups, eps) = (self.norm_num_groups, self.norm_eps);
+        let vb = vb.pp(id.label());
+        let mut b = UnetBlock { id, resnets: vec![], attentions: vec![], down: None, up: None };
+        match id {
+            BlockId::Down(i) => {
+                let in_ch = if i == 0 { boc[0] } else { boc[i - 1] };
+                let out_ch = boc[i];
+                for j in 0..self.layers_per_block.get(i) {
+                    let rin = if j == 0 { in_ch } else { out_ch };
+                    b.resnets.push(ResnetBlock2D::new(rin, out_ch, Some(temb), groups, eps, 1.0, vb.pp("resnets").pp(j))?);
+                    if self.down_block_types[i] == "CrossAttnDownBlock2D" {
+                        b.attentions.push(self.transformer(out_ch, i, vb.pp("attentions").pp(j))?);
+                    }
+                }
+                if i + 1 < n {
+                    b.down = Some(Downsample2D::new(out_ch, self.downsample_padding, vb.pp("downsamplers").pp(0))?);
+                }
+            }
+            BlockId::Mid => {
+                let last = boc[n - 1];
+                let msf = self.mid_block_scale_factor;
+                for j in 0..2 {
+                    b.resnets.push(ResnetBlock2D::new(last, last, Some(temb), groups, eps, msf, vb.pp("resnets").pp(j))?);
+                }
+                b.attentions.push(self.transformer(last, n - 1, vb.pp("attentions").pp(0))?);
+            }
+            BlockId::Up(i) => {
+                let rev: Vec<usize> = boc.iter().rev().copied().collect();
+                let prev = rev[i.saturating_sub(1)];
+                let out_ch = rev[i];
+                let in_ch = rev[(i + 1).min(n - 1)];
+                let d = n - 1 - i; // the matching down block, for per-block values
+                let layers = self.skips_taken(id);
+                for j in 0..layers {
+                    let skip = if j == layers - 1 { in_ch } else { out_ch };
+                    let rin = if j == 0 { prev } else { out_ch };
+                    b.resnets.push(ResnetBlock2D::new(
+                        rin + skip,
+                        out_ch,
+                        Some(temb),
+                        groups,
+                        eps,
+                        1.0,
+                        vb.pp("resnets").pp(j),
+                    )?);
+                    if self.up_block_types[i] == "CrossAttnUpBlock2D" {
+                        b.attentions.push(self.transformer(out_ch, d, vb.pp("attentions").pp(j))?);
+                    }
+                }
+                if i + 1 < n {
+                    b.up = Some(Upsample2D::new(out_ch, vb.pp("upsamplers").pp(0))?);
+                }
+            }
+        }
+        Ok(b)
+    }
+}
+
+/// The UNet: a resident stem (input conv, time embedding, output norm and conv) and its blocks,
+/// each held as its [`Slot`] says.
 pub struct Unet {
     conv_in: Conv2d,
     time_linear_1: Linear,
@@ -181,10 +371,7 @@ pub struct Unet {
     time_channels: usize,
     flip_sin_to_cos: bool,
     freq_shift: f64,
-    down: Vec<Block>,
-    mid_resnets: [ResnetBlock2D; 2],
-    mid_attention: Option<SpatialTransformer>,
-    up: Vec<Block>,
+    blocks: Vec<(BlockId, Slot)>,
     conv_norm_out: GroupNorm,
     conv_out: Conv2d,
     /// Query rows per attention slice (0 = all at once).
@@ -194,97 +381,32 @@ pub struct Unet {
 }
 
 impl Unet {
-    /// Builds the UNet from `cfg` with tensors under `vb` named as diffusers saves them.
+    /// Builds the UNet from `cfg` with tensors under `vb` named as diffusers saves them, every
+    /// block resident on `vb`'s device.
     ///
     /// # Errors
     /// An unsupported config (named), missing or mis-shaped tensors.
-    pub fn new(cfg: &UnetConfig, vb: Weights) -> Result<Self> {
+    pub fn new(cfg: &UnetConfig, vb: Weights<'static>) -> Result<Self> {
+        Self::with_offload(cfg, vb, &BlockPlacement::resident())
+    }
+
+    /// Builds the UNet with its blocks placed as `placement` says: the first
+    /// `placement.resident` blocks (in execution order) on `vb`'s device, the rest split to the
+    /// CPU or streamed from `vb`'s source at each use.
+    ///
+    /// # Errors
+    /// An unsupported config (named), missing or mis-shaped tensors.
+    pub fn with_offload(cfg: &UnetConfig, vb: Weights<'static>, placement: &BlockPlacement) -> Result<Self> {
         cfg.check().map_err(candle_core::Error::Msg)?;
         let boc = &cfg.block_out_channels;
-        let n = boc.len();
         let temb = boc[0] * 4;
         let (groups, eps) = (cfg.norm_num_groups, cfg.norm_eps);
-        let transformer = |ch: usize, i: usize, vb: Weights| {
-            let heads = cfg.heads(i);
-            SpatialTransformer::new(
-                ch,
-                heads,
-                ch / heads,
-                cfg.transformer_layers_per_block.get(i),
-                cfg.cross_attention_dim,
-                groups,
-                cfg.use_linear_projection,
-                cfg.upcast_attention,
-                vb,
-            )
-        };
-
-        let mut down = Vec::with_capacity(n);
-        let mut out_ch = boc[0];
-        for (i, kind) in cfg.down_block_types.iter().enumerate() {
-            let in_ch = out_ch;
-            out_ch = boc[i];
-            let vb = vb.pp("down_blocks").pp(i);
-            let layers = cfg.layers_per_block.get(i);
-            let mut b = Block { resnets: vec![], attentions: vec![], down: None, up: None };
-            for j in 0..layers {
-                let rin = if j == 0 { in_ch } else { out_ch };
-                b.resnets.push(ResnetBlock2D::new(rin, out_ch, Some(temb), groups, eps, 1.0, vb.pp("resnets").pp(j))?);
-                if kind == "CrossAttnDownBlock2D" {
-                    b.attentions.push(transformer(out_ch, i, vb.pp("attentions").pp(j))?);
-                }
-            }
-            if i + 1 < n {
-                b.down = Some(Downsample2D::new(out_ch, cfg.downsample_padding, vb.pp("downsamplers").pp(0))?);
-            }
-            down.push(b);
-        }
-
-        let mid = vb.pp("mid_block");
-        let last = boc[n - 1];
-        let msf = cfg.mid_block_scale_factor;
-        let mid_resnets = [
-            ResnetBlock2D::new(last, last, Some(temb), groups, eps, msf, mid.pp("resnets").pp(0))?,
-            ResnetBlock2D::new(last, last, Some(temb), groups, eps, msf, mid.pp("resnets").pp(1))?,
-        ];
-        let mid_attention = match cfg.mid_block_type {
-            Some(_) => Some(transformer(last, n - 1, mid.pp("attentions").pp(0))?),
-            None => None,
-        };
-
-        let mut up = Vec::with_capacity(n);
-        let rev: Vec<usize> = boc.iter().rev().copied().collect();
-        let mut out_ch = rev[0];
-        for (i, kind) in cfg.up_block_types.iter().enumerate() {
-            let prev = out_ch;
-            out_ch = rev[i];
-            let in_ch = rev[(i + 1).min(n - 1)];
-            let d = n - 1 - i; // the matching down block, for per-block values
-            let layers = cfg.layers_per_block.get(d) + 1;
-            let vb = vb.pp("up_blocks").pp(i);
-            let mut b = Block { resnets: vec![], attentions: vec![], down: None, up: None };
-            for j in 0..layers {
-                let skip = if j == layers - 1 { in_ch } else { out_ch };
-                let rin = if j == 0 { prev } else { out_ch };
-                b.resnets.push(ResnetBlock2D::new(
-                    rin + skip,
-                    out_ch,
-                    Some(temb),
-                    groups,
-                    eps,
-                    1.0,
-                    vb.pp("resnets").pp(j),
-                )?);
-                if kind == "CrossAttnUpBlock2D" {
-                    b.attentions.push(transformer(out_ch, d, vb.pp("attentions").pp(j))?);
-                }
-            }
-            if i + 1 < n {
-                b.up = Some(Upsample2D::new(out_ch, vb.pp("upsamplers").pp(0))?);
-            }
-            up.push(b);
-        }
-
+        let blocks = cfg
+            .block_ids()
+            .into_iter()
+            .enumerate()
+            .map(|(k, id)| Ok((id, Slot::new(cfg, id, k, &vb, placement)?)))
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             conv_in: Conv2d::new(cfg.in_channels, boc[0], 3, 1, 1, vb.pp("conv_in"))?,
             time_linear_1: Linear::new(boc[0], temb, true, vb.pp("time_embedding").pp("linear_1"))?,
@@ -292,15 +414,22 @@ impl Unet {
             time_channels: boc[0],
             flip_sin_to_cos: cfg.flip_sin_to_cos,
             freq_shift: cfg.freq_shift,
-            down,
-            mid_resnets,
-            mid_attention,
-            up,
+            blocks,
             conv_norm_out: GroupNorm::new(groups, boc[0], eps, vb.pp("conv_norm_out"))?,
             conv_out: Conv2d::new(boc[0], cfg.out_channels, 3, 1, 1, vb.pp("conv_out"))?,
             attention_slice: 0,
             config: cfg.clone(),
         })
+    }
+
+    /// Weight bytes of the blocks split onto the CPU.
+    pub fn split_bytes(&self) -> u64 {
+        self.blocks.iter().map(|(_, s)| s.split_bytes()).sum()
+    }
+
+    /// How each block is held, in execution order (label, slot kind).
+    pub fn slots(&self) -> Vec<(String, SlotKind)> {
+        self.blocks.iter().map(|(id, s)| (id.label(), s.kind())).collect()
     }
 
     /// Sinusoidal timestep features `(B, C)` as diffusers' `get_timestep_embedding` computes
@@ -336,41 +465,19 @@ impl Unet {
 
         let mut h = self.conv_in.forward(x)?;
         let mut skips = vec![h.clone()];
-        for block in &self.down {
-            for (j, r) in block.resnets.iter().enumerate() {
-                h = r.forward(&h, Some(&emb))?;
-                if let Some(a) = block.attentions.get(j) {
-                    h = a.forward(&h, context, slice)?;
-                }
-                skips.push(h.clone());
+        let mut cond = CondCache::new(Cond { emb: &emb, context, slice });
+        for (id, slot) in &self.blocks {
+            let taken = self.config.skips_taken(*id);
+            let mut joined = Vec::with_capacity(taken);
+            for _ in 0..taken {
+                joined.push(
+                    skips.pop().ok_or_else(|| candle_core::Error::Msg("unet: skip connections ran out".into()))?,
+                );
             }
-            if let Some(d) = &block.down {
-                h = d.forward(&h)?;
-                skips.push(h.clone());
-            }
-        }
-
-        h = self.mid_resnets[0].forward(&h, Some(&emb))?;
-        if let Some(a) = &self.mid_attention {
-            h = a.forward(&h, context, slice)?;
-        }
-        h = self.mid_resnets[1].forward(&h, Some(&emb))?;
-
-        for block in &self.up {
-            for (j, r) in block.resnets.iter().enumerate() {
-                let skip =
-                    skips.pop().ok_or_else(|| candle_core::Error::Msg("unet: skip connections ran out".into()))?;
-                h = r.forward(&Tensor::cat(&[&h, &skip], 1)?, Some(&emb))?;
-                if let Some(a) = block.attentions.get(j) {
-                    h = a.forward(&h, context, slice)?;
-                }
-            }
-            if let Some(u) = &block.up {
-                // upsample to the size of the skip it will be joined with (odd sizes round down on
-                // the way down, so ×2 is not always right)
-                let size = skips.last().map(|s| (s.dim(2).unwrap_or(0), s.dim(3).unwrap_or(0)));
-                h = u.forward(&h, size)?;
-            }
+            let size = skips.last().map(|s| (s.dim(2).unwrap_or(0), s.dim(3).unwrap_or(0)));
+            let (out, made) = slot.run(&self.config, *id, &h, &mut cond, joined, size)?;
+            h = out;
+            skips.extend(made);
         }
         self.conv_out.forward(&self.conv_norm_out.forward_silu(&h)?)
     }
