@@ -184,7 +184,7 @@ pub fn load(path: &Path, knobs: &Knobs) -> Result<LatentDiffusion> {
     for (i, c) in Component::ALL.into_iter().enumerate() {
         if storage[i].is_quantized() {
             let l = &ledgers[i];
-            notes.push(format!("{c}: {}; {} resident", l.summary(), human_bytes(l.bytes)));
+            notes.push(format!("{c}: precision {}: {}; {} resident", storage[i], l.summary(), human_bytes(l.bytes)));
         }
     }
     vae.attention_slice = slice;

@@ -155,14 +155,16 @@ fn slicing_knob_and_notes() {
     let a = plain.run(&req, &mut Recorder::default()).unwrap();
     let mut knobs = Knobs::default();
     knobs.set("slicing.attention_slice", "3").unwrap();
-    knobs.set("precision.unet", "q4k").unwrap();
-    let mut sliced = load(&fixture(name), &knobs).unwrap();
-    sliced.set_noise(replay_factory(&r));
+    let mut quant = knobs.clone();
+    quant.set("precision.unet", "q4k").unwrap();
+    let mut q = load(&fixture(name), &quant).unwrap();
+    q.set_noise(replay_factory(&r));
     let mut obs = Recorder::default();
     let long = Request { prompt: "a red cat ".repeat(40), ..req.clone() };
-    sliced.run(&long, &mut obs).unwrap();
+    q.run(&long, &mut obs).unwrap();
     assert!(obs.notes.iter().any(|n| n.contains("prompt") && n.contains("dropped")), "{:?}", obs.notes);
     assert!(obs.notes.iter().any(|n| n.contains("q4k")), "{:?}", obs.notes);
+    let mut sliced = load(&fixture(name), &knobs).unwrap();
     sliced.set_noise(replay_factory(&r));
     let b = sliced.run(&req, &mut Recorder::default()).unwrap();
     assert!(max_diff(&a, &b) <= 1e-5);
@@ -180,7 +182,8 @@ fn load_errors_name_the_folder() {
 }
 
 /// f16 precision runs end to end on the CPU within 0.02 of diffusers' f32 image (measured
-/// 0.0098) with half the weight bytes; bf16 on the CPU falls back to f32 and says so.
+/// 0.0098) with half the weight bytes; bf16 on the CPU keeps bf16 storage (computing in f32) and
+/// says so.
 #[test]
 fn half_precisions_on_cpu() {
     let name = "tiny-sd2";
@@ -199,11 +202,15 @@ fn half_precisions_on_cpu() {
 
     knobs.set("precision", "bf16").unwrap();
     let mut model = load(&fixture(name), &knobs).unwrap();
-    assert_eq!(model.weight_bytes()[0].1, full);
+    // stored bf16, layer norms f32 (candle's kernel wants them in the compute dtype)
+    let half = model.weight_bytes()[0].1 as f64 / full as f64;
+    assert!((0.5..0.52).contains(&half), "bf16 bytes {half}× f32");
     model.set_noise(replay_factory(&r));
     let mut obs = Recorder::default();
     let img = model.run(&req, &mut obs).unwrap();
-    assert!(max_diff(&img, &r["image_euler"]) <= 1e-3);
+    let d = max_diff(&img, &r["image_euler"]);
+    println!("bf16 on cpu: {half:.3}× the f32 bytes, max diff {d}");
+    assert!(d <= 0.05, "bf16: {d}");
     assert!(obs.notes.iter().filter(|n| n.contains("bf16")).count() == 3, "{:?}", obs.notes);
 }
 

@@ -134,3 +134,20 @@ fn planner_predicts_resident_bytes() {
         }
     }
 }
+
+/// bf16 on the CPU keeps its weights in bf16 (half the f32 bytes, but for the f32 layer norms)
+/// and widens them per layer at use: the image stays close to f32.
+#[test]
+fn tiny_sd1_bf16_storage_on_cpu() {
+    let f32_model = load(&fixture("tiny-sd1"), &knobs_at(Precision::F32)).unwrap();
+    let f32_bytes = f32_model.component_weight_bytes()[1];
+    let (reference, _) = run(&mut { f32_model });
+    let mut model = load(&fixture("tiny-sd1"), &knobs_at(Precision::Bf16)).unwrap();
+    let ratio = model.component_weight_bytes()[1] as f64 / f32_bytes as f64;
+    let (img, notes) = run(&mut model);
+    let db = psnr_db(&reference, &img).unwrap();
+    println!("tiny-sd1 bf16: unet {ratio:.3}× the f32 bytes, PSNR {db:.1} dB; notes {notes:?}");
+    assert!(ratio < 0.52, "{ratio}");
+    assert!(db >= 30.0, "{db} dB");
+    assert!(notes.iter().any(|n| n.contains("stored in bf16")), "{notes:?}");
+}
