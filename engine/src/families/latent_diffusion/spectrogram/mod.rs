@@ -238,7 +238,7 @@ impl SpectrogramParams {
         if !(self.f_min >= 0.0 && self.f_min < self.f_max && self.f_max <= self.sample_rate as f32 / 2.0) {
             return Err(format!("[audio]: need 0 <= f_min ({}) < f_max ({}) <= sample_rate / 2", self.f_min, self.f_max));
         }
-        if !(self.power > 0.0) || !(0.0..1.0).contains(&self.momentum) || self.peak < 0.0 {
+        if self.power.is_nan() || self.power <= 0.0 || !(0.0..1.0).contains(&self.momentum) || self.peak < 0.0 {
             return Err("[audio]: need power > 0, 0 <= momentum < 1, peak >= 0".into());
         }
         Ok(())

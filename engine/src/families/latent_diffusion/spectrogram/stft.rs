@@ -129,8 +129,7 @@ impl Stft {
                 .process_with_scratch(&mut buf, &mut out, &mut scratch)
                 .map_err(|e| Error::invalid(format!("istft: {e}")))?;
             let o = f * self.hop;
-            for k in 0..self.n_fft {
-                let w = self.window[k];
+            for (k, &w) in self.window.iter().enumerate() {
                 y[o + k] += out[k] * scale * w;
                 env[o + k] += w * w;
             }

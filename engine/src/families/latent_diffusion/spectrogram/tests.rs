@@ -67,6 +67,7 @@ fn filterbanks_match_torchaudio() {
     ];
     for (k, bank) in cases {
         let d = max_abs_diff(&bank.weights, &vec(&r, k));
+        eprintln!("{k}: max abs diff {d:e}");
         assert!(d <= 1e-5, "{k}: max abs diff {d}");
     }
     let p = SpectrogramParams::riffusion();
@@ -90,6 +91,7 @@ fn mel_spectrogram_matches_torchaudio() {
     let (mel, frames) = small().mel_from_audio(&vec(&r, "wave"), None).unwrap();
     assert_eq!(frames, 51);
     let e = rel_l2(&mel, &vec(&r, "small_mel"));
+    eprintln!("mel spectrogram: relative L2 error {e:e}");
     assert!(e <= 1e-5, "relative L2 error {e}");
 }
 
@@ -104,6 +106,7 @@ fn inverse_mel_and_griffin_lim_match_torchaudio() {
     let ours = p.magnitude_from_mel(&vec(&r, "small_mel"), frames).unwrap(); // frames × bins, ^(1/2)
     let ours_power: Vec<f32> = (0..bins * frames).map(|i| ours[(i % frames) * bins + i / frames].powi(2)).collect();
     let e = rel_l2(&ours_power, &linear_ref);
+    eprintln!("inverse mel: relative L2 error {e:e}");
     assert!(e <= 1e-3, "inverse mel relative L2 error {e}");
 
     let target: Vec<f32> = (0..frames * bins).map(|i| linear_ref[(i % bins) * frames + i / bins].sqrt()).collect();
@@ -144,6 +147,8 @@ fn melodies_image_matches_training_render() {
     assert_eq!((img.width, img.height), (128, 64));
     let ours: Vec<f32> = img.rgb.chunks(3).map(|px| px[0] as f32).collect();
     let d = max_abs_diff(&ours, &vec(&r, "melodies_image"));
+    let n = ours.iter().zip(vec(&r, "melodies_image")).filter(|(a, b)| *a != b).count();
+    eprintln!("melodies image: {n} of {} pixels differ, by at most {d}", ours.len());
     assert!(d <= 1.0, "pixels differ by up to {d}");
 }
 
