@@ -245,13 +245,26 @@ fn embedded_models_match_manifest_and_run() {
 }
 
 /// A built-in model runs at its native size when the request names none.
+/// `builtin:melodies` runs at its native size and writes a WAV (its spectrogram through Griffin-Lim)
+/// with the profile embedded; `reproduce` of that WAV says identical.
 #[test]
-fn builtin_runs_at_native_size() {
+fn builtin_melodies_writes_wav_and_reproduces() {
     let out = tempfile::tempdir().unwrap();
-    let res = headroom(&["run", "builtin:melodies", "--steps", "1", "--out", out.path().to_str().unwrap(), "--json"]);
+    let res = headroom(&["run", "builtin:melodies", "--steps", "2", "--out", out.path().to_str().unwrap(), "--json"]);
     assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
-    let profile = headroom_engine::profile::Profile::load(Path::new(json(&res)["profile"].as_str().unwrap())).unwrap();
+    let v = json(&res);
+    let profile = headroom_engine::profile::Profile::load(Path::new(v["profile"].as_str().unwrap())).unwrap();
     assert_eq!((profile.request.width, profile.request.height), (128, 64));
+    let wav = v["outputs"][0].as_str().unwrap().to_string();
+    assert!(wav.ends_with(".wav"), "{wav}");
+    let (audio, embedded) = headroom_engine::media::read_wav(Path::new(&wav)).unwrap();
+    assert_eq!((audio.sample_rate, audio.samples.len()), (16000, 32768), "2.048 s at 16 kHz");
+    let peak = audio.samples.iter().fold(0f32, |m, s| m.max(s.abs()));
+    assert!((0.4..=0.51).contains(&peak), "peak {peak}");
+    assert_eq!(embedded.expect("profile in the WAV").request, profile.request);
+    let again = headroom(&["reproduce", &wav, "--json"]);
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    assert_eq!(json(&again)["identical"], true, "{}", String::from_utf8_lossy(&again.stdout));
 }
 
 /// Single-file LDM checkpoints (`.safetensors` and `.ckpt` + `.yaml`) run from the command line

@@ -160,12 +160,16 @@ fn collect_files(p: &std::path::Path, out: &mut Vec<PathBuf>) -> crate::Result<(
     Ok(())
 }
 
-/// The native output size (width, height) from an embedded model's `model.toml`, if it has one;
-/// requests that do not name a size use it.
+/// The native output size (width, height) from a model's `model.toml`, if it has one;
+/// requests that do not name a size use it. A spectrogram model without a size gives its
+/// spectrogram's (native frames × mel bands: Riffusion's 512 × 512 by default).
 pub fn native_size(model: &ModelRef) -> Option<(u32, u32)> {
     let dir = model.resolve().ok()?;
     let text = std::fs::read_to_string(dir.join("model.toml")).ok()?;
     let table: toml::Table = text.parse().ok()?;
     let get = |k: &str| table.get(k)?.as_integer().and_then(|v| u32::try_from(v).ok());
-    Some((get("width")?, get("height")?))
+    get("width").zip(get("height")).or_else(|| {
+        let p = crate::families::latent_diffusion::spectrogram::SpectrogramParams::from_manifest(&dir).ok()??;
+        Some((p.frames as u32, p.n_mels as u32))
+    })
 }

@@ -1,9 +1,10 @@
 //! Latent diffusion: Stable Diffusion 1.x and 2.x. One file per module: [`tokenizer`] (CLIP BPE),
 //! [`clip`] (text encoder), [`blocks`] and [`unet`] (denoiser, its blocks placed by [`offload`]), [`vae`] and [`vae_tiling`] (autoencoder),
 //! [`schedulers`] (DDIM, Euler, Euler ancestral, DPM++ 2M), [`preview`] (latents → RGB) and
-//! [`pipeline`] (prompt → image, the [`crate::families::Family`] implementation). [`checkpoint`]
-//! opens what a model is loaded from: a diffusers folder ([`folder`]) or a single-file LDM
-//! checkpoint ([`single_file`], with the key map and inferred configs in [`ldm_keys`]).
+//! [`pipeline`] (prompt → image, the [`crate::families::Family`] implementation), [`spectrogram`]
+//! (images ↔ audio for mel-spectrogram models such as Riffusion). [`checkpoint`] opens what a
+//! model is loaded from: a diffusers folder ([`folder`]) or a single-file LDM checkpoint
+//! ([`single_file`], with the key map and inferred configs in [`ldm_keys`]).
 
 pub mod blocks;
 pub mod checkpoint;
@@ -15,6 +16,7 @@ pub mod pipeline;
 pub mod preview;
 pub mod schedulers;
 pub mod single_file;
+pub mod spectrogram;
 pub mod synthetic;
 pub mod tokenizer;
 pub mod unet;

@@ -11,6 +11,7 @@ use super::folder::build;
 use super::offload::{BlockPlacement, SlotKind};
 use super::preview::latents_to_rgb;
 use super::schedulers::{Sampler, SchedulerConfig};
+use super::spectrogram::SpectrogramParams;
 use super::tokenizer::ClipTokenizer;
 use super::unet::Unet;
 use super::vae::AutoencoderKl;
@@ -70,6 +71,9 @@ pub struct LatentDiffusion {
     load_notes: Vec<String>,
     /// Layers to skip at the end of the text encoder (diffusers' `clip_skip`); 0 by default.
     pub clip_skip: usize,
+    /// Set when the model's images are mel spectrograms (its `model.toml` says `output =
+    /// "mel-spectrogram"`): each image is then turned into audio.
+    pub spectrogram: Option<SpectrogramParams>,
 }
 
 /// The candle device for a device knob.
@@ -191,6 +195,7 @@ pub fn load(path: &Path, knobs: &Knobs) -> Result<LatentDiffusion> {
     vae.tile = knobs.slicing.vae_tile as usize;
     resident.add(&vae_device, ledgers[2].bytes);
 
+    let spectrogram = SpectrogramParams::from_manifest(path)?;
     let scheduler = source.scheduler_config()?;
 
     Ok(LatentDiffusion {
@@ -208,6 +213,7 @@ pub fn load(path: &Path, knobs: &Knobs) -> Result<LatentDiffusion> {
         noise: default_noise(),
         load_notes: notes,
         clip_skip: 0,
+        spectrogram,
     })
 }
 
@@ -391,6 +397,45 @@ pub fn to_images(x: &Tensor) -> Result<Vec<Image>> {
         .collect()
 }
 
+/// The image request for an audio run: `n_mels` rows and as many frames as `seconds` asks (the
+/// model's native length when it is not set), a whole number of autoencoder cells; the request's
+/// own width and height are not used (a note says so when they differ).
+fn audio_request(p: &SpectrogramParams, request: &Request, cell: usize, observer: &mut dyn RunObserver) -> Result<Request> {
+    let mut r = request.clone();
+    let frames = match request.seconds {
+        Some(s) if !(s.is_finite() && s > 0.0) => {
+            return Err(Error::invalid(format!("seconds = {s}: the length must be a positive number")));
+        }
+        Some(s) => p.frames_for_secs(s, cell),
+        None => p.frames,
+    };
+    r.width = frames as u32;
+    r.height = p.n_mels as u32;
+    if p.n_mels % cell != 0 {
+        return Err(Error::invalid(format!("model.toml: n_mels = {} is not a multiple of the autoencoder's {cell}", p.n_mels)));
+    }
+    let made = (frames * p.hop) as f32 / p.sample_rate as f32;
+    if let Some(s) = request.seconds.filter(|s| (s - made).abs() > 0.0005) {
+        observer.note(format!("seconds = {s}: made {made:.3} s ({frames} frames, a multiple of {cell})"));
+    }
+    if (request.width, request.height) != (r.width, r.height) {
+        observer.note(format!(
+            "audio model: spectrogram {}×{} from seconds; the requested size {}×{} is not used",
+            r.width, r.height, request.width, request.height
+        ));
+    }
+    Ok(r)
+}
+
+/// Min/max pairs over `n` equal slices of a clip (the waveform preview).
+fn envelope(samples: &[f32], n: usize) -> Vec<(f32, f32)> {
+    let per = samples.len().div_ceil(n.max(1)).max(1);
+    samples
+        .chunks(per)
+        .map(|c| c.iter().fold((f32::MAX, f32::MIN), |(lo, hi), &s| (lo.min(s), hi.max(s))))
+        .collect()
+}
+
 impl Family for LatentDiffusion {
     fn name(&self) -> &str {
         "latent-diffusion"
@@ -401,7 +446,26 @@ impl Family for LatentDiffusion {
     }
 
     fn generate(&mut self, request: &Request, observer: &mut dyn RunObserver) -> Result<Vec<Artifact>> {
-        let floats = self.run(request, observer)?;
-        Ok(to_images(&floats)?.into_iter().map(Artifact::Image).collect())
+        let Some(params) = self.spectrogram.clone() else {
+            if request.seconds.is_some() {
+                observer.note("seconds: this model makes images; the length is ignored".into());
+            }
+            let floats = self.run(request, observer)?;
+            return Ok(to_images(&floats)?.into_iter().map(Artifact::Image).collect());
+        };
+        let request = audio_request(&params, request, self.vae.config.scale_factor(), observer)?;
+        let images = to_images(&self.run(&request, observer)?)?;
+        // still the decode stage: spectrogram images to sound
+        let mut out = Vec::with_capacity(images.len());
+        for (i, img) in images.iter().enumerate() {
+            if observer.cancelled() {
+                return Err(Error::Cancelled);
+            }
+            let audio = params.audio_from_image(img)?;
+            observer.preview(Preview::Waveform(envelope(&audio.samples, 512)));
+            observer.progress(i as u32 + 1, images.len() as u32);
+            out.push(Artifact::Audio(audio));
+        }
+        Ok(out)
     }
 }
