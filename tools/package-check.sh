@@ -5,18 +5,17 @@
 # removes the package again (also on failure). Root or sudo.
 #   bash tools/package-check.sh            # packages the dev binary tools/test.sh built (no rebuild)
 #   bash tools/package-check.sh release    # builds and packages a release binary (what users get)
+#   bash tools/package-check.sh release --no-build   # packages the release binary already built
 set -euo pipefail
 cd "$(dirname "$0")/.."
 profile=${1:-dev}
+no_build=${2:-}
+[ "$profile" = dev ] && no_build=--no-build
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
 fail() { echo "package-check: $*" >&2; exit 1; }
 
-if [ "$profile" = dev ]; then
-  time bash tools/package.sh --profile dev --no-build
-else
-  time bash tools/package.sh --profile "$profile"
-fi
+time bash tools/package.sh --profile "$profile" $no_build
 deb=$(ls "$PWD"/target/packages/headroom_*.deb)
 echo "package-check: $(basename "$deb"): $(du -h "$deb" | cut -f1)"
 dpkg-deb --info "$deb" | grep -E "Package|Version|Depends|Installed-Size"
