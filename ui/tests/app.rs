@@ -184,7 +184,8 @@ fn two_instances_saving_settings_never_corrupt_them() {
     let a = SavedState { budget_gib: 6.0, ..SavedState::default() };
     let b = SavedState {
         budget_gib: 12.0,
-        recent_models: (0..200).map(|i| format!("/models/long/path/number/{i}.safetensors")).collect(),
+        // About 1 MB, so a write takes many system calls and a reader can land inside one.
+        recent_models: (0..20_000).map(|i| format!("/models/long/path/number/{i}.safetensors")).collect(),
         ..SavedState::default()
     };
     a.save(&path).unwrap();
@@ -192,12 +193,12 @@ fn two_instances_saving_settings_never_corrupt_them() {
         for state in [&a, &b] {
             let path = &path;
             scope.spawn(move || {
-                for _ in 0..200 {
+                for _ in 0..30 {
                     state.save(path).unwrap();
                 }
             });
         }
-        for _ in 0..400 {
+        for _ in 0..200 {
             let read = SavedState::load(&path).expect("a whole settings file");
             assert!(read == a || read == b, "a mix of both instances' settings");
         }
