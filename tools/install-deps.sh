@@ -2,6 +2,8 @@
 # Installs the Debian/Ubuntu packages Headroom builds and tests with, if any are missing.
 # Build: libasound2-dev (cpal's ALSA back end) and pkg-config. Tests of the real window: xvfb,
 # x11-apps, imagemagick, xdotool. Everything else (X11, Wayland, GL, Vulkan, NVML) is loaded at run time.
+# Packaging (--package, tools/package.sh): binutils (strip), desktop-file-utils (the entry's check),
+# librsvg2-bin (tools/icons.sh renders the icon).
 set -euo pipefail
 if ! command -v cargo >/dev/null 2>&1; then
   echo "headroom: Rust is not installed; install it with rustup (https://rustup.rs), then run this again" >&2
@@ -10,6 +12,9 @@ fi
 packages=(libasound2-dev pkg-config ca-certificates)
 if [ "${1:-}" = "--test" ]; then
   packages+=(xvfb x11-apps imagemagick xdotool libgl1 libegl1 mesa-vulkan-drivers libvulkan1 libxkbcommon-x11-0)
+fi
+if [ "${1:-}" = "--package" ]; then
+  packages+=(binutils desktop-file-utils librsvg2-bin)
 fi
 missing=()
 for p in "${packages[@]}"; do

@@ -53,20 +53,15 @@ impl std::str::FromStr for ModelRef {
     }
 }
 
-/// Where the embedded default models are looked for, in order: `$HEADROOM_MODELS`; `models/` next
-/// to the executable; `../share/headroom/models` from the executable (an installed package); the
-/// repository the engine was built from; the user's data directory.
+/// Where the embedded default models are looked for, in order: `$HEADROOM_MODELS`; `models/`
+/// under each of [`crate::paths::resource_roots`] (an override, an installed package, the folder
+/// of the executable, the repository); the user's data directory.
 pub fn builtin_search_dirs() -> Vec<PathBuf> {
     let mut dirs = Vec::new();
     if let Some(d) = std::env::var_os("HEADROOM_MODELS") {
         dirs.push(PathBuf::from(d));
     }
-    if let Some(exe_dir) = std::env::current_exe().ok().and_then(|p| p.parent().map(PathBuf::from)) {
-        dirs.push(exe_dir.join("models"));
-        dirs.push(exe_dir.join("../share/headroom/models"));
-        dirs.push(exe_dir.join("../lib/headroom/models"));
-    }
-    dirs.push(PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../models")));
+    dirs.extend(crate::paths::resource_roots().into_iter().map(|root| root.join("models")));
     if let Some(data) = crate::paths::data_dir() {
         dirs.push(data.join("models"));
     }

@@ -175,6 +175,40 @@ fn saved_state_fills_missing_fields() {
     assert_eq!(back, s);
 }
 
+/// Two instances saving settings at once leave a whole file: every read while they write parses
+/// as one of the two, never a mix or a truncated file.
+#[test]
+fn two_instances_saving_settings_never_corrupt_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("settings.json");
+    let a = SavedState { budget_gib: 6.0, ..SavedState::default() };
+    let b = SavedState {
+        budget_gib: 12.0,
+        // About 1 MB, so a write takes many system calls and a reader can land inside one.
+        recent_models: (0..20_000).map(|i| format!("/models/long/path/number/{i}.safetensors")).collect(),
+        ..SavedState::default()
+    };
+    a.save(&path).unwrap();
+    std::thread::scope(|scope| {
+        for state in [&a, &b] {
+            let path = &path;
+            scope.spawn(move || {
+                for _ in 0..30 {
+                    state.save(path).unwrap();
+                }
+            });
+        }
+        for _ in 0..200 {
+            let read = SavedState::load(&path).expect("a whole settings file");
+            assert!(read == a || read == b, "a mix of both instances' settings");
+        }
+    });
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().count() == 1,
+        "no temporary files left behind"
+    );
+}
+
 /// An audio output shows a waveform; Play plays it through the player (mock device here) and a
 /// click on the waveform seeks.
 #[test]
@@ -236,10 +270,76 @@ fn first_start_loads_the_builtin_model() {
 /// Opening the app on a user's own model inspects it but does not load it unasked.
 #[test]
 fn start_with_a_path_does_not_load_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("sd15.safetensors");
+    std::fs::write(&model, b"weights").unwrap();
     let mut h = harness(FakeBackend::new());
-    h.state_mut().start(vec!["/models/sd15.safetensors".into()]);
+    h.state_mut().start(vec![model.clone()]);
     h.run_steps(3);
     let app = h.state();
-    assert_eq!(app.rt.candidate.as_ref().map(|c| c.model.as_str()), Some("/models/sd15.safetensors"));
+    let shown = model.display().to_string();
+    assert_eq!(app.rt.candidate.as_ref().map(|c| c.model.as_str()), Some(shown.as_str()));
     assert!(app.rt.loaded.is_none());
+}
+
+/// `headroom out.png` restores the output's seed and prompt, as dropping it on the window does.
+#[test]
+fn a_launch_path_is_opened_like_a_drop() {
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("run7.png");
+    std::fs::write(&png, b"png").unwrap();
+    let mut fake = FakeBackend::new();
+    let request = Request {
+        prompt: "a teal triangle".into(),
+        seed: 1234,
+        ..Request::default()
+    };
+    fake.restorable.insert(
+        png.clone(),
+        RestoredView {
+            request,
+            knobs: None,
+            model_hint: None,
+            mapped: vec!["seed".into(), "prompt".into()],
+            unmapped: vec![],
+        },
+    );
+    let mut h = harness(fake);
+    h.state_mut().start(vec![png]);
+    h.run_steps(3);
+    assert_eq!(h.state().state.request.seed, 1234);
+    assert!(
+        h.query_all_by_value("a teal triangle").next().is_some(),
+        "the prompt box shows the restored prompt"
+    );
+    h.get_by_label("Restored from run7.png: seed, prompt");
+}
+
+/// A launch path that does not exist is one line in the messages; the app starts as usual, on
+/// the built-in model, and the bad path is not remembered as a model.
+#[test]
+fn a_missing_launch_path_is_a_message_and_the_app_starts() {
+    let mut h = harness(FakeBackend::new());
+    h.state_mut().start(vec!["/no/such/dir/model.safetensors".into()]);
+    h.run_steps(3);
+    h.get_by_label("/no/such/dir/model.safetensors: no such file or folder (given on the command line)");
+    let app = h.state();
+    assert_eq!(app.rt.loaded.as_ref().map(|l| l.model.as_str()), Some("builtin:shapes"));
+    assert!(!app.state.recent_models.iter().any(|m| m.contains("no/such")));
+}
+
+/// A folder that is not a model, or a file of the wrong kind, opens the app with the reason in
+/// the model card (one line, naming the path), and nothing is loaded.
+#[test]
+fn a_launch_path_of_the_wrong_kind_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let notes = dir.path().join("notes.txt");
+    std::fs::write(&notes, b"not weights").unwrap();
+    for path in [dir.path().to_path_buf(), notes] {
+        let mut h = harness(FakeBackend::new());
+        h.state_mut().start(vec![path.clone()]);
+        h.run_steps(3);
+        h.get_by_label(&format!("{}: not a model file", path.display()));
+        assert!(h.state().rt.loaded.is_none());
+    }
 }

@@ -28,8 +28,16 @@ pub use backend::Backend;
 pub use command::AppCommand;
 use state::{Runtime, SavedState};
 
-/// The key the saved state is stored under in eframe's storage.
+/// The key older versions stored the settings under in eframe's storage (read when there is no
+/// `settings.json` yet).
 const STORAGE_KEY: &str = "headroom-app";
+
+/// The window icon: the app icon's 256 px rendering (`icons/headroom.svg`, `tools/icons.sh`).
+const ICON_PNG: &[u8] = include_bytes!("../../../icons/256x256.png");
+
+/// The app id: the desktop entry's name (`headroom.desktop`), so that window managers match the
+/// window to its menu entry and icon (Wayland `app_id`, X11 `WM_CLASS`).
+pub const APP_ID: &str = "headroom";
 
 /// Opens the desktop window; `initial_paths` are handled as if dropped on it.
 ///
@@ -37,13 +45,18 @@ const STORAGE_KEY: &str = "headroom-app";
 /// No display (with no `DISPLAY`/`WAYLAND_DISPLAY`, eframe cannot open a window) or a renderer
 /// that fails to start.
 pub fn run_app(initial_paths: Vec<PathBuf>) -> anyhow::Result<()> {
+    let mut viewport = egui::ViewportBuilder::default()
+        .with_title("Headroom")
+        .with_app_id(APP_ID)
+        .with_inner_size([1440.0, 900.0])
+        .with_min_inner_size([960.0, 600.0])
+        .with_drag_and_drop(true);
+    match eframe::icon_data::from_png_bytes(ICON_PNG) {
+        Ok(icon) => viewport = viewport.with_icon(icon),
+        Err(e) => log::warn!("the window icon could not be decoded: {e}"),
+    }
     let options = eframe::NativeOptions {
-        viewport: egui::ViewportBuilder::default()
-            .with_title("Headroom")
-            .with_app_id("headroom")
-            .with_inner_size([1440.0, 900.0])
-            .with_min_inner_size([960.0, 600.0])
-            .with_drag_and_drop(true),
+        viewport,
         ..Default::default()
     };
     eframe::run_native(
@@ -52,9 +65,11 @@ pub fn run_app(initial_paths: Vec<PathBuf>) -> anyhow::Result<()> {
         Box::new(move |cc| {
             let ctx = cc.egui_ctx.clone();
             let backend = engine_link::EngineBackend::spawn(move || ctx.request_repaint());
-            let saved: SavedState = cc
-                .storage
-                .and_then(|s| eframe::get_value(s, STORAGE_KEY))
+            // Settings live in their own atomically written file; eframe's storage is read only
+            // when that file is missing (settings saved by an older version).
+            let saved: SavedState = SavedState::default_path()
+                .and_then(|p| SavedState::load(&p))
+                .or_else(|| cc.storage.and_then(|s| eframe::get_value(s, STORAGE_KEY)))
                 .unwrap_or_default();
             let mut app = HeadroomApp::new(saved, Box::new(backend), backend::runs_dir());
             app.start(initial_paths);
@@ -81,22 +96,29 @@ impl HeadroomApp {
         }
     }
 
-    /// First-frame work: open the given paths, else inspect the last model used (or the
-    /// built-in image model) so the plan is there at once; a built-in model (small, known to
-    /// fit) is loaded straight away, so the app is ready to generate on first start.
+    /// First-frame work: open the paths given on the command line exactly as a drop would
+    /// ([`AppCommand::OpenPaths`]), else inspect the last model used (or the built-in image model)
+    /// so the plan is there at once; a built-in model (small, known to fit) is loaded straight
+    /// away, so the app is ready to generate on first start. A path that does not exist is a
+    /// one-line message, and the app starts as if it had not been given.
     pub fn start(&mut self, initial_paths: Vec<PathBuf>) {
-        if !initial_paths.is_empty() {
-            self.rt.commands.push(AppCommand::OpenPaths(initial_paths));
-        } else {
-            let model = self
-                .state
-                .last_model
-                .clone()
-                .unwrap_or_else(|| "builtin:shapes".into());
-            self.rt.commands.push(AppCommand::InspectModel(model.clone()));
-            if model.starts_with("builtin:") {
-                self.rt.commands.push(AppCommand::LoadModel { model, force: false });
-            }
+        let (found, missing): (Vec<PathBuf>, Vec<PathBuf>) =
+            initial_paths.into_iter().partition(|p| p.exists());
+        for p in &missing {
+            self.rt.error(format!("{}: no such file or folder (given on the command line)", p.display()));
+        }
+        if !found.is_empty() {
+            self.rt.commands.push(AppCommand::OpenPaths(found));
+            return;
+        }
+        let model = self
+            .state
+            .last_model
+            .clone()
+            .unwrap_or_else(|| "builtin:shapes".into());
+        self.rt.commands.push(AppCommand::InspectModel(model.clone()));
+        if model.starts_with("builtin:") {
+            self.rt.commands.push(AppCommand::LoadModel { model, force: false });
         }
     }
 
@@ -209,8 +231,14 @@ impl eframe::App for HeadroomApp {
         self.draw_ui(ui);
     }
 
-    fn save(&mut self, storage: &mut dyn eframe::Storage) {
-        eframe::set_value(storage, STORAGE_KEY, &self.state);
+    fn save(&mut self, _storage: &mut dyn eframe::Storage) {
+        // Not into eframe's storage: its `app.ron` is rewritten in place, and two instances
+        // saving at once could leave a mix of both.
+        if let Some(path) = SavedState::default_path()
+            && let Err(e) = self.state.save(&path)
+        {
+            log::warn!("settings not saved: {e}");
+        }
     }
 
     fn on_exit(&mut self) {

@@ -1,7 +1,7 @@
 //! The app's data: [`SavedState`] (persisted between sessions) and [`Runtime`] (handles, caches
 //! and what the engine last said; never persisted).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use headroom_engine::{Knobs, Request};
@@ -11,7 +11,7 @@ use super::backend::{Backend, Comparison, Media, ModelSummary, PlanView, RunReco
 use super::command::AppCommand;
 use crate::audio::Player;
 
-/// What is remembered between sessions (eframe storage).
+/// What is remembered between sessions (`settings.json` in the data directory).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SavedState {
@@ -43,6 +43,37 @@ impl SavedState {
     /// The budget for the planner, `None` for "free memory".
     pub fn budget_bytes(&self) -> Option<u64> {
         (self.budget_gib > 0.0).then_some((self.budget_gib as f64 * (1u64 << 30) as f64) as u64)
+    }
+
+    /// Where the settings are kept: `settings.json` in the user's data directory (beside
+    /// eframe's `app.ron`, which keeps only the window and egui's memory).
+    pub fn default_path() -> Option<PathBuf> {
+        headroom_engine::paths::data_dir().map(|d| d.join("settings.json"))
+    }
+
+    /// Reads saved settings; a missing or unreadable file is `None` (the caller falls back).
+    pub fn load(path: &Path) -> Option<Self> {
+        let text = std::fs::read_to_string(path).ok()?;
+        match serde_json::from_str(&text) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                log::warn!("{}: settings not read ({e}); using defaults", path.display());
+                None
+            }
+        }
+    }
+
+    /// Writes the settings atomically (temp file, fsync, rename), so two instances saving at
+    /// once leave one whole file, never a mix.
+    ///
+    /// # Errors
+    /// The folder cannot be created or the file cannot be written; one line naming the file.
+    pub fn save(&self, path: &Path) -> Result<(), String> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: cannot create ({e})", dir.display()))?;
+        }
+        let json = serde_json::to_vec_pretty(self).map_err(|e| format!("{}: {e}", path.display()))?;
+        headroom_engine::fsutil::write_atomic(path, &json).map_err(|e| e.to_string())
     }
 }
 
