@@ -12,21 +12,6 @@ pub enum ModelRef {
     Builtin(String),
 }
 
-/// The folder of a shipped asset (`assets/<name>`, e.g. the CLIP vocabulary), found beside each
-/// place [`builtin_search_dirs`] looks for models (`$HEADROOM_ASSETS` first).
-///
-/// # Errors
-/// The asset is in none of those places.
-pub fn asset_dir(name: &str) -> crate::Result<PathBuf> {
-    let mut roots: Vec<PathBuf> = std::env::var_os("HEADROOM_ASSETS").map(PathBuf::from).into_iter().collect();
-    roots.extend(builtin_search_dirs().iter().filter_map(|d| d.parent().map(|p| p.join("assets"))));
-    roots
-        .iter()
-        .map(|r| r.join(name))
-        .find(|d| d.is_dir())
-        .ok_or_else(|| crate::Error::invalid(format!("asset '{name}' not found in {} places (set HEADROOM_ASSETS to the assets folder)", roots.len())))
-}
-
 impl ModelRef {
     /// Parses `builtin:NAME` or a path.
     pub fn parse(s: &str) -> Self {

@@ -35,8 +35,16 @@ pub fn find_resource(relative: impl AsRef<Path>) -> Option<PathBuf> {
 
 /// The standard CLIP BPE vocabulary (`vocab.json`, `merges.txt`) that single-file checkpoints,
 /// which carry no tokenizer, are read with: `assets/clip` under a resource root.
-pub fn clip_vocabulary_dir() -> Option<PathBuf> {
-    find_resource("assets/clip").filter(|d| d.join("vocab.json").is_file())
+///
+/// # Errors
+/// It is under none of the [`resource_roots`].
+pub fn clip_vocabulary_dir() -> crate::Result<PathBuf> {
+    find_resource("assets/clip").filter(|d| d.join("vocab.json").is_file()).ok_or_else(|| {
+        crate::Error::invalid(format!(
+            "the CLIP vocabulary (assets/clip) is in none of the {} resource folders (set HEADROOM_RESOURCES)",
+            resource_roots().len()
+        ))
+    })
 }
 
 /// The user's Headroom data directory (`$XDG_DATA_HOME/headroom`, `~/.local/share/headroom` on

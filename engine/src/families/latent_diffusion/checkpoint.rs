@@ -79,7 +79,7 @@ impl Checkpoint {
         match self {
             Checkpoint::Folder(p) => ClipTokenizer::from_dir(&p.join("tokenizer")),
             Checkpoint::Single(s) => {
-                let dir = crate::model::asset_dir("clip")?;
+                let dir = crate::paths::clip_vocabulary_dir()?;
                 let mut t = ClipTokenizer::from_dir(&dir)?;
                 if s.layout.tower == TextTower::OpenClip {
                     t.set_pad_token("!").map_err(|e| Error::file(&dir, e))?;

@@ -170,7 +170,7 @@ pub fn write_folder(dir: &Path, spec: &SyntheticSpec) -> Result<u64> {
     let s = serde_json::to_string_pretty(&sched).map_err(|e| Error::invalid(e.to_string()))?;
     crate::fsutil::write_atomic(&dir.join("scheduler/scheduler_config.json"), s.as_bytes())?;
 
-    let vocab = crate::model::asset_dir("clip")?;
+    let vocab = crate::paths::clip_vocabulary_dir()?;
     let tok = dir.join("tokenizer");
     std::fs::create_dir_all(&tok).map_err(|e| Error::io(&tok, e))?;
     for f in ["vocab.json", "merges.txt", "special_tokens_map.json", "tokenizer_config.json"] {
