@@ -25,6 +25,7 @@ pub mod vae_tiling;
 
 #[cfg(test)]
 mod ldm_tests;
+#[cfg(test)]
 mod offload_tests;
 #[cfg(test)]
 mod parity_tests;
