@@ -17,7 +17,9 @@ The LDM files are written by this script's diffusers → LDM renaming; the refer
 pipelines rebuilt with diffusers' converters (`diffusers.loaders.single_file_utils`) from those
 files, so the renaming is checked against diffusers' and the Rust loader is held to diffusers'.
 
-Run: /work/venv/bin/python tools/make_ldm_fixtures.py   (no network needed)
+Also tiny-sd1-text_encoder-pytorch_model.bin: tiny-sd1's text encoder as a torch zip `.bin`.
+
+Run: /work/venv/bin/python tools/make_ldm_fixtures.py [bin]   (no network needed; `bin`: only the .bin)
 """
 import os
 import sys
@@ -285,7 +287,18 @@ def build(name, sd2):
     print(f"{name}: {os.path.getsize(path) / 1e6:.2f} MB", file=sys.stderr)
 
 
+def write_bin_text_encoder():
+    """tiny-sd1's text encoder saved by torch.save as a diffusers folder's `pytorch_model.bin`
+    (a torch zip), for the test that a folder with .bin weights loads like the safetensors one."""
+    sd = load_file(os.path.join(REPO, "tests", "fixtures", "sd", "tiny-sd1", "text_encoder", "model.safetensors"))
+    torch.save(sd, os.path.join(OUT, "tiny-sd1-text_encoder-pytorch_model.bin"))
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
+    if sys.argv[1:] == ["bin"]:
+        write_bin_text_encoder()
+        sys.exit(0)
     build("tiny-ldm1", sd2=False)
     build("tiny-ldm2", sd2=True)
+    write_bin_text_encoder()

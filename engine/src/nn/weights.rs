@@ -22,6 +22,8 @@ pub struct Ledger {
     pub bytes: u64,
     /// Number of tensors per storage type name (`q4k`, `q4_0`, `f16`, `f32` …).
     pub tensors: BTreeMap<&'static str, usize>,
+    /// Full names of tensors holding NaN or infinite values.
+    pub non_finite: Vec<String>,
 }
 
 impl Ledger {
@@ -110,6 +112,18 @@ impl<'a> Weights<'a> {
         if prefix.is_empty() { name.to_string() } else { format!("{prefix}.{name}") }
     }
 
+    /// Notes `t` in the ledger when it holds a NaN or an infinity (`t − t` sums to 0 only when
+    /// every value is finite), so a broken checkpoint is named at load instead of failing later.
+    fn check_finite(&self, t: &Tensor, name: &str) -> Result<()> {
+        let s = (t - t)?.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        if !s.is_finite()
+            && let Ok(mut l) = self.ledger.lock()
+        {
+            l.non_finite.push(self.full_name(name));
+        }
+        Ok(())
+    }
+
     fn record(&self, kind: Precision, bytes: usize) {
         if let Ok(mut l) = self.ledger.lock() {
             l.add(kind, bytes as u64);
@@ -147,6 +161,7 @@ impl<'a> Weights<'a> {
             (self.dense_dtype(p), p)
         };
         let t = self.vb.get_with_hints_dtype(shape, name, Default::default(), dtype)?;
+        self.check_finite(&t, name)?;
         self.record(kind, t.elem_count() * dtype.size_in_bytes());
         Ok(t)
     }
@@ -159,6 +174,7 @@ impl<'a> Weights<'a> {
     pub fn get_compute<S: Into<Shape>>(&self, shape: S, name: &str) -> Result<Tensor> {
         let dtype = self.vb.dtype();
         let t = self.vb.get_with_hints_dtype(shape, name, Default::default(), dtype)?;
+        self.check_finite(&t, name)?;
         self.record(precision_of(dtype), t.elem_count() * dtype.size_in_bytes());
         Ok(t)
     }
@@ -174,11 +190,13 @@ impl<'a> Weights<'a> {
         let Some(ggml) = ggml_type(p) else {
             let dtype = self.dense_dtype(p);
             let t = self.vb.get_with_hints_dtype(shape, name, Default::default(), dtype)?;
+            self.check_finite(&t, name)?;
             self.record(p, t.elem_count() * dtype.size_in_bytes());
             return Ok(StoredWeight::Dense(t));
         };
         let rows = shape.dims().first().copied().unwrap_or(1);
         let f32 = self.vb.get_with_hints_dtype(shape.clone(), name, Default::default(), DType::F32)?;
+        self.check_finite(&f32, name)?;
         let f32 = f32.reshape((rows, shape.elem_count() / rows.max(1)))?;
         let q = QTensor::quantize(&f32, ggml)?;
         drop(f32);

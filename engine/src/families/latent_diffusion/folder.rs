@@ -37,7 +37,7 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
 /// The safetensors weight file of a component folder.
 ///
 /// # Errors
-/// No weight file, or only a pickle (`.bin`) one, which this engine does not read.
+/// No weight file (safetensors preferred, then torch's `.bin` zip).
 pub fn weight_file(dir: &Path) -> Result<PathBuf> {
     for name in WEIGHT_NAMES {
         let p = dir.join(name);
@@ -45,13 +45,13 @@ pub fn weight_file(dir: &Path) -> Result<PathBuf> {
             return Ok(p);
         }
     }
-    let bin = ["diffusion_pytorch_model.bin", "pytorch_model.bin"].iter().any(|n| dir.join(n).is_file());
-    let problem = if bin {
-        "only a pickle (.bin) weight file; convert it to .safetensors"
-    } else {
-        "no diffusion_pytorch_model.safetensors or model.safetensors"
-    };
-    Err(Error::file(dir, problem))
+    for name in ["diffusion_pytorch_model.bin", "pytorch_model.bin", "diffusion_pytorch_model.fp16.bin", "pytorch_model.fp16.bin"] {
+        let p = dir.join(name);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    Err(Error::file(dir, "no weights (diffusion_pytorch_model.safetensors, model.safetensors or a .bin)"))
 }
 
 /// Memory-maps a component's weights as `dtype` on `device`; returns the builder and the number
@@ -61,6 +61,9 @@ pub fn weight_file(dir: &Path) -> Result<PathBuf> {
 /// As [`weight_file`], or a file that is not valid safetensors.
 pub fn var_builder(dir: &Path, dtype: DType, device: &Device) -> Result<(VarBuilder<'static>, u64)> {
     let path = weight_file(dir)?;
+    if path.extension().is_some_and(|e| e == "bin") {
+        return super::single_file::zip_var_builder(&path, dtype, device);
+    }
     // SAFETY: the file is memory-mapped read-only; like every mmap user we rely on nobody
     // truncating the model file while it is loaded.
     let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(&path) }

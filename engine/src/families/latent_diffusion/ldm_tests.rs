@@ -107,3 +107,57 @@ fn other_layouts_are_refused_by_name() {
     assert!(e.contains("llm.safetensors") && e.contains("lm_head.weight"), "{e}");
     assert_eq!(e.lines().count(), 1);
 }
+
+/// A diffusers folder whose text encoder is a torch zip `pytorch_model.bin` loads it tensor by
+/// tensor and gives the same embeddings as the safetensors file.
+#[test]
+fn folder_with_bin_weights_loads_like_safetensors() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = super::parity_tests::fixture("tiny-sd1").join("text_encoder");
+    let dst = dir.path().join("text_encoder");
+    std::fs::create_dir(&dst).unwrap();
+    std::fs::copy(src.join("config.json"), dst.join("config.json")).unwrap();
+    std::fs::copy(fixture("tiny-sd1-text_encoder-pytorch_model.bin"), dst.join("pytorch_model.bin")).unwrap();
+    let cfg = super::folder::read_config(&dst).unwrap();
+    let (vb, n) = super::folder::var_builder(&dst, DType::F32, &Device::Cpu).unwrap();
+    let (vb2, n2) = super::folder::var_builder(&src, DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(n, n2);
+    let a = ClipTextModel::new(&cfg, Weights::new(vb)).unwrap();
+    let b = ClipTextModel::new(&cfg, Weights::new(vb2)).unwrap();
+    let r = super::parity_tests::refs("tiny-sd1");
+    let d = max_diff(&a.forward(&r["ids_prompt"], 0).unwrap(), &b.forward(&r["ids_prompt"], 0).unwrap());
+    assert_eq!(d, 0.0);
+}
+
+/// A NaN in a weight is named in the load notes (the run goes on; nothing crashes).
+#[test]
+fn nan_weight_is_named_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = super::parity_tests::fixture("tiny-sd1");
+    for entry in walk(&src) {
+        let rel = entry.strip_prefix(&src).unwrap();
+        let dst = dir.path().join(rel);
+        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        std::fs::copy(&entry, &dst).unwrap();
+    }
+    let unet = dir.path().join("unet/diffusion_pytorch_model.safetensors");
+    let mut ts = candle_core::safetensors::load(&unet, &Device::Cpu).unwrap();
+    let name = "down_blocks.0.resnets.0.conv1.weight";
+    let w = &ts[name];
+    let mut v = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    v[3] = f32::NAN;
+    ts.insert(name.into(), Tensor::from_vec(v, w.dims(), &Device::Cpu).unwrap());
+    candle_core::safetensors::save(&ts, &unet).unwrap();
+    let model = super::load(dir.path(), &Knobs::default()).unwrap();
+    let notes = model.load_notes();
+    assert!(notes.iter().any(|n| n.contains("NaN") && n.contains("unet: 1 weight") && n.contains(name)), "{notes:?}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() { out.extend(walk(&p)) } else { out.push(p) }
+    }
+    out
+}

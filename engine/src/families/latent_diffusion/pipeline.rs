@@ -185,6 +185,14 @@ pub fn load(path: &Path, knobs: &Knobs) -> Result<LatentDiffusion> {
     let w = weights(vb, 2);
     let mut vae = build(&source.label(Component::Vae), || AutoencoderKl::new(&cfg, w.clone()))?;
     ledgers.push(w.ledger());
+    for (c, l) in Component::ALL.into_iter().zip(&ledgers) {
+        if let Some(first) = l.non_finite.first() {
+            notes.push(format!(
+                "{c}: {} weight tensor(s) hold NaN or infinite values (first: {first}); outputs will likely be black or noise",
+                l.non_finite.len()
+            ));
+        }
+    }
     for (i, c) in Component::ALL.into_iter().enumerate() {
         if storage[i].is_quantized() {
             let l = &ledgers[i];
@@ -264,6 +272,12 @@ impl LatentDiffusion {
     /// generator plugs in here).
     pub fn set_noise(&mut self, noise: NoiseFactory) {
         self.noise = noise;
+    }
+
+    /// What loading had to say (precision fallbacks, offload, broken weights), repeated in every
+    /// run's notes.
+    pub fn load_notes(&self) -> &[String] {
+        &self.load_notes
     }
 
     /// Resident weight bytes per component (text encoder, UNet, VAE) as the loaders counted them.

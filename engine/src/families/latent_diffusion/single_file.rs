@@ -104,6 +104,22 @@ impl SingleFile {
     }
 }
 
+/// A builder over a torch zip (`pytorch_model.bin` / `diffusion_pytorch_model.bin` in a diffusers
+/// folder) serving its tensors under their own names, read one by one when asked for; and the
+/// number of weight elements in it.
+///
+/// # Errors
+/// A file that is not a torch zip checkpoint (a legacy non-zip pickle among them), named.
+pub fn zip_var_builder(path: &Path, dtype: DType, device: &Device) -> Result<(VarBuilder<'static>, u64)> {
+    let (located, _, _) = ckpt::locate(path)?;
+    let elements = located.iter().map(CkptTensor::elements).sum();
+    let names = located.iter().map(|t| (t.name.clone(), Source { key: t.name.clone(), take: Take::Whole })).collect();
+    let tensors = located.into_iter().map(|t| (t.name.clone(), t)).collect();
+    let storage = Storage::Ckpt { tensors, zip: Mutex::new(ckpt::open_archive(path)?) };
+    let backend = ComponentBackend { path: path.to_path_buf(), storage: Arc::new(storage), names };
+    Ok((VarBuilder::from_backend(Box::new(backend), dtype, device.clone()), elements))
+}
+
 /// Index of a component in [`LdmLayout::names`].
 fn component_index(c: Component) -> usize {
     match c {
