@@ -30,26 +30,21 @@ def main():
     pipe.set_progress_bar_config(disable=True)
     load_ms = (time.perf_counter() - t0) * 1e3
 
-    step_times = []
-    unet_forward = pipe.unet.forward
+    def timed(obj, attr):
+        """Wraps obj.attr so that each call's milliseconds are appended to the returned list."""
+        times, inner = [], getattr(obj, attr)
 
-    def timed(*a, **k):
-        t = time.perf_counter()
-        out = unet_forward(*a, **k)
-        step_times.append((time.perf_counter() - t) * 1e3)
-        return out
+        def wrapper(*a, **k):
+            t = time.perf_counter()
+            out = inner(*a, **k)
+            times.append((time.perf_counter() - t) * 1e3)
+            return out
 
-    pipe.unet.forward = timed
-    decode_ms = []
-    vae_decode = pipe.vae.decode
+        setattr(obj, attr, wrapper)
+        return times
 
-    def timed_decode(*a, **k):
-        t = time.perf_counter()
-        out = vae_decode(*a, **k)
-        decode_ms.append((time.perf_counter() - t) * 1e3)
-        return out
-
-    pipe.vae.decode = timed_decode
+    step_times = timed(pipe.unet, "forward")
+    decode_ms = timed(pipe.vae, "decode")
     with torch.no_grad():
         pipe("a photograph of a lighthouse on a cliff at sunset", num_inference_steps=steps, guidance_scale=7.5,
              height=size, width=size, generator=torch.Generator().manual_seed(0), output_type="np")
