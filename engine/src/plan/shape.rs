@@ -82,6 +82,17 @@ impl ModelShape {
         let mut stem = Vec::new();
         let mut unet_tensors: Vec<&TensorInfo> = Vec::new();
         let mut vae_tensors: Vec<&TensorInfo> = Vec::new();
+        // a single-file LDM checkpoint's denoiser is grouped under the diffusers names the loader
+        // builds it with, so the plan's blocks are the blocks offload moves
+        let ldm_shapes: crate::families::latent_diffusion::ldm_keys::Shapes = insp
+            .components
+            .iter()
+            .filter(|c| c.component == Some(Component::Unet))
+            .flat_map(|c| &c.tensors)
+            .filter(|t| t.name.starts_with("model.diffusion_model."))
+            .map(|t| (t.name.clone(), t.shape.clone()))
+            .collect();
+        let renamed = crate::families::latent_diffusion::ldm_keys::unet_diffusers_names(&ldm_shapes).unwrap_or_default();
         for c in &insp.components {
             for t in &c.tensors {
                 let w = WeightTensor(t.clone());
@@ -89,7 +100,7 @@ impl ModelShape {
                 match c.component {
                     Some(Component::Unet) => {
                         unet_tensors.push(t);
-                        match unet_block_key(&t.name) {
+                        match unet_block_key(renamed.get(&t.name).unwrap_or(&t.name)) {
                             Some((key, label)) => blocks.entry(key).or_insert_with(|| (label, Vec::new())).1.push(w),
                             None => stem.push(w),
                         }

@@ -316,6 +316,29 @@ fn has_prefix(shapes: &Shapes, prefix: &str) -> bool {
     shapes.range(prefix.to_string()..).next().is_some_and(|(k, _)| k.starts_with(prefix))
 }
 
+/// The denoiser's resolution levels and resnets per down block, from its input blocks.
+fn unet_levels(shapes: &Shapes) -> Result<(usize, usize), String> {
+    let u = UNET_PREFIX;
+    let inputs = count(shapes, &format!("{u}input_blocks."));
+    let downsamplers = (1..inputs).filter(|i| shapes.contains_key(&format!("{u}input_blocks.{i}.0.op.weight"))).count();
+    let levels = downsamplers + 1;
+    let per_level = (inputs.max(1) - 1).saturating_sub(downsamplers);
+    if inputs < 2 || per_level % levels != 0 {
+        return Err(format!("{inputs} input blocks with {downsamplers} downsamplers do not form SD's down path"));
+    }
+    Ok((levels, per_level / levels))
+}
+
+/// The diffusers name of each LDM denoiser tensor (LDM name → diffusers name), as the loader maps
+/// them, so that the planner groups a single file's blocks as they are built; `None` when the
+/// names do not form SD's down path.
+pub fn unet_diffusers_names(shapes: &Shapes) -> Option<HashMap<String, String>> {
+    let (_, layers) = unet_levels(shapes).ok()?;
+    let mut map = HashMap::new();
+    unet_map(shapes, layers, &mut map);
+    Some(map.into_iter().map(|(diffusers, src)| (src.key, diffusers)).collect())
+}
+
 /// Infers the configs from the shapes and builds the name maps.
 ///
 /// # Errors
@@ -383,14 +406,7 @@ pub fn layout(shapes: &Shapes, hints: &LdmHints, metadata: &BTreeMap<String, Str
     let u = UNET_PREFIX;
     let conv_in = format!("{u}input_blocks.0.0.weight");
     let model_channels = dim(shapes, &conv_in, 0)?;
-    let inputs = count(shapes, &format!("{u}input_blocks."));
-    let downsamplers = (1..inputs).filter(|i| shapes.contains_key(&format!("{u}input_blocks.{i}.0.op.weight"))).count();
-    let levels = downsamplers + 1;
-    let per_level = (inputs - 1).saturating_sub(downsamplers);
-    if inputs < 2 || per_level % levels != 0 {
-        return Err(format!("{inputs} input blocks with {downsamplers} downsamplers do not form SD's down path"));
-    }
-    let layers = per_level / levels;
+    let (levels, layers) = unet_levels(shapes)?;
     let mut channels = Vec::new();
     let mut down = Vec::new();
     let mut attention_any = None;

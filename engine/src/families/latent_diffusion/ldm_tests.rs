@@ -161,3 +161,16 @@ fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// The planner groups a single file's denoiser into the blocks the loader builds (diffusers
+/// names), so `gpu_blocks` means the same in the plan and in the run.
+#[test]
+fn plan_blocks_of_a_single_file_are_the_built_blocks() {
+    let insp = crate::formats::inspect(&fixture("tiny-ldm1.safetensors")).unwrap();
+    let shape = crate::plan::shape::ModelShape::from_inspection(&insp);
+    let labels: Vec<&str> = shape.unet_blocks.iter().map(|(l, _)| l.as_str()).collect();
+    assert_eq!(labels, ["down_blocks.0", "down_blocks.1", "mid_block", "up_blocks.0", "up_blocks.1"]);
+    let model = super::load(&fixture("tiny-ldm1.safetensors"), &Knobs::default()).unwrap();
+    let built: Vec<String> = model.unet_slots().into_iter().map(|(l, _)| l).collect();
+    assert_eq!(built, labels);
+}

@@ -280,6 +280,11 @@ impl LatentDiffusion {
         &self.load_notes
     }
 
+    /// The UNet's offloadable blocks in execution order and how each is held.
+    pub fn unet_slots(&self) -> Vec<(String, super::offload::SlotKind)> {
+        self.unet.slots()
+    }
+
     /// Resident weight bytes per component (text encoder, UNet, VAE) as the loaders counted them.
     pub fn component_weight_bytes(&self) -> [u64; 3] {
         self.weight_bytes
