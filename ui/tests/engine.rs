@@ -310,3 +310,37 @@ fn escape_cancels_a_run() {
         h.state().rt.notices
     );
 }
+
+/// The real engine and the real family with `builtin:melodies`: a spectrogram run (Griffin-Lim
+/// included) comes back as an audio output card, a WAV with its waveform and transport.
+#[test]
+fn melodies_run_makes_an_audio_card() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = EngineBackend::spawn(|| {});
+    let mut state = SavedState::default();
+    state.request.steps = 2;
+    let app = HeadroomApp::new(state, Box::new(backend), dir.path().to_path_buf());
+    let mut h = Harness::builder()
+        .with_size([1440.0, 900.0])
+        .build_ui_state(|ui, app: &mut HeadroomApp| app.frame_ui(ui), app);
+    h.state_mut()
+        .rt
+        .commands
+        .push(headroom_ui::app::AppCommand::InspectModel("builtin:melodies".into()));
+    h.run_steps(3);
+    h.get_by_label("Load").click();
+    step_until(&mut h, "the model to load", |a| a.rt.loaded.is_some());
+    h.get_by_label("Generate").click();
+    step_until(&mut h, "the audio output", |a| !a.rt.outputs.is_empty());
+    let card = &h.state().rt.outputs[0];
+    match &card.media {
+        Ok(headroom_ui::app::backend::Media::Audio(a)) => {
+            assert_eq!(a.sample_rate, 16000);
+            assert!(a.duration_secs() > 1.0, "{} s", a.duration_secs());
+        }
+        other => panic!("expected audio, got {:?}", other.as_ref().map(|_| "an image")),
+    }
+    assert!(card.record.outputs[0].extension().is_some_and(|e| e == "wav"));
+    h.get_by_label("Play");
+    h.get_by_label("waveform");
+}
