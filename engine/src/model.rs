@@ -140,6 +140,14 @@ fn collect_files(p: &std::path::Path, out: &mut Vec<PathBuf>) -> crate::Result<(
     Ok(())
 }
 
+/// Whether a model makes audio: its `model.toml` marks it a mel-spectrogram model (as
+/// `builtin:melodies`, or a Riffusion folder given a two-line manifest).
+pub fn makes_audio(model: &ModelRef) -> bool {
+    model.resolve().ok().is_some_and(|dir| {
+        matches!(crate::families::latent_diffusion::spectrogram::SpectrogramParams::from_manifest(&dir), Ok(Some(_)))
+    })
+}
+
 /// The native output size (width, height) from a model's `model.toml`, if it has one;
 /// requests that do not name a size use it. A spectrogram model without a size gives its
 /// spectrogram's (native frames × mel bands: Riffusion's 512 × 512 by default).

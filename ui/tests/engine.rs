@@ -328,6 +328,7 @@ fn melodies_run_makes_an_audio_card() {
         .commands
         .push(headroom_ui::app::AppCommand::InspectModel("builtin:melodies".into()));
     h.run_steps(3);
+    h.get_by_label("Seconds"); // its manifest makes it an audio model: length, not size
     h.get_by_label("Load").click();
     step_until(&mut h, "the model to load", |a| a.rt.loaded.is_some());
     h.get_by_label("Generate").click();

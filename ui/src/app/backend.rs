@@ -29,6 +29,8 @@ pub struct ModelSummary {
     pub components: Vec<(String, u64)>,
     /// Things a person should know (unknown tensors, odd dtypes).
     pub warnings: Vec<String>,
+    /// The model makes audio (a mel-spectrogram model, by its manifest).
+    pub audio: bool,
 }
 
 /// The planner's verdict.

@@ -177,6 +177,7 @@ impl Backend for EngineBackend {
                 .map(|c| (c.name.clone(), c.parameters))
                 .collect(),
             warnings: insp.warnings.clone(),
+            audio: headroom_engine::model::makes_audio(&ModelRef::parse(model)),
         })
     }
 

@@ -91,11 +91,14 @@ impl HeadroomApp {
                 rt.notify(format!("Loaded {model} ({family}) in {load_ms} ms"));
                 self.state.last_model = Some(model.clone());
                 self.state.remember(&model);
-                if rt.candidate.as_ref().is_some_and(|c| c.model == model) {
-                    rt.candidate = None;
-                }
+                // whether it makes audio: as its inspection said, else from its manifest (once)
+                let audio = match rt.candidate.take_if(|c| c.model == model) {
+                    Some(c) => c.summary.as_ref().is_ok_and(|s| s.audio),
+                    None => headroom_engine::model::makes_audio(&headroom_engine::ModelRef::parse(&model)),
+                };
                 rt.loaded = Some(LoadedModel {
                     model,
+                    audio,
                     family,
                     weight_bytes,
                     load_ms,

@@ -105,6 +105,8 @@ pub struct Candidate {
 #[derive(Clone, Debug)]
 pub struct LoadedModel {
     pub model: String,
+    /// It makes audio (a mel-spectrogram model).
+    pub audio: bool,
     pub family: String,
     pub weight_bytes: u64,
     pub load_ms: u64,

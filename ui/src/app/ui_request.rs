@@ -9,24 +9,13 @@ use super::command::AppCommand;
 use super::widgets::section_ui;
 
 impl HeadroomApp {
-    /// True when the current model makes audio (by family or built-in name).
+    /// True when the model about to run (the inspected candidate, else the loaded one) makes
+    /// audio, as its manifest says.
     pub(super) fn model_is_audio(&self) -> bool {
-        let family = self
-            .rt
-            .loaded
-            .as_ref()
-            .map(|l| l.family.clone())
-            .or_else(|| {
-                self.rt
-                    .candidate
-                    .as_ref()
-                    .and_then(|c| c.summary.as_ref().ok())
-                    .map(|s| s.family.clone())
-            })
-            .unwrap_or_default()
-            .to_ascii_lowercase();
-        let model = self.rt.current_model().unwrap_or("");
-        model == "builtin:melodies" || family.contains("audio") || family.contains("riffusion")
+        match &self.rt.candidate {
+            Some(c) => c.summary.as_ref().is_ok_and(|s| s.audio),
+            None => self.rt.loaded.as_ref().is_some_and(|l| l.audio),
+        }
     }
 
     /// The right panel.

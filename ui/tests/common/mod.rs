@@ -76,6 +76,7 @@ impl Backend for FakeBackend {
                 .map(|(c, n)| (c.name().to_string(), *n))
                 .collect(),
             warnings: Vec::new(),
+            audio: false,
         })
     }
 
