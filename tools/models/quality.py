@@ -1,15 +1,29 @@
 #!/usr/bin/env python3
-"""Measures builtin:shapes against issue 4's quality bars by running the real `headroom` binary.
+"""Measures the embedded models against issue 4's quality bars by running the real `headroom` binary.
 
-    python3 tools/models/quality.py shapes [--prompts 200] [--seeds 2] [--binary target/release/headroom]
+    python3 tools/models/quality.py shapes   [--prompts 200] [--seeds 2] [--binary target/release/headroom]
+    python3 tools/models/quality.py melodies [--prompts 100] [--seeds 2]
+    python3 tools/models/quality.py melodies --check-detector   # the detectors on the training clips
 
+shapes:
 Prompts come from the training caption grammar (`shapes_data.scene`), always naming a background.
 For each output, every pixel is assigned the nearest of the grammar's eight named colours; then
 - background: the requested background colour is the most frequent class;
 - colours: each requested shape colour forms a 4-connected region of plausible size (at least
   MIN_AREA pixels at 64×64, scaled with the image area, and not the background's class).
 Prints the two rates, the mean generation time per image (the run's load + text + denoise +
-decode from `--json`), and the worst prompts. Needs numpy and Pillow only; no PyTorch.
+decode from `--json`), and the worst prompts.
+
+melodies: prompts from the training grammar (`melodies_data.clip`); for each WAV
+- root: the lowest prominent peak of the clip's average spectrum (at least a fifth of the
+  strongest; 8192-point Hann frames) gives the lowest sustained pitch, whose pitch class must be
+  the requested key;
+- pattern: onsets are peaks of the positive spectral flux (at least 0.2 s apart, above 30% of
+  the largest); three or more onsets is an arpeggio, otherwise a chord when a prominent peak sits
+  between the root and its octave (a third or a fifth, which no harmonic of one note gives), else
+  a sustained note. Up and down arpeggios count as one class, as the bar says.
+`--check-detector` runs both detectors on the generator's own clips, so the measure itself is known.
+Needs numpy and Pillow only; no PyTorch.
 """
 import argparse
 import json
@@ -24,6 +38,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from melodies_data import KEYS, SR, clip  # noqa: E402
 from shapes_data import COLOURS, scene  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -83,14 +98,73 @@ def score(png, background, colours):
     return bg_ok, all(present)
 
 
+def melody_prompts(n, seed):
+    """n captions with (key, pattern class), and the clips themselves for the detector check."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        audio, caption = clip(rng)
+        m = re.match(r"\w+ playing (a sustained note|an up arpeggio|a down arpeggio|a chord) in ([A-G]#?)$", caption)
+        pattern = {"a sustained note": "sustained", "a chord": "chord"}.get(m.group(1), "arpeggio")
+        out.append((caption, m.group(2), pattern, audio))
+    return out
+
+
+def stft_mag(x, n_fft, hop):
+    if len(x) < n_fft:
+        x = np.pad(x, (0, n_fft - len(x)))
+    frames = np.lib.stride_tricks.sliding_window_view(x, n_fft)[::hop]
+    return np.abs(np.fft.rfft(frames * np.hanning(n_fft), axis=-1))
+
+
+def detect(x, sr):
+    """(pitch class of the lowest sustained pitch or None, pattern class)."""
+    spec = stft_mag(x, 8192, 2048).mean(0)
+    freqs = np.fft.rfftfreq(8192, 1 / sr)
+    ok = freqs >= 40
+    peaks = [i for i in range(1, len(spec) - 1) if ok[i] and spec[i] >= spec[i - 1] and spec[i] > spec[i + 1]]
+    strong = [i for i in peaks if spec[i] >= 0.2 * spec[ok].max()]
+    if not strong:
+        return None, "sustained"
+    i0 = strong[0]
+    a, b, c = np.log(spec[i0 - 1 : i0 + 2] + 1e-12)
+    f0 = freqs[i0] + (0.5 * (a - c) / (a - 2 * b + c)) * (freqs[1] - freqs[0])
+    pitch_class = int(round(12 * np.log2(f0 / 440.0) + 69)) % 12
+    flux_spec = np.log1p(stft_mag(x, 1024, 256))
+    flux = np.maximum(np.diff(flux_spec, axis=0), 0).sum(1)
+    min_gap = int(0.2 * sr / 256)
+    onsets, last = 0, -min_gap
+    for t in range(1, len(flux) - 1):
+        if flux[t] >= 0.3 * flux.max() and flux[t] >= flux[t - 1] and flux[t] >= flux[t + 1] and t - last >= min_gap:
+            onsets, last = onsets + 1, t
+    if onsets >= 3:
+        pattern = "arpeggio"
+    else:
+        between = [i for i in strong if 1.1 * f0 < freqs[i] < 1.9 * f0]
+        pattern = "chord" if between else "sustained"
+    return pitch_class, pattern
+
+
+def read_wav(path):
+    import wave
+
+    with wave.open(str(path)) as w:
+        data = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16 if w.getsampwidth() == 2 else np.int32)
+        return data.astype(np.float32) / np.iinfo(data.dtype).max, w.getframerate()
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("model", choices=["shapes"])
-    ap.add_argument("--prompts", type=int, default=200)
+    ap.add_argument("model", choices=["shapes", "melodies"])
+    ap.add_argument("--prompts", type=int, default=None)
+    ap.add_argument("--check-detector", action="store_true")
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--binary", default=None)
     args = ap.parse_args()
+    if args.model == "melodies":
+        return melodies(args)
+    args.prompts = args.prompts or 200
     binary = args.binary or next(
         (str(p) for p in (REPO / "target/release/headroom", REPO / "target/debug/headroom") if p.is_file()), "headroom"
     )
@@ -125,6 +199,45 @@ def main():
         "mean_process_wall_s": round(sum(r[5] for r in rows) / n, 3),
         "failures": [f"seed {r[1]}: {r[0]} (background {'ok' if r[2] else 'wrong'}, colours {'ok' if r[3] else 'missing'})"
                      for r in rows if not (r[2] and r[3])][:10],
+    }, indent=1))
+
+
+def melodies(args):
+    n = args.prompts or 100
+    items = melody_prompts(n, 4321)
+    if args.check_detector:
+        got = [detect(a, SR) for (_, _, _, a) in items]
+        root = sum(g[0] == KEYS.index(k) for g, (_, k, _, _) in zip(got, items)) / n
+        pat = sum(g[1] == p for g, (_, _, p, _) in zip(got, items)) / n
+        print(json.dumps({"detector_on_training_clips": n, "root_correct": root, "pattern_correct": pat}, indent=1))
+        return
+    binary = args.binary or next(
+        (str(p) for p in (REPO / "target/release/headroom", REPO / "target/debug/headroom") if p.is_file()), "headroom"
+    )
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (caption, key, pattern, _) in enumerate(items):
+            for seed in range(args.seeds):
+                out = Path(tmp) / f"{i}-{seed}"
+                res = subprocess.run(
+                    [binary, "run", "builtin:melodies", "--prompt", caption, "--seed", str(seed), "--steps",
+                     str(args.steps), "--out", str(out), "--json"],
+                    capture_output=True, text=True,
+                )
+                if res.returncode != 0:
+                    sys.exit(f"quality: headroom failed on '{caption}': {res.stderr.strip()}")
+                v = json.loads(res.stdout)
+                ms = sum(v["timings_ms"].get(k, 0) for k in ("load", "text", "denoise", "decode"))
+                pc, pat = detect(*read_wav(v["outputs"][0]))
+                rows.append((caption, seed, pc == KEYS.index(key), pat == pattern, ms, pat))
+    total = len(rows)
+    print(json.dumps({
+        "model": "melodies", "binary": binary, "clips": total, "steps": args.steps,
+        "root_pitch_class": round(sum(r[2] for r in rows) / total, 4), "root_bar": 0.70,
+        "pattern": round(sum(r[3] for r in rows) / total, 4), "pattern_bar": 0.60,
+        "mean_generation_ms": round(sum(r[4] for r in rows) / total, 1),
+        "failures": [f"seed {r[1]}: {r[0]} (root {'ok' if r[2] else 'wrong'}, heard {r[5]})" for r in rows
+                     if not (r[2] and r[3])][:10],
     }, indent=1))
 
 
