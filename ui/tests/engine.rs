@@ -74,8 +74,13 @@ fn harness(out_dir: PathBuf) -> Harness<'static, HeadroomApp> {
         || {},
         Box::new(|_, _, _| Ok(Box::new(Gradient) as Box<dyn Family>)),
     );
+    app_harness(backend, out_dir, 4)
+}
+
+/// The app on `backend`, writing into `out_dir`, with `steps` denoising steps requested.
+fn app_harness(backend: EngineBackend, out_dir: PathBuf, steps: u32) -> Harness<'static, HeadroomApp> {
     let mut state = SavedState::default();
-    state.request.steps = 4;
+    state.request.steps = steps;
     let app = HeadroomApp::new(state, Box::new(backend), out_dir);
     Harness::builder()
         .with_size([1440.0, 900.0])
@@ -245,12 +250,7 @@ fn ui_keeps_drawing_during_a_run() {
         || {},
         Box::new(|_, _, _| Ok(Box::new(Slow(20)) as Box<dyn Family>)),
     );
-    let mut state = SavedState::default();
-    state.request.steps = 50;
-    let app = HeadroomApp::new(state, Box::new(backend), dir.path().to_path_buf());
-    let mut h = Harness::builder()
-        .with_size([1440.0, 900.0])
-        .build_ui_state(|ui, app: &mut HeadroomApp| app.frame_ui(ui), app);
+    let mut h = app_harness(backend, dir.path().to_path_buf(), 50);
     h.state_mut()
         .rt
         .commands
@@ -316,13 +316,7 @@ fn escape_cancels_a_run() {
 #[test]
 fn melodies_run_makes_an_audio_card() {
     let dir = tempfile::tempdir().unwrap();
-    let backend = EngineBackend::spawn(|| {});
-    let mut state = SavedState::default();
-    state.request.steps = 2;
-    let app = HeadroomApp::new(state, Box::new(backend), dir.path().to_path_buf());
-    let mut h = Harness::builder()
-        .with_size([1440.0, 900.0])
-        .build_ui_state(|ui, app: &mut HeadroomApp| app.frame_ui(ui), app);
+    let mut h = app_harness(EngineBackend::spawn(|| {}), dir.path().to_path_buf(), 2);
     h.state_mut()
         .rt
         .commands
