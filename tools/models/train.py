@@ -10,8 +10,13 @@ Three stages, one process, one CPU thread:
    DDPM loss (scaled_linear betas 0.00085..0.012, 1000 steps), captions dropped 10% of the time so
    classifier-free guidance works;
 3. export in the diffusers Stable Diffusion layout with safetensors weights, plus model.toml.
+The exported UNet and text encoder are an exponential moving average of the trained weights.
+
+`--resume` continues stage 2 from the model already in `--out` (its VAE, and so its latent space,
+is kept); the manifest's command is then the chain of commands that built the model.
 
     /work/venv/bin/python tools/models/train.py --model shapes --seed 0 --minutes 20
+    /work/venv/bin/python tools/models/train.py --model shapes --seed 1 --minutes 70 --resume
 """
 import os
 
@@ -24,7 +29,10 @@ import math  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+import tomllib  # noqa: E402
 from pathlib import Path  # noqa: E402
+
+sys.modules.setdefault("torchaudio", None)  # unused; a build for another CUDA than torch's breaks transformers' imports
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -43,7 +51,7 @@ BETAS = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_
 SETTINGS = {
     # samples, share of the time for the VAE and its batch, hidden size of the text encoder, UNet widths
     "shapes": dict(samples=20000, vae_share=0.5, vae_batch=8, text_hidden=32, unet_channels=(32, 64, 64)),
-    "melodies": dict(samples=4000, vae_share=0.35, vae_batch=16, text_hidden=32, unet_channels=(32, 64, 64)),
+    "melodies": dict(samples=8000, vae_share=0.35, vae_batch=16, text_hidden=32, unet_channels=(32, 64, 64)),
 }
 
 
@@ -138,12 +146,15 @@ def encode_all(vae, images, batch=64):
     return torch.cat(means), torch.cat(stds)
 
 
-def train_diffusion(text_encoder, unet, ids, mean, std, scale, seconds, rng, batch=32, lr=1e-3):
+def train_diffusion(text_encoder, unet, ids, mean, std, scale, seconds, rng, batch=32, lr=1e-3, ema_decay=0.999):
+    """Trains for `seconds`; returns stats. On return the modules hold the moving average of their
+    weights (decay `ema_decay`, ramped up over the first steps as (1 + n) / (10 + n))."""
     sched = DDPMScheduler(**BETAS)
     params = list(unet.parameters()) + list(text_encoder.parameters())
-    opt = torch.optim.Adam(params, lr=lr)
+    opt = torch.optim.Adam(params, lr=lr, fused=True)
+    ema = [p.detach().clone() for p in params]
     empty = ids[-1]  # the tokenized empty caption, appended last
-    t0, step, ema = time.time(), 0, float("nan")
+    t0, step, avg = time.time(), 0, float("nan")
     while time.time() - t0 < seconds:
         idx = torch.from_numpy(rng.integers(0, len(mean), batch))
         lat = (mean[idx] + std[idx] * torch.randn_like(mean[idx])) * scale
@@ -163,11 +174,16 @@ def train_diffusion(text_encoder, unet, ids, mean, std, scale, seconds, rng, bat
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(ema, [p.detach() for p in params], 1.0 - min(ema_decay, (1 + step) / (10 + step)))
         step += 1
-        ema = loss.item() if math.isnan(ema) else 0.99 * ema + 0.01 * loss.item()
+        avg = loss.item() if math.isnan(avg) else 0.99 * avg + 0.01 * loss.item()
         if step % 200 == 0:
-            log(f"diffusion step {step} loss {ema:.4f}")
-    return dict(steps=step, final_loss=ema, seconds=time.time() - t0, batch=batch)
+            log(f"diffusion step {step} loss {avg:.4f}")
+    with torch.no_grad():
+        for p, e in zip(params, ema):
+            p.copy_(e)
+    return dict(steps=step, final_loss=avg, seconds=time.time() - t0, batch=batch, ema_decay=ema_decay)
 
 
 def install_tokenizer(out: Path):
@@ -187,6 +203,7 @@ def main():
     ap.add_argument("--minutes", type=float, default=20.0, help="training time, both stages together")
     ap.add_argument("--samples", type=int, default=None, help="override the number of generated samples")
     ap.add_argument("--out", default=None, help="default: models/<model>")
+    ap.add_argument("--resume", action="store_true", help="continue stage 2 from the model in --out, keeping its VAE")
     a = ap.parse_args()
     command = "/work/venv/bin/python tools/models/train.py " + " ".join(sys.argv[1:])
     torch.set_num_threads(1)
@@ -206,16 +223,30 @@ def main():
     ids = tokenizer(captions + [""], padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
     gen_s = time.time() - started
 
-    vae = make_vae(meta)
-    vae_stats = train_vae(vae, images, a.minutes * 60 * s["vae_share"], rng, batch=s["vae_batch"])
-    vae.eval()
-    mean, std = encode_all(vae, images)
-    scale = float(1.0 / mean.std())
-    vae.register_to_config(scaling_factor=scale)
-    log(f"latents {tuple(mean.shape[1:])}, scaling_factor {scale:.4f}")
-
-    text_encoder = make_text_encoder(s["text_hidden"])
-    unet = make_unet(meta, s["unet_channels"], s["text_hidden"])
+    previous = {}
+    if a.resume:
+        previous = tomllib.loads((out / "model.toml").read_text())
+        vae = AutoencoderKL.from_pretrained(out / "vae")
+        vae.eval()
+        mean, std = encode_all(vae, images)
+        scale = float(vae.config.scaling_factor)
+        prev = previous["training"]
+        vae_stats = dict(steps=prev["vae_steps"], batch=prev["vae_batch"], final_mse=prev["vae_final_mse"])
+        text_encoder = CLIPTextModel.from_pretrained(out / "text_encoder")
+        unet = UNet2DConditionModel.from_pretrained(out / "unet")
+        log(f"resuming from {out} ({prev['steps']} steps), scaling_factor {scale:.4f}")
+    else:
+        vae = make_vae(meta)
+        vae_stats = train_vae(vae, images, a.minutes * 60 * s["vae_share"], rng, batch=s["vae_batch"])
+        vae.eval()
+        mean, std = encode_all(vae, images)
+        scale = float(1.0 / mean.std())
+        vae.register_to_config(scaling_factor=scale)
+        log(f"latents {tuple(mean.shape[1:])}, scaling_factor {scale:.4f}")
+        text_encoder = make_text_encoder(s["text_hidden"])
+        unet = make_unet(meta, s["unet_channels"], s["text_hidden"])
+    text_encoder.train()
+    unet.train()
     remaining = a.minutes * 60 - (time.time() - started - gen_s)
     diff_stats = train_diffusion(text_encoder, unet, ids, mean, std, scale, remaining, rng)
     text_encoder.eval()
@@ -231,13 +262,17 @@ def main():
     pipe.save_pretrained(out, safe_serialization=True)
     install_tokenizer(out)
     minutes = (time.time() - started) / 60
+    prev = previous.get("training", {})
+    if previous:  # one command that rebuilds the model: the chain that built it
+        command = previous["command"] + " && " + command
     model_toml.write(
         out, a.model, meta, command,
         training=dict(
             samples=s["samples"], data_seconds=round(gen_s, 1),
             vae_steps=vae_stats["steps"], vae_batch=vae_stats["batch"], vae_final_mse=round(vae_stats["final_mse"], 5),
-            steps=diff_stats["steps"], batch=diff_stats["batch"], final_loss=round(diff_stats["final_loss"], 5),
-            minutes=round(minutes, 2), threads=1, torch=torch.__version__,
+            steps=prev.get("steps", 0) + diff_stats["steps"], batch=diff_stats["batch"],
+            final_loss=round(diff_stats["final_loss"], 5), ema_decay=diff_stats["ema_decay"],
+            minutes=round(prev.get("minutes", 0) + minutes, 2), threads=1, torch=torch.__version__,
         ),
     )
     log(f"wrote {out} in {minutes:.1f} min")
