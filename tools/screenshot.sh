@@ -8,6 +8,11 @@
 # checks the image's standard deviation is above a small threshold (a blank or single-colour
 # screen fails), then asks the app to quit (Ctrl+Q through xdotool, else SIGTERM) and checks it
 # exited. APP_ARGS are passed to the binary (e.g. a model path).
+# GENERATE=N presses Ctrl+Enter N times first (the app opens with builtin:shapes loaded), waiting
+# for each output (up to GEN_SECS seconds each), so the screenshot shows a finished run; with
+# HEADROOM_FRAME_STATS=1 the app then prints its frame-time percentiles on exit, which this
+# script shows. The figures for the note:
+#   GENERATE=3 HEADROOM_FRAME_STATS=1 tools/screenshot.sh /tmp/shot.png target/release/headroom
 # Exits non-zero on any failure.
 set -euo pipefail
 
@@ -55,6 +60,20 @@ done
 sleep "$WAIT_SECS"
 kill -0 "$APP" 2>/dev/null || { echo "screenshot: the app died:" >&2; cat "$RUNTIME/app.log" >&2; exit 1; }
 
+outputs() { find "$HEADROOM_DATA" -name '*.png' -path '*runs*' 2>/dev/null | wc -l; }
+for i in $(seq "${GENERATE:-0}"); do
+    WIN=$(xdotool search --name Headroom | head -n1)
+    xdotool windowfocus --sync "$WIN" 2>/dev/null || true
+    xdotool key ctrl+Return
+    for _ in $(seq $((${GEN_SECS:-120} * 10))); do
+        [ "$(outputs)" -ge "$i" ] && break
+        sleep 0.1
+    done
+    [ "$(outputs)" -ge "$i" ] || { echo "screenshot: run $i made no output in ${GEN_SECS:-120} s:" >&2; tail -n 20 "$RUNTIME/app.log" >&2; exit 1; }
+    echo "screenshot: run $i done"
+done
+[ "${GENERATE:-0}" -gt 0 ] && sleep 2
+
 import -display "$DISPLAY" -window root "$OUT"
 SD=$(identify -format '%[fx:standard_deviation]' "$OUT")
 echo "screenshot: $OUT (standard deviation $SD)"
@@ -90,3 +109,4 @@ if [ "$RC" -ne 0 ] && [ "$RC" -ne 143 ]; then
     exit 1
 fi
 echo "screenshot: closed cleanly (status $RC)"
+grep '^frames' "$RUNTIME/app.log" || true

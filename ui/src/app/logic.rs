@@ -44,6 +44,7 @@ impl HeadroomApp {
     /// What runs every frame, and also while the window is hidden: draining engine events and
     /// keeping the plan in step with the knobs.
     pub fn logic(&mut self, ctx: &egui::Context) {
+        self.rt.frame_start = Some(std::time::Instant::now());
         self.drain_events(ctx);
         self.refresh_plan();
     }

@@ -131,18 +131,14 @@ impl HeadroomApp {
     /// Input, drawing, then the commands the drawing pushed (eframe calls
     /// [`HeadroomApp::logic`] separately, also while the window is hidden).
     pub fn draw_ui(&mut self, ui: &mut egui::Ui) {
-        let t0 = Instant::now();
+        let t0 = self.rt.frame_start.take().unwrap_or_else(Instant::now);
         let ctx = ui.ctx().clone();
         self.take_dropped_files(&ctx);
         self.shortcuts(&ctx);
         self.layout_ui(ui);
         self.drop_overlay_ui(&ctx);
         self.run_commands(&ctx);
-        let ms = t0.elapsed().as_secs_f32() * 1000.0;
-        if self.rt.frame_ms.len() >= 2000 {
-            self.rt.frame_ms.remove(0);
-        }
-        self.rt.frame_ms.push(ms);
+        self.rt.record_frame(t0.elapsed().as_secs_f32() * 1000.0);
         if self.rt.run.is_some() {
             // Keep the elapsed time and spinner moving between engine events.
             ctx.request_repaint_after(std::time::Duration::from_millis(100));
@@ -242,13 +238,15 @@ impl eframe::App for HeadroomApp {
     }
 
     fn on_exit(&mut self) {
-        if std::env::var_os("HEADROOM_FRAME_STATS").is_some()
-            && let Some((p50, p99)) = self.rt.frame_percentiles()
-        {
-            eprintln!(
-                "frames: {} p50 {p50:.2} ms p99 {p99:.2} ms",
-                self.rt.frame_ms.len()
-            );
+        if std::env::var_os("HEADROOM_FRAME_STATS").is_some() {
+            for (what, n, p) in [
+                ("frames", self.rt.frame_ms.len(), self.rt.frame_percentiles()),
+                ("frames during runs", self.rt.run_frame_ms.len(), self.rt.run_frame_percentiles()),
+            ] {
+                if let Some((p50, p99)) = p {
+                    eprintln!("{what}: {n} p50 {p50:.2} ms p99 {p99:.2} ms");
+                }
+            }
         }
     }
 }

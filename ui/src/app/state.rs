@@ -234,8 +234,13 @@ pub struct Runtime {
     pub out_dir: PathBuf,
     /// Files are being dragged over the window.
     pub hovering_files: bool,
-    /// Milliseconds spent building each recent frame.
+    /// Milliseconds the app spent on each recent frame: its logic (engine events, plan) and its
+    /// drawing, not the painting that follows.
     pub frame_ms: Vec<f32>,
+    /// The same, only for frames built while a run was in flight.
+    pub run_frame_ms: Vec<f32>,
+    /// When this frame's logic began.
+    pub frame_start: Option<std::time::Instant>,
     /// State of the seed dice.
     pub rng_state: u64,
 }
@@ -278,6 +283,8 @@ impl Runtime {
             out_dir,
             hovering_files: false,
             frame_ms: Vec::new(),
+            run_frame_ms: Vec::new(),
+            frame_start: None,
             rng_state: seed,
         }
     }
@@ -317,12 +324,35 @@ impl Runtime {
 
     /// p50 and p99 of recent frame times in milliseconds.
     pub fn frame_percentiles(&self) -> Option<(f32, f32)> {
-        if self.frame_ms.is_empty() {
-            return None;
-        }
-        let mut v = self.frame_ms.clone();
-        v.sort_by(f32::total_cmp);
-        let at = |q: f32| v[((v.len() - 1) as f32 * q).round() as usize];
-        Some((at(0.5), at(0.99)))
+        percentiles(&self.frame_ms)
     }
+
+    /// p50 and p99 of the frame times while runs were in flight.
+    pub fn run_frame_percentiles(&self) -> Option<(f32, f32)> {
+        percentiles(&self.run_frame_ms)
+    }
+
+    /// Records one frame's time (the last 2000 of each kind are kept).
+    pub fn record_frame(&mut self, ms: f32) {
+        let running = self.run.is_some();
+        for (v, keep) in [(&mut self.frame_ms, true), (&mut self.run_frame_ms, running)] {
+            if keep {
+                if v.len() >= 2000 {
+                    v.remove(0);
+                }
+                v.push(ms);
+            }
+        }
+    }
+}
+
+/// p50 and p99 (nearest rank) of `ms`; `None` when empty.
+fn percentiles(ms: &[f32]) -> Option<(f32, f32)> {
+    if ms.is_empty() {
+        return None;
+    }
+    let mut v = ms.to_vec();
+    v.sort_by(f32::total_cmp);
+    let at = |q: f32| v[((v.len() - 1) as f32 * q).round() as usize];
+    Some((at(0.5), at(0.99)))
 }
