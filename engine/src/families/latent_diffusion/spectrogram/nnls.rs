@@ -17,6 +17,8 @@ pub struct Nnls {
     /// Per column: its rows `[lo, hi)` and where its `hi - lo` values start in `vals`.
     cols: Vec<(usize, usize, usize)>,
     vals: Vec<f64>,
+    /// The columns with any rows (bins outside the filters' range have none and never enter).
+    nonempty: Vec<usize>,
     /// The largest column norm, to scale the tolerance.
     max_col_norm: f64,
 }
@@ -56,7 +58,8 @@ impl Nnls {
             cols.push((lo, hi, vals.len()));
             vals.extend(v);
         }
-        Ok(Self { rows, cols, vals, max_col_norm })
+        let nonempty = (0..cols.len()).filter(|&k| cols[k].1 > cols[k].0).collect();
+        Ok(Self { rows, cols, vals, nonempty, max_col_norm })
     }
 
     /// Number of unknowns (columns).
@@ -111,7 +114,7 @@ impl Nnls {
         loop {
             let mut best = None;
             let mut best_w = tol;
-            for k in (0..n).filter(|&k| !in_passive[k] && !blocked[k]) {
+            for &k in self.nonempty.iter().filter(|&&k| !in_passive[k] && !blocked[k]) {
                 let w = self.dot(k, &r);
                 if w > best_w {
                     (best, best_w) = (Some(k), w);
