@@ -54,6 +54,9 @@ pub enum MelInverse {
     Nnls,
 }
 
+/// One frame's mel bands → its linear spectrum (`|X|^power`).
+type FrameInverse<'a> = Box<dyn Fn(&[f32], &mut [f32]) + 'a>;
+
 /// Everything that maps audio to a spectrogram image and back.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SpectrogramParams {
@@ -387,7 +390,7 @@ impl SpectrogramParams {
     /// A filterbank that cannot be built or inverted.
     pub fn magnitude_from_mel(&self, mel: &[f32], frames: usize) -> Result<Vec<f32>> {
         let bank = self.mel_bank()?;
-        let solve: Box<dyn Fn(&[f32], &mut [f32]) + '_> = match self.inverse {
+        let solve: FrameInverse<'_> = match self.inverse {
             MelInverse::LeastSquares => {
                 let inv = bank.inverse()?;
                 Box::new(move |m, o| inv.solve(m, o))

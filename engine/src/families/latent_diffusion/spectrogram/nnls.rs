@@ -200,15 +200,15 @@ impl Nnls {
             }
             w.first.push(f);
             w.off.push(w.l.len());
-            for l in f..=i {
-                let mut v = self.gram(k, passive[l]);
+            for (l, &kl) in passive.iter().enumerate().take(i + 1).skip(f) {
+                let mut v = self.gram(k, kl);
                 let q0 = f.max(w.first[l]);
                 for q in q0..l {
                     v -= w.l[w.off[i] + q - f] * w.l[w.off[l] + q - w.first[l]];
                 }
                 if l == i {
                     let diag = self.gram(k, k);
-                    if !(v > 1e-12 * diag) {
+                    if v.is_nan() || v <= 1e-12 * diag {
                         return false;
                     }
                     w.l.push(v.sqrt());
@@ -226,8 +226,8 @@ impl Nnls {
         for i in (0..p).rev() {
             z[i] /= at(w, i, i);
             let zi = z[i];
-            for q in w.first[i]..i {
-                z[q] -= at(w, i, q) * zi;
+            for (q, zq) in z.iter_mut().enumerate().take(i).skip(w.first[i]) {
+                *zq -= at(w, i, q) * zi;
             }
         }
         true
