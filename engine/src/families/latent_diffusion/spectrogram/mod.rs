@@ -50,7 +50,8 @@ pub enum MelInverse {
     /// harmonics come back at mel-filter centres. `inverse = "least-squares"`, the default.
     LeastSquares,
     /// Non-negative least squares (Lawson–Hanson, as `scipy.optimize.nnls`): a sparse spectrum
-    /// that keeps harmonics near their own bins, so pitch survives. `inverse = "nnls"`.
+    /// that keeps harmonics near their own bins, so pitch survives. `inverse = "nnls"`. Slower:
+    /// about 0.2 ms a frame at 128 mels over 1025 bins, 20 ms at Riffusion's 512 over 8821 (release).
     Nnls,
 }
 
