@@ -1,7 +1,9 @@
 //! Mel filterbanks as `torchaudio.functional.melscale_fbanks` builds them (HTK or Slaney scale,
 //! optional Slaney area normalisation) and their inverse as `torchaudio.transforms.InverseMelScale`
-//! computes it today: the least-squares (minimum-norm) solution, then negatives set to zero.
+//! computes it today: the least-squares (minimum-norm) solution, then negatives set to zero; or, as
+//! an option, the non-negative least-squares solution ([`super::nnls`]).
 
+use super::nnls::Nnls;
 use crate::error::{Error, Result};
 
 /// The mel scale's formula.
@@ -113,6 +115,33 @@ impl MelBank {
     /// The inverse as a reusable solver.
     pub fn inverse(&self) -> Result<InverseMel<'_>> {
         InverseMel::new(self)
+    }
+
+    /// Filter `m`'s bins: its weight is zero outside them.
+    pub fn support(&self, m: usize) -> std::ops::Range<usize> {
+        self.ranges[m].0..self.ranges[m].1
+    }
+
+    /// The non-negative inverse as a reusable solver: per frame, the `x ≥ 0` (n_freqs) minimising
+    /// `‖fbᵀ x − mel‖²`, whose columns are the bins' rows of weights.
+    ///
+    /// # Errors
+    /// A filterbank whose bins' bands do not move up with frequency (never for triangles).
+    pub fn nnls(&self) -> Result<Nnls> {
+        let n = self.n_mels;
+        let mut span = vec![(usize::MAX, 0); self.n_freqs];
+        for (m, &(lo, hi)) in self.ranges.iter().enumerate() {
+            for s in &mut span[lo..hi] {
+                *s = (s.0.min(m), s.1.max(m + 1));
+            }
+        }
+        Nnls::new(
+            n,
+            span.iter().enumerate().map(|(k, &(lo, hi))| match lo {
+                usize::MAX => (0, Vec::new()),
+                _ => (lo, self.weights[k * n + lo..k * n + hi].iter().map(|&w| w as f64).collect()),
+            }),
+        )
     }
 }
 

@@ -1,13 +1,15 @@
 //! Audio through spectrogram images, as Riffusion does: a model whose images are mel spectrograms
-//! has each image turned into sound (pixels → mel bands → linear spectrum by least squares →
-//! Griffin-Lim → waveform), and audio can be turned into such an image (STFT → mel → pixels).
+//! has each image turned into sound (pixels → mel bands → linear spectrum by least squares, or
+//! non-negative least squares → Griffin-Lim → waveform), and audio can be turned into such an image (STFT → mel → pixels).
 //!
 //! [`SpectrogramParams`] holds every choice; [`SpectrogramParams::riffusion`] is Riffusion's
 //! (`riffusion/spectrogram_params.py`, `riffusion/util/image_util.py`), and a model's `model.toml`
 //! (`output = "mel-spectrogram"` with an optional `[audio]` table) overrides any of them.
-//! [`stft`] and [`mel`] hold the transforms, each matching torchaudio.
+//! [`stft`] and [`mel`] hold the transforms, each matching torchaudio; [`nnls`] the optional
+//! non-negative inverse.
 
 pub mod mel;
+pub mod nnls;
 pub mod stft;
 #[cfg(test)]
 mod tests;
@@ -40,6 +42,22 @@ pub enum Channels {
     Gray,
 }
 
+/// How each frame's mel bands are turned back into a linear spectrum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MelInverse {
+    /// The minimum-norm least-squares solution with negatives set to zero, as torchaudio's
+    /// `InverseMelScale` (Riffusion's). It spreads each band's energy over its whole triangle, so
+    /// harmonics come back at mel-filter centres. `inverse = "least-squares"`, the default.
+    LeastSquares,
+    /// Non-negative least squares (Lawson–Hanson, as `scipy.optimize.nnls`): a sparse spectrum
+    /// that keeps harmonics near their own bins, so pitch survives. `inverse = "nnls"`. Slower:
+    /// about 0.2 ms a frame at 128 mels over 1025 bins, 20 ms at Riffusion's 512 over 8821 (release).
+    Nnls,
+}
+
+/// One frame's mel bands → its linear spectrum (`|X|^power`).
+type FrameInverse<'a> = Box<dyn Fn(&[f32], &mut [f32]) + 'a>;
+
 /// Everything that maps audio to a spectrogram image and back.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SpectrogramParams {
@@ -65,6 +83,8 @@ pub struct SpectrogramParams {
     pub low_at_bottom: bool,
     /// The model's native image width in frames.
     pub frames: usize,
+    /// How mel bands become a linear spectrum.
+    pub inverse: MelInverse,
     pub griffin_lim_iters: usize,
     pub momentum: f32,
     /// The waveform is scaled so its largest sample is this (0 leaves it as reconstructed).
@@ -93,6 +113,7 @@ impl SpectrogramParams {
             channels: Channels::Red,
             low_at_bottom: true,
             frames: 512,
+            inverse: MelInverse::LeastSquares,
             griffin_lim_iters: 32,
             momentum: 0.99,
             peak: 10f32.powf(-0.1 / 20.0),
@@ -199,6 +220,12 @@ impl SpectrogramParams {
             Some("none") => self.mel_norm = MelNorm::None,
             Some("slaney") => self.mel_norm = MelNorm::Slaney,
             Some(s) => return Err(format!("[audio] mel_norm = \"{s}\": expected \"none\" or \"slaney\"")),
+        }
+        match text("inverse")?.as_deref() {
+            None => {}
+            Some("least-squares") => self.inverse = MelInverse::LeastSquares,
+            Some("nnls") => self.inverse = MelInverse::Nnls,
+            Some(s) => return Err(format!("[audio] inverse = \"{s}\": expected \"least-squares\" or \"nnls\"")),
         }
         match (num("db_min")?, num("db_max")?, num("power_for_image")?) {
             (Some(lo), Some(hi), None) if lo < hi => {
@@ -358,13 +385,27 @@ impl SpectrogramParams {
     }
 
     /// Mel bands (band-major, `n_mels × frames`) → linear magnitudes, frame-major (`frames ×
-    /// bins`): least-squares inverse of the filterbank, negatives to zero, then `^(1 / power)`.
+    /// bins`): the filterbank's inverse chosen by [`Self::inverse`], then `^(1 / power)`.
     ///
     /// # Errors
     /// A filterbank that cannot be built or inverted.
     pub fn magnitude_from_mel(&self, mel: &[f32], frames: usize) -> Result<Vec<f32>> {
         let bank = self.mel_bank()?;
-        let inv = bank.inverse()?;
+        let solve: FrameInverse<'_> = match self.inverse {
+            MelInverse::LeastSquares => {
+                let inv = bank.inverse()?;
+                Box::new(move |m, o| inv.solve(m, o))
+            }
+            MelInverse::Nnls => {
+                let nnls = bank.nnls()?;
+                Box::new(move |m, o| {
+                    let b: Vec<f64> = m.iter().map(|&v| v as f64).collect();
+                    let mut x = vec![0f64; o.len()];
+                    nnls.solve(&b, &mut x);
+                    o.iter_mut().zip(x).for_each(|(o, v)| *o = v as f32);
+                })
+            }
+        };
         let bins = bank.n_freqs;
         let mut out = vec![0f32; frames * bins];
         let mut col = vec![0f32; self.n_mels];
@@ -373,7 +414,7 @@ impl SpectrogramParams {
                 *c = mel[m * frames + f];
             }
             let dst = &mut out[f * bins..(f + 1) * bins];
-            inv.solve(&col, dst);
+            solve(&col, dst);
             if self.power != 1.0 {
                 dst.iter_mut().for_each(|v| *v = v.powf(1.0 / self.power));
             }

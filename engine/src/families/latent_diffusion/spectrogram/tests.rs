@@ -247,3 +247,240 @@ fn seconds_to_frames() {
     let r = SpectrogramParams::riffusion();
     assert_eq!(r.frames_for_secs(r.native_secs(), 8), 512);
 }
+
+/// The pitch-test set: 16 kHz, n_fft 2048, hop 512, 128 HTK mels 30–8000 Hz, power 2, decibel
+/// pixels −30…50 dB, 64 frames.
+fn pitch_params(inverse: MelInverse) -> SpectrogramParams {
+    SpectrogramParams {
+        sample_rate: 16000,
+        n_fft: 2048,
+        win_length: 2048,
+        hop: 512,
+        n_mels: 128,
+        f_min: 30.0,
+        f_max: 8000.0,
+        power: 2.0,
+        pixels: PixelScale::Decibels { db_min: -30.0, db_max: 50.0 },
+        channels: Channels::Gray,
+        frames: 64,
+        inverse,
+        peak: 0.5,
+        ..SpectrogramParams::riffusion()
+    }
+}
+
+/// A tone of `harmonics` partials at `f0`, partial h at amplitude 0.3 / h.
+fn harmonic_tone(f0: f32, harmonics: usize, n: usize, sr: u32) -> Vec<f32> {
+    (0..n)
+        .map(|i| {
+            let t = i as f32 / sr as f32;
+            (1..=harmonics).map(|h| 0.3 / h as f32 * (2.0 * std::f32::consts::PI * f0 * h as f32 * t).sin()).sum()
+        })
+        .collect()
+}
+
+/// Deterministic uniform numbers in [0, 1) (xorshift).
+fn uniform(seed: u64) -> impl FnMut() -> f64 {
+    let mut s = seed.max(1);
+    move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        (s >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// The worst KKT violations of `x` for `min ‖A x − b‖², x ≥ 0`, relative to `max‖A_k‖ · ‖b‖`:
+/// (most negative gradient where x = 0, largest |gradient| where x > 0). Also asserts x ≥ 0.
+fn kkt(bank: &MelBank, b: &[f64], x: &[f64]) -> (f64, f64) {
+    let n = bank.n_mels;
+    let w = |k: usize, m: usize| bank.weights[k * n + m] as f64;
+    assert!(x.iter().all(|&v| v >= 0.0), "negative solution entries");
+    let mut r = vec![0f64; n]; // fbᵀ x − mel
+    for (m, rm) in r.iter_mut().enumerate() {
+        *rm = bank.support(m).map(|k| w(k, m) * x[k]).sum::<f64>() - b[m];
+    }
+    let col_norm = (0..bank.n_freqs).map(|k| (0..n).map(|m| w(k, m).powi(2)).sum::<f64>().sqrt()).fold(0.0, f64::max);
+    let scale = col_norm * b.iter().map(|v| v * v).sum::<f64>().sqrt();
+    let (mut zero_side, mut active) = (0f64, 0f64);
+    for (k, &xk) in x.iter().enumerate() {
+        let g: f64 = (0..n).map(|m| w(k, m) * r[m]).sum::<f64>() / scale;
+        if xk > 0.0 {
+            active = active.max(g.abs());
+        } else {
+            zero_side = zero_side.max(-g);
+        }
+    }
+    (zero_side, active)
+}
+
+/// NNLS solutions satisfy the KKT conditions (relative 1e-9) on random non-negative mel frames and
+/// on frames of a real harmonic spectrum, for HTK and Slaney banks; a zero frame gives zero.
+#[test]
+fn nnls_is_optimal() {
+    let banks = [
+        MelBank::new(1025, 30.0, 8000.0, 128, 16000, MelNorm::None, MelScale::Htk).unwrap(),
+        MelBank::new(257, 30.0, 7600.0, 40, 16000, MelNorm::Slaney, MelScale::Slaney).unwrap(),
+    ];
+    let mut rand = uniform(7);
+    let mut worst = (0f64, 0f64);
+    for bank in &banks {
+        let nnls = bank.nnls().unwrap();
+        let mut x = vec![0f64; bank.n_freqs];
+        let mut frames: Vec<Vec<f64>> = (0..20).map(|_| (0..bank.n_mels).map(|_| rand().powi(4) * 1e4).collect()).collect();
+        // a real spectrum: |STFT|² of a harmonic tone through the bank, frame 10
+        let n_fft = (bank.n_freqs - 1) * 2;
+        let spec = Stft::new(n_fft, n_fft / 4, n_fft).unwrap().forward(&harmonic_tone(82.4, 6, 16000, 16000)).unwrap();
+        let pow: Vec<f32> = spec.data[10 * spec.bins..11 * spec.bins].iter().map(|c| c.norm_sqr()).collect();
+        let mut mel = vec![0f32; bank.n_mels];
+        bank.apply(&pow, &mut mel);
+        frames.push(mel.iter().map(|&v| v as f64).collect());
+        for b in &frames {
+            let out = nnls.solve(b, &mut x);
+            assert!(out.converged, "{out:?}");
+            let (z, a) = kkt(bank, b, &x);
+            worst = (worst.0.max(z), worst.1.max(a));
+        }
+        nnls.solve(&vec![0.0; bank.n_mels], &mut x);
+        assert!(x.iter().all(|&v| v == 0.0));
+    }
+    eprintln!("nnls KKT: worst relative gradient {:.1e} where x = 0 (must be ≥ −tol), {:.1e} where x > 0", worst.0, worst.1);
+    assert!(worst.0 <= 1e-9 && worst.1 <= 1e-9, "KKT violated: {worst:?}");
+}
+
+/// A spectrum of one or two non-zero bins comes back from its mel bands with zero residual and no
+/// energy outside the spikes' mel intervals (between two filter centres); exactly (those bins,
+/// those values) when each spike is the first or last bin of its interval, where the non-negative
+/// solution is unique. A bin inside an interval is a positive mix of its neighbours there, and any
+/// such mix fits as well.
+#[test]
+fn nnls_recovers_sparse_spectra() {
+    let bank = MelBank::new(1025, 30.0, 8000.0, 128, 16000, MelNorm::None, MelScale::Htk).unwrap();
+    let nnls = bank.nnls().unwrap();
+    let filters = |k: usize| -> Vec<usize> { (0..128).filter(|&m| bank.weights[k * 128 + m] > 0.0).collect() };
+    let cases = [(true, vec![(11usize, 3.0f64)]), (true, vec![(11, 2.0), (45, 0.5)]), (false, vec![(40, 1.0), (300, 250.0)]), (false, vec![(700, 5.0)]), (false, vec![(12, 1.0), (44, 0.1)])];
+    for (exact, spikes) in cases {
+        // mel bands in f64 (bank.apply's f32 sums would blur the support by their rounding)
+        let mut b = vec![0f64; 128];
+        for &(k, v) in &spikes {
+            for (m, bm) in b.iter_mut().enumerate() {
+                *bm += bank.weights[k * 128 + m] as f64 * v;
+            }
+        }
+        let mut x = vec![0f64; 1025];
+        nnls.solve(&b, &mut x);
+        // entries at rounding level (1e-12 of the largest) do not count
+        let x_max = x.iter().fold(0f64, |a, &v| a.max(v));
+        let support: Vec<usize> = (0..1025).filter(|&k| x[k] > 1e-12 * x_max).collect();
+        let mut r = b.clone();
+        for (k, &xk) in x.iter().enumerate() {
+            for (m, rm) in r.iter_mut().enumerate() {
+                *rm -= bank.weights[k * 128 + m] as f64 * xk;
+            }
+        }
+        let res = r.iter().map(|v| v * v).sum::<f64>().sqrt() / b.iter().map(|v| v * v).sum::<f64>().sqrt();
+        let err = spikes.iter().map(|&(k, v)| ((x[k] - v) / v).abs()).fold(0.0, f64::max);
+        eprintln!("nnls recovery of {spikes:?}: support {support:?}, relative residual {res:.1e}, spike values off by {err:.1e}");
+        assert!(res < 1e-12, "relative residual {res}");
+        for &s in &support {
+            let fs = filters(s);
+            assert!(spikes.iter().any(|&(k, _)| fs.iter().all(|m| filters(k).contains(m))), "bin {s} (filters {fs:?}) is outside every spike's interval");
+        }
+        if exact {
+            for &(k, _) in &spikes {
+                let same: Vec<usize> = (0..1025).filter(|&j| filters(j) == filters(k)).collect();
+                assert!(k == same[0] || k == same[same.len() - 1], "bin {k} is inside its interval {same:?}");
+            }
+            assert_eq!(support, spikes.iter().map(|s| s.0).collect::<Vec<_>>());
+            assert!(err < 1e-9, "spike values off by {err}");
+        }
+    }
+}
+
+/// The strongest peak of `x` between `lo` and `hi` Hz: Hann-windowed FFT zero-padded to 8× and a
+/// parabola through the log magnitudes around it.
+fn peak_hz_between(x: &[f32], sr: u32, lo: f32, hi: f32) -> f32 {
+    let n = x.len().next_power_of_two() * 8;
+    let mut planner = realfft::RealFftPlanner::<f32>::new();
+    let fft = planner.plan_fft_forward(n);
+    let mut input = fft.make_input_vec();
+    let len = x.len() as f32;
+    for (i, (d, &s)) in input.iter_mut().zip(x).enumerate() {
+        *d = s * (0.5 - 0.5 * (2.0 * std::f32::consts::PI * i as f32 / len).cos());
+    }
+    let mut out = fft.make_output_vec();
+    fft.process(&mut input, &mut out).unwrap();
+    let hz = sr as f32 / n as f32;
+    let k = ((lo / hz) as usize..=(hi / hz) as usize).max_by(|&a, &b| out[a].norm().total_cmp(&out[b].norm())).unwrap();
+    let (a, b, c) = (out[k - 1].norm().ln(), out[k].norm().ln(), out[k + 1].norm().ln());
+    (k as f32 + 0.5 * (a - c) / (a - 2.0 * b + c)) * hz
+}
+
+/// An E2 (82.4 Hz, 6 harmonics) through audio → image → audio keeps its pitch within a third of a
+/// semitone with the NNLS inverse, and closer than with the least-squares one.
+#[test]
+fn nnls_round_trip_keeps_pitch() {
+    let f0 = 82.41;
+    let cents = |f: f32| 1200.0 * (f / f0).log2();
+    let mut err = Vec::new();
+    for inverse in [MelInverse::Nnls, MelInverse::LeastSquares] {
+        let p = pitch_params(inverse);
+        let a = Audio { sample_rate: 16000, samples: harmonic_tone(f0, 6, 64 * 512, 16000) };
+        let img = p.image_from_audio(&a, Some(64)).unwrap();
+        let back = p.audio_from_image(&img).unwrap();
+        let f = peak_hz_between(&back.samples, 16000, 40.0, 130.0);
+        eprintln!("E2 round trip, {inverse:?}: {f0} Hz → {f:.2} Hz ({:+.0} cents)", cents(f));
+        err.push(cents(f).abs());
+    }
+    assert!(err[0] <= 100.0 / 3.0, "nnls: {} cents off", err[0]);
+    assert!(err[0] < err[1], "nnls {} cents, least squares {} cents", err[0], err[1]);
+}
+
+/// `inverse` is read from `[audio]` (least squares by default); a bad value names the key.
+#[test]
+fn manifest_inverse() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |s: &str| std::fs::write(dir.path().join("model.toml"), s).unwrap();
+    write("output = \"mel-spectrogram\"\n[audio]\ninverse = \"nnls\"\n");
+    assert_eq!(SpectrogramParams::from_manifest(dir.path()).unwrap().unwrap().inverse, MelInverse::Nnls);
+    write("output = \"mel-spectrogram\"\n[audio]\ninverse = \"least-squares\"\n");
+    assert_eq!(SpectrogramParams::from_manifest(dir.path()).unwrap().unwrap().inverse, MelInverse::LeastSquares);
+    write("output = \"mel-spectrogram\"\n[audio]\nn_mels = 64\n");
+    assert_eq!(SpectrogramParams::from_manifest(dir.path()).unwrap().unwrap().inverse, MelInverse::LeastSquares);
+    for bad in ["\"pinv\"", "3"] {
+        write(&format!("output = \"mel-spectrogram\"\n[audio]\ninverse = {bad}\n"));
+        let e = SpectrogramParams::from_manifest(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("model.toml") && e.contains("inverse"), "{e}");
+    }
+}
+
+/// Timing of image → audio (128 mels × 64 frames, 32 Griffin-Lim iterations) with each inverse:
+/// `cargo test -p headroom-engine --release spectrogram_inverse_timing -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn spectrogram_inverse_timing() {
+    for inverse in [MelInverse::LeastSquares, MelInverse::Nnls] {
+        let p = pitch_params(inverse);
+        let a = Audio { sample_rate: 16000, samples: harmonic_tone(82.41, 6, 64 * 512, 16000) };
+        let img = p.image_from_audio(&a, Some(64)).unwrap();
+        let (mel, t) = (p.mel_from_image(&img).unwrap(), std::time::Instant::now());
+        for _ in 0..5 {
+            p.magnitude_from_mel(&mel, 64).unwrap();
+        }
+        let inv_ms = t.elapsed().as_secs_f64() * 1e3 / 5.0;
+        let t = std::time::Instant::now();
+        for _ in 0..5 {
+            p.audio_from_image(&img).unwrap();
+        }
+        let all_ms = t.elapsed().as_secs_f64() * 1e3 / 5.0;
+        eprintln!("{inverse:?}: inverse mel {inv_ms:.1} ms, image → audio {all_ms:.1} ms");
+    }
+    // Riffusion's size: 512 mels over 8821 bins, 50 frames of a 440 Hz sine (inverse only)
+    for inverse in [MelInverse::LeastSquares, MelInverse::Nnls] {
+        let p = SpectrogramParams { inverse, ..SpectrogramParams::riffusion() };
+        let img = p.image_from_audio(&Audio { sample_rate: 44100, samples: harmonic_tone(440.0, 6, 22050, 44100) }, Some(50)).unwrap();
+        let (mel, t) = (p.mel_from_image(&img).unwrap(), std::time::Instant::now());
+        p.magnitude_from_mel(&mel, 50).unwrap();
+        eprintln!("riffusion, {inverse:?}: inverse mel of 50 frames {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
+    }
+}
