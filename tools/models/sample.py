@@ -7,6 +7,8 @@
 import argparse
 import sys
 
+sys.modules.setdefault("torchaudio", None)  # unused; a build for another CUDA than torch's breaks transformers' imports
+
 import numpy as np
 import torch
 from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline

@@ -260,6 +260,9 @@ def main():
     for sub in ("text_encoder", "tokenizer", "unet", "vae", "scheduler"):
         shutil.rmtree(out / sub, ignore_errors=True)
     pipe.save_pretrained(out, safe_serialization=True)
+    for cfg in out.glob("*/config.json"):  # a resumed model's configs would name this machine's path
+        lines = cfg.read_text().splitlines(keepends=True)
+        cfg.write_text("".join(l for l in lines if '"_name_or_path"' not in l))
     install_tokenizer(out)
     minutes = (time.time() - started) / 60
     prev = previous.get("training", {})
