@@ -114,6 +114,7 @@ impl<'a> Weights<'a> {
 
     /// Notes `t` in the ledger when it holds a NaN or an infinity (`t − t` sums to 0 only when
     /// every value is finite), so a broken checkpoint is named at load instead of failing later.
+    #[allow(clippy::eq_op)] // `t - t` is the point: it is NaN exactly where `t` is not finite
     fn check_finite(&self, t: &Tensor, name: &str) -> Result<()> {
         let s = (t - t)?.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
         if !s.is_finite()
