@@ -254,7 +254,7 @@ fn builtin_melodies_writes_wav_and_reproduces() {
     assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
     let v = json(&res);
     let profile = headroom_engine::profile::Profile::load(Path::new(v["profile"].as_str().unwrap())).unwrap();
-    assert_eq!((profile.request.width, profile.request.height), (128, 64));
+    assert_eq!((profile.request.width, profile.request.height), (64, 128));
     let wav = v["outputs"][0].as_str().unwrap().to_string();
     assert!(wav.ends_with(".wav"), "{wav}");
     let (audio, embedded) = headroom_engine::media::read_wav(Path::new(&wav)).unwrap();

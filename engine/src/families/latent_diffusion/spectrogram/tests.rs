@@ -56,19 +56,20 @@ fn spectral_convergence(stft: &Stft, y: &[f32], target: &[f32]) -> f32 {
     rel_l2(&mag, target)
 }
 
-/// Filterbanks match torchaudio's melscale_fbanks within 1e-5 (HTK, Slaney, melodies, Riffusion).
+/// Filterbanks match torchaudio's melscale_fbanks within 1e-5 (HTK, Slaney), 2e-5 (melodies) and
+/// 1e-4 (Riffusion): torchaudio computes band edges in float32, and narrow bands magnify that.
 #[test]
 fn filterbanks_match_torchaudio() {
     let r = refs();
     let cases = [
-        ("small_fb", MelBank::new(257, 30.0, 7600.0, 40, 16000, MelNorm::None, MelScale::Htk).unwrap()),
-        ("small_fb_slaney", MelBank::new(257, 30.0, 7600.0, 40, 16000, MelNorm::Slaney, MelScale::Slaney).unwrap()),
-        ("melodies_fb", MelBank::new(513, 30.0, 8000.0, 64, 16000, MelNorm::None, MelScale::Htk).unwrap()),
+        ("small_fb", MelBank::new(257, 30.0, 7600.0, 40, 16000, MelNorm::None, MelScale::Htk).unwrap(), 1e-5),
+        ("small_fb_slaney", MelBank::new(257, 30.0, 7600.0, 40, 16000, MelNorm::Slaney, MelScale::Slaney).unwrap(), 1e-5),
+        ("melodies_fb", MelBank::new(1025, 30.0, 8000.0, 128, 16000, MelNorm::None, MelScale::Htk).unwrap(), 2e-5),
     ];
-    for (k, bank) in cases {
+    for (k, bank, tol) in cases {
         let d = max_abs_diff(&bank.weights, &vec(&r, k));
         eprintln!("{k}: max abs diff {d:e}");
-        assert!(d <= 1e-5, "{k}: max abs diff {d}");
+        assert!(d <= tol, "{k}: max abs diff {d}");
     }
     let p = SpectrogramParams::riffusion();
     let bank = p.mel_bank().unwrap();
@@ -144,7 +145,7 @@ fn melodies_image_matches_training_render() {
     let wave = vec(&r, "wave");
     let clip: Vec<f32> = wave.iter().copied().cycle().take(32768).collect();
     let img = p.image_from_audio(&Audio { sample_rate: 16000, samples: clip }, Some(p.frames)).unwrap();
-    assert_eq!((img.width, img.height), (128, 64));
+    assert_eq!((img.width, img.height), (64, 128));
     let ours: Vec<f32> = img.rgb.chunks(3).map(|px| px[0] as f32).collect();
     let d = max_abs_diff(&ours, &vec(&r, "melodies_image"));
     let n = ours.iter().zip(vec(&r, "melodies_image")).filter(|(a, b)| *a != b).count();
@@ -176,8 +177,8 @@ fn mel_spacing_hz(p: &SpectrogramParams, hz: f32) -> f32 {
     700.0 * (10f32.powf((mel(hz) + step) / 2595.0) - 1.0) - hz
 }
 
-/// A sine survives audio → melodies image → audio at its pitch: within one STFT bin (15.6 Hz)
-/// where mel bands are narrower than that, else within one mel band spacing (66 Hz at 1 kHz).
+/// A sine survives audio → melodies image → audio at its pitch: within one STFT bin (7.8 Hz at
+/// n_fft 2048) where mel bands are narrower than that, else within one mel band spacing.
 #[test]
 fn melodies_round_trip_keeps_pitch() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/melodies");
@@ -193,7 +194,7 @@ fn melodies_round_trip_keeps_pitch() {
         assert!((peak - 0.5).abs() < 1e-4, "peak {peak}");
         let f = peak_hz(&back.samples, 16000);
         eprintln!("melodies round trip: {hz} Hz → {f:.1} Hz");
-        let tol = mel_spacing_hz(&p, hz).max(16000.0 / 1024.0);
+        let tol = mel_spacing_hz(&p, hz).max(16000.0 / p.n_fft as f32);
         assert!((f - hz).abs() <= tol, "{hz} Hz came back at {f} Hz (tolerance {tol} Hz)");
     }
 }
@@ -240,8 +241,8 @@ fn manifest_reading() {
 fn seconds_to_frames() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/melodies");
     let p = SpectrogramParams::from_manifest(&dir).unwrap().unwrap();
-    assert_eq!(p.frames_for_secs(2.048, 8), 128);
-    assert_eq!(p.frames_for_secs(4.0, 8), 248);
+    assert_eq!(p.frames_for_secs(2.048, 8), 64);
+    assert_eq!(p.frames_for_secs(4.0, 8), 128);
     assert_eq!(p.frames_for_secs(0.01, 8), 8);
     assert!((p.native_secs() - 2.048).abs() < 1e-6);
     let r = SpectrogramParams::riffusion();
