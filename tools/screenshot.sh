@@ -60,19 +60,21 @@ done
 sleep "$WAIT_SECS"
 kill -0 "$APP" 2>/dev/null || { echo "screenshot: the app died:" >&2; cat "$RUNTIME/app.log" >&2; exit 1; }
 
-outputs() { find "$HEADROOM_DATA" -name '*.png' -path '*runs*' 2>/dev/null | wc -l; }
+# PNG outputs so far (the runs folder appears with the first one)
+outputs() { { find "$HEADROOM_DATA" -name '*.png' -path '*runs*' 2>/dev/null || true; } | wc -l; }
+BEFORE=$(outputs)  # a HEADROOM_DATA given from outside may hold runs already
 for i in $(seq "${GENERATE:-0}"); do
     WIN=$(xdotool search --name Headroom | head -n1)
     xdotool windowfocus --sync "$WIN" 2>/dev/null || true
     xdotool key ctrl+Return
     for _ in $(seq $((${GEN_SECS:-120} * 10))); do
-        [ "$(outputs)" -ge "$i" ] && break
+        [ "$(outputs)" -ge $((BEFORE + i)) ] && break
         sleep 0.1
     done
-    [ "$(outputs)" -ge "$i" ] || { echo "screenshot: run $i made no output in ${GEN_SECS:-120} s:" >&2; tail -n 20 "$RUNTIME/app.log" >&2; exit 1; }
+    [ "$(outputs)" -ge $((BEFORE + i)) ] || { echo "screenshot: run $i made no output in ${GEN_SECS:-120} s:" >&2; tail -n 20 "$RUNTIME/app.log" >&2; exit 1; }
     echo "screenshot: run $i done"
 done
-[ "${GENERATE:-0}" -gt 0 ] && sleep 2
+if [ "${GENERATE:-0}" -gt 0 ]; then sleep 2; fi
 
 import -display "$DISPLAY" -window root "$OUT"
 SD=$(identify -format '%[fx:standard_deviation]' "$OUT")

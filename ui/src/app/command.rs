@@ -12,8 +12,8 @@ use super::state::{Abx, Candidate, CenterTab, ImageScale};
 /// A change asked for by a widget.
 #[derive(Clone, Debug)]
 pub enum AppCommand {
-    /// Show the file dialog to pick a model file.
-    OpenModelDialog,
+    /// Show the file dialog to pick a model file, or a diffusers folder when `folder`.
+    OpenModelDialog { folder: bool },
     /// Inspect a model and plan it, showing both before anything is loaded.
     InspectModel(String),
     /// Load a model; `force` loads even when the plan says it does not fit.
@@ -88,12 +88,24 @@ impl HeadroomApp {
     fn run_command(&mut self, ctx: &egui::Context, cmd: AppCommand) {
         let rt = &mut self.rt;
         match cmd {
-            AppCommand::OpenModelDialog => {
-                let picked = rfd::FileDialog::new()
-                    .add_filter("models", &["safetensors", "gguf", "ckpt", "pth", "json"])
-                    .pick_file();
-                if let Some(p) = picked {
-                    self.inspect(p.display().to_string());
+            AppCommand::OpenModelDialog { folder } => {
+                let shown = std::time::Instant::now();
+                let dialog = rfd::FileDialog::new();
+                let picked = if folder {
+                    dialog.pick_folder()
+                } else {
+                    dialog
+                        .add_filter("models", &["safetensors", "gguf", "ckpt", "pth", "json"])
+                        .pick_file()
+                };
+                match picked {
+                    Some(p) => self.inspect(p.display().to_string()),
+                    // Nobody cancels a dialog this fast: none was shown.
+                    None if shown.elapsed() < std::time::Duration::from_millis(300) => rt.error(
+                        "No file dialog could be opened (no file-chooser portal or zenity \
+                         here): drop the model on the window, or start Headroom with its path",
+                    ),
+                    None => {}
                 }
             }
             AppCommand::InspectModel(m) => self.inspect(m),
@@ -338,9 +350,15 @@ impl HeadroomApp {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         if let Some(dest) = rfd::FileDialog::new().set_file_name(&name).save_file() {
-            match std::fs::copy(&src, &dest) {
-                Ok(_) => self.rt.notify(format!("Saved {}", dest.display())),
-                Err(e) => self.rt.error(format!("{}: {e}", dest.display())),
+            // Written atomically: a failed save leaves whatever `dest` held before.
+            let saved = std::fs::read(&src)
+                .map_err(|e| format!("{}: {e}", src.display()))
+                .and_then(|bytes| {
+                    headroom_engine::fsutil::write_atomic(&dest, &bytes).map_err(|e| e.to_string())
+                });
+            match saved {
+                Ok(()) => self.rt.notify(format!("Saved {}", dest.display())),
+                Err(e) => self.rt.error(e),
             }
         }
     }

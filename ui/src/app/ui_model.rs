@@ -21,13 +21,24 @@ impl HeadroomApp {
     /// The model section of the left panel.
     pub(super) fn model_ui(&mut self, ui: &mut egui::Ui) {
         section_ui(ui, "Model");
-        ui.horizontal(|ui| {
+        ui.horizontal_wrapped(|ui| {
             if ui
                 .button("Open…")
                 .on_hover_text("Pick a .safetensors, .gguf, .ckpt or model_index.json")
                 .clicked()
             {
-                self.rt.commands.push(AppCommand::OpenModelDialog);
+                self.rt
+                    .commands
+                    .push(AppCommand::OpenModelDialog { folder: false });
+            }
+            if ui
+                .button("Folder…")
+                .on_hover_text("Pick a diffusers folder (the one holding model_index.json)")
+                .clicked()
+            {
+                self.rt
+                    .commands
+                    .push(AppCommand::OpenModelDialog { folder: true });
             }
             for (model, label) in BUILTINS {
                 if ui.button(label).on_hover_text(model).clicked() {
