@@ -2,13 +2,15 @@
 """How much pitch the melodies representation can carry, with no model in between: each clip of the
 quality prompts goes clip -> mel image (melodies_data.mel_image) -> linear spectrum (minimum-norm
 least squares, or non-negative least squares) -> 32 Griffin-Lim iterations (zero initial phase) ->
-quality.py's detector. Prints the share of clips whose root pitch class and pattern come back right:
+quality.py's detector; with `--vae`, the mel image first goes through a model's autoencoder (encode,
+take the posterior mean, decode), the ceiling a trained UNet can reach. Prints the share of clips whose root pitch class and pattern come back right:
 the ceiling for `quality.py melodies`. A numpy stand-in for the engine's path, for trying
 representations before training on one; the defaults are melodies_data's own.
 
     /work/venv/bin/python tools/models/inverse_ceiling.py --clips 96                     # as trained
     /work/venv/bin/python tools/models/inverse_ceiling.py --clips 60 --n-mels 64 --n-fft 1024 --hop 256 \\
         --frames 128 --db -40 40 --inverse lstsq                                          # the old one
+    /work/venv/bin/python tools/models/inverse_ceiling.py --clips 96 --vae models/melodies/vae  # + the VAE
 """
 import argparse
 import sys
@@ -43,6 +45,24 @@ def to_audio(img, inverse, iters=32):
     return y
 
 
+def vae_roundtrip(vae_dir):
+    """A function image -> image through the autoencoder in `vae_dir` (needs PyTorch and diffusers)."""
+    sys.modules.setdefault("torchaudio", None)  # as train.py: the venv's torchaudio breaks diffusers' imports
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.set_num_threads(1)
+    vae = AutoencoderKL.from_pretrained(vae_dir).eval()
+
+    def roundtrip(img):
+        x = torch.from_numpy(img).permute(2, 0, 1)[None].float().div(127.5).sub(1.0)
+        with torch.no_grad():
+            y = vae.decode(vae.encode(x).latent_dist.mean).sample[0]
+        return (y.permute(1, 2, 0).add(1.0).mul(127.5).clamp(0, 255).round().byte().numpy())
+
+    return roundtrip
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clips", type=int, default=96)
@@ -53,15 +73,17 @@ def main():
     ap.add_argument("--frames", type=int, default=md.FRAMES)
     ap.add_argument("--db", type=float, nargs=2, default=(md.DB_MIN, md.DB_MAX), metavar=("MIN", "MAX"))
     ap.add_argument("--inverse", choices=["nnls", "lstsq"], default="nnls")
+    ap.add_argument("--vae", default=None, help="a model's vae/ folder to pass each image through")
     a = ap.parse_args()
     md.N_MELS, md.F_MAX, md.N_FFT, md.HOP, md.FRAMES = a.n_mels, a.f_max, a.n_fft, a.hop, a.frames
     md.SAMPLES, (md.DB_MIN, md.DB_MAX) = a.frames * a.hop, a.db
     md.WINDOW = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(a.n_fft) / a.n_fft)
     md.FB = md.mel_filters()
+    through = vae_roundtrip(a.vae) if a.vae else (lambda img: img)
     items = quality.melody_prompts(a.clips, 4321)
     root = pattern = 0
     for _, key, pat, audio in items:
-        pc, heard = quality.detect(to_audio(md.mel_image(audio), a.inverse).astype(np.float32), md.SR)
+        pc, heard = quality.detect(to_audio(through(md.mel_image(audio)), a.inverse).astype(np.float32), md.SR)
         root += pc == md.KEYS.index(key)
         pattern += heard == pat
     print(f"{vars(a)}: root {root / len(items):.2f}, pattern {pattern / len(items):.2f} ({len(items)} clips)")

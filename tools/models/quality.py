@@ -229,13 +229,22 @@ def melodies(args):
                 v = json.loads(res.stdout)
                 ms = sum(v["timings_ms"].get(k, 0) for k in ("load", "text", "denoise", "decode"))
                 pc, pat = detect(*read_wav(v["outputs"][0]))
-                rows.append((caption, seed, pc == KEYS.index(key), pat == pattern, ms, pat))
+                off = None if pc is None else (pc - KEYS.index(key)) % 12
+                rows.append((caption, seed, off == 0, pat == pattern, ms, pat, off))
     total = len(rows)
+    by_inst = {}
+    for r in rows:
+        by_inst.setdefault(r[0].split()[0], []).append(r[2])
     print(json.dumps({
         "model": "melodies", "binary": binary, "clips": total, "steps": args.steps,
         "root_pitch_class": round(sum(r[2] for r in rows) / total, 4), "root_bar": 0.70,
         "pattern": round(sum(r[3] for r in rows) / total, 4), "pattern_bar": 0.60,
         "mean_generation_ms": round(sum(r[4] for r in rows) / total, 1),
+        # how far off the wrong roots are, in semitones up (mod 12; 7 or 5 is a fifth/fourth away,
+        # 1 or 11 a near miss), and "None" when no pitch was found
+        "root_errors_semitones": {str(k): sum(r[6] == k for r in rows) for k in [*range(1, 12), None]
+                                  if any(r[6] == k for r in rows)},
+        "root_by_instrument": {k: round(sum(v) / len(v), 3) for k, v in sorted(by_inst.items())},
         "failures": [f"seed {r[1]}: {r[0]} (root {'ok' if r[2] else 'wrong'}, heard {r[5]})" for r in rows
                      if not (r[2] and r[3])][:10],
     }, indent=1))
