@@ -84,7 +84,7 @@ impl Default for SavedState {
             recent_models: Vec::new(),
             knobs: Knobs::default(),
             request: Request {
-                prompt: "a red circle on a blue square".into(),
+                prompt: "a large red circle on the left and a small blue star, on a yellow background".into(),
                 ..Request::default()
             },
             seed_locked: true,
