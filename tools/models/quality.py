@@ -46,17 +46,18 @@ MIN_AREA = 12  # pixels at 64×64; a small shape covers about 50–150
 
 
 def prompts(n, seed):
-    """n captions that name a background, with (background, [shape colours])."""
+    """n captions that name a background, with (background, [shape colours]), and the scenes
+    themselves as images for vae_ceiling.py."""
     rng = np.random.default_rng(seed)
     out = []
     while len(out) < n:
-        _, caption = scene(rng)
+        image, caption = scene(rng)
         m = re.search(r", on an? (\w+) background$", caption)
         if not m:
             continue
         shapes_part = caption[: m.start()]
         colours = [w for w in re.findall(r"\w+", shapes_part) if w in COLOURS]
-        out.append((caption, m.group(1), colours))
+        out.append((caption, m.group(1), colours, image))
     return out
 
 
@@ -170,7 +171,7 @@ def main():
     )
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for i, (caption, bg, colours) in enumerate(prompts(args.prompts, 1234)):
+        for i, (caption, bg, colours, _) in enumerate(prompts(args.prompts, 1234)):
             for seed in range(args.seeds):
                 out = Path(tmp) / f"{i}-{seed}"
                 t0 = time.perf_counter()
