@@ -2,10 +2,12 @@
 """How much pitch the melodies representation can carry, with no model in between: each clip of the
 quality prompts goes clip -> mel image (melodies_data.mel_image) -> linear spectrum (minimum-norm
 least squares, or non-negative least squares) -> 32 Griffin-Lim iterations (zero initial phase) ->
-quality.py's detector; with `--vae`, the mel image first goes through a model's autoencoder (encode,
-take the posterior mean, decode), the ceiling a trained UNet can reach. Prints the share of clips whose root pitch class and pattern come back right:
-the ceiling for `quality.py melodies`. A numpy stand-in for the engine's path, for trying
-representations before training on one; the defaults are melodies_data's own.
+quality.py's detector. With `--vae`, the mel image first goes through a model's autoencoder
+(encode, posterior mean, decode): about what a perfect UNet could reach. Prints the share of clips
+whose root pitch class and pattern come back right: the ceiling for `quality.py melodies`. A numpy
+stand-in for the engine's path (whose Griffin-Lim differs in detail, so the engine can land a few
+points either side), for trying representations before training on one; the defaults are
+melodies_data's own.
 
     /work/venv/bin/python tools/models/inverse_ceiling.py --clips 96                     # as trained
     /work/venv/bin/python tools/models/inverse_ceiling.py --clips 60 --n-mels 64 --n-fft 1024 --hop 256 \\
