@@ -83,12 +83,13 @@ def main():
     md.FB = md.mel_filters()
     through = vae_roundtrip(a.vae) if a.vae else (lambda img: img)
     items = quality.melody_prompts(a.clips, 4321)
-    root = pattern = 0
+    root = low = pattern = 0
     for _, key, pat, audio in items:
-        pc, heard = quality.detect(to_audio(through(md.mel_image(audio)), a.inverse).astype(np.float32), md.SR)
-        root += pc == md.KEYS.index(key)
+        pc, heard, lowest = quality.detect(to_audio(through(md.mel_image(audio)), a.inverse).astype(np.float32), md.SR)
+        root, low = root + (pc == md.KEYS.index(key)), low + (lowest == md.KEYS.index(key))
         pattern += heard == pat
-    print(f"{vars(a)}: root {root / len(items):.2f}, pattern {pattern / len(items):.2f} ({len(items)} clips)")
+    n = len(items)
+    print(f"{vars(a)}: root {root / n:.2f} (lowest-peak detector {low / n:.2f}), pattern {pattern / n:.2f} ({n} clips)")
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ def write(out: Path, name: str, meta: dict, command: str, training: dict):
     weights = sorted(out.rglob("*.safetensors"))
     files = {str(p.relative_to(out)): sha256(p) for p in weights}
     sizes = {str(p.relative_to(out)): p.stat().st_size for p in weights}
-    text += "\n# sha256 of each weight file\n" + _table("sha256", {f'"{k}"' if False else k: v for k, v in files.items()})
+    text += "\n# sha256 of each weight file\n" + _table("sha256", files)
     text += "\n# bytes of each weight file\n" + _table("bytes", sizes)
     # keys with '/' and '.' need quoting in TOML
     text = "\n".join(_quote_key(l) for l in text.split("\n"))

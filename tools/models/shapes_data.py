@@ -6,7 +6,8 @@ ring), each with a colour, a size (small, large) and a position (left, right, to
 all positions distinct. The caption names them, e.g. "a large red circle on the left and a small blue
 star at the top, on a yellow background". Some captions leave out a size, a position or the
 background, so short prompts ("a red circle") also mean something. Everything is deterministic from
-the seed. Scenes are drawn at 4x and box-filtered down, so edges are anti-aliased.
+the seed. Scenes are drawn at 4x and box-filtered down, so edges are anti-aliased. At another `side` (128
+for the UNet's larger-image training) the same layout is scaled to fit.
 
     /work/venv/bin/python tools/models/shapes_data.py --seed 0 --n 16 --out /tmp/shapes.png
 """
@@ -67,13 +68,14 @@ def article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def scene(rng: np.random.Generator):
-    """Returns (HxWx3 uint8 image, caption) for one random scene."""
+def scene(rng: np.random.Generator, side: int = SIZE):
+    """Returns (side x side x 3 uint8 image, caption) for one random scene."""
+    k = side / SIZE  # positions and radii are in 64x64 pixels
     names = list(COLOURS)
     bg = names[rng.integers(len(names))]
     n = int(rng.choice([1, 2, 3], p=[0.45, 0.35, 0.2]))
     positions = list(rng.permutation(list(POSITIONS))[:n])
-    img = Image.new("RGB", (SIZE * SS, SIZE * SS), COLOURS[bg])
+    img = Image.new("RGB", (side * SS, side * SS), COLOURS[bg])
     d = ImageDraw.Draw(img)
     phrases = []
     for pos in positions:
@@ -85,7 +87,7 @@ def scene(rng: np.random.Generator):
         x, y = POSITIONS[pos]
         jx, jy = rng.uniform(-2.5, 2.5, size=2)
         r = SIZES[size] * rng.uniform(0.9, 1.1)
-        _draw_shape(d, shape, (x + jx) * SS, (y + jy) * SS, r * SS, COLOURS[colour], COLOURS[bg])
+        _draw_shape(d, shape, (x + jx) * k * SS, (y + jy) * k * SS, r * k * SS, COLOURS[colour], COLOURS[bg])
         words = []
         if rng.random() > 0.15:
             words.append(size)
@@ -97,17 +99,17 @@ def scene(rng: np.random.Generator):
     caption = " and ".join(phrases)
     if rng.random() > 0.15:
         caption += f", on {article(bg)} {bg} background"
-    img = img.resize((SIZE, SIZE), Image.Resampling.BOX)
+    img = img.resize((side, side), Image.Resampling.BOX)
     return np.asarray(img, dtype=np.uint8), caption
 
 
-def make_dataset(n: int, seed: int):
-    """Returns (n x 64 x 64 x 3 uint8 array, list of n captions), deterministic from seed."""
+def make_dataset(n: int, seed: int, side: int = SIZE):
+    """Returns (n x side x side x 3 uint8 array, list of n captions), deterministic from seed."""
     rng = np.random.default_rng(seed)
-    images = np.empty((n, SIZE, SIZE, 3), dtype=np.uint8)
+    images = np.empty((n, side, side, 3), dtype=np.uint8)
     captions = []
     for i in range(n):
-        images[i], c = scene(rng)
+        images[i], c = scene(rng, side)
         captions.append(c)
     return images, captions
 

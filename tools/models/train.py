@@ -157,16 +157,23 @@ def encode_all(vae, images, batch=64):
     return torch.cat(means), torch.cat(stds)
 
 
-def train_diffusion(text_encoder, unet, ids, mean, std, scale, seconds, rng, batch=32, lr=1e-3, ema_decay=0.999):
+def train_diffusion(text_encoder, unet, ids, mean, std, scale, seconds, rng, batch=32, lr=1e-3, ema_decay=0.999,
+                    extra=None):
     """Trains for `seconds`; returns stats. On return the modules hold the moving average of their
-    weights (decay `ema_decay`, ramped up over the first steps as (1 + n) / (10 + n))."""
+    weights (decay `ema_decay`, ramped up over the first steps as (1 + n) / (10 + n)).
+    `extra` = (ids, mean, std, batch, share): a second set of latents (larger images) that a random
+    `share` of the steps train on instead, `batch` at a time."""
     sched = DDPMScheduler(**BETAS)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.Adam(params, lr=lr, fused=True)
     ema = [p.detach().clone() for p in params]
     empty = ids[-1]  # the tokenized empty caption, appended last
     t0, step, avg = time.time(), 0, float("nan")
+    sets, extra_steps = (ids, mean, std, batch), 0
     while time.time() - t0 < seconds:
+        big = extra is not None and rng.random() < extra[4]
+        ids, mean, std, batch = extra[:4] if big else sets
+        extra_steps += big
         idx = torch.from_numpy(rng.integers(0, len(mean), batch))
         lat = (mean[idx] + std[idx] * torch.randn_like(mean[idx])) * scale
         tok = ids[idx].clone()
@@ -194,7 +201,8 @@ def train_diffusion(text_encoder, unet, ids, mean, std, scale, seconds, rng, bat
     with torch.no_grad():
         for p, e in zip(params, ema):
             p.copy_(e)
-    return dict(steps=step, final_loss=avg, seconds=time.time() - t0, batch=batch, ema_decay=ema_decay)
+    return dict(steps=step, final_loss=avg, seconds=time.time() - t0, batch=sets[3], ema_decay=ema_decay,
+                extra_steps=extra_steps)
 
 
 def install_tokenizer(out: Path):
@@ -215,6 +223,9 @@ def main():
     ap.add_argument("--samples", type=int, default=None, help="override the number of generated samples")
     ap.add_argument("--out", default=None, help="default: models/<model>")
     ap.add_argument("--resume", action="store_true", help="continue stage 2 from the model in --out, keeping its VAE")
+    ap.add_argument("--extra-size", type=int, default=None,
+                    help="also train the UNet on scenes drawn at this size (shapes: 128), so larger outputs look right")
+    ap.add_argument("--extra-share", type=float, default=0.3, help="share of the UNet's steps on --extra-size scenes")
     a = ap.parse_args()
     command = "/work/venv/bin/python tools/models/train.py " + " ".join(sys.argv[1:])
     torch.set_num_threads(1)
@@ -256,10 +267,22 @@ def main():
         log(f"latents {tuple(mean.shape[1:])}, scaling_factor {scale:.4f}")
         text_encoder = make_text_encoder(s["text_hidden"])
         unet = make_unet(meta, s["unet_channels"], s["text_hidden"])
+    extra = None
+    if a.extra_size:
+        t_extra = time.time()
+        n = s["samples"] // 4
+        log(f"generating {n} samples at {a.extra_size}x{a.extra_size}")
+        big, big_captions = data.make_dataset(n, a.seed + 1000, side=a.extra_size)
+        big_ids = tokenizer(big_captions + [""], padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+        big_mean, big_std = encode_all(vae, big, batch=16)
+        # a quarter of the batch: the same pixels per step as the native size
+        extra = (big_ids, big_mean, big_std, max(1, 32 * meta["width"] ** 2 // a.extra_size**2), a.extra_share)
+        del big
+        gen_s += time.time() - t_extra
     text_encoder.train()
     unet.train()
     remaining = a.minutes * 60 - (time.time() - started - gen_s)
-    diff_stats = train_diffusion(text_encoder, unet, ids, mean, std, scale, remaining, rng)
+    diff_stats = train_diffusion(text_encoder, unet, ids, mean, std, scale, remaining, rng, extra=extra)
     text_encoder.eval()
     unet.eval()
 
@@ -287,6 +310,8 @@ def main():
             steps=prev.get("steps", 0) + diff_stats["steps"], batch=diff_stats["batch"],
             final_loss=round(diff_stats["final_loss"], 5), ema_decay=diff_stats["ema_decay"],
             minutes=round(prev.get("minutes", 0) + minutes, 2), threads=1, torch=torch.__version__,
+            **({"extra_size": a.extra_size or prev.get("extra_size"), "extra_steps": prev.get("extra_steps", 0) + diff_stats["extra_steps"]}
+               if a.extra_size or "extra_size" in prev else {}),
         ),
     )
     log(f"wrote {out} in {minutes:.1f} min")

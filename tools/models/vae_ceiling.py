@@ -41,7 +41,7 @@ def main():
             with torch.no_grad():
                 y = vae.decode(vae.encode(x).latent_dist.mean).sample[0]
             Image.fromarray(y.permute(1, 2, 0).add(1).mul(127.5).clamp(0, 255).round().byte().numpy()).save(png)
-            b, c = quality.score(png, bg, colours)
+            b, c, _ = quality.score(png, bg, colours)
             bg_ok, col_ok = bg_ok + b, col_ok + c
             if not (b and c):
                 misses.append(caption)
