@@ -13,6 +13,8 @@ mod cli;
 static ALLOC: headroom_engine::telemetry::CountingAlloc = headroom_engine::telemetry::CountingAlloc;
 
 fn main() -> ExitCode {
+    // SAFETY: first thing in main; no other thread exists yet
+    unsafe { headroom_engine::nn::cpu::use_one_pool() };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let args = cli::Cli::parse();
     match args.command {

@@ -1,13 +1,20 @@
-//! Scaled dot-product attention computed in slices of query rows (the `attention_slice` knob), so
-//! that with slicing on no full `Lq × Lk` score matrix ever exists.
+//! Scaled dot-product attention computed in blocks of query rows: at most `attention_slice` rows
+//! when the knob is set, and never more than a fixed score budget either way, so no full `Lq × Lk`
+//! score matrix ever exists. On the CPU in f32 it is one fused kernel ([`super::cpu::attention`]).
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result, Tensor};
+
+use super::cpu;
+
+/// Scores one block holds at most off the CPU f32 kernel (2²⁷ values: 512 MiB in f32).
+const DEVICE_BLOCK_SCORES: usize = 1 << 27;
 
 /// `softmax(scale · Q Kᵀ + mask) V` for `q: (B, Lq, Dh)`, `k: (B, Lk, Dh)`, `v: (B, Lk, Dv)`, where `B`
 /// is batch × heads. `mask`, if given, is added to the scores and broadcasts as `(Lq, Lk)`.
 ///
-/// `slice` = 0 computes all query rows at once; `slice` = N computes N query rows at a time, so the
-/// largest score block is `B × N × Lk`. Both give the same result up to float rounding.
+/// `slice` = 0 lets the engine choose the block of query rows (bounded by a fixed score budget);
+/// `slice` = N computes at most N query rows at a time. Every choice gives the same result up to
+/// float rounding.
 ///
 /// # Errors
 /// Shape mismatches and tensor errors.
@@ -19,11 +26,17 @@ pub fn attention(
     mask: Option<&Tensor>,
     slice: usize,
 ) -> Result<Tensor> {
+    if q.device().is_cpu() && [q, k, v].iter().all(|t| t.dtype() == DType::F32) {
+        return cpu_attention(q, k, v, scale, mask, slice);
+    }
     let lq = q.dim(1)?;
     // scaling Q (Lq·Dh values) is cheaper than scaling the scores (Lq·Lk values)
     let q = (q * scale)?;
     let kt = k.t()?;
-    let step = if slice == 0 || slice >= lq { lq } else { slice };
+    // elsewhere (a GPU, half types) one block holds every head, up to a budget of scores
+    let per_row = q.dim(0)? * k.dim(1)?;
+    let cap = (DEVICE_BLOCK_SCORES / per_row.max(1)).max(1);
+    let step = if slice == 0 { cap } else { slice.min(cap) }.min(lq);
     if step == lq {
         return rows(&q, &kt, v, mask);
     }
@@ -40,6 +53,16 @@ pub fn attention(
         start += n;
     }
     Tensor::cat(&outs, 1)
+}
+
+/// The CPU f32 path: one fused op over contiguous `q`, `k`, `v` (see [`cpu::attention`]).
+fn cpu_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: Option<&Tensor>, slice: usize) -> Result<Tensor> {
+    let mask = match mask {
+        Some(m) => Some(m.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?),
+        None => None,
+    };
+    let op = cpu::attention::AttentionOp { scale: scale as f32, mask: mask.as_deref(), slice };
+    q.contiguous()?.apply_op3_no_bwd(&k.contiguous()?, &v.contiguous()?, &op)
 }
 
 /// One block of query rows: `softmax(q kt + mask) v`.

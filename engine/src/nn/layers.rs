@@ -4,12 +4,14 @@
 //! Each layer keeps its weight as [`Weights::matrix`] hands it over: dense (converted to the
 //! input's dtype at use when stored narrower), or quantized. A quantized linear runs candle's
 //! quantized matmul (`QMatMul`) on f32 inputs; a quantized convolution is dequantized for the
-//! call and the dense copy dropped after it. Biases stay dense.
+//! call and the dense copy dropped after it. Biases stay dense. On the CPU in f32, convolutions
+//! run on [`super::cpu::conv`].
 
 use candle_core::quantized::QMatMul;
 use candle_core::{DType, Module, Result, Tensor};
 
 use super::Weights;
+use super::cpu::conv::Conv2dOp;
 use super::weights::StoredWeight;
 
 /// How a linear layer stores its weight.
@@ -69,6 +71,26 @@ impl Linear {
     }
 }
 
+/// Rows below which a quantized product is not worth splitting.
+const MIN_ROWS_PER_TASK: usize = 16;
+
+/// `x Wᵀ` for a quantized `W`: on the CPU the rows of `x` are split over rayon's pool, each part
+/// a single-threaded candle product (candle's own pool is off, see [`super::cpu`]).
+fn quantized_matmul(q: &QMatMul, x: &Tensor) -> Result<Tensor> {
+    use rayon::prelude::*;
+    let rows = x.dim(0)?;
+    let tasks = super::cpu::threads().min(rows / MIN_ROWS_PER_TASK);
+    if !x.device().is_cpu() || tasks < 2 {
+        return q.forward(x);
+    }
+    let chunk = rows.div_ceil(tasks);
+    let parts = (0..rows.div_ceil(chunk))
+        .into_par_iter()
+        .map(|i| q.forward(&x.narrow(0, i * chunk, chunk.min(rows - i * chunk))?))
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::cat(&parts, 0)
+}
+
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
@@ -79,7 +101,7 @@ impl Module for Linear {
         let mut y = match &self.weight {
             LinearWeight::Dense(w) => x2.matmul(&as_dtype(w, x.dtype())?.t()?)?,
             // candle's quantized matmul takes f32 rows
-            LinearWeight::Quantized(q) => as_dtype(&q.forward(&as_dtype(&x2, DType::F32)?.contiguous()?)?, x.dtype())?,
+            LinearWeight::Quantized(q) => as_dtype(&quantized_matmul(q, &as_dtype(&x2, DType::F32)?.contiguous()?)?, x.dtype())?,
         };
         if let Some(b) = &self.bias {
             y = y.broadcast_add(&as_dtype(b, y.dtype())?)?;
@@ -106,6 +128,8 @@ enum ConvWeight {
 pub struct Conv2d {
     weight: ConvWeight,
     bias: Option<Tensor>,
+    /// The bias as f32 values for the CPU kernel, which adds it in the same pass.
+    cpu_bias: Option<Vec<f32>>,
     /// `(out, in, k, k)`.
     shape: (usize, usize, usize, usize),
     stride: usize,
@@ -131,7 +155,11 @@ impl Conv2d {
             StoredWeight::Quantized(q) => ConvWeight::Quantized(std::sync::Arc::new(q)),
         };
         let bias = Some(vb.get(out_channels, "bias")?);
-        Ok(Self { weight, bias, shape, stride, padding })
+        let cpu_bias = match &bias {
+            Some(b) if b.device().is_cpu() => Some(b.to_dtype(DType::F32)?.to_vec1::<f32>()?),
+            _ => None,
+        };
+        Ok(Self { weight, bias, cpu_bias, shape, stride, padding })
     }
 
     /// Bytes the layer holds (kernel as stored, and bias).
@@ -151,12 +179,29 @@ impl Module for Conv2d {
             // the dense kernel lives for this call only
             ConvWeight::Quantized(q) => q.dequantize(x.device())?.reshape(self.shape)?.to_dtype(x.dtype())?,
         };
+        if x.device().is_cpu() && x.dtype() == DType::F32 {
+            let op = Conv2dOp { stride: self.stride, padding: self.padding, bias: self.cpu_bias.as_deref() };
+            return x.contiguous()?.apply_op2_no_bwd(&w.contiguous()?, &op);
+        }
         let y = x.conv2d(&w, self.padding, self.stride, 1, 1)?;
         match &self.bias {
             Some(b) => y.broadcast_add(&as_dtype(b, y.dtype())?.reshape((1, self.shape.0, 1, 1))?),
             None => Ok(y),
         }
     }
+}
+
+/// GEGLU over the last dimension: its first half times the exact GELU of its second half. One
+/// fused pass on the CPU in f32 ([`super::cpu::elementwise::Geglu`]).
+///
+/// # Errors
+/// An odd last dimension; tensor errors.
+pub fn geglu(h: &Tensor) -> Result<Tensor> {
+    if h.device().is_cpu() && h.dtype() == DType::F32 {
+        return h.contiguous()?.apply_op1_no_bwd(&super::cpu::elementwise::Geglu);
+    }
+    let half = h.dim(candle_core::D::Minus1)? / 2;
+    h.narrow(candle_core::D::Minus1, 0, half)? * h.narrow(candle_core::D::Minus1, half, half)?.gelu_erf()?
 }
 
 /// An activation function as configs name it (`hidden_act`, `act_fn`).

@@ -6,11 +6,13 @@
 //! asked, [`attention`] honours `attention_slice`.
 
 pub mod attention;
+pub mod cpu;
 pub mod layers;
+pub mod mapped;
 pub mod norm;
 pub mod weights;
 
 pub use attention::attention;
-pub use layers::{Activation, Conv2d, Linear};
+pub use layers::{Activation, Conv2d, Linear, geglu};
 pub use norm::{GroupNorm, layer_norm};
 pub use weights::{Ledger, StoredWeight, Weights};

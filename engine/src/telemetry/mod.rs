@@ -59,6 +59,9 @@ pub struct RunTelemetry {
     pub peaks_by_stage: BTreeMap<String, StagePeak>,
     /// What the run must say, e.g. "unet: bf16 convolution computed in f32 on cpu".
     pub notes: Vec<String>,
+    /// Milliseconds of each denoising step, in order (a batch's runs one after another).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub step_ms: Vec<f64>,
 }
 
 impl RunTelemetry {
@@ -75,6 +78,17 @@ impl RunTelemetry {
             self.peaks_by_stage.entry(stage.clone()).or_default().absorb(p);
         }
         self.notes.extend(other.notes.iter().cloned());
+        self.step_ms.extend(other.step_ms.iter().copied());
+    }
+
+    /// The mean denoising step after the first (which pays one-time costs such as first-touch
+    /// allocation), or the only step's time; `None` without steps.
+    pub fn mean_step_after_first_ms(&self) -> Option<f64> {
+        match self.step_ms.as_slice() {
+            [] => None,
+            [only] => Some(*only),
+            [_, rest @ ..] => Some(rest.iter().sum::<f64>() / rest.len() as f64),
+        }
     }
 }
 

@@ -86,6 +86,9 @@ pub struct RunRecorder {
     timings_ms: BTreeMap<String, u64>,
     segments: Vec<(Option<String>, Segment)>,
     notes: Vec<String>,
+    /// When the last step ended (or its stage began), and each step's milliseconds.
+    last_step: Option<Instant>,
+    step_ms: Vec<f64>,
     peaks: Arc<Peaks>,
     gpu: Option<GpuHandle>,
     watcher: Option<Watcher>,
@@ -118,6 +121,8 @@ impl RunRecorder {
             timings_ms: BTreeMap::new(),
             segments: Vec::new(),
             notes: Vec::new(),
+            last_step: None,
+            step_ms: Vec::new(),
             peaks,
             gpu,
             watcher,
@@ -129,7 +134,17 @@ impl RunRecorder {
     /// A new stage begins (the same name again continues adding to its timing).
     pub fn stage(&mut self, name: &str) {
         self.close_segment();
-        self.current = Some((name.to_string(), Instant::now()));
+        let now = Instant::now();
+        self.current = Some((name.to_string(), now));
+        self.last_step = Some(now);
+    }
+
+    /// A denoising step ended: its time since the previous step (or the stage's start) is kept.
+    pub fn step_done(&mut self) {
+        let now = Instant::now();
+        if let Some(prev) = self.last_step.replace(now) {
+            self.step_ms.push(now.duration_since(prev).as_secs_f64() * 1e3);
+        }
     }
 
     /// The stage in progress, if any.
@@ -158,6 +173,7 @@ impl RunRecorder {
         let mut t = RunTelemetry {
             timings_ms: std::mem::take(&mut self.timings_ms),
             notes: std::mem::take(&mut self.notes),
+            step_ms: std::mem::take(&mut self.step_ms),
             ..RunTelemetry::default()
         };
         for (stage, seg) in &self.segments {

@@ -76,6 +76,9 @@ impl RunObserver for Observer<'_> {
 
     fn progress(&mut self, step: u32, total: u32) {
         let stage = self.stage.unwrap_or(Stage::Denoise);
+        if stage == Stage::Denoise {
+            self.recorder.step_done();
+        }
         self.events.send_droppable(Event::Progress { stage, step, total });
     }
 

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Args;
 use headroom_engine::families::latent_diffusion::synthetic::{SyntheticSpec, write_folder};
+use headroom_engine::nn::cpu;
 use headroom_engine::request::Scheduler;
 use headroom_engine::{Knobs, ModelRef, Request};
 
@@ -42,6 +43,9 @@ pub struct BenchArgs {
     /// A knob setting to run (repeatable), e.g. `precision=q8_0,slicing.attention_slice=64`.
     #[arg(long = "setting")]
     pub settings: Vec<String>,
+    /// Worker threads for the CPU kernels (default: one per core, or `RAYON_NUM_THREADS`).
+    #[arg(long)]
+    pub threads: Option<usize>,
     /// Print one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
@@ -65,6 +69,9 @@ fn mini_model() -> Result<PathBuf> {
 
 /// Runs every setting and prints the table.
 pub fn run(args: &BenchArgs) -> Result<ExitCode> {
+    if let Some(n) = args.threads {
+        cpu::set_threads(n).map_err(anyhow::Error::msg)?;
+    }
     let model = match &args.model {
         Some(m) => ModelRef::parse(m),
         None => ModelRef::Path(mini_model()?),
@@ -97,7 +104,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
         rows.push(serde_json::json!({
             "setting": setting,
             "load_ms": ms("load"),
-            "step_ms": ms("denoise") / f64::from(args.steps.max(1)),
+            "step_ms": o.telemetry.mean_step_after_first_ms().unwrap_or(ms("denoise") / f64::from(args.steps.max(1))),
             "decode_ms": ms("decode"),
             "peak_heap_bytes": o.telemetry.peak_heap_bytes,
             "peak_rss_bytes": o.telemetry.peak_ram_bytes,
@@ -111,11 +118,18 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     let _ = std::fs::remove_dir_all(&out);
     if args.json {
         print_json(&serde_json::json!({
-            "model": model.to_string(), "steps": args.steps, "size": args.size, "rows": rows
+            "model": model.to_string(), "steps": args.steps, "size": args.size,
+            "threads": cpu::threads(), "rows": rows
         }));
         return Ok(ExitCode::SUCCESS);
     }
-    println!("model {model}, {}×{}, {} steps (ratios against the first row)", args.size, args.size, args.steps);
+    println!(
+        "model {model}, {}×{}, {} steps, {} threads; step = mean step after the first (ratios against the first row)",
+        args.size,
+        args.size,
+        args.steps,
+        cpu::threads()
+    );
     println!("{:<44} {:>9} {:>9} {:>9} {:>11} {:>11} {:>11}", "setting", "load ms", "step ms", "decode ms", "peak heap", "peak RSS", "weights");
     let num = |r: &serde_json::Value, k: &str| r[k].as_f64().unwrap_or(0.0);
     let base = rows.first().cloned().unwrap_or_default();

@@ -6,7 +6,7 @@ use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::LayerNorm;
 
 use crate::nn::attention::{attention, merge_heads, split_heads};
-use crate::nn::{Conv2d, GroupNorm, Linear, Weights, layer_norm};
+use crate::nn::{Conv2d, GroupNorm, Linear, Weights, geglu, layer_norm};
 
 /// `ResnetBlock2D`: two norm-SiLU-conv stages, an optional time-embedding shift, a shortcut.
 #[derive(Debug)]
@@ -213,9 +213,7 @@ impl BasicTransformerBlock {
         let x = (self.attn1.forward(&self.norm1.forward(x)?, None, slice)? + x)?;
         let x = (self.attn2.forward(&self.norm2.forward(&x)?, Some(context), slice)? + &x)?;
         let h = self.ff_proj.forward(&self.norm3.forward(&x)?)?;
-        let half = h.dim(2)? / 2;
-        let geglu = (h.narrow(2, 0, half)? * h.narrow(2, half, half)?.gelu_erf()?)?;
-        self.ff_out.forward(&geglu)? + x
+        self.ff_out.forward(&geglu(&h)?)? + x
     }
 }
 

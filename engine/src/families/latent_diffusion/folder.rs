@@ -64,11 +64,8 @@ pub fn var_builder(dir: &Path, dtype: DType, device: &Device) -> Result<(VarBuil
     if path.extension().is_some_and(|e| e == "bin") {
         return super::single_file::zip_var_builder(&path, dtype, device);
     }
-    // SAFETY: the file is memory-mapped read-only; like every mmap user we rely on nobody
-    // truncating the model file while it is loaded.
-    let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(&path) }
-        .map_err(|e| Error::file(&path, format!("not readable as safetensors: {e}")))?;
-    let elements = st.tensors().iter().map(|(_, v)| v.shape().iter().product::<usize>() as u64).sum();
+    let st = crate::nn::mapped::MappedSafetensors::open(&path)?;
+    let elements = st.shapes().map(|(_, shape)| shape.iter().product::<usize>() as u64).sum();
     let vb = VarBuilder::from_backend(Box::new(st), dtype, device.clone());
     Ok((vb, elements))
 }

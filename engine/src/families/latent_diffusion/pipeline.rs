@@ -110,21 +110,21 @@ pub fn load(path: &Path, knobs: &Knobs) -> Result<LatentDiffusion> {
     let mut notes = Vec::new();
     let mut dtypes = [DType::F32; 3];
     // what each component's weights are stored as when it differs from the compute dtype:
-    // quantized types, and bf16 on the CPU, compute in f32 (F32 here means "as computed")
+    // quantized types, and f16/bf16 on the CPU, compute in f32 (F32 here means "as computed")
     let mut storage = [Precision::F32; 3];
     for (i, c) in Component::ALL.into_iter().enumerate() {
         let p = knobs.precision.get(c).resolve(knobs.device);
         storage[i] = if p.is_quantized() { p } else { Precision::F32 };
         dtypes[i] = match p {
             Precision::F32 => DType::F32,
-            Precision::F16 => DType::F16,
-            Precision::Bf16 if devices[i].is_cpu() => {
+            Precision::F16 | Precision::Bf16 if devices[i].is_cpu() => {
                 notes.push(format!(
-                    "{c}: bf16 has no CPU matmul kernel in candle; stored in bf16, widened to f32 per layer at use"
+                    "{c}: {p} is stored in {p} and computed in f32 on the CPU, where the f32 kernels are the fast ones"
                 ));
-                storage[i] = Precision::Bf16;
+                storage[i] = p;
                 DType::F32
             }
+            Precision::F16 => DType::F16,
             Precision::Bf16 => DType::BF16,
             _ => DType::F32,
         };

@@ -181,9 +181,8 @@ fn load_errors_name_the_folder() {
     assert!(e.contains("vocab.json"), "{e}");
 }
 
-/// f16 precision runs end to end on the CPU within 0.02 of diffusers' f32 image (measured
-/// 0.0098) with half the weight bytes; bf16 on the CPU keeps bf16 storage (computing in f32) and
-/// says so.
+/// f16 and bf16 precision run end to end on the CPU within 0.02 and 0.05 of diffusers' f32 image,
+/// stored in half the bytes (layer norms stay f32) and computed in f32, and say so.
 #[test]
 fn half_precisions_on_cpu() {
     let name = "tiny-sd2";
@@ -193,12 +192,16 @@ fn half_precisions_on_cpu() {
     let mut knobs = Knobs::default();
     knobs.set("precision", "f16").unwrap();
     let mut model = load(&fixture(name), &knobs).unwrap();
-    assert_eq!(model.weight_bytes()[0].1 * 2, full);
+    let half = model.weight_bytes()[0].1 as f64 / full as f64;
+    assert!((0.5..0.52).contains(&half), "f16 bytes {half}× f32");
     model.set_noise(replay_factory(&r));
-    let img = model.run(&req, &mut Recorder::default()).unwrap();
+    let mut obs = Recorder::default();
+    let img = model.run(&req, &mut obs).unwrap();
     let d = max_diff(&img, &r["image_euler"]);
+    println!("f16 on cpu: {half:.3}× the f32 bytes, max diff {d}");
     assert!(d <= 0.02, "f16: {d}");
     assert!(d > 0.0, "f16 gave exactly the f32 image: the knob did nothing");
+    assert!(obs.notes.iter().filter(|n| n.contains("f16 is stored in f16")).count() == 3, "{:?}", obs.notes);
 
     knobs.set("precision", "bf16").unwrap();
     let mut model = load(&fixture(name), &knobs).unwrap();

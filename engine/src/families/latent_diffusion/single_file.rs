@@ -16,10 +16,11 @@ use super::ldm_keys::{self, LdmHints, LdmLayout, Shapes, Source, Take};
 use crate::error::{Error, Result};
 use crate::formats::ckpt::{self, CkptTensor};
 use crate::knobs::Component;
+use crate::nn::mapped::MappedSafetensors;
 
 /// Where the tensors' bytes are.
 enum Storage {
-    Safetensors(candle_core::safetensors::MmapedSafetensors),
+    Safetensors(MappedSafetensors),
     Ckpt { tensors: HashMap<String, CkptTensor>, zip: Mutex<zip::ZipArchive<File>> },
 }
 
@@ -64,12 +65,9 @@ impl SingleFile {
             let zip = Mutex::new(ckpt::open_archive(path)?);
             (Storage::Ckpt { tensors, zip }, shapes, metadata)
         } else {
-            // SAFETY: mapped read-only; like every mmap user we rely on nobody truncating the
-            // model file while it is loaded.
-            let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }
-                .map_err(|e| Error::file(path, format!("not readable as safetensors or a torch checkpoint: {e}")))?;
-            let shapes: Shapes =
-                st.tensors().into_iter().map(|(n, v)| (n, v.shape().iter().map(|&d| d as u64).collect())).collect();
+            // not a torch zip: safetensors, or an error naming the file
+            let st = MappedSafetensors::open(path)?;
+            let shapes: Shapes = st.shapes().map(|(n, s)| (n.to_string(), s.iter().map(|&d| d as u64).collect())).collect();
             (Storage::Safetensors(st), shapes, BTreeMap::new())
         };
         let yaml = path.with_extension("yaml");
@@ -97,7 +95,7 @@ impl SingleFile {
 
     fn elements(&self, s: &Source) -> u64 {
         let n = match &*self.storage {
-            Storage::Safetensors(st) => st.get(&s.key).map(|v| v.shape().iter().product::<usize>() as u64).unwrap_or(0),
+            Storage::Safetensors(st) => st.elements(&s.key).unwrap_or(0) as u64,
             Storage::Ckpt { tensors, .. } => tensors.get(&s.key).map(CkptTensor::elements).unwrap_or(0),
         };
         if matches!(s.take, Take::Third(_)) { n / 3 } else { n }
@@ -139,7 +137,7 @@ struct ComponentBackend {
 impl ComponentBackend {
     fn raw(&self, key: &str) -> candle_core::Result<Tensor> {
         match &*self.storage {
-            Storage::Safetensors(st) => st.load(key, &Device::Cpu),
+            Storage::Safetensors(st) => st.load(key),
             Storage::Ckpt { tensors, zip } => {
                 let t = tensors.get(key).ok_or_else(|| candle_core::Error::Msg(format!("'{key}' is not in the file")))?;
                 let dtype = dtype_of(t.dtype)

@@ -1,0 +1,207 @@
+//! [`MappedSafetensors`]: a memory-mapped `.safetensors` file whose tensors are read one at a time,
+//! each copied (and converted) into its own buffer, after which the file's pages for that tensor
+//! are released from this process (`madvise(MADV_DONTNEED)`).
+//!
+//! Without the release every page read stays counted in the process's resident set until the map
+//! is dropped, so loading held the file *and* the loaded weights: twice the model at f32, and
+//! the whole f32 file beside the small quantized weights. The page cache keeps the file; the
+//! process no longer holds it, and a streamed block that reads its tensors again simply faults
+//! them back in.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use memmap2::{Mmap, UncheckedAdvice};
+use safetensors::{Dtype, SafeTensors};
+
+use crate::error::{Error, Result};
+
+/// Where one tensor lies in the file.
+#[derive(Clone, Debug)]
+struct Entry {
+    dtype: DType,
+    shape: Vec<usize>,
+    /// Byte range in the file.
+    start: usize,
+    end: usize,
+}
+
+/// A mapped safetensors file.
+pub struct MappedSafetensors {
+    path: PathBuf,
+    map: Mmap,
+    entries: HashMap<String, Entry>,
+}
+
+fn candle_dtype(d: Dtype) -> Option<DType> {
+    Some(match d {
+        Dtype::F32 => DType::F32,
+        Dtype::F16 => DType::F16,
+        Dtype::BF16 => DType::BF16,
+        Dtype::F64 => DType::F64,
+        Dtype::U8 => DType::U8,
+        Dtype::U32 => DType::U32,
+        Dtype::I64 => DType::I64,
+        _ => return None,
+    })
+}
+
+impl MappedSafetensors {
+    /// Maps `path` and reads its header; every tensor's byte range is checked against the file.
+    ///
+    /// # Errors
+    /// An unreadable file, a header that is not safetensors, or a tensor outside the file.
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        // SAFETY: mapped read-only; like every mmap user we rely on nobody truncating the model
+        // file while it is loaded.
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        let (header, meta) =
+            SafeTensors::read_metadata(&map).map_err(|e| Error::file(path, format!("not readable as safetensors or a torch checkpoint: {e}")))?;
+        let base = 8 + header;
+        let mut entries = HashMap::new();
+        for (name, info) in meta.tensors() {
+            let (a, b) = info.data_offsets;
+            let (start, end) = (base + a, base + b);
+            if a > b || end > map.len() {
+                return Err(Error::file(path, format!("tensor '{name}' lies outside the file ({end} > {} bytes)", map.len())));
+            }
+            // a dtype we cannot hold is reported when (and if) a module asks for the tensor
+            let dtype = candle_dtype(info.dtype).unwrap_or(DType::U8);
+            let want = info.shape.iter().product::<usize>() * dtype.size_in_bytes();
+            if candle_dtype(info.dtype).is_some() && want != end - start {
+                return Err(Error::file(path, format!("tensor '{name}' has {} bytes for shape {:?}", end - start, info.shape)));
+            }
+            let entry = Entry { dtype, shape: info.shape.clone(), start, end };
+            let entry = if candle_dtype(info.dtype).is_some() { entry } else { Entry { shape: Vec::new(), ..entry } };
+            entries.insert(name, entry);
+        }
+        Ok(Self { path: path.to_path_buf(), map, entries })
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Names and shapes of every tensor the file holds.
+    pub fn shapes(&self) -> impl Iterator<Item = (&str, &[usize])> {
+        self.entries.iter().map(|(n, e)| (n.as_str(), e.shape.as_slice()))
+    }
+
+    /// Elements of tensor `name`, if the file holds it.
+    pub fn elements(&self, name: &str) -> Option<usize> {
+        self.entries.get(name).map(|e| e.shape.iter().product())
+    }
+
+    /// Whether the file holds `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+
+    /// Copies tensor `name` into a new CPU tensor of its stored dtype, then releases its pages.
+    ///
+    /// # Errors
+    /// A name the file does not hold, or a dtype candle cannot hold.
+    pub fn load(&self, name: &str) -> candle_core::Result<Tensor> {
+        let e = self
+            .entries
+            .get(name)
+            .ok_or_else(|| candle_core::Error::Msg(format!("'{name}' is not in {}", self.path.display())))?;
+        if e.shape.is_empty() && e.end > e.start && e.dtype == DType::U8 {
+            return Err(candle_core::Error::Msg(format!("tensor '{name}' in {} has a dtype that is not supported", self.path.display())));
+        }
+        let t = Tensor::from_raw_buffer(&self.map[e.start..e.end], e.dtype, &e.shape, &Device::Cpu)?;
+        self.release(e.start, e.end);
+        Ok(t)
+    }
+
+    /// Drops this process's pages of bytes `start..end` (page-aligned outward: a neighbour's
+    /// shared page is faulted in again from the page cache if it is read later).
+    fn release(&self, start: usize, end: usize) {
+        let page = 4096;
+        let a = start / page * page;
+        let b = end.div_ceil(page).saturating_mul(page).min(self.map.len());
+        if b > a {
+            // SAFETY: a read-only file mapping: MADV_DONTNEED only drops pages, which later reads
+            // fault in again with the file's unchanged content; no reference into the range is held.
+            let _ = unsafe { self.map.unchecked_advise_range(UncheckedAdvice::DontNeed, a, b - a) };
+        }
+    }
+}
+
+impl SimpleBackend for MappedSafetensors {
+    fn get(&self, s: Shape, name: &str, _: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let t = self.get_unchecked(name, dtype, dev)?;
+        if t.shape() != &s {
+            return Err(candle_core::Error::Msg(format!(
+                "tensor '{name}' in {} has shape {:?}, the model expects {:?}",
+                self.path.display(),
+                t.dims(),
+                s.dims()
+            )));
+        }
+        Ok(t)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.load(name)?.to_dtype(dtype)?.to_device(dev)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.contains(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// This process's resident kilobytes of the mapping that starts at `addr` (from
+    /// `/proc/self/smaps`, so other tests' memory does not count).
+    fn mapping_rss_kb(addr: usize) -> u64 {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut inside = false;
+        for line in smaps.lines() {
+            if let Some((range, _)) = line.split_once(' ')
+                && let Some((a, _)) = range.split_once('-')
+                && let Ok(start) = usize::from_str_radix(a, 16)
+                && range.contains('-')
+                && !line.starts_with(|c: char| c.is_ascii_uppercase())
+            {
+                inside = start == addr;
+            } else if inside && let Some(v) = line.strip_prefix("Rss:") {
+                return v.trim().trim_end_matches("kB").trim().parse().unwrap();
+            }
+        }
+        panic!("mapping at {addr:#x} not found");
+    }
+
+    /// Reading a tensor through the map gives its values in the asked dtype and releases its
+    /// pages (the mapping's resident size falls back near zero, where without the release it
+    /// would hold the whole tensor); a second read still gives the same values.
+    #[test]
+    fn load_releases_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.safetensors");
+        let n = 4 << 20; // 16 MiB of f32
+        let values: Vec<f32> = (0..n).map(|i| (i % 1000) as f32 * 0.5).collect();
+        let t = Tensor::from_vec(values, (1024, n / 1024), &Device::Cpu).unwrap();
+        candle_core::safetensors::save(&HashMap::from([("w".to_string(), t.clone())]), &path).unwrap();
+        let st = MappedSafetensors::open(&path).unwrap();
+        let addr = st.map.as_ptr() as usize;
+        let got = st.load("w").unwrap();
+        let d = (&got - &t).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(d, 0.0);
+        let kb = mapping_rss_kb(addr);
+        assert!(kb < 1024, "{kb} kB of the 16 MiB tensor still resident in the mapping");
+        // the same read without the release keeps it: the measure can tell the two apart
+        std::hint::black_box(st.map[8..].iter().step_by(4096).map(|&b| u64::from(b)).sum::<u64>());
+        assert!(mapping_rss_kb(addr) > 8 * 1024);
+        let half = SimpleBackend::get_unchecked(&st, "w", DType::F16, &Device::Cpu).unwrap();
+        assert_eq!(half.dtype(), DType::F16);
+        assert!(st.load("missing").is_err());
+    }
+}
