@@ -3,8 +3,9 @@
 //!
 //! Each layer keeps its weight as [`Weights::matrix`] hands it over: dense (converted to the
 //! input's dtype at use when stored narrower), or quantized. A quantized linear runs candle's
-//! quantized matmul (`QMatMul`) on f32 inputs; a quantized convolution is dequantized for the
-//! call and the dense copy dropped after it. Biases stay dense. On the CPU in f32, convolutions
+//! quantized matmul (`QMatMul`) on f32 inputs of few rows and, on the CPU, expands the weight to
+//! f32 for the call when there are many ([`DENSE_ROWS`]); a quantized convolution is dequantized
+//! for the call. Either way the dense copy is dropped after the call. Biases stay dense. On the CPU in f32, convolutions
 //! run on [`super::cpu::conv`].
 
 use candle_core::quantized::QMatMul;
@@ -12,6 +13,8 @@ use candle_core::{DType, Module, Result, Tensor};
 
 use super::Weights;
 use super::cpu::conv::Conv2dOp;
+use super::cpu::elementwise::widen_to_f32;
+use super::cpu::linear::LinearOp;
 use super::weights::StoredWeight;
 
 /// How a linear layer stores its weight.
@@ -28,7 +31,17 @@ enum LinearWeight {
 pub struct Linear {
     weight: LinearWeight,
     bias: Option<Tensor>,
+    /// The bias as f32 values for the CPU kernel, which adds it in the same pass.
+    cpu_bias: Option<Vec<f32>>,
     out_features: usize,
+}
+
+/// A CPU bias's values in f32, for the kernels that add it in their own pass.
+fn cpu_values(bias: &Option<Tensor>) -> Result<Option<Vec<f32>>> {
+    match bias {
+        Some(b) if b.device().is_cpu() => Ok(Some(b.to_dtype(DType::F32)?.to_vec1::<f32>()?)),
+        _ => Ok(None),
+    }
 }
 
 /// Bytes a dense tensor holds.
@@ -36,9 +49,17 @@ fn dense_bytes(t: &Tensor) -> u64 {
     (t.elem_count() * t.dtype().size_in_bytes()) as u64
 }
 
-/// `t` in `dtype`, converting only when it differs.
+/// `t` in `dtype`, converting only when it differs (f16/bf16 → f32 on the CPU in parallel).
 fn as_dtype(t: &Tensor, dtype: DType) -> Result<Tensor> {
-    if t.dtype() == dtype { Ok(t.clone()) } else { t.to_dtype(dtype) }
+    if t.dtype() == dtype {
+        return Ok(t.clone());
+    }
+    if dtype == DType::F32
+        && let Some(w) = widen_to_f32(t)?
+    {
+        return Ok(w);
+    }
+    t.to_dtype(dtype)
 }
 
 impl Linear {
@@ -52,7 +73,8 @@ impl Linear {
             StoredWeight::Quantized(q) => LinearWeight::Quantized(QMatMul::from_qtensor(q)?),
         };
         let b = if bias { Some(vb.get(out_features, "bias")?) } else { None };
-        Ok(Self { weight, bias: b, out_features })
+        let cpu_bias = cpu_values(&b)?;
+        Ok(Self { weight, bias: b, cpu_bias, out_features })
     }
 
     /// Bytes the layer holds (weight as stored, and bias).
@@ -70,6 +92,10 @@ impl Linear {
         matches!(self.weight, LinearWeight::Quantized(QMatMul::QTensor(_)))
     }
 }
+
+/// Rows from which a quantized linear layer on the CPU expands its weight to f32 for the call and
+/// multiplies in f32 (the quantized kernel wins below: few rows are bound by reading the weight).
+pub const DENSE_ROWS: usize = 64;
 
 /// Rows below which a quantized product is not worth splitting.
 const MIN_ROWS_PER_TASK: usize = 16;
@@ -98,20 +124,45 @@ impl Module for Linear {
         let rows = x.elem_count() / in_features.max(1);
         // one contiguous 2-D matmul instead of a broadcast batched one
         let x2 = x.reshape((rows, in_features))?;
-        let mut y = match &self.weight {
-            LinearWeight::Dense(w) => x2.matmul(&as_dtype(w, x.dtype())?.t()?)?,
+        let cpu_f32 = x.device().is_cpu() && x.dtype() == DType::F32;
+        let w = match &self.weight {
+            LinearWeight::Dense(w) => as_dtype(w, x.dtype())?,
+            // many rows: the product dwarfs expanding the weight, and the f32 kernel is the fast
+            // one; the f32 copy lives for this call only
+            LinearWeight::Quantized(QMatMul::QTensor(w)) if cpu_f32 && rows >= DENSE_ROWS => w.dequantize(x.device())?,
             // candle's quantized matmul takes f32 rows
-            LinearWeight::Quantized(q) => as_dtype(&quantized_matmul(q, &as_dtype(&x2, DType::F32)?.contiguous()?)?, x.dtype())?,
+            LinearWeight::Quantized(q) => {
+                let y = quantized_matmul(q, &as_dtype(&x2, DType::F32)?.contiguous()?)?;
+                return self.finish(as_dtype(&y, x.dtype())?, &dims);
+            }
         };
-        if let Some(b) = &self.bias {
-            y = y.broadcast_add(&as_dtype(b, y.dtype())?)?;
+        if cpu_f32 {
+            // the CPU kernel adds the bias in the same pass
+            let op = LinearOp { bias: self.cpu_bias.as_deref() };
+            return x2.contiguous()?.apply_op2_no_bwd(&w.contiguous()?, &op)?.reshape(out_shape(&dims, self.out_features));
         }
-        let mut out_dims = dims;
-        if let Some(last) = out_dims.last_mut() {
-            *last = self.out_features;
-        }
-        y.reshape(out_dims)
+        self.finish(x2.matmul(&w.t()?)?, &dims)
     }
+}
+
+impl Linear {
+    /// Adds the bias to the `(rows, out)` product and restores the input's leading dimensions.
+    fn finish(&self, y: Tensor, dims: &[usize]) -> Result<Tensor> {
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(&as_dtype(b, y.dtype())?)?,
+            None => y,
+        };
+        y.reshape(out_shape(dims, self.out_features))
+    }
+}
+
+/// `dims` with the last replaced by `last`.
+fn out_shape(dims: &[usize], last: usize) -> Vec<usize> {
+    let mut out = dims.to_vec();
+    if let Some(l) = out.last_mut() {
+        *l = last;
+    }
+    out
 }
 
 /// How a convolution stores its kernel.
@@ -155,10 +206,7 @@ impl Conv2d {
             StoredWeight::Quantized(q) => ConvWeight::Quantized(std::sync::Arc::new(q)),
         };
         let bias = Some(vb.get(out_channels, "bias")?);
-        let cpu_bias = match &bias {
-            Some(b) if b.device().is_cpu() => Some(b.to_dtype(DType::F32)?.to_vec1::<f32>()?),
-            _ => None,
-        };
+        let cpu_bias = cpu_values(&bias)?;
         Ok(Self { weight, bias, cpu_bias, shape, stride, padding })
     }
 

@@ -8,6 +8,8 @@ use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, T
 use rayon::prelude::*;
 
 use super::Weights;
+use super::cpu::math::exp;
+use super::cpu::wide_fn;
 
 /// `GroupNorm` (affine) over `(B, C, …)`, with [`GroupNorm::forward_silu`] fusing the SiLU that
 /// usually follows it.
@@ -121,20 +123,27 @@ impl CustomOp1 for FusedGroupNorm<'_> {
                 let ch = first_channel + k;
                 let scale = (self.weight[ch] as f64 * inv) as f32;
                 let shift = (self.bias[ch] as f64 - mean * self.weight[ch] as f64 * inv) as f32;
-                if self.silu {
-                    for (o, &v) in d.iter_mut().zip(s) {
-                        let y = v * scale + shift;
-                        *o = y / (1.0 + (-y).exp());
-                    }
-                } else {
-                    for (o, &v) in d.iter_mut().zip(s) {
-                        *o = v * scale + shift;
-                    }
-                }
+                affine(d, s, scale, shift, self.silu);
             }
         });
         debug_assert_eq!(out.len(), b * c * spatial);
         Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+}
+
+wide_fn! {
+    /// `dst = src · scale + shift`, then SiLU when `silu`.
+    fn affine(dst: &mut [f32], src: &[f32], scale: f32, shift: f32, silu: bool) -> () {
+        if silu {
+            for (o, &v) in dst.iter_mut().zip(src) {
+                let y = v * scale + shift;
+                *o = y / (1.0 + exp(-y));
+            }
+        } else {
+            for (o, &v) in dst.iter_mut().zip(src) {
+                *o = v * scale + shift;
+            }
+        }
     }
 }
 

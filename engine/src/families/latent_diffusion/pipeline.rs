@@ -115,6 +115,13 @@ pub fn load(path: &Path, knobs: &Knobs) -> Result<LatentDiffusion> {
     for (i, c) in Component::ALL.into_iter().enumerate() {
         let p = knobs.precision.get(c).resolve(knobs.device);
         storage[i] = if p.is_quantized() { p } else { Precision::F32 };
+        if p.is_quantized() && devices[i].is_cpu() {
+            notes.push(format!(
+                "{c}: {p} weights are stored {p}; convolutions, and linear layers over {} or more rows, expand one \
+                 layer at a time to f32 and multiply in f32 (the faster kernel on this CPU)",
+                crate::nn::layers::DENSE_ROWS
+            ));
+        }
         dtypes[i] = match p {
             Precision::F32 => DType::F32,
             Precision::F16 | Precision::Bf16 if devices[i].is_cpu() => {

@@ -7,7 +7,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape};
 use rayon::prelude::*;
 
 use super::math::exp;
-use super::{SharedOut, View, inner_parallelism, matmul, wide};
+use super::{SharedOut, View, inner_parallelism, matmul};
 
 /// Scores one task holds at most (1 MiB of f32, about one core's L2).
 const BLOCK_SCORES: usize = 1 << 18;
@@ -86,28 +86,24 @@ fn softmax_row(row: &mut [f32], scale: f32, mask: Option<&[f32]>) {
     }
 }
 
-/// `x ← exp(x − max)` over the row, returning the sum, vectorized as wide as the CPU allows.
-fn exp_sub_sum(row: &mut [f32], max: f32) -> f32 {
-    wide(|| exp_sub_sum_lanes(row, max))
-}
-
-/// The loop body the compiler vectorizes for each target; sums in 16 lanes so it can.
-#[inline(always)]
-fn exp_sub_sum_lanes(row: &mut [f32], max: f32) -> f32 {
-    let mut lanes = [0f32; 16];
-    let mut chunks = row.chunks_exact_mut(16);
-    for c in &mut chunks {
-        for (x, l) in c.iter_mut().zip(lanes.iter_mut()) {
-            *x = exp(*x - max);
-            *l += *x;
+wide_fn! {
+    /// `x ← exp(x − max)` over the row, returning the sum (in 16 lanes, so it vectorizes).
+    fn exp_sub_sum(row: &mut [f32], max: f32) -> f32 {
+        let mut lanes = [0f32; 16];
+        let mut chunks = row.chunks_exact_mut(16);
+        for c in &mut chunks {
+            for (x, l) in c.iter_mut().zip(lanes.iter_mut()) {
+                *x = exp(*x - max);
+                *l += *x;
+            }
         }
+        let mut sum: f32 = lanes.iter().sum();
+        for x in chunks.into_remainder() {
+            *x = exp(*x - max);
+            sum += *x;
+        }
+        sum
     }
-    let mut sum: f32 = lanes.iter().sum();
-    for x in chunks.into_remainder() {
-        *x = exp(*x - max);
-        sum += *x;
-    }
-    sum
 }
 
 /// [`attention`] as a candle op over `(q, k, v)`, f32 on the CPU, each `(bh, l, d)` contiguous.

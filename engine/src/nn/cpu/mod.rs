@@ -13,10 +13,6 @@
 //! split work over rayon's pool: many independent tiles each run a single-threaded product; when
 //! there are fewer tiles than threads the product itself is split instead.
 
-pub mod attention;
-pub mod conv;
-pub mod elementwise;
-pub mod math;
 
 use gemm::Parallelism;
 
@@ -60,32 +56,45 @@ pub(crate) fn inner_parallelism(tasks: usize) -> Parallelism {
     if tasks >= t || t == 1 { Parallelism::None } else { Parallelism::Rayon(t) }
 }
 
-/// Runs `f` compiled for the widest vector unit this CPU has (AVX-512, else AVX2 with FMA, else
-/// the build's baseline), so the loops inside it vectorize that wide; the choice is made at run
-/// time, so one binary serves every x86-64 CPU.
-#[inline(always)]
-pub(crate) fn wide<R>(f: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f")]
-        fn avx512<R>(f: impl FnOnce() -> R) -> R {
-            f()
+/// Defines a function whose body is compiled three times, for AVX-512, for AVX2 with FMA and for
+/// the build's baseline, and run in the widest this CPU has (chosen at run time, so one binary
+/// serves every x86-64 CPU): the loops inside vectorize that wide.
+macro_rules! wide_fn {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty $body:block) => {
+        $(#[$meta])*
+        $vis fn $name($($arg: $ty),*) -> $ret {
+            #[inline(always)]
+            fn body($($arg: $ty),*) -> $ret $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                fn avx512($($arg: $ty),*) -> $ret {
+                    body($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2($($arg: $ty),*) -> $ret {
+                    body($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has AVX-512F
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    // SAFETY: the CPU has AVX2 and FMA
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            body($($arg),*)
         }
-        #[target_feature(enable = "avx2,fma")]
-        fn avx2<R>(f: impl FnOnce() -> R) -> R {
-            f()
-        }
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F
-            return unsafe { avx512(f) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU has AVX2 and FMA
-            return unsafe { avx2(f) };
-        }
-    }
-    f()
+    };
 }
+pub(crate) use wide_fn;
+
+pub mod attention;
+pub mod conv;
+pub mod elementwise;
+pub mod linear;
+pub mod math;
 
 /// A row-major matrix view for [`matmul`]: base pointer, row stride and column stride (elements).
 #[derive(Clone, Copy)]
