@@ -7,7 +7,7 @@ use candle_core::{DType, Result, Tensor};
 use super::cpu;
 
 /// Scores one block holds at most off the CPU f32 kernel (2²⁷ values: 512 MiB in f32).
-const DEVICE_BLOCK_SCORES: usize = 1 << 27;
+pub const DEVICE_BLOCK_SCORES: usize = 1 << 27;
 
 /// `softmax(scale · Q Kᵀ + mask) V` for `q: (B, Lq, Dh)`, `k: (B, Lk, Dh)`, `v: (B, Lk, Dv)`, where `B`
 /// is batch × heads. `mask`, if given, is added to the scores and broadcasts as `(Lq, Lk)`.

@@ -261,15 +261,27 @@ pub fn predict(shape: &ModelShape, knobs: &Knobs, req: &Request, budgets: &Budge
     // Stage activations on the devices that run them.
     let slice = knobs.slicing.attention_slice;
     let text_act = activations::text_bytes(shape, req, activations::activation_elem_bytes(prec(Component::Text), text_dev));
-    let unet_act = activations::unet_bytes(shape, req, slice, activations::activation_elem_bytes(up, dev));
+    let unet_act = activations::unet_bytes(shape, req, slice, dev, activations::activation_elem_bytes(up, dev));
     let vae_act = activations::vae_bytes(
         shape,
         req,
         (slice, knobs.slicing.vae_tile),
+        vae_dev,
         activations::activation_elem_bytes(prec(Component::Vae), vae_dev),
     );
-    let mut stages: Vec<(DeviceKind, &'static str, u64)> =
-        vec![(text_dev, "text", text_act), (dev, "denoise", unet_act), (vae_dev, "decode", vae_act)];
+    // what a stage holds besides its feature maps: the CPU kernels' per-thread scratch, and the
+    // one layer at a time that a quantized (or, on the CPU, half-precision) component expands to
+    // f32 for its call
+    let extra = |c: Component, d: DeviceKind| {
+        let p = prec(c);
+        let widens = p.is_quantized() || (!d.is_gpu() && matches!(p, Precision::F16 | Precision::Bf16));
+        activations::kernel_scratch_bytes(d) + if widens { 4 * shape.largest_tensor_elements(c) } else { 0 }
+    };
+    let mut stages: Vec<(DeviceKind, &'static str, u64)> = vec![
+        (text_dev, "text", text_act + extra(Component::Text, text_dev)),
+        (dev, "denoise", unet_act + extra(Component::Unet, dev)),
+        (vae_dev, "decode", vae_act + extra(Component::Vae, vae_dev)),
+    ];
     if unet_split_on_cpu {
         stages.push((DeviceKind::Cpu, "denoise", unet_act));
     }
@@ -316,8 +328,12 @@ fn moves(knobs: &Knobs, req: &Request) -> Vec<Move> {
     let mut m = Vec::new();
     let mv = |key, value: String, quality_loss, cost| Move { changes: vec![(key, value)], quality_loss, cost };
     let latent = (req.width as u64 / 8) * (req.height as u64 / 8);
+    // on the CPU attention never holds more than its kernels' scratch: slicing cannot help there
     for slice in [1024u32, 256, 64] {
-        if (slice as u64) < latent && (knobs.slicing.attention_slice == 0 || knobs.slicing.attention_slice > slice) {
+        if knobs.device.is_gpu()
+            && (slice as u64) < latent
+            && (knobs.slicing.attention_slice == 0 || knobs.slicing.attention_slice > slice)
+        {
             m.push(mv("slicing.attention_slice", slice.to_string(), 0.0, "lossless, a few % slower"));
         }
     }

@@ -139,6 +139,11 @@ impl ModelShape {
         self.components.get(&Some(c)).map_or(0, |t| bytes_at(t, p))
     }
 
+    /// Elements of the component's largest tensor (what a layer expands for one call).
+    pub fn largest_tensor_elements(&self, c: Component) -> u64 {
+        self.components.get(&Some(c)).map_or(0, |t| t.iter().map(|w| w.0.shape.iter().product::<u64>()).max().unwrap_or(0))
+    }
+
     /// Bytes of tensors that belong to no known component, at their stored precision counted as f16.
     pub fn other_bytes(&self, p: Precision) -> u64 {
         self.components.get(&None).map_or(0, |t| bytes_at(t, p))

@@ -51,16 +51,20 @@ fn precision_orders_weight_bytes() {
     }
 }
 
-/// A budget between the sliced and unsliced peaks gives fits-with, and the suggestion fits.
+/// On a GPU, a budget between the sliced and unsliced peaks gives fits-with, and the suggestion
+/// fits; on the CPU, where attention holds only its kernels' scratch, slicing is never offered.
 #[test]
 fn tight_budget_suggests_lossless_knobs_first() {
     let shape = sd15();
     // Tiled decode, so the denoiser's attention sets the peak.
-    let mut k = Knobs::default();
+    let mut k = Knobs { device: DeviceKind::Cuda(0), ..Knobs::default() };
     k.slicing.vae_tile = 32;
     let full = plan(&shape, &k, &req512(), &Budgets::default());
     let budget = full.total_bytes - full.activation_bytes / 2;
-    let p = plan(&shape, &k, &req512(), &Budgets::single(DeviceKind::Cpu, budget));
+    let cpu = Knobs { device: DeviceKind::Cpu, ..k.clone() };
+    let on_cpu = plan(&shape, &cpu, &req512(), &Budgets::single(DeviceKind::Cpu, 100 << 20));
+    assert!(on_cpu.suggestions.iter().all(|s| s.changes.iter().all(|c| c.0 != "slicing.attention_slice")), "{on_cpu:#?}");
+    let p = plan(&shape, &k, &req512(), &Budgets::single(DeviceKind::Cuda(0), budget));
     assert_eq!(p.verdict, Verdict::FitsWith, "{p:#?}");
     let first = &p.suggestions[0];
     assert_eq!(first.quality_loss, 0.0, "{first:?}");
@@ -69,7 +73,7 @@ fn tight_budget_suggests_lossless_knobs_first() {
     for (key, value) in &first.changes {
         fixed.set(key, value).unwrap();
     }
-    let again = plan(&shape, &fixed, &req512(), &Budgets::single(DeviceKind::Cpu, budget));
+    let again = plan(&shape, &fixed, &req512(), &Budgets::single(DeviceKind::Cuda(0), budget));
     assert_eq!(again.verdict, Verdict::Fits);
     assert!(again.total_bytes <= budget);
 }

@@ -99,6 +99,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
         knobs.apply_list(None, setting)?;
         let o = execute(&model, &request, &knobs, &out.join(i.to_string()), false)
             .with_context(|| format!("setting '{setting}'"))?;
+        let plan = headroom_engine::plan::plan_model(&model, &knobs, &request, None)?;
         let t = &o.telemetry.timings_ms;
         let ms = |k: &str| t.get(k).copied().unwrap_or(0) as f64;
         rows.push(serde_json::json!({
@@ -109,6 +110,11 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
             "peak_heap_bytes": o.telemetry.peak_heap_bytes,
             "peak_rss_bytes": o.telemetry.peak_ram_bytes,
             "weight_bytes": o.weight_bytes,
+            "planned_peak_bytes": plan.total_bytes,
+            "planned_activation_bytes": plan.activation_bytes,
+            "planned_peak_stage": plan.per_device.first().map(|d| d.peak_stage.clone()),
+            "heap_by_stage": o.telemetry.peaks_by_stage.iter()
+                .map(|(k, p)| (k.clone(), serde_json::json!(p.heap_bytes))).collect::<serde_json::Map<_, _>>(),
             "notes": o.telemetry.notes,
         }));
         if !args.json {
@@ -130,7 +136,10 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
         args.steps,
         cpu::threads()
     );
-    println!("{:<44} {:>9} {:>9} {:>9} {:>11} {:>11} {:>11}", "setting", "load ms", "step ms", "decode ms", "peak heap", "peak RSS", "weights");
+    println!(
+        "{:<44} {:>9} {:>9} {:>9} {:>11} {:>11} {:>11} {:>11}",
+        "setting", "load ms", "step ms", "decode ms", "peak heap", "peak RSS", "weights", "planned"
+    );
     let num = |r: &serde_json::Value, k: &str| r[k].as_f64().unwrap_or(0.0);
     let base = rows.first().cloned().unwrap_or_default();
     for r in &rows {
@@ -140,24 +149,29 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
         };
         let mib = |k: &str| format!("{:.0} MiB", num(r, k) / 1048576.0);
         println!(
-            "{:<44} {:>9.0} {:>9.0} {:>9.0} {:>11} {:>11} {:>11}",
+            "{:<44} {:>9.0} {:>9.0} {:>9.0} {:>11} {:>11} {:>11} {:>11}",
             r["setting"].as_str().unwrap_or(""),
             num(r, "load_ms"),
             num(r, "step_ms"),
             num(r, "decode_ms"),
             mib("peak_heap_bytes"),
             mib("peak_rss_bytes"),
-            mib("weight_bytes")
+            mib("weight_bytes"),
+            mib("planned_peak_bytes")
         );
+        // the last column: measured peak RSS over the planned peak (the planner's target is ±10%)
+        let planned = num(r, "planned_peak_bytes");
+        let vs_plan = if planned > 0.0 { format!("RSS {:.2}×", num(r, "peak_rss_bytes") / planned) } else { "-".into() };
         println!(
-            "{:<44} {:>9} {:>9} {:>9} {:>11} {:>11} {:>11}",
+            "{:<44} {:>9} {:>9} {:>9} {:>11} {:>11} {:>11} {:>11}",
             "",
             ratio("load_ms"),
             ratio("step_ms"),
             ratio("decode_ms"),
             ratio("peak_heap_bytes"),
             ratio("peak_rss_bytes"),
-            ratio("weight_bytes")
+            ratio("weight_bytes"),
+            vs_plan
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -10,7 +10,7 @@ use super::math::exp;
 use super::{SharedOut, View, inner_parallelism, matmul};
 
 /// Scores one task holds at most (1 MiB of f32, about one core's L2).
-const BLOCK_SCORES: usize = 1 << 18;
+pub const BLOCK_SCORES: usize = 1 << 18;
 
 /// Shapes of one attention call: `q (bh, lq, d)`, `k (bh, lk, d)`, `v (bh, lk, dv)`.
 #[derive(Clone, Copy, Debug)]

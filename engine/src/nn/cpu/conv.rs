@@ -13,7 +13,7 @@ use rayon::prelude::*;
 use super::{SharedOut, View, inner_parallelism, matmul};
 
 /// The im2col buffer each task holds, in elements (4 MiB): a tile is as many output rows as fit.
-const TILE_ELEMENTS: usize = 1 << 20;
+pub const TILE_ELEMENTS: usize = 1 << 20;
 
 /// Geometry of one convolution call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

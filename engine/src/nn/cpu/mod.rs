@@ -49,6 +49,12 @@ pub fn set_threads(n: usize) -> Result<(), String> {
         .map_err(|_| "the CPU thread pool has already started; set RAYON_NUM_THREADS instead".to_string())
 }
 
+/// Bytes of scratch each CPU thread may hold inside a kernel at once: an attention score block
+/// or a convolution's im2col tile (the larger), in f32. The planner counts this per thread.
+pub fn scratch_bytes_per_thread() -> u64 {
+    (attention::BLOCK_SCORES.max(conv::TILE_ELEMENTS) * 4) as u64
+}
+
 /// How to run one product when `tasks` of them run side by side: alone on the pool when the tasks
 /// cannot fill it, single-threaded inside an already parallel loop otherwise.
 pub(crate) fn inner_parallelism(tasks: usize) -> Parallelism {
