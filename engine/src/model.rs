@@ -128,15 +128,42 @@ pub fn fingerprint(model: &ModelRef) -> crate::Result<String> {
     Ok(format!("{:x}", h.finalize()))
 }
 
+/// How deep a model folder may nest (diffusers folders are two levels deep; a Hugging Face cache
+/// snapshot a few more).
+const MAX_DEPTH: usize = 32;
+
+/// Every file under `p` (or `p` itself), following symlinks as Hugging Face caches need, in
+/// directory order.
+///
+/// # Errors
+/// A folder that cannot be listed; a symlink that leads back into a folder it is inside (a
+/// loop), or folders nested deeper than [`MAX_DEPTH`].
 fn collect_files(p: &std::path::Path, out: &mut Vec<PathBuf>) -> crate::Result<()> {
-    if p.is_dir() {
-        for e in std::fs::read_dir(p).map_err(|e| crate::Error::io(p, e))? {
-            let e = e.map_err(|e| crate::Error::io(p, e))?;
-            collect_files(&e.path(), out)?;
-        }
-    } else {
+    collect_under(p, out, &mut Vec::new())
+}
+
+/// [`collect_files`] with the canonical paths of the folders being listed (the current chain).
+fn collect_under(p: &std::path::Path, out: &mut Vec<PathBuf>, chain: &mut Vec<PathBuf>) -> crate::Result<()> {
+    if !p.is_dir() {
         out.push(p.to_path_buf());
+        return Ok(());
     }
+    let canonical = p.canonicalize().map_err(|e| crate::Error::io(p, e))?;
+    if let Some(ancestor) = chain.iter().find(|a| **a == canonical) {
+        return Err(crate::Error::file(
+            p,
+            format!("symlink loop: this folder leads back to {}, which contains it", ancestor.display()),
+        ));
+    }
+    if chain.len() >= MAX_DEPTH {
+        return Err(crate::Error::file(p, format!("folders nest more than {MAX_DEPTH} deep")));
+    }
+    chain.push(canonical);
+    for e in std::fs::read_dir(p).map_err(|e| crate::Error::io(p, e))? {
+        let e = e.map_err(|e| crate::Error::io(p, e))?;
+        collect_under(&e.path(), out, chain)?;
+    }
+    chain.pop();
     Ok(())
 }
 
@@ -160,4 +187,30 @@ pub fn native_size(model: &ModelRef) -> Option<(u32, u32)> {
         let p = crate::families::latent_diffusion::spectrogram::SpectrogramParams::from_manifest(&dir).ok()??;
         Some((p.frames as u32, p.n_mels as u32))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A symlink in a model folder that points back at the folder is a one-line error naming the
+    /// link and the loop, not an endless walk; a symlink to a folder elsewhere is still followed.
+    #[cfg(unix)]
+    #[test]
+    fn symlink_loop_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("model");
+        let elsewhere = dir.path().join("blobs");
+        std::fs::create_dir_all(model.join("unet")).unwrap();
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        std::fs::write(elsewhere.join("config.json"), b"{}").unwrap();
+        std::fs::write(model.join("model_index.json"), b"{}").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, model.join("vae")).unwrap();
+        let m = ModelRef::Path(model.clone());
+        let first = fingerprint(&m).unwrap();
+        assert_eq!(first.len(), 64);
+        std::os::unix::fs::symlink(&model, model.join("unet").join("again")).unwrap();
+        let e = fingerprint(&m).unwrap_err().to_string();
+        assert!(e.contains("symlink loop") && e.contains("again") && !e.contains('\n'), "{e}");
+    }
 }
