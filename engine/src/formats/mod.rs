@@ -16,7 +16,7 @@ mod gguf;
 mod guess;
 mod inspect;
 mod pickle;
-mod safetensors;
+pub(crate) mod safetensors;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
