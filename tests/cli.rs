@@ -116,6 +116,64 @@ fn bad_flags_are_named() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("width = 100"));
 }
 
+/// Asserts a command failed with exit code 1 (not a signal) and one stderr line containing `words`.
+fn fails_in_one_line(out: &Output, words: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "exit status {:?}, stderr: {stderr}", out.status);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    for w in words {
+        assert!(stderr.contains(w), "no '{w}' in: {stderr}");
+    }
+}
+
+/// CRC-32 as PNG chunks use it.
+fn crc32(data: &[u8]) -> u32 {
+    !data.iter().fold(!0u32, |mut c, &b| {
+        c ^= u32::from(b);
+        for _ in 0..8 {
+            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+        }
+        c
+    })
+}
+
+/// `reproduce` of a ~250-byte PNG whose header claims 100000×100000 pixels is a one-line error
+/// (it carries no Headroom profile), not an abort from decoding 30 GB of pixels.
+#[test]
+fn reproduce_of_a_size_bomb_png_is_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bytes = vec![0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1a, b'\n'];
+    let mut ihdr = [100_000u32.to_be_bytes(), 100_000u32.to_be_bytes()].concat();
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    let text = b"parameters\0a red circle\nSteps: 20, Sampler: Euler, Seed: 7, Size: 64x64".to_vec();
+    for (kind, data) in [(b"IHDR", ihdr), (b"tEXt", text), (b"IEND", Vec::new())] {
+        let mut chunk = [kind.as_slice(), &data].concat();
+        let crc = crc32(&chunk);
+        bytes.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        chunk.extend_from_slice(&crc.to_be_bytes());
+        bytes.extend_from_slice(&chunk);
+    }
+    let bomb = dir.path().join("bomb.png");
+    std::fs::write(&bomb, &bytes).unwrap();
+    let out = headroom(&["reproduce", bomb.to_str().unwrap()]);
+    fails_in_one_line(&out, &["bomb.png", "no Headroom profile"]);
+}
+
+/// Requests past the bounds (a 4096×4096 image, 1e11 seconds of audio, more audio than one run
+/// makes) are one-line errors naming the field, the value and the bound, not aborts (`--json`
+/// keeps progress lines off stderr).
+#[test]
+fn oversized_requests_are_refused_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().to_str().unwrap();
+    let out = headroom(&["run", "builtin:shapes", "--width", "4096", "--height", "4096", "--steps", "1", "--out", out_dir, "--json"]);
+    fails_in_one_line(&out, &["width = 4096", "2048"]);
+    let out = headroom(&["run", "builtin:melodies", "--seconds", "100000000000", "--out", out_dir, "--json"]);
+    fails_in_one_line(&out, &["seconds = 100000000000", "600"]);
+    let out = headroom(&["run", "builtin:melodies", "--seconds", "500", "--out", out_dir, "--json"]);
+    fails_in_one_line(&out, &["seconds = 500", "65.54 s"]);
+}
+
 fn tiny_sd1() -> String {
     fixtures().join("sd/tiny-sd1").to_str().unwrap().to_string()
 }
