@@ -212,6 +212,38 @@ fn run_then_reproduce_is_identical() {
     assert!(d["drift"][0].as_str().unwrap().contains("sha256"), "{d}");
 }
 
+/// `reproduce` compares every output of a batch, not only the first, and names each recorded
+/// fact that differs (here the thread count) with whether identical output was expected.
+#[test]
+fn reproduce_checks_every_output_and_explains_drift() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    let res = headroom(&["run", &tiny_sd1(), "--steps", "1", "--width", "32", "--height", "32", "--batch", "2", "--out", out, "--json"]);
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    let v = json(&res);
+    let profile = v["profile"].as_str().unwrap();
+    let mut doc: toml::Table = std::fs::read_to_string(profile).unwrap().parse().unwrap();
+    let hashes = doc["result"]["outputs_sha256"].as_array().expect("every output hashed").clone();
+    assert_eq!(hashes.len(), 2);
+    assert_eq!(hashes[0].as_str(), v["sha256"].as_str());
+    let again = headroom(&["reproduce", profile, "--json"]);
+    assert_eq!(json(&again)["identical"], true, "{}", String::from_utf8_lossy(&again.stdout));
+
+    // The second output's recorded hash and the thread count changed: both are named.
+    let result = doc["result"].as_table_mut().unwrap();
+    result.insert("outputs_sha256".into(), toml::Value::Array(vec![hashes[0].clone(), toml::Value::String("0".repeat(64))]));
+    let threads = doc["build"]["threads"].as_integer().unwrap();
+    doc["build"].as_table_mut().unwrap().insert("threads".into(), toml::Value::Integer(threads + 1));
+    let tampered = dir.path().join("tampered.toml");
+    std::fs::write(&tampered, toml::to_string(&doc).unwrap()).unwrap();
+    let drift = headroom(&["reproduce", tampered.to_str().unwrap(), "--json"]);
+    assert_eq!(drift.status.code(), Some(2), "{}", String::from_utf8_lossy(&drift.stderr));
+    let d = json(&drift);
+    let lines: Vec<&str> = d["drift_explained"].as_array().unwrap().iter().filter_map(|x| x.as_str()).collect();
+    assert!(lines.iter().any(|l| l.starts_with("output 1 sha256: recorded 000")), "{lines:?}");
+    assert!(lines.iter().any(|l| l.starts_with("build.threads") && l.contains("not guaranteed")), "{lines:?}");
+}
+
 /// `run --profile` reruns a saved profile to the same content hash.
 #[test]
 fn run_profile_again() {

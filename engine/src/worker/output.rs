@@ -125,6 +125,7 @@ fn write_run(
         result.output = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         result.sha256 = crate::media::content_sha256(first);
     }
+    result.outputs_sha256 = artifacts.iter().map(crate::media::content_sha256).collect();
     for (artifact, path) in artifacts.iter().zip(&paths) {
         match artifact {
             Artifact::Image(img) => crate::media::write_png(path, img, Some(profile))?,
@@ -156,6 +157,24 @@ mod tests {
         std::fs::write(dir.path().join(format!("{a}.toml")), "").unwrap();
         let b = output_id(7, dir.path());
         assert_ne!(a, b);
+    }
+
+    /// Every output of a batch has its content hash recorded in the profile, in order, and the
+    /// first is still `result.sha256`.
+    #[test]
+    fn batch_outputs_are_all_hashed() {
+        use crate::knobs::Knobs;
+        use crate::media::Image;
+        use crate::profile::{ModelInfo, Profile};
+        let dir = tempfile::tempdir().unwrap();
+        let mut profile = Profile::new(ModelInfo::default(), crate::Request::default(), Knobs::default());
+        let artifacts: Vec<Artifact> =
+            (0..3u8).map(|i| Artifact::Image(Image { width: 8, height: 8, rgb: vec![i; 192] })).collect();
+        FileSink.write(&artifacts, &mut profile, dir.path()).unwrap();
+        let result = profile.result.unwrap();
+        let want: Vec<String> = artifacts.iter().map(crate::media::content_sha256).collect();
+        assert_eq!(result.outputs_sha256, want);
+        assert_eq!(result.sha256, want[0]);
     }
 
     /// Sinks racing to write the same seed into one folder in the same second each get their own
