@@ -10,7 +10,7 @@
 mod bin;
 pub(crate) mod ckpt;
 mod components;
-mod diffusers;
+pub(crate) mod diffusers;
 mod ggml;
 mod gguf;
 mod guess;

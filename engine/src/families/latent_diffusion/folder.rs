@@ -9,12 +9,18 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
 
-/// Weight file names diffusers and transformers write, in order of preference.
-const WEIGHT_NAMES: [&str; 4] = [
+/// Safetensors weight files and shard indexes (`weight_map`: tensor → shard file) diffusers and
+/// transformers write, in order of preference — as `formats::diffusers` picks them for inspect
+/// and plan: plain before the fp16 variant, and within each a single file before an index.
+const WEIGHT_NAMES: [&str; 8] = [
     "diffusion_pytorch_model.safetensors",
     "model.safetensors",
+    "diffusion_pytorch_model.safetensors.index.json",
+    "model.safetensors.index.json",
     "diffusion_pytorch_model.fp16.safetensors",
     "model.fp16.safetensors",
+    "diffusion_pytorch_model.safetensors.index.fp16.json",
+    "model.safetensors.index.fp16.json",
 ];
 
 /// Reads `dir/config.json` into `T` (fields absent from the file take `T`'s defaults).
@@ -34,22 +40,13 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
     serde_json::from_str(&text).map_err(|e| Error::file(path, format!("not a valid config: {e}")))
 }
 
-/// Shard indexes diffusers and transformers write (`weight_map`: tensor → shard file), in order
-/// of preference; used when no single safetensors file is there.
-const INDEX_NAMES: [&str; 4] = [
-    "diffusion_pytorch_model.safetensors.index.json",
-    "model.safetensors.index.json",
-    "diffusion_pytorch_model.safetensors.index.fp16.json",
-    "model.safetensors.index.fp16.json",
-];
-
-/// The weight file of a component folder: a safetensors file, else a safetensors shard index
-/// (`*.safetensors.index.json`), else torch's `.bin` zip.
+/// The weight file of a component folder: a safetensors file or shard index (`*.safetensors.index.json`,
+/// see `WEIGHT_NAMES` for the order), else torch's `.bin` zip.
 ///
 /// # Errors
 /// No weight file.
 pub fn weight_file(dir: &Path) -> Result<PathBuf> {
-    for name in WEIGHT_NAMES.iter().chain(&INDEX_NAMES) {
+    for name in WEIGHT_NAMES {
         let p = dir.join(name);
         if p.is_file() {
             return Ok(p);
@@ -148,5 +145,20 @@ mod tests {
             assert_eq!(diff, 0.0, "{name}");
         }
         super::super::load(dir.path(), &Knobs::default()).map(|_| ()).unwrap();
+    }
+
+    /// With a plain shard index and an fp16 single file side by side, the loader takes the plain
+    /// index, as inspect and the planner do (non-variant first).
+    #[test]
+    fn plain_index_wins_over_fp16_file() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model.fp16.safetensors"] {
+            std::fs::write(dir.path().join(name), b"{}").unwrap();
+        }
+        std::fs::write(dir.path().join("config.json"), b"{}").unwrap();
+        let picked = super::weight_file(dir.path()).unwrap();
+        assert!(picked.ends_with("diffusion_pytorch_model.safetensors.index.json"), "{}", picked.display());
+        let chosen = crate::formats::diffusers::component_weights(dir.path()).unwrap().unwrap();
+        assert_eq!(chosen.file, picked, "inspect and the loader pick the same file");
     }
 }
