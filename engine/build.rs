@@ -2,7 +2,9 @@
 //!
 //! Sets `HEADROOM_GIT_COMMIT` (the full hash of HEAD, or `unknown` outside a git checkout or
 //! without git; a value already in the environment wins, for packagers) and asks cargo to rerun
-//! this when HEAD moves. Uncommitted edits are not detected.
+//! this when HEAD moves. Uncommitted edits are not detected. Also sets `HEADROOM_CANDLE_VERSION`
+//! (candle-core's version from the workspace's `Cargo.lock`, or `unknown`), since bit-exact
+//! reproduction depends on candle's kernels.
 
 use std::process::Command;
 
@@ -23,7 +25,18 @@ fn watch(path: &str) {
     }
 }
 
+/// candle-core's version as `Cargo.lock` (beside the workspace root) pins it.
+fn candle_version() -> Option<String> {
+    let lock = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.lock");
+    println!("cargo:rerun-if-changed={}", lock.display());
+    let text = std::fs::read_to_string(lock).ok()?;
+    let at = text.find("name = \"candle-core\"")?;
+    let line = text[at..].lines().nth(1)?;
+    Some(line.strip_prefix("version = ")?.trim_matches('"').to_string())
+}
+
 fn main() {
+    println!("cargo:rustc-env=HEADROOM_CANDLE_VERSION={}", candle_version().unwrap_or_else(|| "unknown".into()));
     println!("cargo:rerun-if-env-changed=HEADROOM_GIT_COMMIT");
     if let Ok(forced) = std::env::var("HEADROOM_GIT_COMMIT") {
         println!("cargo:rustc-env=HEADROOM_GIT_COMMIT={forced}");

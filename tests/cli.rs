@@ -116,6 +116,64 @@ fn bad_flags_are_named() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("width = 100"));
 }
 
+/// Asserts a command failed with exit code 1 (not a signal) and one stderr line containing `words`.
+fn fails_in_one_line(out: &Output, words: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "exit status {:?}, stderr: {stderr}", out.status);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    for w in words {
+        assert!(stderr.contains(w), "no '{w}' in: {stderr}");
+    }
+}
+
+/// CRC-32 as PNG chunks use it.
+fn crc32(data: &[u8]) -> u32 {
+    !data.iter().fold(!0u32, |mut c, &b| {
+        c ^= u32::from(b);
+        for _ in 0..8 {
+            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+        }
+        c
+    })
+}
+
+/// `reproduce` of a ~250-byte PNG whose header claims 100000×100000 pixels is a one-line error
+/// (it carries no Headroom profile), not an abort from decoding 30 GB of pixels.
+#[test]
+fn reproduce_of_a_size_bomb_png_is_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bytes = vec![0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1a, b'\n'];
+    let mut ihdr = [100_000u32.to_be_bytes(), 100_000u32.to_be_bytes()].concat();
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    let text = b"parameters\0a red circle\nSteps: 20, Sampler: Euler, Seed: 7, Size: 64x64".to_vec();
+    for (kind, data) in [(b"IHDR", ihdr), (b"tEXt", text), (b"IEND", Vec::new())] {
+        let mut chunk = [kind.as_slice(), &data].concat();
+        let crc = crc32(&chunk);
+        bytes.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        chunk.extend_from_slice(&crc.to_be_bytes());
+        bytes.extend_from_slice(&chunk);
+    }
+    let bomb = dir.path().join("bomb.png");
+    std::fs::write(&bomb, &bytes).unwrap();
+    let out = headroom(&["reproduce", bomb.to_str().unwrap()]);
+    fails_in_one_line(&out, &["bomb.png", "no Headroom profile"]);
+}
+
+/// Requests past the bounds (a 4096×4096 image, 1e11 seconds of audio, more audio than one run
+/// makes) are one-line errors naming the field, the value and the bound, not aborts (`--json`
+/// keeps progress lines off stderr).
+#[test]
+fn oversized_requests_are_refused_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().to_str().unwrap();
+    let out = headroom(&["run", "builtin:shapes", "--width", "4096", "--height", "4096", "--steps", "1", "--out", out_dir, "--json"]);
+    fails_in_one_line(&out, &["width = 4096", "2048"]);
+    let out = headroom(&["run", "builtin:melodies", "--seconds", "100000000000", "--out", out_dir, "--json"]);
+    fails_in_one_line(&out, &["seconds = 100000000000", "600"]);
+    let out = headroom(&["run", "builtin:melodies", "--seconds", "500", "--out", out_dir, "--json"]);
+    fails_in_one_line(&out, &["seconds = 500", "65.54 s"]);
+}
+
 fn tiny_sd1() -> String {
     fixtures().join("sd/tiny-sd1").to_str().unwrap().to_string()
 }
@@ -152,6 +210,38 @@ fn run_then_reproduce_is_identical() {
     let d = json(&drift);
     assert_eq!(d["identical"], false);
     assert!(d["drift"][0].as_str().unwrap().contains("sha256"), "{d}");
+}
+
+/// `reproduce` compares every output of a batch, not only the first, and names each recorded
+/// fact that differs (here the thread count) with whether identical output was expected.
+#[test]
+fn reproduce_checks_every_output_and_explains_drift() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    let res = headroom(&["run", &tiny_sd1(), "--steps", "1", "--width", "32", "--height", "32", "--batch", "2", "--out", out, "--json"]);
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    let v = json(&res);
+    let profile = v["profile"].as_str().unwrap();
+    let mut doc: toml::Table = std::fs::read_to_string(profile).unwrap().parse().unwrap();
+    let hashes = doc["result"]["outputs_sha256"].as_array().expect("every output hashed").clone();
+    assert_eq!(hashes.len(), 2);
+    assert_eq!(hashes[0].as_str(), v["sha256"].as_str());
+    let again = headroom(&["reproduce", profile, "--json"]);
+    assert_eq!(json(&again)["identical"], true, "{}", String::from_utf8_lossy(&again.stdout));
+
+    // The second output's recorded hash and the thread count changed: both are named.
+    let result = doc["result"].as_table_mut().unwrap();
+    result.insert("outputs_sha256".into(), toml::Value::Array(vec![hashes[0].clone(), toml::Value::String("0".repeat(64))]));
+    let threads = doc["build"]["threads"].as_integer().unwrap();
+    doc["build"].as_table_mut().unwrap().insert("threads".into(), toml::Value::Integer(threads + 1));
+    let tampered = dir.path().join("tampered.toml");
+    std::fs::write(&tampered, toml::to_string(&doc).unwrap()).unwrap();
+    let drift = headroom(&["reproduce", tampered.to_str().unwrap(), "--json"]);
+    assert_eq!(drift.status.code(), Some(2), "{}", String::from_utf8_lossy(&drift.stderr));
+    let d = json(&drift);
+    let lines: Vec<&str> = d["drift_explained"].as_array().unwrap().iter().filter_map(|x| x.as_str()).collect();
+    assert!(lines.iter().any(|l| l.starts_with("output 1 sha256: recorded 000")), "{lines:?}");
+    assert!(lines.iter().any(|l| l.starts_with("build.threads") && l.contains("not guaranteed")), "{lines:?}");
 }
 
 /// `run --profile` reruns a saved profile to the same content hash.

@@ -84,6 +84,17 @@ impl From<Scheduler> for String {
     }
 }
 
+/// The largest width or height generated: twice SDXL's native 1024, as far as SD 1.x/2.x/SDXL
+/// users go in one pass (A1111's own limit); larger images are made by upscaling, not here.
+pub const MAX_SIDE: u32 = 2048;
+/// The most denoising steps: the 1000 training timesteps SD schedulers are drawn from.
+pub const MAX_STEPS: u32 = 1000;
+/// The most outputs in one batch.
+pub const MAX_BATCH: u32 = 64;
+/// The longest audio asked for, in seconds; a model also refuses a length whose spectrogram is
+/// wider than [`MAX_SIDE`] frames.
+pub const MAX_SECONDS: f32 = 600.0;
+
 /// What to make.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -132,15 +143,31 @@ impl Request {
     ///
     /// # Errors
     /// Steps of 0, a batch of 0, a size that is zero or not a multiple of 8, a guidance or
-    /// length that is not a finite positive number.
+    /// length that is not a finite positive number; steps, batch, size or length above
+    /// [`MAX_STEPS`], [`MAX_BATCH`], [`MAX_SIDE`] or [`MAX_SECONDS`] (the field, its value and
+    /// the bound are named).
     pub fn validate(&self) -> Result<()> {
         if self.steps == 0 {
             return Err(Error::invalid("steps = 0: at least one denoising step is needed"));
         }
+        if self.steps > MAX_STEPS {
+            return Err(Error::invalid(format!(
+                "steps = {}: at most {MAX_STEPS} (the schedulers' training timesteps)",
+                self.steps
+            )));
+        }
         if self.batch == 0 {
             return Err(Error::invalid("batch = 0: at least one output is needed"));
         }
+        if self.batch > MAX_BATCH {
+            return Err(Error::invalid(format!("batch = {}: at most {MAX_BATCH} outputs in one run", self.batch)));
+        }
         for (name, v) in [("width", self.width), ("height", self.height)] {
+            if v > MAX_SIDE {
+                return Err(Error::invalid(format!(
+                    "{name} = {v}: at most {MAX_SIDE} pixels (generate smaller and upscale)"
+                )));
+            }
             if v == 0 || v % 8 != 0 {
                 return Err(Error::invalid(format!(
                     "{name} = {v}: the size must be a positive multiple of 8 (the autoencoder works on 8×8 pixel cells); try {}",
@@ -154,6 +181,9 @@ impl Request {
         if let Some(s) = self.seconds {
             if !s.is_finite() || s <= 0.0 {
                 return Err(Error::invalid(format!("seconds = {s}: expected a length > 0")));
+            }
+            if s > MAX_SECONDS {
+                return Err(Error::invalid(format!("seconds = {s}: at most {MAX_SECONDS} seconds in one run")));
             }
         }
         Ok(())
@@ -201,6 +231,24 @@ mod tests {
         assert!(r.validate().unwrap_err().to_string().contains("steps = 0"));
         r.steps = 1;
         assert!(r.validate().is_ok());
+    }
+
+    /// Sizes, steps, batches and lengths past their bounds are refused in one line naming the
+    /// field, the value and the bound; the bounds themselves pass.
+    #[test]
+    fn validate_upper_bounds() {
+        let ok = Request { width: MAX_SIDE, height: MAX_SIDE, steps: MAX_STEPS, batch: MAX_BATCH, seconds: Some(MAX_SECONDS), ..Request::default() };
+        assert!(ok.validate().is_ok());
+        for (bad, words) in [
+            (Request { width: 4096, ..ok.clone() }, "width = 4096: at most 2048"),
+            (Request { height: 4096, ..ok.clone() }, "height = 4096: at most 2048"),
+            (Request { steps: 1001, ..ok.clone() }, "steps = 1001: at most 1000"),
+            (Request { batch: 65, ..ok.clone() }, "batch = 65: at most 64"),
+            (Request { seconds: Some(1e11), ..ok.clone() }, "seconds = 100000000000: at most 600"),
+        ] {
+            let e = bad.validate().unwrap_err().to_string();
+            assert!(e.starts_with(words) && !e.contains('\n'), "{e}");
+        }
     }
 
     /// A1111 and ComfyUI sampler names map onto ours.

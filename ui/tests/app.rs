@@ -165,6 +165,63 @@ fn ab_and_abx_score() {
     h.get_by_label_contains(&format!("Score {trials}/{trials}"));
 }
 
+/// In an audio ABX trial, "Play X" starts X from 0 even when X is the clip already loaded and
+/// paused part-way (as Play A and Play B start theirs), so where it starts gives nothing away.
+#[test]
+fn abx_play_x_starts_from_the_beginning() {
+    use headroom_ui::app::command::AppCommand;
+    use headroom_ui::audio::Player;
+    use headroom_ui::audio::mock::MockOutput;
+    let mut fake = FakeBackend::new();
+    // Ten seconds at 8 kHz: the clip cannot end (and rewind by itself) during the test.
+    let samples = (0..80_000).map(|i| (i as f32 * 0.03).sin() * 0.6).collect();
+    fake.media = Some(headroom_ui::app::backend::Media::Audio(headroom_engine::media::Audio {
+        sample_rate: 8000,
+        samples,
+    }));
+    let mut h = harness(fake);
+    h.state_mut().rt.player = Some(Player::spawn(MockOutput { realtime: true, ..MockOutput::default() }).unwrap());
+    drop_files(&mut h, &["/models/sd15.safetensors"]);
+    h.get_by_label("Load").click();
+    h.run_steps(3);
+    for _ in 0..2 {
+        h.get_by_label("Generate").click();
+        h.run_steps(6);
+    }
+    h.get_by_label("A/B").click();
+    h.run_steps(2);
+    h.get_by_label("Start ABX").click();
+    h.run_steps(2);
+    h.state_mut().rt.ab.abx.as_mut().unwrap().x_is_a[0] = true;
+    let a = h.state().rt.ab.a.unwrap();
+    // A is played (say from the A/B panel) and paused part-way.
+    h.state_mut().rt.commands.push(AppCommand::PlayAudio(a));
+    h.run_steps(1);
+    let position = |h: &egui_kittest::Harness<'_, headroom_ui::app::HeadroomApp>| {
+        h.state().rt.player.as_ref().unwrap().position_fraction()
+    };
+    let start = std::time::Instant::now();
+    while position(&h) < 0.1 && start.elapsed().as_secs() < 5 {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    h.state_mut().rt.commands.push(AppCommand::PauseAudio);
+    h.run_steps(1);
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let paused_at = position(&h);
+    assert!(paused_at >= 0.1, "A played part-way: {paused_at}");
+    h.get_by_label("Play X").click();
+    h.run_steps(1);
+    let start = std::time::Instant::now();
+    while position(&h) >= paused_at / 2.0 && start.elapsed().as_secs() < 2 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(
+        position(&h) < paused_at / 2.0,
+        "Play X started from 0, not from A's paused position {paused_at}: now {}",
+        position(&h)
+    );
+}
+
 /// Saved state keeps defaults for fields it does not name (older saves still load).
 #[test]
 fn saved_state_fills_missing_fields() {

@@ -10,13 +10,13 @@
 mod bin;
 pub(crate) mod ckpt;
 mod components;
-mod diffusers;
+pub(crate) mod diffusers;
 mod ggml;
 mod gguf;
 mod guess;
 mod inspect;
 mod pickle;
-mod safetensors;
+pub(crate) mod safetensors;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

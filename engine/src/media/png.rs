@@ -84,26 +84,87 @@ pub fn encode_png(image: &Image, texts: &[(String, String)]) -> std::result::Res
     Ok(out)
 }
 
+/// The most pixels a PNG may have for its image to be decoded: 8192×8192 (about 200 MB as RGB).
+/// Far beyond what the engine makes; a header claiming more is refused before anything is
+/// allocated.
+pub const MAX_DECODE_PIXELS: u64 = 8192 * 8192;
+
+/// The most bytes a compressed text chunk may inflate to (profiles and ComfyUI workflows are
+/// kilobytes; this stops a zip bomb in a text chunk).
+pub const MAX_TEXT_BYTES: u64 = 32 << 20;
+
 /// Reads a PNG as 8-bit RGB (palette, grey, 16-bit and alpha are converted; alpha is dropped)
 /// with all its text chunks.
 ///
 /// # Errors
-/// The file cannot be read, is not a PNG, is truncated, or has a corrupt text chunk.
+/// The file cannot be read, is not a PNG, is truncated, has a corrupt text chunk, or claims more
+/// than [`MAX_DECODE_PIXELS`] pixels.
 pub fn read_png(path: &Path) -> Result<(Image, PngText)> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    decode(&bytes, path)
+    let text = read_png_text_bytes(&bytes, path)?;
+    let image = decode_image(&bytes, path)?;
+    Ok((image, text))
 }
 
-/// The text chunks of PNG `bytes` (read from `path`, which errors name), checked strictly.
+/// The text chunks of PNG `bytes` (read from `path`, which errors name), checked strictly. Only
+/// the chunks are walked: the image is never decoded, whatever size its header claims.
 ///
 /// # Errors
-/// As [`read_png`].
+/// Not a PNG, a truncated or corrupt chunk, or a compressed text that cannot be inflated or
+/// inflates to more than [`MAX_TEXT_BYTES`].
 pub fn read_png_text_bytes(bytes: &[u8], path: &Path) -> Result<PngText> {
-    decode(bytes, path).map(|(_, t)| t)
+    let chunks = png_chunks::text_chunks(bytes, path)?;
+    let mut entries = Vec::with_capacity(chunks.len());
+    for c in chunks {
+        let text = match c.text {
+            Some(t) => t,
+            None => inflate_text(&c.compressed, c.kind == "zTXt").map_err(|problem| {
+                Error::file(path, format!("PNG {} chunk '{}' {problem}", c.kind, c.keyword))
+            })?,
+        };
+        entries.push((c.keyword, text));
+    }
+    Ok(PngText { entries })
 }
 
-fn decode(bytes: &[u8], path: &Path) -> Result<(Image, PngText)> {
-    let chunks = png_chunks::text_chunks(bytes, path)?;
+/// Inflates a compressed text chunk's zlib stream: Latin-1 text for zTXt, UTF-8 for iTXt.
+fn inflate_text(stream: &[u8], latin1: bool) -> std::result::Result<String, String> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    flate2::read::ZlibDecoder::new(stream)
+        .take(MAX_TEXT_BYTES + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("could not be decompressed ({e})"))?;
+    if out.len() as u64 > MAX_TEXT_BYTES {
+        return Err(format!("inflates to more than {} MiB of text", MAX_TEXT_BYTES >> 20));
+    }
+    if latin1 {
+        return Ok(png_chunks::latin1(&out));
+    }
+    String::from_utf8(out).map_err(|e| format!("is not valid UTF-8 (at byte {} of its text)", e.utf8_error().valid_up_to()))
+}
+
+/// Refuses a PNG whose header claims more than [`MAX_DECODE_PIXELS`] pixels (or none).
+///
+/// # Errors
+/// A one-line error naming the file and the claimed size.
+pub fn check_decode_size(bytes: &[u8], path: &Path) -> Result<()> {
+    let Some((w, h)) = png_chunks::header_size(bytes) else {
+        return Err(Error::file(path, "not a readable PNG: no IHDR chunk after the signature"));
+    };
+    let pixels = u64::from(w) * u64::from(h);
+    if pixels == 0 || pixels > MAX_DECODE_PIXELS {
+        return Err(Error::file(
+            path,
+            format!("PNG header claims {w}×{h} pixels; images up to {MAX_DECODE_PIXELS} pixels (8192×8192) are decoded"),
+        ));
+    }
+    Ok(())
+}
+
+/// Decodes the pixels of PNG `bytes` as RGB after [`check_decode_size`].
+fn decode_image(bytes: &[u8], path: &Path) -> Result<Image> {
+    check_decode_size(bytes, path)?;
     let bad = |e: png::DecodingError| Error::file(path, format!("not a readable PNG: {}", one_line(&e.to_string())));
     let mut dec = png::Decoder::new(Cursor::new(bytes));
     dec.set_transformations(png::Transformations::normalize_to_color8());
@@ -113,33 +174,8 @@ fn decode(bytes: &[u8], path: &Path) -> Result<(Image, PngText)> {
         .ok_or_else(|| Error::file(path, "PNG is too large to decode"))?;
     let mut buf = vec![0u8; size];
     let info = reader.next_frame(&mut buf).map_err(bad)?;
-    // Text chunks after the image data are only seen once the rest is read.
     reader.finish().map_err(bad)?;
-    let image = to_rgb(&buf, &info).map_err(|e| Error::file(path, e))?;
-
-    let mut entries = Vec::with_capacity(chunks.len());
-    let png_info = reader.info();
-    for c in chunks {
-        let text = match c.text {
-            Some(t) => t,
-            None => inflated(png_info, &c.keyword, c.kind).ok_or_else(|| {
-                Error::file(path, format!("PNG {} chunk '{}' could not be decompressed", c.kind, c.keyword))
-            })?,
-        };
-        entries.push((c.keyword, text));
-    }
-    Ok((image, PngText { entries }))
-}
-
-/// The decompressed text of a compressed chunk, as parsed by the `png` crate.
-fn inflated(info: &png::Info<'_>, keyword: &str, kind: &str) -> Option<String> {
-    if kind == "zTXt" {
-        let c = info.compressed_latin1_text.iter().find(|c| c.keyword == keyword)?;
-        c.get_text().ok()
-    } else {
-        let c = info.utf8_text.iter().find(|c| c.keyword == keyword && c.compressed)?;
-        c.get_text().ok()
-    }
+    to_rgb(&buf, &info).map_err(|e| Error::file(path, e))
 }
 
 fn to_rgb(buf: &[u8], info: &png::OutputInfo) -> std::result::Result<Image, String> {

@@ -17,8 +17,21 @@ pub(crate) struct TextChunk {
     /// `tEXt`, `zTXt` or `iTXt`.
     pub kind: &'static str,
     pub keyword: String,
-    /// The text, or `None` for compressed chunks (inflated later by the `png` crate).
+    /// The text, or `None` for compressed chunks (see `compressed`).
     pub text: Option<String>,
+    /// For compressed chunks: the zlib stream holding the text (Latin-1 for zTXt, UTF-8 for iTXt).
+    pub compressed: Vec<u8>,
+}
+
+/// The width and height an `IHDR` chunk at the start of `bytes` claims, without decoding anything.
+/// `None` when the file does not start with a signature and an `IHDR` chunk.
+pub(crate) fn header_size(bytes: &[u8]) -> Option<(u32, u32)> {
+    let ihdr = bytes.get(SIGNATURE.len()..SIGNATURE.len() + 16)?;
+    if !bytes.starts_with(&SIGNATURE) || &ihdr[4..8] != b"IHDR" {
+        return None;
+    }
+    let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    Some((be(&ihdr[8..12]), be(&ihdr[12..16])))
 }
 
 /// Every text chunk of the PNG in `bytes`, in file order.
@@ -70,20 +83,23 @@ pub(crate) fn text_chunks(bytes: &[u8], path: &Path) -> Result<Vec<TextChunk>> {
                 return Err(at("no valid keyword (1 to 79 bytes ending in a zero byte)".into()));
             };
             let rest = &data[n + 1..];
-            let text = match kind {
-                "tEXt" => Some(latin1(rest)),
-                "zTXt" => None,
+            let (text, compressed) = match kind {
+                "tEXt" => (Some(latin1(rest)), Vec::new()),
+                "zTXt" => match rest {
+                    [0, stream @ ..] => (None, stream.to_vec()),
+                    _ => return Err(at(format!("'{keyword}' has an unknown compression method"))),
+                },
                 _ => itxt_text(rest).map_err(|p| at(format!("'{keyword}' {p}")))?,
             };
-            out.push(TextChunk { kind, keyword, text });
+            out.push(TextChunk { kind, keyword, text, compressed });
         }
         pos += 12 + len;
     }
     Ok(out)
 }
 
-/// The text of an iTXt chunk after its keyword: `None` if compressed.
-fn itxt_text(rest: &[u8]) -> std::result::Result<Option<String>, String> {
+/// The text of an iTXt chunk after its keyword, or `None` and the zlib stream if compressed.
+fn itxt_text(rest: &[u8]) -> std::result::Result<(Option<String>, Vec<u8>), String> {
     let [flag, method, tail @ ..] = rest else {
         return Err("is malformed (no compression flag)".into());
     };
@@ -93,14 +109,14 @@ fn itxt_text(rest: &[u8]) -> std::result::Result<Option<String>, String> {
     let text = &tail[tk_end + 1..];
     match (flag, method) {
         (0, _) => String::from_utf8(text.to_vec())
-            .map(Some)
+            .map(|t| (Some(t), Vec::new()))
             .map_err(|e| format!("is not valid UTF-8 (at byte {} of its text)", e.utf8_error().valid_up_to())),
-        (1, 0) => Ok(None),
+        (1, 0) => Ok((None, text.to_vec())),
         _ => Err(format!("has an unknown compression (flag {flag}, method {method})")),
     }
 }
 
-fn latin1(b: &[u8]) -> String {
+pub(crate) fn latin1(b: &[u8]) -> String {
     b.iter().map(|&c| c as char).collect()
 }
 

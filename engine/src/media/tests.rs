@@ -321,3 +321,77 @@ fn damaged_outputs_never_panic() {
         }
     }
 }
+
+/// A ~250-byte PNG whose header claims 100000×100000 pixels: its settings are read from the text
+/// chunks alone, and decoding its pixels is a one-line error naming the claimed size, not an abort.
+#[test]
+fn png_size_bomb_is_read_without_decoding() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bytes = super::png_chunks::SIGNATURE.to_vec();
+    let mut ihdr = 100_000u32.to_be_bytes().to_vec();
+    ihdr.extend_from_slice(&100_000u32.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]); // 8-bit RGB
+    for (kind, data) in [(b"IHDR", ihdr.as_slice()), (b"IEND", &[][..])] {
+        let mut chunk = (data.len() as u32).to_be_bytes().to_vec();
+        chunk.extend_from_slice(kind);
+        chunk.extend_from_slice(data);
+        chunk.extend_from_slice(&crc32(&chunk[4..]).to_be_bytes());
+        bytes.extend_from_slice(&chunk);
+    }
+    insert_chunk(&mut bytes, b"tEXt", b"parameters\0a red circle\nSteps: 20, Sampler: Euler, Seed: 7, Size: 64x64");
+    assert!(bytes.len() < 300, "{}", bytes.len());
+    let path = dir.path().join("bomb.png");
+    std::fs::write(&path, &bytes).unwrap();
+    let r = restore_from_file(&path).unwrap();
+    assert_eq!((r.request.seed, r.request.prompt.as_str()), (7, "a red circle"));
+    let e = one_line_naming(read_png(&path).unwrap_err(), "bomb.png");
+    assert!(e.contains("100000×100000"), "{e}");
+    let e = one_line_naming(Profile::load(&path).unwrap_err(), "bomb.png");
+    assert!(e.contains("no Headroom profile"), "{e}");
+}
+
+/// Compressed text chunks (zTXt, compressed iTXt) are inflated from the chunks alone, and one that
+/// inflates past the limit is an error naming the chunk.
+#[test]
+fn png_compressed_text_is_inflated_with_a_limit() {
+    use std::io::Write;
+    let zlib = |data: &[u8]| {
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+        z.write_all(data).unwrap();
+        z.finish().unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let toml = profile().to_toml_string();
+    let mut bytes = png::encode_png(&image(8, 8), &[]).unwrap();
+    let mut itxt = b"headroom\0\x01\x00\0\0".to_vec();
+    itxt.extend_from_slice(&zlib(toml.as_bytes()));
+    insert_chunk(&mut bytes, b"iTXt", &itxt);
+    let mut ztxt = b"Comment\0\x00".to_vec();
+    ztxt.extend_from_slice(&zlib(b"caf\xe9")); // Latin-1
+    insert_chunk(&mut bytes, b"zTXt", &ztxt);
+    let path = dir.path().join("z.png");
+    std::fs::write(&path, &bytes).unwrap();
+    assert_eq!(Profile::load(&path).unwrap(), profile());
+    let (_, text) = read_png(&path).unwrap();
+    assert_eq!(text.get("Comment"), Some("caf\u{e9}"));
+
+    let mut bytes = png::encode_png(&image(8, 8), &[]).unwrap();
+    let mut bomb = b"Comment\0\x00".to_vec();
+    bomb.extend_from_slice(&zlib(&vec![b'a'; (png::MAX_TEXT_BYTES + 10) as usize]));
+    insert_chunk(&mut bytes, b"zTXt", &bomb);
+    std::fs::write(&path, &bytes).unwrap();
+    let e = one_line_naming(read_png(&path).unwrap_err(), "z.png");
+    assert!(e.contains("'Comment'") && e.contains("MiB"), "{e}");
+}
+
+/// A WAV whose header gives an implausible sample rate (1 Hz: playback would resample it
+/// 48000-fold) is refused in one line naming the rate.
+#[test]
+fn wav_implausible_sample_rate_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("slow.wav");
+    let bytes = wav::encode_wav(&Audio { sample_rate: 1, samples: vec![0.5; 1000] }, WavFormat::Int16, None).unwrap();
+    std::fs::write(&path, bytes).unwrap();
+    let e = one_line_naming(read_wav(&path).unwrap_err(), "slow.wav");
+    assert!(e.contains("sample rate 1 Hz"), "{e}");
+}

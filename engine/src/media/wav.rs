@@ -86,18 +86,42 @@ pub fn encode_wav(audio: &Audio, format: WavFormat, profile: Option<&Profile>) -
     Ok(buf)
 }
 
+/// Sample rates a WAV may have to be read: every real recording is within this range, and a rate
+/// outside it would make playback resample a small file into gigabytes (1 Hz to 48 kHz is ×48000).
+pub const SAMPLE_RATES_HZ: std::ops::RangeInclusive<u32> = 1_000..=768_000;
+
 /// Reads a WAV file as mono f32 samples (channels are averaged; integer samples scaled to
 /// [-1, 1)) with the embedded profile, if any.
 ///
 /// # Errors
 /// The file cannot be read, is not a WAV, has a truncated chunk, an unreadable profile chunk,
-/// or samples hound cannot read.
+/// samples hound cannot read, a sample rate outside [`SAMPLE_RATES_HZ`], or a data chunk that
+/// claims more bytes than the file has.
 pub fn read_wav(path: &Path) -> Result<(Audio, Option<Profile>)> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let profile = read_profile_bytes(&bytes, path)?;
     let bad = |e: hound::Error| Error::file(path, format!("not a readable WAV: {e}"));
     let mut reader = hound::WavReader::new(Cursor::new(&bytes)).map_err(bad)?;
     let spec = reader.spec();
+    if !SAMPLE_RATES_HZ.contains(&spec.sample_rate) {
+        return Err(Error::file(
+            path,
+            format!(
+                "WAV sample rate {} Hz is outside {}–{} Hz",
+                spec.sample_rate,
+                SAMPLE_RATES_HZ.start(),
+                SAMPLE_RATES_HZ.end()
+            ),
+        ));
+    }
+    // hound trusts the data chunk's length; check it against the file before reading samples.
+    let claimed = u64::from(reader.len()) * u64::from(spec.bits_per_sample.div_ceil(8));
+    if claimed > bytes.len() as u64 {
+        return Err(Error::file(
+            path,
+            format!("WAV data chunk claims {claimed} bytes of samples, the file has {}", bytes.len()),
+        ));
+    }
     let channels = usize::from(spec.channels.max(1));
     let interleaved: Vec<f32> = match spec.sample_format {
         hound::SampleFormat::Float => reader.samples::<f32>().collect::<std::result::Result<_, _>>().map_err(bad)?,

@@ -1,4 +1,4 @@
-//! [`MappedSafetensors`]: a memory-mapped `.safetensors` file whose tensors are read one at a time,
+//! [`MappedSafetensors`]: a memory-mapped `.safetensors` file (or a sharded set) whose tensors are read one at a time,
 //! each copied (and converted) into its own buffer, after which the file's pages for that tensor
 //! are released from this process (`madvise(MADV_DONTNEED)`).
 //!
@@ -18,20 +18,22 @@ use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{Error, Result};
 
-/// Where one tensor lies in the file.
+/// Where one tensor lies.
 #[derive(Clone, Debug)]
 struct Entry {
     dtype: DType,
     shape: Vec<usize>,
-    /// Byte range in the file.
+    /// The file (index into the maps) and the byte range in it.
+    file: usize,
     start: usize,
     end: usize,
 }
 
-/// A mapped safetensors file.
+/// A mapped safetensors file, or the shards of one (`*.safetensors.index.json`).
 pub struct MappedSafetensors {
+    /// What errors name: the file, or the shard index.
     path: PathBuf,
-    map: Mmap,
+    maps: Vec<(PathBuf, Mmap)>,
     entries: HashMap<String, Entry>,
 }
 
@@ -54,31 +56,27 @@ impl MappedSafetensors {
     /// # Errors
     /// An unreadable file, a header that is not safetensors, or a tensor outside the file.
     pub fn open(path: &Path) -> Result<Self> {
-        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        // SAFETY: mapped read-only; like every mmap user we rely on nobody truncating the model
-        // file while it is loaded.
-        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        let (header, meta) =
-            SafeTensors::read_metadata(&map).map_err(|e| Error::file(path, format!("not readable as safetensors or a torch checkpoint: {e}")))?;
-        let base = 8 + header;
+        Self::open_shards(path, &[path.to_path_buf()])
+    }
+
+    /// Maps every shard of one set (named `name` in errors: the index file); a tensor in two
+    /// shards is refused.
+    ///
+    /// # Errors
+    /// As [`MappedSafetensors::open`] for each shard, or a tensor found in two shards.
+    pub fn open_shards(name: &Path, shards: &[PathBuf]) -> Result<Self> {
         let mut entries = HashMap::new();
-        for (name, info) in meta.tensors() {
-            let (a, b) = info.data_offsets;
-            let (start, end) = (base + a, base + b);
-            if a > b || end > map.len() {
-                return Err(Error::file(path, format!("tensor '{name}' lies outside the file ({end} > {} bytes)", map.len())));
+        let mut maps = Vec::with_capacity(shards.len());
+        for (file, path) in shards.iter().enumerate() {
+            let map = map_file(path)?;
+            for (tensor, entry) in read_entries(path, &map, file)? {
+                if entries.insert(tensor.clone(), entry).is_some() {
+                    return Err(Error::file(name, format!("tensor '{tensor}' is in two shards")));
+                }
             }
-            // a dtype we cannot hold is reported when (and if) a module asks for the tensor
-            let dtype = candle_dtype(info.dtype).unwrap_or(DType::U8);
-            let want = info.shape.iter().product::<usize>() * dtype.size_in_bytes();
-            if candle_dtype(info.dtype).is_some() && want != end - start {
-                return Err(Error::file(path, format!("tensor '{name}' has {} bytes for shape {:?}", end - start, info.shape)));
-            }
-            let entry = Entry { dtype, shape: info.shape.clone(), start, end };
-            let entry = if candle_dtype(info.dtype).is_some() { entry } else { Entry { shape: Vec::new(), ..entry } };
-            entries.insert(name, entry);
+            maps.push((path.clone(), map));
         }
-        Ok(Self { path: path.to_path_buf(), map, entries })
+        Ok(Self { path: name.to_path_buf(), maps, entries })
     }
 
     /// The file.
@@ -113,22 +111,58 @@ impl MappedSafetensors {
         if e.shape.is_empty() && e.end > e.start && e.dtype == DType::U8 {
             return Err(candle_core::Error::Msg(format!("tensor '{name}' in {} has a dtype that is not supported", self.path.display())));
         }
-        let t = Tensor::from_raw_buffer(&self.map[e.start..e.end], e.dtype, &e.shape, &Device::Cpu)?;
-        self.release(e.start, e.end);
+        let map = &self.maps[e.file].1;
+        let t = Tensor::from_raw_buffer(&map[e.start..e.end], e.dtype, &e.shape, &Device::Cpu)?;
+        release(map, e.start, e.end);
         Ok(t)
     }
+}
 
-    /// Drops this process's pages of bytes `start..end` (page-aligned outward: a neighbour's
-    /// shared page is faulted in again from the page cache if it is read later).
-    fn release(&self, start: usize, end: usize) {
-        let page = 4096;
-        let a = start / page * page;
-        let b = end.div_ceil(page).saturating_mul(page).min(self.map.len());
-        if b > a {
-            // SAFETY: a read-only file mapping: MADV_DONTNEED only drops pages, which later reads
-            // fault in again with the file's unchanged content; no reference into the range is held.
-            let _ = unsafe { self.map.unchecked_advise_range(UncheckedAdvice::DontNeed, a, b - a) };
+fn map_file(path: &Path) -> Result<Mmap> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    // SAFETY: mapped read-only; like every mmap user we rely on nobody truncating the model file
+    // while it is loaded.
+    unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))
+}
+
+/// The tensors of one mapped file, each range checked against the file and its shape.
+fn read_entries(path: &Path, map: &Mmap, file: usize) -> Result<Vec<(String, Entry)>> {
+    let (header, meta) = SafeTensors::read_metadata(map)
+        .map_err(|e| Error::file(path, format!("not readable as safetensors or a torch checkpoint: {e}")))?;
+    let base = 8 + header;
+    let mut out = Vec::new();
+    for (name, info) in meta.tensors() {
+        let (a, b) = info.data_offsets;
+        let (start, end) = (base + a, base + b);
+        if a > b || end > map.len() {
+            return Err(Error::file(path, format!("tensor '{name}' lies outside the file ({end} > {} bytes)", map.len())));
         }
+        // a dtype we cannot hold is reported when (and if) a module asks for the tensor
+        let entry = match candle_dtype(info.dtype) {
+            Some(dtype) => {
+                let want = info.shape.iter().product::<usize>() * dtype.size_in_bytes();
+                if want != end - start {
+                    return Err(Error::file(path, format!("tensor '{name}' has {} bytes for shape {:?}", end - start, info.shape)));
+                }
+                Entry { dtype, shape: info.shape.clone(), file, start, end }
+            }
+            None => Entry { dtype: DType::U8, shape: Vec::new(), file, start, end },
+        };
+        out.push((name, entry));
+    }
+    Ok(out)
+}
+
+/// Drops this process's pages of bytes `start..end` of `map` (page-aligned outward: a
+/// neighbour's shared page is faulted in again from the page cache if it is read later).
+fn release(map: &Mmap, start: usize, end: usize) {
+    let page = 4096;
+    let a = start / page * page;
+    let b = end.div_ceil(page).saturating_mul(page).min(map.len());
+    if b > a {
+        // SAFETY: a read-only file mapping: MADV_DONTNEED only drops pages, which later reads
+        // fault in again with the file's unchanged content; no reference into the range is held.
+        let _ = unsafe { map.unchecked_advise_range(UncheckedAdvice::DontNeed, a, b - a) };
     }
 }
 
@@ -191,14 +225,14 @@ mod tests {
         let t = Tensor::from_vec(values, (1024, n / 1024), &Device::Cpu).unwrap();
         candle_core::safetensors::save(&HashMap::from([("w".to_string(), t.clone())]), &path).unwrap();
         let st = MappedSafetensors::open(&path).unwrap();
-        let addr = st.map.as_ptr() as usize;
+        let addr = st.maps[0].1.as_ptr() as usize;
         let got = st.load("w").unwrap();
         let d = (&got - &t).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert_eq!(d, 0.0);
         let kb = mapping_rss_kb(addr);
         assert!(kb < 1024, "{kb} kB of the 16 MiB tensor still resident in the mapping");
         // the same read without the release keeps it: the measure can tell the two apart
-        std::hint::black_box(st.map[8..].iter().step_by(4096).map(|&b| u64::from(b)).sum::<u64>());
+        std::hint::black_box(st.maps[0].1[8..].iter().step_by(4096).map(|&b| u64::from(b)).sum::<u64>());
         assert!(mapping_rss_kb(addr) > 8 * 1024);
         let half = SimpleBackend::get_unchecked(&st, "w", DType::F16, &Device::Cpu).unwrap();
         assert_eq!(half.dtype(), DType::F16);

@@ -136,7 +136,7 @@ pub fn default_budgets(knobs: &Knobs, given: Option<u64>) -> Budgets {
     let mut b = Budgets::default();
     b.0.insert(DeviceKind::Cpu, sample.ram_total_bytes.saturating_sub(sample.ram_used_bytes));
     if let DeviceKind::Cuda(n) = knobs.device {
-        if let Some(g) = sample.gpus.iter().find(|g| g.index == n) {
+        if let Some(g) = sample.gpus.iter().find(|g| g.cuda_ordinal == Some(n)) {
             b.0.insert(knobs.device, g.total_bytes.saturating_sub(g.used_bytes));
         }
     }

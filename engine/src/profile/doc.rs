@@ -109,6 +109,9 @@ fn result_table(r: &RunResult) -> Table {
     let mut t = Table::new();
     t.insert("output".into(), Value::String(r.output.clone()));
     t.insert("sha256".into(), Value::String(r.sha256.clone()));
+    if !r.outputs_sha256.is_empty() {
+        t.insert("outputs_sha256".into(), Value::Array(r.outputs_sha256.iter().cloned().map(Value::String).collect()));
+    }
     t.insert("peak_ram_bytes".into(), int(r.peak_ram_bytes));
     t.insert("peak_vram_bytes".into(), int(r.peak_vram_bytes));
     if !r.notes.is_empty() {

@@ -38,7 +38,8 @@ pub struct ModelInfo {
     pub name: String,
 }
 
-/// Which build of Headroom made a run.
+/// Which build of Headroom made a run, and the machine facts bit-exact output depends on (the
+/// device is a knob, `knobs.device`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct BuildInfo {
@@ -46,22 +47,88 @@ pub struct BuildInfo {
     pub version: String,
     /// The git commit the engine was built from, or `unknown`.
     pub commit: String,
+    /// candle-core's version (its kernels compute the run), or `unknown`.
+    pub candle: String,
+    /// Compute threads (CPU matmuls and reductions split their sums by thread); 0 = unknown.
+    pub threads: u32,
+    /// CPU SIMD features present (kernels pick code paths by them), e.g. `avx,avx2,f16c,fma`;
+    /// `unknown` in profiles that predate this field.
+    pub cpu_features: String,
+    /// The build's target, `x86_64-linux`.
+    pub target: String,
 }
 
 impl BuildInfo {
-    /// This build: the crate version and the git commit recorded by `engine/build.rs`.
+    /// This build and this machine: the crate version, the git commit recorded by
+    /// `engine/build.rs`, candle's version, the compute threads, CPU features and target.
     pub fn current() -> Self {
         Self {
             version: crate::VERSION.to_string(),
             commit: option_env!("HEADROOM_GIT_COMMIT").unwrap_or("unknown").to_string(),
+            candle: option_env!("HEADROOM_CANDLE_VERSION").unwrap_or("unknown").to_string(),
+            threads: u32::try_from(candle_core::utils::get_num_threads()).unwrap_or(u32::MAX),
+            cpu_features: cpu_features(),
+            target: format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS),
         }
     }
 }
 
 impl Default for BuildInfo {
-    /// Unknown version and commit (what a profile without `[build]` records).
+    /// Unknown everything (what a profile without `[build]`, or an older one, records).
     fn default() -> Self {
-        Self { version: "unknown".into(), commit: "unknown".into() }
+        Self {
+            version: "unknown".into(),
+            commit: "unknown".into(),
+            candle: "unknown".into(),
+            threads: 0,
+            cpu_features: "unknown".into(),
+            target: "unknown".into(),
+        }
+    }
+}
+
+/// The SIMD features of this CPU that numeric kernels choose code paths by.
+fn cpu_features() -> String {
+    let mut found: Vec<&str> = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        for (name, on) in [
+            ("avx", std::arch::is_x86_feature_detected!("avx")),
+            ("avx2", std::arch::is_x86_feature_detected!("avx2")),
+            ("avx512f", std::arch::is_x86_feature_detected!("avx512f")),
+            ("f16c", std::arch::is_x86_feature_detected!("f16c")),
+            ("fma", std::arch::is_x86_feature_detected!("fma")),
+        ] {
+            if on {
+                found.push(name);
+            }
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        if std::arch::is_aarch64_feature_detected!("neon") {
+            found.push("neon");
+        }
+    }
+    if found.is_empty() { "none".into() } else { found.join(",") }
+}
+
+/// Whether a run that differs from its recording in `field` was expected to give identical
+/// output, and why, for a person (`reproduce` prints it beside each difference).
+pub fn drift_expectation(field: &str) -> &'static str {
+    match field {
+        "model.sha256" => "identical output not expected: the model's files differ",
+        f if f.starts_with("request.") => "identical output not expected: a different request",
+        "knobs.slicing.attention_slice" | "knobs.offload.gpu_blocks" | "knobs.offload.mode" | "knobs.offload.text" | "knobs.offload.vae" => {
+            "identical output expected on the CPU (the same sums, split or placed differently); on a GPU placement can change kernels"
+        }
+        f if f.starts_with("knobs.") => "identical output not expected: a different knob changes the arithmetic",
+        "build.version" | "build.commit" => "identical output not guaranteed: a different Headroom build",
+        "build.candle" => "identical output not guaranteed: a different candle version (other kernels)",
+        "build.threads" => "identical output not guaranteed: another thread count splits CPU sums differently",
+        "build.cpu_features" => "identical output not guaranteed: other SIMD features pick other kernels",
+        "build.target" => "identical output not guaranteed: another platform",
+        _ => "identical output not guaranteed",
     }
 }
 
@@ -71,8 +138,11 @@ impl Default for BuildInfo {
 pub struct RunResult {
     /// The (first) output file, as written.
     pub output: String,
-    /// SHA-256 (hex) of that file's bytes.
+    /// SHA-256 (hex) of the first output's content (see [`crate::media::content_sha256`]).
     pub sha256: String,
+    /// The content SHA-256 of every output of the batch, in order (empty in older profiles,
+    /// which recorded only the first).
+    pub outputs_sha256: Vec<String>,
     /// Peak resident memory of the process during the run.
     pub peak_ram_bytes: u64,
     /// Peak GPU memory during the run (0 on the CPU).
@@ -182,8 +252,9 @@ impl Profile {
 
     /// Which recorded fields differ from `other`, by section-qualified name (see [`Drift`]):
     /// every knob (`knobs.device`, `knobs.rng`, `knobs.precision.unet`, … via [`Knobs::diff`]),
-    /// every request field (`request.seed`, …), `model.sha256`, `build.version` and
-    /// `build.commit`. Results, names and paths are not compared.
+    /// every request field (`request.seed`, …), `model.sha256`, `build.version`, `build.commit`,
+    /// and where both profiles recorded them `build.candle`, `build.threads`,
+    /// `build.cpu_features` and `build.target`. Results, names and paths are not compared.
     pub fn drift(&self, other: &Profile) -> Vec<String> {
         self.drift_detail(other).into_iter().map(|d| d.field).collect()
     }
@@ -214,6 +285,25 @@ impl Profile {
         }
         push("build.version".into(), self.build.version.clone(), other.build.version.clone());
         push("build.commit".into(), self.build.commit.clone(), other.build.commit.clone());
+        // What older profiles did not record is not a difference.
+        let known = |a: &str, b: &str| (a != "unknown" && b != "unknown").then(|| (a.to_string(), b.to_string()));
+        let (a, b) = (&self.build, &other.build);
+        for (field, pair) in [
+            ("build.candle", known(&a.candle, &b.candle)),
+            ("build.cpu_features", known(&a.cpu_features, &b.cpu_features)),
+            ("build.target", known(&a.target, &b.target)),
+            ("build.threads", (a.threads != 0 && b.threads != 0).then(|| (a.threads.to_string(), b.threads.to_string()))),
+        ] {
+            if let Some((ours, theirs)) = pair {
+                push(field.into(), ours, theirs);
+            }
+        }
         out
+    }
+
+    /// Each recorded field that differs from `other`, for a person: `field: ours → theirs
+    /// (whether identical output was expected, and why)` — see [`drift_expectation`].
+    pub fn drift_explained(&self, other: &Profile) -> Vec<String> {
+        self.drift_detail(other).into_iter().map(|d| format!("{d} ({})", drift_expectation(&d.field))).collect()
     }
 }

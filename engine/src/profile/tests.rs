@@ -215,6 +215,32 @@ fn drift_names_differences() {
     assert_eq!(detail[1].to_string(), "request.seed: 7 → 8");
 }
 
+/// What bit-exactness depends on is recorded (candle, threads, CPU features, target) and each
+/// difference is named with whether identical output was expected; a profile that predates
+/// these fields reports none of them, and every output of a batch is hashed.
+#[test]
+fn drift_explains_what_bit_exactness_depends_on() {
+    let now = BuildInfo::current();
+    assert!(now.threads > 0 && now.candle != "unknown" && now.target.contains('-'), "{now:?}");
+    let old = Profile::from_toml_str(FULL, origin()).unwrap();
+    let mut a = old.clone();
+    a.build = now.clone();
+    assert!(old.drift(&a).iter().all(|f| f == "build.version" || f == "build.commit"), "{:?}", old.drift(&a));
+    let mut b = a.clone();
+    b.build.threads = now.threads + 1;
+    b.build.cpu_features = "none".into();
+    b.knobs.slicing.attention_slice = 16;
+    let explained = a.drift_explained(&b);
+    let find = |field: &str| explained.iter().find(|d| d.starts_with(field)).cloned().unwrap_or_default();
+    assert!(find("build.threads").contains("not guaranteed"), "{explained:?}");
+    assert!(find("build.cpu_features").contains("SIMD"), "{explained:?}");
+    assert!(find("knobs.slicing.attention_slice").contains("identical output expected on the CPU"), "{explained:?}");
+    let mut with_batch = a.clone();
+    with_batch.result = Some(RunResult { outputs_sha256: vec!["aa".into(), "bb".into()], ..RunResult::default() });
+    let back = Profile::from_toml_str(&with_batch.to_toml_string(), origin()).unwrap();
+    assert_eq!(back.result.unwrap().outputs_sha256, ["aa", "bb"]);
+}
+
 /// Save writes atomically and load reads the same profile back; a non-profile file is refused.
 #[test]
 fn save_and_load() {

@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use alloc::{CountingAlloc, heap_current, heap_peak, reset_heap_peak};
-pub use gpu::{GpuSample, GpuStatus};
+pub use gpu::{GpuSample, GpuStatus, NvmlIdentity, cuda_to_nvml};
 pub use recorder::{GpuHandle, RunRecorder};
 pub use sampler::{HISTORY_SPAN, MemorySample, Sampler, sample_once};
 

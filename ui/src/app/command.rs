@@ -54,6 +54,9 @@ pub enum AppCommand {
     SetScale(ImageScale),
     /// Play output number N (audio) from its position.
     PlayAudio(usize),
+    /// Play output N from its start, even when it is the clip already loaded and paused: the
+    /// ABX test's plays, so that X starts like A and B and its position gives nothing away.
+    PlayAudioFromStart(usize),
     /// Pause audio playback.
     PauseAudio,
     /// Move the play position to a fraction of the clip.
@@ -166,7 +169,8 @@ impl HeadroomApp {
                 }
             }
             AppCommand::SetScale(s) => rt.scale = s,
-            AppCommand::PlayAudio(i) => self.play_audio(i),
+            AppCommand::PlayAudio(i) => self.play_audio(i, false),
+            AppCommand::PlayAudioFromStart(i) => self.play_audio(i, true),
             AppCommand::PauseAudio => {
                 if let Some(p) = &rt.player {
                     p.pause();
@@ -374,14 +378,16 @@ impl HeadroomApp {
         self.rt.player.as_ref()
     }
 
-    fn play_audio(&mut self, i: usize) {
+    /// Plays output `i`: resumes it when it is the clip loaded, unless `from_start`, which always
+    /// loads it again (rewound to 0).
+    fn play_audio(&mut self, i: usize, from_start: bool) {
         let clip = match self.rt.outputs.get(i).map(|o| &o.media) {
             Some(Ok(super::backend::Media::Audio(a))) => {
                 (a.sample_rate, std::sync::Arc::new(a.samples.clone()))
             }
             _ => return,
         };
-        let switching = self.rt.audio_output != Some(i);
+        let switching = from_start || self.rt.audio_output != Some(i);
         let Some(p) = self.player() else { return };
         if let Some(e) = p.error() {
             let e = e.to_string();

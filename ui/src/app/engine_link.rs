@@ -72,7 +72,7 @@ impl EngineBackend {
             sample.ram_total_bytes.saturating_sub(sample.ram_used_bytes),
         );
         if let DeviceKind::Cuda(n) = knobs.device
-            && let Some(g) = sample.gpus.iter().find(|g| g.index == n)
+            && let Some(g) = sample.gpus.iter().find(|g| g.cuda_ordinal == Some(n))
         {
             b.0.insert(knobs.device, g.total_bytes.saturating_sub(g.used_bytes));
         }
@@ -153,7 +153,14 @@ fn memory_point(s: &MemorySample) -> MemoryPoint {
         gpus: s
             .gpus
             .iter()
-            .map(|g| (g.name.clone(), g.used_bytes, g.total_bytes))
+            .map(|g| {
+                // Name the GPU as knobs do (cuda:N honours CUDA_VISIBLE_DEVICES), not by NVML's index.
+                let name = match g.cuda_ordinal {
+                    Some(n) => format!("cuda:{n} {}", g.name),
+                    None => format!("{} (hidden from CUDA)", g.name),
+                };
+                (name, g.used_bytes, g.total_bytes)
+            })
             .collect(),
     }
 }

@@ -253,7 +253,8 @@ impl HeadroomApp {
             ui.horizontal(|ui| {
                 for (label, i) in [("Play A", a), ("Play B", b), ("Play X", x)] {
                     if ui.button(label).clicked() {
-                        self.rt.commands.push(AppCommand::PlayAudio(i));
+                        // From the start every time: resuming the loaded clip would tell X apart.
+                        self.rt.commands.push(AppCommand::PlayAudioFromStart(i));
                     }
                 }
             });

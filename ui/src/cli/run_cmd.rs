@@ -194,22 +194,43 @@ pub fn reproduce(a: &ReproduceArgs) -> Result<ExitCode> {
     }
     let outcome = outcome?;
     let now = outcome.profile.result.as_ref().map(|r| r.sha256.clone()).unwrap_or_default();
-    let identical = now == recorded_result.sha256;
-    let mut drift = Vec::new();
-    if !identical {
-        drift.push(format!("output sha256: recorded {}, now {now}", recorded_result.sha256));
+    let now_all = outcome.profile.result.as_ref().map(|r| r.outputs_sha256.clone()).unwrap_or_default();
+    // Every output of the batch where the profile recorded them all; older profiles, the first.
+    let recorded_all = if recorded_result.outputs_sha256.is_empty() {
+        vec![recorded_result.sha256.clone()]
+    } else {
+        recorded_result.outputs_sha256.clone()
+    };
+    let mut outputs_drift = Vec::new();
+    for (i, rec) in recorded_all.iter().enumerate() {
+        let again = if i == 0 { Some(&now) } else { now_all.get(i) };
+        if again != Some(rec) {
+            let again = again.map_or("(no such output)", String::as_str);
+            let which = if i == 0 { "output".to_string() } else { format!("output {i}") };
+            outputs_drift.push(format!("{which} sha256: recorded {rec}, now {again}"));
+        }
     }
-    drift.extend(recorded.drift(&outcome.profile));
+    let identical = outputs_drift.is_empty();
+    let fields = recorded.drift(&outcome.profile);
+    let explained = recorded.drift_explained(&outcome.profile);
     if a.json {
-        print_json(&serde_json::json!({ "identical": identical, "drift": drift, "sha256": now }));
+        let drift: Vec<&String> = outputs_drift.iter().chain(&fields).collect();
+        let explained: Vec<&String> = outputs_drift.iter().chain(&explained).collect();
+        print_json(&serde_json::json!({
+            "identical": identical,
+            "drift": drift,
+            "drift_explained": explained,
+            "sha256": now,
+            "outputs_sha256": now_all,
+        }));
     } else if identical {
-        println!("identical");
-        for d in &drift {
+        println!("identical ({} output{})", recorded_all.len(), if recorded_all.len() == 1 { "" } else { "s" });
+        for d in &explained {
             println!("  (recorded fields differ: {d})");
         }
     } else {
         println!("drift:");
-        for d in &drift {
+        for d in outputs_drift.iter().chain(&explained) {
             println!("  {d}");
         }
     }

@@ -92,33 +92,60 @@ impl Checkpoint {
     /// The text encoder's config.
     ///
     /// # Errors
-    /// A missing or malformed `config.json`.
+    /// A missing or malformed `config.json`, or values the model cannot be built from (see the
+    /// config's `validate`), naming the file and the field.
     pub fn text_config(&self) -> Result<ClipConfig> {
         match self {
-            Checkpoint::Folder(p) => read_config(&p.join("text_encoder")),
-            Checkpoint::Single(s) => Ok(s.layout.text.clone()),
+            Checkpoint::Folder(p) => {
+                let cfg: ClipConfig = read_config(&p.join("text_encoder"))?;
+                cfg.validate().map_err(|m| Error::file(p.join("text_encoder").join("config.json"), m))?;
+                Ok(cfg)
+            }
+            Checkpoint::Single(s) => {
+                let cfg = s.layout.text.clone();
+                cfg.validate().map_err(|m| Error::file(s.path(), format!("text config: {m}")))?;
+                Ok(cfg)
+            }
         }
     }
 
     /// The denoiser's config.
     ///
     /// # Errors
-    /// A missing or malformed `config.json`.
+    /// A missing or malformed `config.json`, or values the model cannot be built from (see the
+    /// config's `validate`), naming the file and the field.
     pub fn unet_config(&self) -> Result<UnetConfig> {
         match self {
-            Checkpoint::Folder(p) => read_config(&p.join("unet")),
-            Checkpoint::Single(s) => Ok(s.layout.unet.clone()),
+            Checkpoint::Folder(p) => {
+                let cfg: UnetConfig = read_config(&p.join("unet"))?;
+                cfg.validate().map_err(|m| Error::file(p.join("unet").join("config.json"), m))?;
+                Ok(cfg)
+            }
+            Checkpoint::Single(s) => {
+                let cfg = s.layout.unet.clone();
+                cfg.validate().map_err(|m| Error::file(s.path(), format!("unet config: {m}")))?;
+                Ok(cfg)
+            }
         }
     }
 
     /// The autoencoder's config.
     ///
     /// # Errors
-    /// A missing or malformed `config.json`.
+    /// A missing or malformed `config.json`, or values the model cannot be built from (see the
+    /// config's `validate`), naming the file and the field.
     pub fn vae_config(&self) -> Result<VaeConfig> {
         match self {
-            Checkpoint::Folder(p) => read_config(&p.join("vae")),
-            Checkpoint::Single(s) => Ok(s.layout.vae.clone()),
+            Checkpoint::Folder(p) => {
+                let cfg: VaeConfig = read_config(&p.join("vae"))?;
+                cfg.validate().map_err(|m| Error::file(p.join("vae").join("config.json"), m))?;
+                Ok(cfg)
+            }
+            Checkpoint::Single(s) => {
+                let cfg = s.layout.vae.clone();
+                cfg.validate().map_err(|m| Error::file(s.path(), format!("vae config: {m}")))?;
+                Ok(cfg)
+            }
         }
     }
 

@@ -4,11 +4,13 @@
 //! [`pipeline`] (prompt → image, the [`crate::families::Family`] implementation), [`spectrogram`]
 //! (images ↔ audio for mel-spectrogram models such as Riffusion). [`checkpoint`] opens what a
 //! model is loaded from: a diffusers folder ([`folder`]) or a single-file LDM checkpoint
-//! ([`single_file`], with the key map and inferred configs in [`ldm_keys`]).
+//! ([`single_file`], with the key map and inferred configs in [`ldm_keys`]); [`config_check`]
+//! refuses configs the model code cannot be built from, naming the field.
 
 pub mod blocks;
 pub mod checkpoint;
 pub mod clip;
+pub mod config_check;
 pub mod folder;
 pub mod ldm_keys;
 pub mod offload;

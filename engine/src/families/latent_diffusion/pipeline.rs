@@ -432,7 +432,18 @@ fn audio_request(p: &SpectrogramParams, request: &Request, cell: usize, observer
         Some(s) if !(s.is_finite() && s > 0.0) => {
             return Err(Error::invalid(format!("seconds = {s}: the length must be a positive number")));
         }
-        Some(s) => p.frames_for_secs(s, cell),
+        Some(s) => {
+            let most = crate::request::MAX_SIDE as usize / cell * cell;
+            let most_secs = (most * p.hop) as f64 / p.sample_rate.max(1) as f64;
+            match p.frames_for_secs(s, cell) {
+                Some(f) if f <= most => f,
+                _ => {
+                    return Err(Error::invalid(format!(
+                        "seconds = {s}: at most {most_secs:.2} s for this model ({most} spectrogram frames in one run)"
+                    )));
+                }
+            }
+        }
         None => p.frames,
     };
     r.width = frames as u32;

@@ -277,10 +277,16 @@ impl SpectrogramParams {
     }
 
     /// Image width for a length: `seconds · sample_rate / hop` frames, rounded to a multiple of
-    /// `multiple` (the autoencoder's cell), at least one cell.
-    pub fn frames_for_secs(&self, seconds: f32, multiple: usize) -> usize {
-        let frames = (seconds as f64 * self.sample_rate as f64 / self.hop as f64).round() as usize;
-        ((frames + multiple / 2) / multiple).max(1) * multiple
+    /// `multiple` (the autoencoder's cell), at least one cell; `None` when the length is not a
+    /// finite positive number or the frame count does not fit in a `u32`.
+    pub fn frames_for_secs(&self, seconds: f32, multiple: usize) -> Option<usize> {
+        let multiple = multiple.max(1);
+        let frames = (f64::from(seconds) * self.sample_rate as f64 / self.hop.max(1) as f64).round();
+        if !(frames.is_finite() && frames >= 0.0 && frames <= f64::from(u32::MAX)) {
+            return None;
+        }
+        let cells = ((frames as usize).checked_add(multiple / 2)? / multiple).max(1);
+        cells.checked_mul(multiple).filter(|&f| u32::try_from(f).is_ok())
     }
 
     /// The filterbank these parameters describe.

@@ -241,12 +241,22 @@ fn manifest_reading() {
 fn seconds_to_frames() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/melodies");
     let p = SpectrogramParams::from_manifest(&dir).unwrap().unwrap();
-    assert_eq!(p.frames_for_secs(2.048, 8), 64);
-    assert_eq!(p.frames_for_secs(4.0, 8), 128);
-    assert_eq!(p.frames_for_secs(0.01, 8), 8);
+    assert_eq!(p.frames_for_secs(2.048, 8), Some(64));
+    assert_eq!(p.frames_for_secs(4.0, 8), Some(128));
+    assert_eq!(p.frames_for_secs(0.01, 8), Some(8));
     assert!((p.native_secs() - 2.048).abs() < 1e-6);
     let r = SpectrogramParams::riffusion();
-    assert_eq!(r.frames_for_secs(r.native_secs(), 8), 512);
+    assert_eq!(r.frames_for_secs(r.native_secs(), 8), Some(512));
+}
+
+/// A length whose frame count does not fit (1e11 s, infinity) is `None`, not an overflow.
+#[test]
+fn seconds_to_frames_never_overflows() {
+    let p = SpectrogramParams::riffusion();
+    assert_eq!(p.frames_for_secs(1e11, 8), None);
+    assert_eq!(p.frames_for_secs(f32::INFINITY, 8), None);
+    assert_eq!(p.frames_for_secs(f32::NAN, 8), None);
+    assert_eq!(p.frames_for_secs(f32::MAX, usize::MAX), None);
 }
 
 /// The pitch-test set: 16 kHz, n_fft 2048, hop 512, 128 HTK mels 30–8000 Hz, power 2, decibel
