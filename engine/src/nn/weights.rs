@@ -203,7 +203,7 @@ impl<'a> Weights<'a> {
         let f32 = self.vb.get_with_hints_dtype(shape.clone(), name, Default::default(), DType::F32)?;
         self.check_finite(&f32, name)?;
         let f32 = f32.reshape((rows, shape.elem_count() / rows.max(1)))?;
-        let q = QTensor::quantize(&f32, ggml)?;
+        let q = quantize_rows(&f32, ggml)?;
         drop(f32);
         self.record(p, q.storage_size_in_bytes());
         Ok(StoredWeight::Quantized(q))
@@ -251,6 +251,38 @@ fn precision_of(dtype: DType) -> Precision {
     }
 }
 
+/// `QTensor::quantize` of a `(rows, row)` f32 matrix with the rows split over rayon's pool
+/// (candle's own quantizer runs on one thread; k-quants are slow to search), the blocks joined
+/// into one tensor.
+fn quantize_rows(m: &Tensor, ggml: GgmlDType) -> Result<QTensor> {
+    let (rows, row) = m.dims2()?;
+    let tasks = crate::nn::cpu::threads().min(rows);
+    if tasks < 2 || !m.device().is_cpu() || rows * row < (1 << 16) {
+        return QTensor::quantize(m, ggml);
+    }
+    quantize_in_parts(m, ggml, tasks)
+}
+
+/// [`quantize_rows`] in `parts` row ranges quantized side by side.
+fn quantize_in_parts(m: &Tensor, ggml: GgmlDType, parts: usize) -> Result<QTensor> {
+    use rayon::prelude::*;
+    let (rows, row) = m.dims2()?;
+    let chunk = rows.div_ceil(parts.max(1));
+    let blocks = (0..rows.div_ceil(chunk))
+        .into_par_iter()
+        .map(|i| {
+            // candle's quantizer reads the storage from its start, ignoring a view's offset:
+            // hand it a copy of the rows
+            let part = m.narrow(0, i * chunk, chunk.min(rows - i * chunk))?.force_contiguous()?;
+            let q = QTensor::quantize(&part, ggml)?;
+            Ok(q.data()?.into_owned())
+        })
+        .collect::<Result<Vec<Vec<u8>>>>()?;
+    let bytes = blocks.concat();
+    drop(blocks);
+    candle_core::quantized::ggml_file::qtensor_from_ggml(ggml, &bytes, vec![rows, row], m.device())
+}
+
 /// candle's block type for a quantized precision; `None` for float ones.
 pub fn ggml_type(p: Precision) -> Option<GgmlDType> {
     match p {
@@ -260,5 +292,26 @@ pub fn ggml_type(p: Precision) -> Option<GgmlDType> {
         Precision::Q4K => Some(GgmlDType::Q4K),
         Precision::Q4_0 => Some(GgmlDType::Q4_0),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Quantizing rows in parallel gives exactly the bytes of candle's one-thread quantizer.
+    #[test]
+    fn parallel_quantize_is_identical() {
+        let m = Tensor::randn(0f32, 1., (97, 512), &Device::Cpu).unwrap();
+        for t in [GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::Q6K] {
+            let one = QTensor::quantize(&m, t).unwrap();
+            // 3 parts of 33, 33 and 31 rows
+            let par = quantize_in_parts(&m, t, 3).unwrap();
+            assert_eq!(par.shape().dims(), &[97, 512]);
+            let a = one.data().unwrap().into_owned();
+            let b = par.data().unwrap().into_owned();
+            let first = a.iter().zip(&b).position(|(x, y)| x != y);
+            assert!(first.is_none(), "{t:?}: {} vs {} bytes, first difference at {first:?}", a.len(), b.len());
+        }
     }
 }
