@@ -179,12 +179,10 @@ fn hash_files(root: &std::path::Path, files: &[PathBuf]) -> crate::Result<String
         if root.is_dir() {
             h.update(len.to_le_bytes());
         }
-        if len > 0 {
-            // SAFETY: read-only map of a file we only read; a concurrent truncation is the
-            // same hazard every mmap-based model loader accepts.
-            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| crate::Error::io(f, e))?;
-            h.update(&map[..]);
-        }
+        // read through a small buffer, not a memory map: a map's pages would count in this
+        // process's resident set until unmapped (the whole weight file, at the run's start)
+        let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+        std::io::copy(&mut reader, &mut h).map_err(|e| crate::Error::io(f, e))?;
     }
     Ok(format!("{:x}", h.finalize()))
 }

@@ -139,9 +139,16 @@ impl ModelShape {
         self.components.get(&Some(c)).map_or(0, |t| bytes_at(t, p))
     }
 
-    /// Elements of the component's largest tensor (what a layer expands for one call).
+    /// Elements of the component's largest layer weight (what a layer expands to f32 for one
+    /// call); embedding tables are looked up, never expanded, so they do not count.
     pub fn largest_tensor_elements(&self, c: Component) -> u64 {
-        self.components.get(&Some(c)).map_or(0, |t| t.iter().map(|w| w.0.shape.iter().product::<u64>()).max().unwrap_or(0))
+        self.components.get(&Some(c)).map_or(0, |t| {
+            t.iter()
+                .filter(|w| w.0.shape.len() >= 2 && !w.0.name.contains("embedding"))
+                .map(|w| w.0.shape.iter().product::<u64>())
+                .max()
+                .unwrap_or(0)
+        })
     }
 
     /// Bytes of tensors that belong to no known component, at their stored precision counted as f16.
