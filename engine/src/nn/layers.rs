@@ -2,10 +2,9 @@
 //! activations the checkpoints name in their configs.
 //!
 //! Each layer keeps its weight as [`Weights::matrix`] hands it over: dense (converted to the
-//! input's dtype at use when stored narrower), or quantized. A quantized linear runs candle's
-//! quantized matmul (`QMatMul`) on f32 inputs of few rows and, on the CPU, expands the weight to
-//! f32 for the call when there are many ([`DENSE_ROWS`]); a quantized convolution is dequantized
-//! for the call. Either way the dense copy is dropped after the call. Biases stay dense. On the CPU in f32, convolutions
+//! input's dtype at use when stored narrower), or quantized. On the CPU a quantized layer's weight
+//! is expanded to f32 for the call and the dense copy dropped after it (one layer at a time);
+//! elsewhere a quantized linear runs candle's quantized matmul (`QMatMul`) on f32 inputs. Biases stay dense. On the CPU in f32, convolutions
 //! run on [`super::cpu::conv`].
 
 use candle_core::quantized::QMatMul;
@@ -93,30 +92,6 @@ impl Linear {
     }
 }
 
-/// Rows from which a quantized linear layer on the CPU expands its weight to f32 for the call and
-/// multiplies in f32 (the quantized kernel wins below: few rows are bound by reading the weight).
-pub const DENSE_ROWS: usize = 64;
-
-/// Rows below which a quantized product is not worth splitting.
-const MIN_ROWS_PER_TASK: usize = 16;
-
-/// `x Wᵀ` for a quantized `W`: on the CPU the rows of `x` are split over rayon's pool, each part
-/// a single-threaded candle product (candle's own pool is off, see [`super::cpu`]).
-fn quantized_matmul(q: &QMatMul, x: &Tensor) -> Result<Tensor> {
-    use rayon::prelude::*;
-    let rows = x.dim(0)?;
-    let tasks = super::cpu::threads().min(rows / MIN_ROWS_PER_TASK);
-    if !x.device().is_cpu() || tasks < 2 {
-        return q.forward(x);
-    }
-    let chunk = rows.div_ceil(tasks);
-    let parts = (0..rows.div_ceil(chunk))
-        .into_par_iter()
-        .map(|i| q.forward(&x.narrow(0, i * chunk, chunk.min(rows - i * chunk))?))
-        .collect::<Result<Vec<_>>>()?;
-    Tensor::cat(&parts, 0)
-}
-
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
@@ -127,12 +102,13 @@ impl Module for Linear {
         let cpu_f32 = x.device().is_cpu() && x.dtype() == DType::F32;
         let w = match &self.weight {
             LinearWeight::Dense(w) => as_dtype(w, x.dtype())?,
-            // many rows: the product dwarfs expanding the weight, and the f32 kernel is the fast
-            // one; the f32 copy lives for this call only
-            LinearWeight::Quantized(QMatMul::QTensor(w)) if cpu_f32 && rows >= DENSE_ROWS => w.dequantize(x.device())?,
-            // candle's quantized matmul takes f32 rows
+            // on the CPU the weight is expanded to f32 for this call only: the f32 kernel is the
+            // fast one for a diffusion model's many rows, and candle's quantized kernel would keep
+            // a repacked copy of the weight beside the quantized one for good
+            LinearWeight::Quantized(QMatMul::QTensor(w)) if cpu_f32 => w.dequantize(x.device())?,
+            // elsewhere candle's quantized matmul, on f32 rows
             LinearWeight::Quantized(q) => {
-                let y = quantized_matmul(q, &as_dtype(&x2, DType::F32)?.contiguous()?)?;
+                let y = q.forward(&as_dtype(&x2, DType::F32)?.contiguous()?)?;
                 return self.finish(as_dtype(&y, x.dtype())?, &dims);
             }
         };
@@ -348,27 +324,6 @@ mod tests {
             let (n, b) = p.block();
             assert_eq!(lin.weight_bytes(), (out * inp) as u64 / n * b);
             assert_eq!(vb.ledger().bytes, lin.weight_bytes());
-        }
-    }
-
-    /// A quantized linear gives the same rows whichever path computes them: split over threads
-    /// (40 rows), expanded to f32 (80 rows), or one row at a time (candle's kernel).
-    #[test]
-    fn quantized_linear_paths_agree() {
-        use crate::knobs::Precision;
-        let dev = Device::Cpu;
-        let w = Tensor::randn(0f32, 0.05, (64, 256), &dev).unwrap();
-        let vb = Weights::with_precision(VarBuilder::from_tensors(HashMap::from([("l.weight".to_string(), w)]), DType::F32, &dev), Precision::Q8_0);
-        let lin = Linear::new(256, 64, false, vb.pp("l")).unwrap();
-        for rows in [40, 80] {
-            let x = Tensor::randn(0f32, 1., (rows, 256), &dev).unwrap();
-            let all = lin.forward(&x).unwrap();
-            for r in [0, rows / 2, rows - 1] {
-                let one = lin.forward(&x.narrow(0, r, 1).unwrap()).unwrap();
-                let d = (all.narrow(0, r, 1).unwrap() - one).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-                // the f32 expansion differs from the int8 dot products by rounding only
-                assert!(d < 0.05, "{rows} rows, row {r}: {d}");
-            }
         }
     }
 

@@ -117,9 +117,8 @@ pub fn load(path: &Path, knobs: &Knobs) -> Result<LatentDiffusion> {
         storage[i] = if p.is_quantized() { p } else { Precision::F32 };
         if p.is_quantized() && devices[i].is_cpu() {
             notes.push(format!(
-                "{c}: {p} weights are stored {p}; convolutions, and linear layers over {} or more rows, expand one \
-                 layer at a time to f32 and multiply in f32 (the faster kernel on this CPU)",
-                crate::nn::layers::DENSE_ROWS
+                "{c}: {p} weights are stored {p} and expanded to f32 one layer at a time to multiply in f32 \
+                 (the faster kernel on this CPU)"
             ));
         }
         dtypes[i] = match p {

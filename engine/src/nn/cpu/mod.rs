@@ -5,8 +5,8 @@
 //! One thread pool does the work: rayon's. candle also keeps a second, spinning pool for its
 //! element-wise and quantized kernels; two busy pools on the same cores make each wait for the
 //! other's threads (measured: 40% of a quantized run's CPU time spent spinning), so
-//! [`use_one_pool`] turns candle's off and the quantized products are split over rayon here
-//! ([`super::layers::Linear`]).
+//! [`use_one_pool`] turns candle's off (its remaining element-wise ops run on the calling thread;
+//! the heavy ones are here).
 //!
 //! Both sit on the `gemm` crate (candle's own CPU matrix product) built with its AVX-512 kernels
 //! (`x86-v4`, chosen at run time by CPU detection, so older CPUs take the AVX2 or SSE path), and
