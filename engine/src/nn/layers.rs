@@ -4,8 +4,8 @@
 //! Each layer keeps its weight as [`Weights::matrix`] hands it over: dense (converted to the
 //! input's dtype at use when stored narrower), or quantized. On the CPU a quantized layer's weight
 //! is expanded to f32 for the call and the dense copy dropped after it (one layer at a time);
-//! elsewhere a quantized linear runs candle's quantized matmul (`QMatMul`) on f32 inputs. Biases stay dense. On the CPU in f32, convolutions
-//! run on [`super::cpu::conv`].
+//! elsewhere a quantized linear runs candle's quantized matmul (`QMatMul`) on f32 inputs. Biases
+//! stay dense. On the CPU in f32 the products run on [`super::cpu`]'s kernels.
 
 use candle_core::quantized::QMatMul;
 use candle_core::{DType, Module, Result, Tensor};
@@ -86,6 +86,15 @@ impl Linear {
         w + self.bias.as_ref().map_or(0, dense_bytes)
     }
 
+    /// Adds the bias to the `(rows, out)` product and restores the input's leading dimensions.
+    fn finish(&self, y: Tensor, dims: &[usize]) -> Result<Tensor> {
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(&as_dtype(b, y.dtype())?)?,
+            None => y,
+        };
+        y.reshape(out_shape(dims, self.out_features))
+    }
+
     /// Whether the weight is held quantized.
     pub fn is_quantized(&self) -> bool {
         matches!(self.weight, LinearWeight::Quantized(QMatMul::QTensor(_)))
@@ -118,17 +127,6 @@ impl Module for Linear {
             return x2.contiguous()?.apply_op2_no_bwd(&w.contiguous()?, &op)?.reshape(out_shape(&dims, self.out_features));
         }
         self.finish(x2.matmul(&w.t()?)?, &dims)
-    }
-}
-
-impl Linear {
-    /// Adds the bias to the `(rows, out)` product and restores the input's leading dimensions.
-    fn finish(&self, y: Tensor, dims: &[usize]) -> Result<Tensor> {
-        let y = match &self.bias {
-            Some(b) => y.broadcast_add(&as_dtype(b, y.dtype())?)?,
-            None => y,
-        };
-        y.reshape(out_shape(dims, self.out_features))
     }
 }
 

@@ -19,12 +19,12 @@ use crate::request::Request;
 
 pub use shape::ModelShape;
 
-/// Memory the runtime itself needs on a device before any model byte (allocator slack, code;
-/// the CUDA context on a GPU).
-pub fn runtime_overhead_bytes(device: DeviceKind) -> u64 {
-    // the CPU figure: the binary, its libraries and the allocator's unreturned free memory (RSS
-    // over peak heap, measured 80-190 MB on SD 1.5 runs)
-    if device.is_gpu() { 400 << 20 } else { 128 << 20 }
+/// Memory the runtime itself needs on a device besides the model's weights and activations: on a
+/// GPU the CUDA context; on the CPU the binary and its libraries plus the allocator's free
+/// memory not yet returned, which grows with the activations that come and go (RSS over peak
+/// heap measured 24-84 MB on the mini model, 80-190 MB at SD 1.5 sizes).
+pub fn runtime_overhead_bytes(device: DeviceKind, activation_bytes: u64) -> u64 {
+    if device.is_gpu() { 400 << 20 } else { (48 << 20) + activation_bytes / 10 }
 }
 
 /// The component entry of the one streamed block a stream plan materializes at a time.
@@ -308,7 +308,7 @@ pub fn predict(shape: &ModelShape, knobs: &Knobs, req: &Request, budgets: &Budge
             let streamed_at_peak = if peak_stage == "denoise" { streamed } else { 0 };
             let weights_bytes = resident + streamed_at_peak;
             let activation_bytes = held - streamed_at_peak;
-            let overhead_bytes = runtime_overhead_bytes(d);
+            let overhead_bytes = runtime_overhead_bytes(d, activation_bytes);
             DevicePlan {
                 device: d.to_string(),
                 weights_bytes,
