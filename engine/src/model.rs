@@ -103,10 +103,21 @@ impl ModelRef {
 /// # Errors
 /// A file that exists but cannot be read.
 pub fn fingerprint(model: &ModelRef) -> crate::Result<String> {
+    fingerprint_checked(model, &|| false)
+}
+
+/// [`fingerprint`], asking `cancelled` between chunks of [`HASH_CHUNK_BYTES`] while hashing.
+///
+/// # Errors
+/// As [`fingerprint`]; [`crate::Error::Cancelled`] once `cancelled` says so.
+pub fn fingerprint_checked(model: &ModelRef, cancelled: &dyn Fn() -> bool) -> crate::Result<String> {
     // Unit tests never write into the user's data directory.
     let cache = if cfg!(test) { None } else { crate::paths::data_dir().map(|d| d.join(FINGERPRINT_CACHE)) };
-    fingerprint_cached(model, cache.as_deref())
+    fingerprint_cached_checked(model, cache.as_deref(), cancelled)
 }
+
+/// Bytes hashed between two cancel checks (a few milliseconds of SHA-256).
+pub const HASH_CHUNK_BYTES: usize = 8 << 20;
 
 /// The cache of model digests in the data directory.
 pub const FINGERPRINT_CACHE: &str = "fingerprints.json";
@@ -119,6 +130,14 @@ pub const FINGERPRINT_CACHE: &str = "fingerprints.json";
 /// # Errors
 /// A file that exists but cannot be read.
 pub fn fingerprint_cached(model: &ModelRef, cache: Option<&std::path::Path>) -> crate::Result<String> {
+    fingerprint_cached_checked(model, cache, &|| false)
+}
+
+fn fingerprint_cached_checked(
+    model: &ModelRef,
+    cache: Option<&std::path::Path>,
+    cancelled: &dyn Fn() -> bool,
+) -> crate::Result<String> {
     let Ok(root) = model.resolve() else {
         return Ok("unknown".to_string());
     };
@@ -131,7 +150,7 @@ pub fn fingerprint_cached(model: &ModelRef, cache: Option<&std::path::Path>) -> 
     if let Some(digest) = cached.get(&key, &stamps) {
         return Ok(digest);
     }
-    let digest = hash_files(&root, &files)?;
+    let digest = hash_files(&root, &files, cancelled)?;
     if let Some(path) = cache
         && stamps.iter().all(|s| s.settled)
     {
@@ -165,7 +184,7 @@ fn stamps(root: &std::path::Path, files: &[PathBuf]) -> crate::Result<Vec<digest
 
 /// The digest itself: a single file's bytes, or for a folder each file's relative path, a zero
 /// byte, its length and its bytes, in the (sorted) order given.
-fn hash_files(root: &std::path::Path, files: &[PathBuf]) -> crate::Result<String> {
+fn hash_files(root: &std::path::Path, files: &[PathBuf], cancelled: &dyn Fn() -> bool) -> crate::Result<String> {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     for f in files {
@@ -183,7 +202,12 @@ fn hash_files(root: &std::path::Path, files: &[PathBuf]) -> crate::Result<String
             // SAFETY: read-only map of a file we only read; a concurrent truncation is the
             // same hazard every mmap-based model loader accepts.
             let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| crate::Error::io(f, e))?;
-            h.update(&map[..]);
+            for chunk in map.chunks(HASH_CHUNK_BYTES) {
+                if cancelled() {
+                    return Err(crate::Error::Cancelled);
+                }
+                h.update(chunk);
+            }
         }
     }
     Ok(format!("{:x}", h.finalize()))
@@ -412,5 +436,22 @@ mod tests {
         for _ in 0..2 {
             assert_eq!(fingerprint_cached(&ModelRef::Path(f.clone()), Some(&cache)).unwrap(), abc);
         }
+    }
+
+    /// A cancel asked for while a file is hashed ends the hash with Error::Cancelled at the next
+    /// chunk: after 2 of a 3-chunk file's chunks, not at its end.
+    #[test]
+    fn hashing_stops_when_cancelled() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("w.safetensors");
+        std::fs::write(&file, vec![7u8; 2 * HASH_CHUNK_BYTES + 1]).unwrap();
+        let asked = std::cell::Cell::new(0);
+        let cancelled = || {
+            asked.set(asked.get() + 1);
+            asked.get() > 2
+        };
+        let err = fingerprint_checked(&ModelRef::Path(file), &cancelled).unwrap_err();
+        assert!(matches!(err, crate::Error::Cancelled), "{err}");
+        assert_eq!(asked.get(), 3);
     }
 }

@@ -102,6 +102,16 @@ pub fn candle_device(kind: DeviceKind) -> Result<Device> {
 /// # Errors
 /// A missing or malformed file or component, named; an unavailable device.
 pub fn load(path: &Path, knobs: &Knobs) -> Result<LatentDiffusion> {
+    load_checked(path, knobs, &|| false)
+}
+
+/// [`load`], asking `cancelled` before each component is read.
+///
+/// # Errors
+/// As [`load`]; [`Error::Cancelled`] once `cancelled` says so.
+pub fn load_checked(path: &Path, knobs: &Knobs, cancelled: &dyn Fn() -> bool) -> Result<LatentDiffusion> {
+    let stop = || if cancelled() { Err(Error::Cancelled) } else { Ok(()) };
+    stop()?;
     let device = candle_device(knobs.device)?;
     // a component placed on the CPU gets the CPU; otherwise the one device made above (two
     // handles to one GPU would count as different devices)
@@ -156,6 +166,7 @@ pub fn load(path: &Path, knobs: &Knobs) -> Result<LatentDiffusion> {
     text.attention_slice = slice;
     resident.add(&text_device, ledgers[0].bytes);
 
+    stop()?;
     let cfg = source.unet_config()?;
     let (vb, _) = source.weights(Component::Unet, unet_dtype, &device)?;
     let split_on_cpu = device.is_cpu() && knobs.offload.mode == OffloadMode::Split;
@@ -180,6 +191,7 @@ pub fn load(path: &Path, knobs: &Knobs) -> Result<LatentDiffusion> {
         notes.push(note);
     }
 
+    stop()?;
     let cfg = source.vae_config()?;
     // as diffusers: an autoencoder marked `force_upcast` (SD 1.x/2.x's overflows in f16) decodes in
     // f32 unless the user asked for f16 by name

@@ -162,6 +162,20 @@ fn cancel_during_decode() {
     }
 }
 
+/// A cancel asked for while a model loads ends the load with Error::Cancelled before the next
+/// component: after the text encoder, with the UNet and VAE never read.
+#[test]
+fn cancel_during_load() {
+    let asked = std::cell::Cell::new(0);
+    let cancelled = || {
+        asked.set(asked.get() + 1);
+        asked.get() > 1
+    };
+    let err = super::pipeline::load_checked(&fixture("tiny-sd1"), &Knobs::default(), &cancelled).err().unwrap();
+    assert!(matches!(err, Error::Cancelled), "{err}");
+    assert_eq!(asked.get(), 2, "cancel asked about before the first and second component only");
+}
+
 /// attention_slice as a knob leaves the image unchanged (within 1e-5), and a too-long prompt
 /// and an unimplemented precision are reported as notes.
 #[test]
