@@ -103,10 +103,21 @@ impl ModelRef {
 /// # Errors
 /// A file that exists but cannot be read.
 pub fn fingerprint(model: &ModelRef) -> crate::Result<String> {
+    fingerprint_checked(model, &|| false)
+}
+
+/// [`fingerprint`], asking `cancelled` between chunks of [`HASH_CHUNK_BYTES`] while hashing.
+///
+/// # Errors
+/// As [`fingerprint`]; [`crate::Error::Cancelled`] once `cancelled` says so.
+pub fn fingerprint_checked(model: &ModelRef, cancelled: &dyn Fn() -> bool) -> crate::Result<String> {
     // Unit tests never write into the user's data directory.
     let cache = if cfg!(test) { None } else { crate::paths::data_dir().map(|d| d.join(FINGERPRINT_CACHE)) };
-    fingerprint_cached(model, cache.as_deref())
+    fingerprint_cached_checked(model, cache.as_deref(), cancelled)
 }
+
+/// Bytes hashed between two cancel checks (a few milliseconds of SHA-256).
+pub const HASH_CHUNK_BYTES: usize = 8 << 20;
 
 /// The cache of model digests in the data directory.
 pub const FINGERPRINT_CACHE: &str = "fingerprints.json";
@@ -119,6 +130,14 @@ pub const FINGERPRINT_CACHE: &str = "fingerprints.json";
 /// # Errors
 /// A file that exists but cannot be read.
 pub fn fingerprint_cached(model: &ModelRef, cache: Option<&std::path::Path>) -> crate::Result<String> {
+    fingerprint_cached_checked(model, cache, &|| false)
+}
+
+fn fingerprint_cached_checked(
+    model: &ModelRef,
+    cache: Option<&std::path::Path>,
+    cancelled: &dyn Fn() -> bool,
+) -> crate::Result<String> {
     let Ok(root) = model.resolve() else {
         return Ok("unknown".to_string());
     };
@@ -131,7 +150,7 @@ pub fn fingerprint_cached(model: &ModelRef, cache: Option<&std::path::Path>) -> 
     if let Some(digest) = cached.get(&key, &stamps) {
         return Ok(digest);
     }
-    let digest = hash_files(&root, &files)?;
+    let digest = hash_files(&root, &files, cancelled)?;
     if let Some(path) = cache
         && stamps.iter().all(|s| s.settled)
     {
@@ -163,9 +182,21 @@ fn stamps(root: &std::path::Path, files: &[PathBuf]) -> crate::Result<Vec<digest
         .collect()
 }
 
+/// Reads until `buf` is full or the reader ends; the bytes read.
+fn read_full(r: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
 /// The digest itself: a single file's bytes, or for a folder each file's relative path, a zero
 /// byte, its length and its bytes, in the (sorted) order given.
-fn hash_files(root: &std::path::Path, files: &[PathBuf]) -> crate::Result<String> {
+fn hash_files(root: &std::path::Path, files: &[PathBuf], cancelled: &dyn Fn() -> bool) -> crate::Result<String> {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     for f in files {
@@ -179,10 +210,20 @@ fn hash_files(root: &std::path::Path, files: &[PathBuf]) -> crate::Result<String
         if root.is_dir() {
             h.update(len.to_le_bytes());
         }
-        // read through a small buffer, not a memory map: a map's pages would count in this
-        // process's resident set until unmapped (the whole weight file, at the run's start)
+        // read through a buffer, not a memory map: a map's pages would count in this process's
+        // resident set until unmapped (the whole weight file, at the run's start)
         let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
-        std::io::copy(&mut reader, &mut h).map_err(|e| crate::Error::io(f, e))?;
+        let mut chunk = vec![0u8; HASH_CHUNK_BYTES];
+        loop {
+            if cancelled() {
+                return Err(crate::Error::Cancelled);
+            }
+            let n = read_full(&mut reader, &mut chunk).map_err(|e| crate::Error::io(f, e))?;
+            h.update(&chunk[..n]);
+            if n < chunk.len() {
+                break;
+            }
+        }
     }
     Ok(format!("{:x}", h.finalize()))
 }
@@ -410,5 +451,22 @@ mod tests {
         for _ in 0..2 {
             assert_eq!(fingerprint_cached(&ModelRef::Path(f.clone()), Some(&cache)).unwrap(), abc);
         }
+    }
+
+    /// A cancel asked for while a file is hashed ends the hash with Error::Cancelled at the next
+    /// chunk: after 2 of a 3-chunk file's chunks, not at its end.
+    #[test]
+    fn hashing_stops_when_cancelled() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("w.safetensors");
+        std::fs::write(&file, vec![7u8; 2 * HASH_CHUNK_BYTES + 1]).unwrap();
+        let asked = std::cell::Cell::new(0);
+        let cancelled = || {
+            asked.set(asked.get() + 1);
+            asked.get() > 2
+        };
+        let err = fingerprint_checked(&ModelRef::Path(file), &cancelled).unwrap_err();
+        assert!(matches!(err, crate::Error::Cancelled), "{err}");
+        assert_eq!(asked.get(), 3);
     }
 }

@@ -36,21 +36,22 @@ pub trait Family: Send {
     fn generate(&mut self, request: &Request, observer: &mut dyn RunObserver) -> Result<Vec<Artifact>>;
 }
 
-/// Opens `model` with the family that can run it, placing its weights as `knobs` say.
+/// Opens `model` with the family that can run it, placing its weights as `knobs` say, asking
+/// `obs` whether to cancel between components.
 ///
 /// # Errors
 /// The model cannot be found or read, no family can run it (the message says what it is), or
 /// the family's own load errors.
 pub fn load(model: &ModelRef, knobs: &Knobs, obs: &mut dyn RunObserver) -> Result<Box<dyn Family>> {
-    let _ = obs;
+    let cancelled = || obs.cancelled();
     let path = model.resolve()?;
     if path.join("model_index.json").is_file() {
-        return Ok(Box::new(latent_diffusion::load(&path, knobs)?));
+        return Ok(Box::new(latent_diffusion::load_checked(&path, knobs, &cancelled)?));
     }
     let insp = crate::formats::inspect(&path)?;
     // a single file is tried as an LDM checkpoint, which names a few keys when it is not one
     if matches!(insp.format, Format::Safetensors | Format::Ckpt) && path.is_file() {
-        return Ok(Box::new(latent_diffusion::load(&path, knobs)?));
+        return Ok(Box::new(latent_diffusion::load_checked(&path, knobs, &cancelled)?));
     }
     Err(Error::file(
         &path,

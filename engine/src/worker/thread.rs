@@ -137,7 +137,10 @@ impl Worker {
         crate::families::RunObserver::stage(&mut obs, Stage::Load);
         let loader = &self.loader;
         let result = catch_unwind(AssertUnwindSafe(|| {
-            let sha256 = crate::model::fingerprint(&model)?;
+            let sha256 = {
+                let obs = &obs;
+                crate::model::fingerprint_checked(&model, &|| crate::families::RunObserver::cancelled(obs))?
+            };
             let family = loader(&model, &knobs, &mut obs)?;
             let name = family.name().to_string();
             let weight_bytes = family.weight_bytes().iter().map(|(_, b)| b).sum::<u64>();

@@ -36,4 +36,4 @@ mod pipeline_tests;
 #[cfg(test)]
 mod quant_tests;
 
-pub use pipeline::{LatentDiffusion, load};
+pub use pipeline::{LatentDiffusion, load, load_checked};

@@ -102,6 +102,16 @@ pub fn candle_device(kind: DeviceKind) -> Result<Device> {
 /// # Errors
 /// A missing or malformed file or component, named; an unavailable device.
 pub fn load(path: &Path, knobs: &Knobs) -> Result<LatentDiffusion> {
+    load_checked(path, knobs, &|| false)
+}
+
+/// [`load`], asking `cancelled` before each component is read.
+///
+/// # Errors
+/// As [`load`]; [`Error::Cancelled`] once `cancelled` says so.
+pub fn load_checked(path: &Path, knobs: &Knobs, cancelled: &dyn Fn() -> bool) -> Result<LatentDiffusion> {
+    let stop = || if cancelled() { Err(Error::Cancelled) } else { Ok(()) };
+    stop()?;
     let device = candle_device(knobs.device)?;
     // a component placed on the CPU gets the CPU; otherwise the one device made above (two
     // handles to one GPU would count as different devices)
@@ -155,6 +165,7 @@ pub fn load(path: &Path, knobs: &Knobs) -> Result<LatentDiffusion> {
     text.attention_slice = slice;
     resident.add(&text_device, ledgers[0].bytes);
 
+    stop()?;
     let cfg = source.unet_config()?;
     let (vb, _) = source.weights(Component::Unet, unet_dtype, &device)?;
     let split_on_cpu = device.is_cpu() && knobs.offload.mode == OffloadMode::Split;
@@ -179,6 +190,7 @@ pub fn load(path: &Path, knobs: &Knobs) -> Result<LatentDiffusion> {
         notes.push(note);
     }
 
+    stop()?;
     let cfg = source.vae_config()?;
     // as diffusers: an autoencoder marked `force_upcast` (SD 1.x/2.x's overflows in f16) decodes in
     // f32 unless the user asked for f16 by name
@@ -397,13 +409,37 @@ impl LatentDiffusion {
         observer.stage(Stage::Decode);
         let mut images = Vec::with_capacity(batch);
         for b in 0..batch {
-            let img =
-                self.vae.decode_scaled(&latents.narrow(0, b, 1)?.to_device(&self.vae_device)?.to_dtype(self.dtypes[2])?)?;
+            let z = latents.narrow(0, b, 1)?.to_device(&self.vae_device)?.to_dtype(self.dtypes[2])?;
+            // checked before each tile and up block, so a cancel ends the decode within one of them
+            let img = checked(&*observer, |check| self.vae.decode_scaled_checked(&z, check))?;
             let img = img.to_dtype(DType::F32)?;
             images.push(((img / 2.0)? + 0.5)?.clamp(0f32, 1f32)?);
             observer.progress(b as u32 + 1, batch as u32);
         }
         Ok(Tensor::cat(&images, 0)?.permute((0, 2, 3, 1))?.to_dtype(DType::F32)?)
+    }
+}
+
+/// Runs `f` with a check that fails once `observer` is cancelled; that failure comes back as
+/// [`Error::Cancelled`], any other as itself.
+///
+/// # Errors
+/// [`Error::Cancelled`], or `f`'s error.
+fn checked<T>(
+    observer: &dyn RunObserver,
+    f: impl FnOnce(&mut dyn FnMut() -> candle_core::Result<()>) -> candle_core::Result<T>,
+) -> Result<T> {
+    let mut hit = false;
+    let out = f(&mut || {
+        if observer.cancelled() {
+            hit = true;
+            candle_core::bail!("cancelled");
+        }
+        Ok(())
+    });
+    match out {
+        Err(_) if hit => Err(Error::Cancelled),
+        r => Ok(r?),
     }
 }
 
@@ -497,7 +533,7 @@ impl Family for LatentDiffusion {
             if observer.cancelled() {
                 return Err(Error::Cancelled);
             }
-            let audio = params.audio_from_image(img)?;
+            let audio = params.audio_from_image_checked(img, &|| observer.cancelled())?;
             observer.preview(Preview::Waveform(envelope(&audio.samples, 512)));
             observer.progress(i as u32 + 1, images.len() as u32);
             out.push(Artifact::Audio(audio));

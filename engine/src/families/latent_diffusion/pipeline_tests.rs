@@ -32,6 +32,8 @@ struct Recorder {
     previews: usize,
     notes: Vec<String>,
     cancel_after: Option<usize>,
+    /// Cancels as soon as this stage begins.
+    cancel_in: Option<Stage>,
 }
 
 impl RunObserver for Recorder {
@@ -49,6 +51,7 @@ impl RunObserver for Recorder {
     }
     fn cancelled(&self) -> bool {
         self.cancel_after.is_some_and(|n| self.progress.len() >= n)
+            || self.cancel_in.is_some_and(|s| self.stages.last() == Some(&s))
     }
     fn note(&mut self, note: String) {
         self.notes.push(note);
@@ -141,6 +144,36 @@ fn cancel_between_steps() {
     assert!(matches!(err, Error::Cancelled), "{err}");
     assert_eq!(obs.progress.len(), 2);
     assert!(!obs.stages.contains(&Stage::Decode));
+}
+
+/// A cancel that arrives as the decode begins ends the run with Error::Cancelled before the
+/// first of the batch's images is decoded (tiled or not).
+#[test]
+fn cancel_during_decode() {
+    for tile in ["0", "4"] {
+        let mut knobs = Knobs::default();
+        knobs.set("slicing.vae_tile", tile).unwrap();
+        let mut model = load(&fixture("tiny-sd2"), &knobs).unwrap();
+        let mut obs = Recorder { cancel_in: Some(Stage::Decode), ..Recorder::default() };
+        let req = Request { batch: 2, ..request("tiny-sd2") };
+        let err = model.generate(&req, &mut obs).unwrap_err();
+        assert!(matches!(err, Error::Cancelled), "{err}");
+        assert_eq!(obs.progress.len(), 4, "tile {tile}: decode progress {:?}", obs.progress);
+    }
+}
+
+/// A cancel asked for while a model loads ends the load with Error::Cancelled before the next
+/// component: after the text encoder, with the UNet and VAE never read.
+#[test]
+fn cancel_during_load() {
+    let asked = std::cell::Cell::new(0);
+    let cancelled = || {
+        asked.set(asked.get() + 1);
+        asked.get() > 1
+    };
+    let err = super::pipeline::load_checked(&fixture("tiny-sd1"), &Knobs::default(), &cancelled).err().unwrap();
+    assert!(matches!(err, Error::Cancelled), "{err}");
+    assert_eq!(asked.get(), 2, "cancel asked about before the first and second component only");
 }
 
 /// attention_slice as a knob leaves the image unchanged (within 1e-5), and a too-long prompt

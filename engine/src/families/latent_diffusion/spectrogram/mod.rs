@@ -434,11 +434,20 @@ impl SpectrogramParams {
     /// # Errors
     /// An image of the wrong height or narrower than two frames.
     pub fn audio_from_image(&self, img: &Image) -> Result<Audio> {
+        self.audio_from_image_checked(img, &|| false)
+    }
+
+    /// [`Self::audio_from_image`], asking `cancelled` before each Griffin-Lim iteration.
+    ///
+    /// # Errors
+    /// As [`Self::audio_from_image`]; [`Error::Cancelled`] once `cancelled` says so.
+    pub fn audio_from_image_checked(&self, img: &Image, cancelled: &dyn Fn() -> bool) -> Result<Audio> {
         let frames = img.width as usize;
         let mel = self.mel_from_image(img)?;
         let mag = self.magnitude_from_mel(&mel, frames)?;
         let stft = self.stft()?;
-        let mut samples = stft::griffin_lim(&stft, &mag, frames, self.griffin_lim_iters, self.momentum, Some(frames * self.hop))?;
+        let (iters, length) = (self.griffin_lim_iters, Some(frames * self.hop));
+        let mut samples = stft::griffin_lim_checked(&stft, &mag, frames, iters, self.momentum, length, cancelled)?;
         let max = samples.iter().fold(0f32, |m, s| m.max(s.abs()));
         if self.peak > 0.0 && max > 0.0 {
             let g = self.peak / max;

@@ -158,6 +158,22 @@ pub fn griffin_lim(
     momentum: f32,
     length: Option<usize>,
 ) -> Result<Vec<f32>> {
+    griffin_lim_checked(stft, magnitude, frames, iters, momentum, length, &|| false)
+}
+
+/// [`griffin_lim`], asking `cancelled` before each iteration.
+///
+/// # Errors
+/// As [`griffin_lim`]; [`Error::Cancelled`] once `cancelled` says so.
+pub fn griffin_lim_checked(
+    stft: &Stft,
+    magnitude: &[f32],
+    frames: usize,
+    iters: usize,
+    momentum: f32,
+    length: Option<usize>,
+    cancelled: &dyn Fn() -> bool,
+) -> Result<Vec<f32>> {
     let bins = stft.bins();
     if magnitude.len() != frames * bins || frames < 2 {
         return Err(Error::invalid(format!(
@@ -174,6 +190,9 @@ pub fn griffin_lim(
         data: magnitude.iter().zip(angles).map(|(&m, &a)| a * m).collect(),
     };
     for _ in 0..iters {
+        if cancelled() {
+            return Err(Error::Cancelled);
+        }
         let signal = stft.inverse(&with_phase(&angles), None)?;
         let rebuilt = stft.forward(&signal)?;
         if rebuilt.frames != frames {

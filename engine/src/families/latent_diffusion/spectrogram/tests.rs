@@ -495,3 +495,21 @@ fn spectrogram_inverse_timing() {
         eprintln!("riffusion, {inverse:?}: inverse mel of 50 frames {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
     }
 }
+
+/// A cancel asked for during Griffin-Lim ends it with Error::Cancelled at the next iteration,
+/// after 3 of 32 iterations instead of all of them.
+#[test]
+fn griffin_lim_stops_when_cancelled() {
+    let r = refs();
+    let stft = Stft::new(512, 160, 400).unwrap();
+    let s = stft.forward(&vec(&r, "wave")).unwrap();
+    let target: Vec<f32> = s.data.iter().map(|c| c.norm()).collect();
+    let asked = std::cell::Cell::new(0);
+    let cancelled = || {
+        asked.set(asked.get() + 1);
+        asked.get() > 3
+    };
+    let err = super::stft::griffin_lim_checked(&stft, &target, s.frames, 32, 0.99, None, &cancelled).unwrap_err();
+    assert!(matches!(err, crate::error::Error::Cancelled), "{err}");
+    assert_eq!(asked.get(), 4);
+}
