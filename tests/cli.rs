@@ -389,5 +389,9 @@ fn bench_reports_each_setting() {
         assert!(r["peak_rss_bytes"].as_u64().unwrap() > 0, "{r}");
     }
     let (f32b, f16b) = (rows[0]["weight_bytes"].as_u64().unwrap(), rows[1]["weight_bytes"].as_u64().unwrap());
-    assert_eq!(f32b, 2 * f16b, "f16 holds half the bytes of f32");
+    // f16 halves every weight but the layer norms, which stay in the (f32) compute dtype on the CPU
+    let half = f16b as f64 / f32b as f64;
+    assert!((0.5..0.51).contains(&half), "f16 holds {half}× the bytes of f32");
+    // the planned peak and the mean step after the first are part of every row
+    assert!(rows.iter().all(|r| r["planned_peak_bytes"].as_u64().unwrap() > r["weight_bytes"].as_u64().unwrap()), "{rows:?}");
 }

@@ -72,11 +72,16 @@ fn owned(starts: &[usize], k: usize, n: usize, overlap: usize) -> Range<usize> {
 /// up path's receptive field (3×3 convolutions at 1, 2, 4 … times latent resolution), so the
 /// tiles' zero padding barely reaches the kept part. 8 for SD's autoencoder, 5 for the tiny ones.
 fn context(cfg: &super::vae::VaeConfig) -> usize {
-    let n = cfg.block_out_channels.len();
+    tile_context(cfg.block_out_channels.len(), cfg.layers_per_block)
+}
+
+/// [`context`] for a decoder of `n` levels with `layers_per_block` resnets per encoder block (the
+/// planner's view, which has no config struct).
+pub fn tile_context(n: usize, layers_per_block: usize) -> usize {
     let mut radius = 0.0;
     for j in 0..n {
         let scale = (1usize << j) as f64;
-        radius += 2.0 * (cfg.layers_per_block + 1) as f64 / scale; // resnets' two convs each
+        radius += 2.0 * (layers_per_block + 1) as f64 / scale; // resnets' two convs each
         radius += if j + 1 < n { 0.5 / scale } else { 1.0 / scale }; // upsampler's conv, or conv_out
     }
     (0.6 * radius).ceil() as usize
