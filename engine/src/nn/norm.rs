@@ -240,32 +240,6 @@ impl NormStats {
     pub fn calls(&self) -> usize {
         self.layers.len()
     }
-
-    /// The largest change between `self` and `earlier` in any (call, image, group)'s mean or
-    /// standard deviation, relative to the earlier standard deviation; infinite when their
-    /// shapes differ.
-    pub fn max_change(&self, earlier: &NormStats) -> f64 {
-        if self.layers.len() != earlier.layers.len() {
-            return f64::INFINITY;
-        }
-        let moments = |&[sum, sq, n]: &[f64; 3]| {
-            let n = n.max(1.0);
-            let mean = sum / n;
-            (mean, (sq / n - mean * mean).max(0.0).sqrt())
-        };
-        let mut worst = 0f64;
-        for (a, b) in self.layers.iter().zip(&earlier.layers) {
-            if a.len() != b.len() {
-                return f64::INFINITY;
-            }
-            for (x, y) in a.iter().zip(b) {
-                let ((m1, s1), (m0, s0)) = (moments(x), moments(y));
-                let scale = s0.max(1e-6);
-                worst = worst.max((m1 - m0).abs() / scale).max((s1 - s0).abs() / scale);
-            }
-        }
-        worst
-    }
 }
 
 /// The part of the whole image a tile stands for while statistics are collected, in the tile's

@@ -8,11 +8,10 @@
 //! Unlike diffusers (kept as [`TileNorm::PerTile`] for parity), every `GroupNorm` normalizes each
 //! tile with statistics of the whole image, so tiles do not change colour ([`TileNorm::WholeImage`],
 //! the default): the decoder's head (conv_in and the mid block, with its attention, at latent
-//! resolution, 1/64 of the pixels) runs on the whole latent; then passes run the up blocks tile by tile
+//! resolution, 1/64 of the pixels) runs on the whole latent; then [`STAT_PASSES`] passes run the up blocks tile by tile
 //! only to add up each `GroupNorm`'s per-(image, group) sums over the part of the image each tile
 //! stands for (the first pass normalizing with each tile's own statistics, the next with the
-//! previous pass's, until they settle: [`STATS_SETTLED`]), and the real pass normalizes every tile
-//! with the last pass's. A pass holds one
+//! previous pass's), and the real pass normalizes every tile with the last pass's. A pass holds one
 //! tile's feature maps at a time; the statistics are three f64 per (image, group) per norm.
 
 use std::ops::Range;
@@ -23,12 +22,11 @@ use candle_core::{Result, Tensor};
 use super::vae::AutoencoderKl;
 use crate::nn::norm::{NormStats, StatsScope, TileRegion};
 
-/// The statistics-collecting passes stop when no norm's mean or σ moved by more than this
-/// fraction of its σ since the pass before. The first pass normalizes with each tile's own
-/// statistics, so later norms' sums are off; each further pass (normalizing with the previous
-/// pass's) makes one more norm exact and the later ones closer. builtin:shapes' VAE (17 norms)
-/// settles in 8–10 passes at tiles of 4–12, the tiny fixtures' in a few.
-pub const STATS_SETTLED: f64 = 1e-2;
+/// Statistics-collecting passes before the real one. The first normalizes with each tile's own
+/// statistics, so later norms' sums are slightly off; each further pass (normalizing with the
+/// previous pass's) makes them closer. One gives 45–51 dB PSNR against the untiled decode on the
+/// tiny fixtures at tiles of 4–12, two 50–55 dB at one more pass of time.
+pub const STAT_PASSES: usize = 1;
 
 /// Which statistics the `GroupNorm`s of a tiled decode normalize with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -145,10 +143,7 @@ pub fn decode_tiled_with(
             check()?;
             let head = vae.decode_head(z)?;
             let mut stats: Option<Arc<NormStats>> = None;
-            // pass p makes the statistics of norm p exact and brings the later ones closer:
-            // repeat until they settle, at most once per norm (exact then)
-            let mut pass = 0;
-            loop {
+            for _ in 0..STAT_PASSES {
                 let mut acc = NormStats::default();
                 for (ik, &i) in rows.iter().enumerate() {
                     for (jk, &j) in cols.iter().enumerate() {
@@ -165,13 +160,7 @@ pub fn decode_tiled_with(
                         acc = scope.finish().unwrap_or_default();
                     }
                 }
-                pass += 1;
-                let change = stats.as_ref().map_or(f64::INFINITY, |s| acc.max_change(s));
-                let calls = acc.calls();
                 stats = Some(Arc::new(acc));
-                if change <= STATS_SETTLED || pass > calls {
-                    break;
-                }
             }
             (head, stats)
         }
