@@ -94,17 +94,14 @@ pub fn unet_bytes(shape: &ModelShape, req: &Request, attention_slice: u32, devic
 pub fn vae_bytes(shape: &ModelShape, req: &Request, slicing: (u32, u32), device: DeviceKind, elem: u64) -> u64 {
     let (attention_slice, vae_tile) = slicing;
     let (mut lw, mut lh) = ((req.width as u64 / 8).max(1), (req.height as u64 / 8).max(1));
-    let full_latent = lw * lh;
     // The finished image is accumulated in f32 with a blend weight while tiling.
     let mut out_acc = 0;
     if vae_tile > 0 {
         let t = vae_tile as u64;
         if t < lw || t < lh {
             out_acc = 4 * (req.width as u64 * req.height as u64) * 4;
-            // each tile is decoded with a border of context around it (SD's decoder: 2 resnets a level)
-            let border = 2 * crate::families::latent_diffusion::vae_tiling::tile_context(shape.vae.block_channels.len(), 2) as u64;
-            lw = lw.min(t + border);
-            lh = lh.min(t + border);
+            lw = lw.min(t);
+            lh = lh.min(t);
         }
     }
     let chans = &shape.vae.block_channels;
@@ -121,10 +118,9 @@ pub fn vae_bytes(shape: &ModelShape, req: &Request, slicing: (u32, u32), device:
         // (measured at SD 1.5's 512² top level: 0.80 GB for this term's 0.81 GB)
         worst = worst.max((2 * c_in + 2 * c_out) * pixels);
     }
-    // Mid-block attention: one head over all latent pixels (the mid block runs on the whole
-    // latent even when the up path is tiled).
+    // Mid-block attention: one head over all latent pixels (of the tile, when tiled).
     let c_mid = chans.last().copied().unwrap_or(512);
-    let attn = 4 * c_mid * full_latent * elem + score_block_bytes(1, full_latent, full_latent, attention_slice, device, elem);
+    let attn = 4 * c_mid * latent * elem + score_block_bytes(1, latent, latent, attention_slice, device, elem);
     (worst * elem).max(attn) + out_acc
 }
 

@@ -256,30 +256,20 @@ impl AutoencoderKl {
     /// # Errors
     /// Tensor errors.
     pub fn decode(&self, z: &Tensor) -> Result<Tensor> {
-        self.decode_up(&self.decode_head(z)?, &mut || Ok(()))
+        self.decode_checked(z, &mut || Ok(()))
     }
 
-    /// The decoder's part at latent resolution: `post_quant_conv`, `conv_in` and the mid block
-    /// (whose attention sees every latent pixel), `(B, C, h, w)` → `(B, C_mid, h, w)`.
+    /// [`Self::decode`], running `check` before each up block (a cancel check).
     ///
     /// # Errors
-    /// Tensor errors.
-    pub fn decode_head(&self, z: &Tensor) -> Result<Tensor> {
+    /// Tensor errors, or what `check` returns.
+    pub fn decode_checked(&self, z: &Tensor, check: &mut dyn FnMut() -> Result<()>) -> Result<Tensor> {
         let mut h = match &self.post_quant_conv {
             Some(p) => p.forward(z)?,
             None => z.clone(),
         };
         h = self.dec_conv_in.forward(&h)?;
-        self.dec_mid.forward(&h, self.attention_slice)
-    }
-
-    /// The rest of the decoder, from [`Self::decode_head`]'s output to pixels: the up blocks,
-    /// the output norm and `conv_out`. `check` runs before each up block (a cancel check).
-    ///
-    /// # Errors
-    /// Tensor errors, or what `check` returns.
-    pub fn decode_up(&self, h: &Tensor, check: &mut dyn FnMut() -> Result<()>) -> Result<Tensor> {
-        let mut h = h.clone();
+        h = self.dec_mid.forward(&h, self.attention_slice)?;
         for s in &self.dec_stages {
             check()?;
             h = s.forward(&h)?;
@@ -297,7 +287,7 @@ impl AutoencoderKl {
         self.decode_scaled_checked(latents, &mut || Ok(()))
     }
 
-    /// [`Self::decode_scaled`], running `check` between up blocks and tiles (a cancel check).
+    /// [`Self::decode_scaled`], running `check` before each tile and up block (a cancel check).
     ///
     /// # Errors
     /// Tensor errors, or what `check` returns.
@@ -306,12 +296,6 @@ impl AutoencoderKl {
         if let Some(s) = self.config.shift_factor {
             z = (z + s)?;
         }
-        let norm = super::vae_tiling::TileNorm::WholeImage;
-        if self.tile > 0 {
-            super::vae_tiling::decode_tiled_with(self, &z, self.tile, norm, check)
-        } else {
-            check()?;
-            self.decode_up(&self.decode_head(&z)?, check)
-        }
+        if self.tile > 0 { super::vae_tiling::decode_tiled(self, &z, self.tile, check) } else { self.decode_checked(&z, check) }
     }
 }
