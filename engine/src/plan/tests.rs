@@ -61,7 +61,7 @@ fn tight_budget_suggests_lossless_knobs_first() {
     k.slicing.vae_tile = 32;
     let full = plan(&shape, &k, &req512(), &Budgets::default());
     let budget = full.total_bytes - full.activation_bytes / 2;
-    let cpu = Knobs { device: DeviceKind::Cpu, ..k.clone() };
+    let cpu = Knobs { device: DeviceKind::Cpu, ..k };
     let on_cpu = plan(&shape, &cpu, &req512(), &Budgets::single(DeviceKind::Cpu, 100 << 20));
     assert!(on_cpu.suggestions.iter().all(|s| s.changes.iter().all(|c| c.0 != "slicing.attention_slice")), "{on_cpu:#?}");
     let p = plan(&shape, &k, &req512(), &Budgets::single(DeviceKind::Cuda(0), budget));
