@@ -21,7 +21,8 @@ use crate::error::{Error, Result};
 /// Where one tensor lies.
 #[derive(Clone, Debug)]
 struct Entry {
-    dtype: DType,
+    /// None for a dtype candle cannot hold (reported if a module asks for the tensor).
+    dtype: Option<DType>,
     shape: Vec<usize>,
     /// The file (index into the maps) and the byte range in it.
     file: usize,
@@ -79,11 +80,6 @@ impl MappedSafetensors {
         Ok(Self { path: name.to_path_buf(), maps, entries })
     }
 
-    /// The file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Names and shapes of every tensor the file holds.
     pub fn shapes(&self) -> impl Iterator<Item = (&str, &[usize])> {
         self.entries.iter().map(|(n, e)| (n.as_str(), e.shape.as_slice()))
@@ -108,11 +104,11 @@ impl MappedSafetensors {
             .entries
             .get(name)
             .ok_or_else(|| candle_core::Error::Msg(format!("'{name}' is not in {}", self.path.display())))?;
-        if e.shape.is_empty() && e.end > e.start && e.dtype == DType::U8 {
+        let Some(dtype) = e.dtype else {
             return Err(candle_core::Error::Msg(format!("tensor '{name}' in {} has a dtype that is not supported", self.path.display())));
-        }
+        };
         let map = &self.maps[e.file].1;
-        let t = Tensor::from_raw_buffer(&map[e.start..e.end], e.dtype, &e.shape, &Device::Cpu)?;
+        let t = Tensor::from_raw_buffer(&map[e.start..e.end], dtype, &e.shape, &Device::Cpu)?;
         release(map, e.start, e.end);
         Ok(t)
     }
@@ -144,9 +140,9 @@ fn read_entries(path: &Path, map: &Mmap, file: usize) -> Result<Vec<(String, Ent
                 if want != end - start {
                     return Err(Error::file(path, format!("tensor '{name}' has {} bytes for shape {:?}", end - start, info.shape)));
                 }
-                Entry { dtype, shape: info.shape.clone(), file, start, end }
+                Entry { dtype: Some(dtype), shape: info.shape.clone(), file, start, end }
             }
-            None => Entry { dtype: DType::U8, shape: Vec::new(), file, start, end },
+            None => Entry { dtype: None, shape: info.shape.clone(), file, start, end },
         };
         out.push((name, entry));
     }
