@@ -27,7 +27,10 @@ fn watch(path: &str) {
 
 /// candle-core's version as `Cargo.lock` (beside the workspace root) pins it.
 fn candle_version() -> Option<String> {
-    let lock = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.lock");
+    // the manifest folder of this build, read at run time: a build script compiled in another
+    // checkout of the same sources is reused by cargo, and a path baked in at compile time would
+    // point there
+    let lock = std::path::Path::new(&std::env::var_os("CARGO_MANIFEST_DIR")?).join("../Cargo.lock");
     println!("cargo:rerun-if-changed={}", lock.display());
     let text = std::fs::read_to_string(lock).ok()?;
     let at = text.find("name = \"candle-core\"")?;
