@@ -1,18 +1,19 @@
 //! Weight-holding layers that model code builds from: [`Linear`], [`Conv2d`], and the
 //! activations the checkpoints name in their configs.
 //!
-//! Each layer keeps its weight as [`Weights::matrix`] hands it over: dense (converted to the
-//! input's dtype at use when stored narrower), or quantized. On the CPU a quantized layer's weight
-//! is expanded to f32 for the call and the dense copy dropped after it (one layer at a time);
-//! elsewhere a quantized linear runs candle's quantized matmul (`QMatMul`) on f32 inputs. Biases
-//! stay dense. On the CPU in f32 the products run on [`super::cpu`]'s kernels.
+//! Each layer keeps its weight as [`Weights::matrix`] hands it over: dense, or quantized. On the
+//! CPU in f32 the products run on [`super::cpu`]'s kernels, a narrow weight (f16, bf16, GGML
+//! blocks) widened to f32 for the call into a buffer the thread reuses
+//! ([`super::cpu::expand`]); elsewhere a dense weight is converted to the input's dtype at use
+//! and a quantized linear runs candle's quantized matmul (`QMatMul`) on f32 inputs. Biases stay
+//! dense.
 
 use candle_core::quantized::QMatMul;
 use candle_core::{DType, Module, Result, Tensor};
 
 use super::Weights;
 use super::cpu::conv::Conv2dOp;
-use super::cpu::elementwise::widen_to_f32;
+use super::cpu::expand::Stored;
 use super::cpu::linear::LinearOp;
 use super::weights::StoredWeight;
 
@@ -48,17 +49,9 @@ fn dense_bytes(t: &Tensor) -> u64 {
     (t.elem_count() * t.dtype().size_in_bytes()) as u64
 }
 
-/// `t` in `dtype`, converting only when it differs (f16/bf16 → f32 on the CPU in parallel).
+/// `t` in `dtype`, converting only when it differs.
 fn as_dtype(t: &Tensor, dtype: DType) -> Result<Tensor> {
-    if t.dtype() == dtype {
-        return Ok(t.clone());
-    }
-    if dtype == DType::F32
-        && let Some(w) = widen_to_f32(t)?
-    {
-        return Ok(w);
-    }
-    t.to_dtype(dtype)
+    if t.dtype() == dtype { Ok(t.clone()) } else { t.to_dtype(dtype) }
 }
 
 impl Linear {
@@ -108,25 +101,27 @@ impl Module for Linear {
         let rows = x.elem_count() / in_features.max(1);
         // one contiguous 2-D matmul instead of a broadcast batched one
         let x2 = x.reshape((rows, in_features))?;
-        let cpu_f32 = x.device().is_cpu() && x.dtype() == DType::F32;
-        let w = match &self.weight {
-            LinearWeight::Dense(w) => as_dtype(w, x.dtype())?,
-            // on the CPU the weight is expanded to f32 for this call only: the f32 kernel is the
-            // fast one for a diffusion model's many rows, and candle's quantized kernel would keep
-            // a repacked copy of the weight beside the quantized one for good
-            LinearWeight::Quantized(QMatMul::QTensor(w)) if cpu_f32 => w.dequantize(x.device())?,
+        if x.device().is_cpu() && x.dtype() == DType::F32 {
+            // the CPU kernel: the weight widened to f32 for this call when stored narrower (the
+            // fast product for a diffusion model's many rows; candle's quantized kernel would also
+            // keep a repacked copy of the weight beside the quantized one for good), the bias
+            // added in the same pass
+            let weight = match &self.weight {
+                LinearWeight::Dense(w) => Stored::Dense(w),
+                LinearWeight::Quantized(QMatMul::QTensor(q)) => Stored::Blocks(q),
+                LinearWeight::Quantized(QMatMul::Tensor(w) | QMatMul::TensorF16(w)) => Stored::Dense(w),
+            };
+            let op = LinearOp { weight, out_features: self.out_features, bias: self.cpu_bias.as_deref() };
+            return x2.contiguous()?.apply_op1_no_bwd(&op)?.reshape(out_shape(&dims, self.out_features));
+        }
+        match &self.weight {
+            LinearWeight::Dense(w) => self.finish(x2.matmul(&as_dtype(w, x.dtype())?.t()?)?, &dims),
             // elsewhere candle's quantized matmul, on f32 rows
             LinearWeight::Quantized(q) => {
                 let y = q.forward(&as_dtype(&x2, DType::F32)?.contiguous()?)?;
-                return self.finish(as_dtype(&y, x.dtype())?, &dims);
+                self.finish(as_dtype(&y, x.dtype())?, &dims)
             }
-        };
-        if cpu_f32 {
-            // the CPU kernel adds the bias in the same pass
-            let op = LinearOp { bias: self.cpu_bias.as_deref() };
-            return x2.contiguous()?.apply_op2_no_bwd(&w.contiguous()?, &op)?.reshape(out_shape(&dims, self.out_features));
         }
-        self.finish(x2.matmul(&w.t()?)?, &dims)
     }
 }
 
@@ -196,15 +191,26 @@ impl Conv2d {
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if x.device().is_cpu() && x.dtype() == DType::F32 {
+            // the CPU kernel, with the kernel widened to f32 for this call when stored narrower
+            let weight = match &self.weight {
+                ConvWeight::Dense(w) => Stored::Dense(w),
+                ConvWeight::Quantized(q) => Stored::Blocks(q),
+            };
+            let op = Conv2dOp {
+                weight,
+                shape: self.shape,
+                stride: self.stride,
+                padding: self.padding,
+                bias: self.cpu_bias.as_deref(),
+            };
+            return x.contiguous()?.apply_op1_no_bwd(&op);
+        }
         let w = match &self.weight {
             ConvWeight::Dense(w) => as_dtype(w, x.dtype())?,
             // the dense kernel lives for this call only
             ConvWeight::Quantized(q) => q.dequantize(x.device())?.reshape(self.shape)?.to_dtype(x.dtype())?,
         };
-        if x.device().is_cpu() && x.dtype() == DType::F32 {
-            let op = Conv2dOp { stride: self.stride, padding: self.padding, bias: self.cpu_bias.as_deref() };
-            return x.contiguous()?.apply_op2_no_bwd(&w.contiguous()?, &op);
-        }
         let y = x.conv2d(&w, self.padding, self.stride, 1, 1)?;
         match &self.bias {
             Some(b) => y.broadcast_add(&as_dtype(b, y.dtype())?.reshape((1, self.shape.0, 1, 1))?),

@@ -148,3 +148,21 @@ fn cpu_stream_holds_one_block() {
     k.set("offload.mode", "split").unwrap();
     assert_eq!(unet(&k), all);
 }
+
+/// On the CPU the buffer a quantized denoiser's layers widen into is kept until the run ends, so
+/// it still counts at an f32 VAE's decode: that stage holds the denoiser's largest layer in f32
+/// on top of what the same run with an f32 denoiser holds.
+#[test]
+fn cpu_widening_buffer_outlives_its_stage() {
+    let shape = sd15();
+    let plan_with = |unet: Precision| {
+        let mut k = Knobs::default();
+        k.precision = crate::knobs::PrecisionKnobs::all(Precision::F32);
+        k.precision.set(Component::Unet, unet);
+        plan(&shape, &k, &req512(), &Budgets::default())
+    };
+    let (f32_plan, q4k_plan) = (plan_with(Precision::F32), plan_with(Precision::Q4K));
+    let (a, b) = (&f32_plan.per_device[0], &q4k_plan.per_device[0]);
+    assert_eq!((a.peak_stage.as_str(), b.peak_stage.as_str()), ("decode", "decode"));
+    assert_eq!(b.activation_bytes - a.activation_bytes, 4 * 95_000 * 1024);
+}

@@ -193,6 +193,8 @@ impl Worker {
         };
         let family = &mut loaded.family;
         let result = catch_unwind(AssertUnwindSafe(|| family.generate(request, &mut obs)));
+        // the buffer CPU layers widen narrow weights into is as large as the largest layer
+        crate::nn::cpu::expand::release();
         let stage = obs.stage;
         let mut telemetry = recorder.finish();
         if let Some(load) = loaded.load_telemetry.take() {

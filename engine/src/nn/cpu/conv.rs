@@ -7,9 +7,10 @@
 //! the kernel, the scattered writes of the result, and nested thread pools; a 1×1 convolution is a
 //! single product with no gathering at all.
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape};
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape};
 use rayon::prelude::*;
 
+use super::expand::{self, Stored};
 use super::{SharedOut, View, inner_parallelism, matmul};
 
 /// The im2col buffer each task holds, in elements (4 MiB): a tile is as many output rows as fit.
@@ -131,31 +132,34 @@ fn gather(x: &[f32], g: &ConvGeometry, b: usize, y0: usize, rows: usize, ow: usi
     }
 }
 
-/// [`conv2d`] as a candle op over `(x, weight)`, both f32 on the CPU: `x` NCHW and the kernel
-/// `(c_out, c_in, k, k)`, any layout (made contiguous first when strided).
+/// [`conv2d`] as a candle op over `x`, contiguous f32 NCHW on the CPU, with the kernel as the
+/// layer holds it: `(c_out, c_in, k, k)` values, f32 or narrower ([`expand`]).
 pub struct Conv2dOp<'a> {
+    pub weight: Stored<'a>,
+    /// `(c_out, c_in, k, k)`.
+    pub shape: (usize, usize, usize, usize),
     pub stride: usize,
     pub padding: usize,
     /// The `(c_out)` bias, added in the same pass.
     pub bias: Option<&'a [f32]>,
 }
 
-impl CustomOp2 for Conv2dOp<'_> {
+impl CustomOp1 for Conv2dOp<'_> {
     fn name(&self) -> &'static str {
         "headroom-conv2d"
     }
 
-    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(x), CpuStorage::F32(w)) = (xs, ws) else {
-            candle_core::bail!("headroom-conv2d: expected f32 input and kernel");
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(x) = xs else {
+            candle_core::bail!("headroom-conv2d: expected an f32 input");
         };
-        let (Some((x0, x1)), Some((w0, w1))) = (xl.contiguous_offsets(), wl.contiguous_offsets()) else {
-            candle_core::bail!("headroom-conv2d: expected contiguous input and kernel");
+        let Some((x0, x1)) = xl.contiguous_offsets() else {
+            candle_core::bail!("headroom-conv2d: expected a contiguous input");
         };
         let (batch, c_in, h, w_) = xl.shape().dims4()?;
-        let (c_out, wc_in, kh, kw) = wl.shape().dims4()?;
+        let (c_out, wc_in, kh, kw) = self.shape;
         if wc_in != c_in || kh != kw {
-            candle_core::bail!("headroom-conv2d: input {:?} does not fit kernel {:?}", xl.dims(), wl.dims());
+            candle_core::bail!("headroom-conv2d: input {:?} does not fit kernel {:?}", xl.dims(), self.shape);
         }
         if self.bias.is_some_and(|b| b.len() != c_out) {
             candle_core::bail!("headroom-conv2d: bias does not have {c_out} values");
@@ -165,7 +169,12 @@ impl CustomOp2 for Conv2dOp<'_> {
         }
         let g = ConvGeometry { batch, c_in, h, w: w_, c_out, k: kh, stride: self.stride, padding: self.padding };
         let (oh, ow) = g.out_hw();
-        let y = conv2d(&x[x0..x1], g, &w[w0..w1], self.bias);
+        let y = expand::with_f32(self.weight, |w| {
+            (w.len() == c_out * c_in * kh * kw).then(|| conv2d(&x[x0..x1], g, w, self.bias))
+        })?;
+        let Some(y) = y else {
+            candle_core::bail!("headroom-conv2d: the stored kernel does not hold {:?} values", self.shape);
+        };
         Ok((CpuStorage::F32(y), Shape::from((batch, c_out, oh, ow))))
     }
 }
@@ -193,7 +202,8 @@ mod tests {
             let b = Tensor::randn(0f32, 1., c_out, &dev).unwrap();
             let bias = b.to_vec1::<f32>().unwrap();
             let want = x.conv2d(&wt, padding, stride, 1, 1).unwrap().broadcast_add(&b.reshape((1, c_out, 1, 1)).unwrap()).unwrap();
-            let got = x.apply_op2_no_bwd(&wt, &Conv2dOp { stride, padding, bias: Some(&bias) }).unwrap();
+            let op = Conv2dOp { weight: Stored::Dense(&wt), shape: (c_out, c_in, k, k), stride, padding, bias: Some(&bias) };
+            let got = x.apply_op1_no_bwd(&op).unwrap();
             assert_eq!(got.dims(), want.dims(), "{c_in} {c_out} {h} {w} {k} {stride} {padding}");
             let d = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             assert!(d < 1e-4, "{c_in} {c_out} {h} {w} k{k} s{stride} p{padding}: {d}");

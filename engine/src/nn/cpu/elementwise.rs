@@ -1,9 +1,9 @@
 //! Element-wise kernels fused where the models chain them: GEGLU (`a · gelu(b)` over the two
 //! halves of a projection) in one pass over rows split across rayon's pool, with the vectorized
 //! [`super::math::gelu_erf`], instead of a narrow, a copy, libm's erf one value at a time and a
-//! multiply; and widening f16/bf16 weights to f32 for a call, split across the pool.
+//! multiply.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape};
 use rayon::prelude::*;
 
 use super::math::gelu_erf;
@@ -44,30 +44,6 @@ impl CustomOp1 for Geglu {
     }
 }
 
-/// A contiguous CPU f16 or bf16 tensor widened to f32 with the work split across rayon's pool;
-/// `None` for anything else (other devices, dtypes or layouts).
-///
-/// # Errors
-/// Tensor errors.
-pub fn widen_to_f32(t: &Tensor) -> Result<Option<Tensor>> {
-    use candle_core::Storage;
-    use half::slice::HalfFloatSliceExt;
-    const CHUNK: usize = 1 << 16;
-    let (storage, layout) = t.storage_and_layout();
-    let (Storage::Cpu(cpu), Some((a, b))) = (&*storage, layout.contiguous_offsets()) else {
-        return Ok(None);
-    };
-    let mut out = vec![0f32; b - a];
-    match cpu {
-        CpuStorage::F16(v) => out.par_chunks_mut(CHUNK).zip(v[a..b].par_chunks(CHUNK)).for_each(|(o, s)| s.convert_to_f32_slice(o)),
-        CpuStorage::BF16(v) => out.par_chunks_mut(CHUNK).zip(v[a..b].par_chunks(CHUNK)).for_each(|(o, s)| s.convert_to_f32_slice(o)),
-        _ => return Ok(None),
-    }
-    let shape = layout.shape().clone();
-    drop(storage);
-    Ok(Some(Tensor::from_vec(out, shape, &candle_core::Device::Cpu)?))
-}
-
 wide_fn! {
     /// `out` row i = left half of `rows` row i times the GELU of its right half.
     fn geglu_rows(out: &mut [f32], rows: &[f32], half: usize) -> () {
@@ -95,18 +71,5 @@ mod tests {
         assert_eq!(got.dims(), &[2, 77, 24]);
         let d = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(d < 1e-5, "{d}");
-    }
-
-    /// Widening matches candle's cast exactly for f16 and bf16, and declines f32 input.
-    #[test]
-    fn widen_matches_cast() {
-        let t = Tensor::randn(0f32, 3., (3, 70_000), &Device::Cpu).unwrap();
-        for dt in [candle_core::DType::F16, candle_core::DType::BF16] {
-            let h = t.to_dtype(dt).unwrap();
-            let w = widen_to_f32(&h).unwrap().unwrap();
-            let d = (w - h.to_dtype(candle_core::DType::F32).unwrap()).unwrap().abs().unwrap().max_all().unwrap();
-            assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0);
-        }
-        assert!(widen_to_f32(&t).unwrap().is_none());
     }
 }

@@ -2,9 +2,10 @@
 //! in its stored `(out, in)` layout, written on top of the bias rows (no separate bias pass), the
 //! product split over rayon's pool by the `gemm` crate.
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape};
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape};
 use rayon::prelude::*;
 
+use super::expand::{self, Stored};
 use super::{View, matmul, threads};
 
 /// `x (rows, in)` times `weight (out, in)` transposed, plus `bias (out)`.
@@ -27,30 +28,37 @@ pub fn linear(x: &[f32], rows: usize, weight: &[f32], out_features: usize, bias:
     y
 }
 
-/// [`linear`] as a candle op over `(x, weight)`: `x` contiguous `(rows, in)`, `weight` contiguous
-/// `(out, in)`, both f32 on the CPU.
+/// [`linear`] as a candle op over `x`, contiguous f32 `(rows, in)` on the CPU, with the weight as
+/// the layer holds it: `(out, in)` values, f32 or narrower ([`expand`]).
 pub struct LinearOp<'a> {
+    pub weight: Stored<'a>,
+    pub out_features: usize,
     pub bias: Option<&'a [f32]>,
 }
 
-impl CustomOp2 for LinearOp<'_> {
+impl CustomOp1 for LinearOp<'_> {
     fn name(&self) -> &'static str {
         "headroom-linear"
     }
 
-    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(x), CpuStorage::F32(w)) = (xs, ws) else {
-            candle_core::bail!("headroom-linear: expected f32 input and weight");
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(x) = xs else {
+            candle_core::bail!("headroom-linear: expected an f32 input");
         };
-        let (Some((x0, x1)), Some((w0, w1))) = (xl.contiguous_offsets(), wl.contiguous_offsets()) else {
-            candle_core::bail!("headroom-linear: expected contiguous input and weight");
+        let Some((x0, x1)) = xl.contiguous_offsets() else {
+            candle_core::bail!("headroom-linear: expected a contiguous input");
         };
         let (rows, in_features) = xl.shape().dims2()?;
-        let (out_features, w_in) = wl.shape().dims2()?;
-        if w_in != in_features || self.bias.is_some_and(|b| b.len() != out_features) {
-            candle_core::bail!("headroom-linear: input {:?} does not fit weight {:?}", xl.dims(), wl.dims());
+        let out_features = self.out_features;
+        if self.bias.is_some_and(|b| b.len() != out_features) {
+            candle_core::bail!("headroom-linear: bias does not have {out_features} values");
         }
-        let y = linear(&x[x0..x1], rows, &w[w0..w1], out_features, self.bias);
+        let y = expand::with_f32(self.weight, |w| {
+            (w.len() == out_features * in_features).then(|| linear(&x[x0..x1], rows, w, out_features, self.bias))
+        })?;
+        let Some(y) = y else {
+            candle_core::bail!("headroom-linear: input {:?} does not fit a ({out_features}, ·) weight", xl.dims());
+        };
         Ok((CpuStorage::F32(y), Shape::from((rows, out_features))))
     }
 }
@@ -71,9 +79,13 @@ mod tests {
         let bias = b.to_vec1::<f32>().unwrap();
         let plain = x.matmul(&w.t().unwrap()).unwrap();
         let d = |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        let got = x.apply_op2_no_bwd(&w, &LinearOp { bias: Some(&bias) }).unwrap();
+        let op = |bias| LinearOp { weight: Stored::Dense(&w), out_features: 40, bias };
+        let got = x.apply_op1_no_bwd(&op(Some(&bias))).unwrap();
         assert!(d(&got, &plain.broadcast_add(&b).unwrap()) < 1e-4);
-        let got = x.apply_op2_no_bwd(&w, &LinearOp { bias: None }).unwrap();
+        let got = x.apply_op1_no_bwd(&op(None)).unwrap();
         assert!(d(&got, &plain) < 1e-4);
+        // a weight that does not fit the input is an error
+        let wrong = LinearOp { weight: Stored::Dense(&w), out_features: 41, bias: None };
+        assert!(x.apply_op1_no_bwd(&wrong).is_err());
     }
 }

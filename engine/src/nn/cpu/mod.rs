@@ -99,6 +99,7 @@ pub(crate) use wide_fn;
 pub mod attention;
 pub mod conv;
 pub mod elementwise;
+pub mod expand;
 pub mod linear;
 pub mod math;
 
