@@ -395,3 +395,101 @@ fn bench_reports_each_setting() {
     // the planned peak and the mean step after the first are part of every row
     assert!(rows.iter().all(|r| r["planned_peak_bytes"].as_u64().unwrap() > r["weight_bytes"].as_u64().unwrap()), "{rows:?}");
 }
+
+/// The pre-flight: a run the plan says will not fit in its budget is refused before anything
+/// runs, in one line naming the knobs that fit; `plan --set` with those knobs fits; `--force`
+/// runs anyway (and writes its output).
+#[test]
+fn preflight_refuses_what_does_not_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("out");
+    let big = ["--width", "1024", "--height", "1024", "--steps", "1", "--budget", "200MiB", "--json"];
+    let args: Vec<&str> = ["run", "builtin:shapes", "--out", out_dir.to_str().unwrap()].into_iter().chain(big).collect();
+    let out = headroom(&args);
+    fails_in_one_line(&out, &["builtin:shapes does not fit", "on cpu and 200 MiB is free", "slicing.vae_tile=", "--force"]);
+    assert!(!out_dir.exists(), "a refused run wrote nothing");
+    // the named fix fits in the same budget
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let fix = stderr.split("it fits with ").nth(1).and_then(|s| s.split(' ').next()).unwrap();
+    let plan = headroom(&["plan", "builtin:shapes", "--width", "1024", "--height", "1024", "--budget", "200MiB", "--set", fix, "--json"]);
+    assert_eq!(json(&plan)["verdict"], "fits", "{fix}");
+    // nothing makes 60 MiB enough; --force runs it anyway
+    let small = ["--width", "64", "--height", "64", "--steps", "1", "--budget", "60MiB", "--json"];
+    let args: Vec<&str> = ["run", "builtin:shapes", "--out", out_dir.to_str().unwrap()].into_iter().chain(small).collect();
+    fails_in_one_line(&headroom(&args), &["no knob setting makes it fit"]);
+    let forced: Vec<&str> = args.iter().copied().chain(["--force"]).collect();
+    let out = headroom(&forced);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(json(&out)["outputs"].as_array().map(Vec::len), Some(1));
+}
+
+/// `headroom` under `strace -f` inside `unshare -rn` (a network namespace with no interfaces):
+/// its stdout, and every `connect`/`socket` call it made other than to a local socket.
+fn headroom_offline(args: &[&str], log: &Path) -> (Output, Vec<String>) {
+    let out = Command::new("unshare")
+        .args(["-rn", "strace", "-f", "-qq", "-e", "trace=socket,connect", "-e", "signal=none", "-o"])
+        .arg(log)
+        .arg(env!("CARGO_BIN_EXE_headroom"))
+        .args(args)
+        .env("HEADROOM_DATA", std::env::temp_dir().join("headroom-e2e-data"))
+        .output()
+        .expect("unshare and strace run");
+    let calls = std::fs::read_to_string(log).expect("strace wrote its log");
+    let network = calls
+        .lines()
+        .filter(|l| (l.contains("socket(") || l.contains("connect(")) && !l.contains("AF_UNIX") && !l.contains("AF_LOCAL"))
+        .map(str::to_string)
+        .collect();
+    (out, network)
+}
+
+/// Without a network (`unshare -rn`), inspect, plan, run and reproduce give exactly what they
+/// give with one (the same JSON, the same output hash), and none of them opens a network socket.
+/// Needs `unshare` (util-linux) and `strace`, which tools/install-deps.sh --test installs.
+#[test]
+fn works_the_same_without_a_network() {
+    if !Command::new("unshare").args(["-rn", "true"]).status().is_ok_and(|s| s.success()) {
+        // a sandbox that forbids user namespaces: nothing here can take the network away
+        eprintln!("skipped: `unshare -rn` is not permitted on this machine");
+        return;
+    }
+    assert!(
+        Command::new("strace").args(["-qq", "true"]).status().is_ok_and(|s| s.success()),
+        "this test needs strace: run tools/install-deps.sh --test"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("strace.log");
+    let fixture = fixtures().join("formats");
+    let model = tiny_sd1();
+    let online_dir = dir.path().join("online");
+    let offline_dir = dir.path().join("offline");
+    let run = |out: &Path| -> Vec<String> {
+        ["run", &model, "--prompt", "a red circle", "--steps", "2", "--width", "32", "--height", "32", "--seed", "7", "--json", "--out"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([out.to_str().unwrap().to_string()])
+            .collect()
+    };
+    let checks: Vec<Vec<String>> = vec![
+        ["inspect", fixture.join("tiny.safetensors").to_str().unwrap(), "--json"].map(String::from).to_vec(),
+        ["plan", &model, "--budget", "8GiB", "--json"].map(String::from).to_vec(),
+    ];
+    for args in &checks {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let online = headroom(&args);
+        let (offline, network) = headroom_offline(&args, &log);
+        assert!(online.status.success() && offline.status.success(), "{args:?}: {}", String::from_utf8_lossy(&offline.stderr));
+        assert_eq!(json(&online), json(&offline), "{args:?}");
+        assert!(network.is_empty(), "{args:?} opened network sockets: {network:?}");
+    }
+    let online = headroom(&run(&online_dir).iter().map(String::as_str).collect::<Vec<_>>());
+    let (offline, network) = headroom_offline(&run(&offline_dir).iter().map(String::as_str).collect::<Vec<_>>(), &log);
+    assert!(offline.status.success(), "{}", String::from_utf8_lossy(&offline.stderr));
+    assert!(network.is_empty(), "run opened network sockets: {network:?}");
+    assert_eq!(json(&online)["sha256"], json(&offline)["sha256"]);
+    let png = json(&offline)["outputs"][0].as_str().unwrap().to_string();
+    let (again, network) = headroom_offline(&["reproduce", &png, "--json"], &log);
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    assert_eq!(json(&again)["identical"], true);
+    assert!(network.is_empty(), "reproduce opened network sockets: {network:?}");
+}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian/Ubuntu packages Headroom builds and tests with, if any are missing.
 # Build: libasound2-dev (cpal's ALSA back end) and pkg-config. Tests of the real window: xvfb,
-# x11-apps, imagemagick, xdotool. Everything else (X11, Wayland, GL, Vulkan, NVML) is loaded at run time.
+# x11-apps, imagemagick, xdotool; the no-network test: util-linux (unshare) and strace.
+# Everything else (X11, Wayland, GL, Vulkan, NVML) is loaded at run time.
 # Packaging (--package, tools/package.sh): binutils (strip), desktop-file-utils (the entry's check),
 # librsvg2-bin (tools/icons.sh renders the icon).
 set -euo pipefail
@@ -11,7 +12,7 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 packages=(libasound2-dev pkg-config ca-certificates)
 if [ "${1:-}" = "--test" ]; then
-  packages+=(xvfb x11-apps imagemagick xdotool libgl1 libegl1 mesa-vulkan-drivers libvulkan1 libxkbcommon-x11-0)
+  packages+=(xvfb x11-apps imagemagick xdotool libgl1 libegl1 mesa-vulkan-drivers libvulkan1 libxkbcommon-x11-0 util-linux strace)
 fi
 if [ "${1:-}" = "--package" ]; then
   packages+=(binutils desktop-file-utils librsvg2-bin)

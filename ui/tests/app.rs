@@ -69,6 +69,35 @@ fn a_model_that_does_not_fit_is_not_loaded_blindly() {
     assert!(h.state().rt.loaded.is_some());
 }
 
+/// A model that fits only with changes is refused like one that does not fit (Load disabled,
+/// Generate says why), and the plan bar's fix is one click: it sets the knobs, the plan fits,
+/// and Load works.
+#[test]
+fn a_plan_fix_is_one_click() {
+    let mut fake = FakeBackend::new();
+    fake.budget_bytes = 3 << 30;
+    let mut h = harness(fake);
+    drop_files(&mut h, &["/models/sd15.safetensors"]);
+    h.get_by_label("Plan: fits with changes");
+    h.get_by_label("Load").click();
+    h.run_steps(3);
+    assert!(h.state().rt.loaded.is_none() && h.state().rt.loading.is_none());
+    h.get_by_label("Generate").click();
+    h.run_steps(3);
+    assert!(h.state().rt.loading.is_none() && h.state().rt.run.is_none());
+    h.get_by_label_contains("does not fit in the memory free now");
+    h.get_by_label_contains("precision=q4k:").click();
+    h.run_steps(3);
+    assert_eq!(
+        h.state().state.knobs.precision.unet,
+        headroom_engine::knobs::Precision::Q4K
+    );
+    h.get_by_label("Plan: fits");
+    h.get_by_label("Load").click();
+    h.run_steps(3);
+    assert!(h.state().rt.loaded.is_some());
+}
+
 /// Load then Generate (fake engine) ends with an output card showing the run's seed.
 #[test]
 fn generate_produces_an_output_card() {

@@ -100,6 +100,13 @@ pub struct Suggestion {
     pub quality_loss: f32,
 }
 
+impl Suggestion {
+    /// The changes as one `key=value,…` list, the form `headroom run --set` and profiles take.
+    pub fn changes_text(&self) -> String {
+        self.changes.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+    }
+}
+
 /// A memory prediction with its verdict.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Plan {
@@ -116,6 +123,32 @@ pub struct Plan {
     pub notes: Vec<String>,
     /// The denoiser's offloadable blocks (the most `offload.gpu_blocks` can keep).
     pub unet_blocks: u32,
+}
+
+impl Plan {
+    /// Why a run with this plan is refused before it starts, in one line: the device that is
+    /// short and by how much, and the first knob changes that fit; `None` when it fits.
+    pub fn refusal(&self) -> Option<String> {
+        if self.verdict == Verdict::Fits {
+            return None;
+        }
+        let human = |b: u64| {
+            let mib = b as f64 / f64::from(1u32 << 20);
+            if mib < 1024.0 { format!("{mib:.0} MiB") } else { format!("{:.2} GiB", mib / 1024.0) }
+        };
+        let short = self.per_device.iter().find(|d| !d.fits())?;
+        let mut line = format!(
+            "it needs {} on {} and {} is free",
+            human(short.total_bytes),
+            short.device,
+            human(short.budget_bytes.unwrap_or(0))
+        );
+        match self.suggestions.first() {
+            Some(s) => line.push_str(&format!("; it fits with {} ({}, {})", s.changes_text(), human(s.total_bytes), s.cost)),
+            None => line.push_str("; no knob setting makes it fit"),
+        }
+        Some(line)
+    }
 }
 
 impl Default for Plan {

@@ -166,3 +166,25 @@ fn cpu_widening_buffer_outlives_its_stage() {
     assert_eq!((a.peak_stage.as_str(), b.peak_stage.as_str()), ("decode", "decode"));
     assert_eq!(b.activation_bytes - a.activation_bytes, 4 * 95_000 * 1024);
 }
+
+/// A plan that fits gives no refusal; one that does not names the short device, both sizes and
+/// the first suggestion as a `key=value` list that `Knobs::apply_list` takes back, and applying
+/// it makes the plan fit; with no way to fit, it says so.
+#[test]
+fn refusal_names_the_shortfall_and_the_fix() {
+    let shape = sd15();
+    let k = Knobs::default();
+    let roomy = plan(&shape, &k, &req512(), &Budgets::single(DeviceKind::Cpu, 64 * GIB));
+    assert_eq!(roomy.refusal(), None);
+    let tight = plan(&shape, &k, &req512(), &Budgets::single(DeviceKind::Cpu, 3 * GIB));
+    let line = tight.refusal().expect("a refusal");
+    assert!(line.starts_with("it needs ") && line.contains(" on cpu and 3.00 GiB is free; it fits with "), "{line}");
+    assert!(!line.contains('\n'));
+    let fix = tight.suggestions[0].changes_text();
+    assert!(line.contains(&fix), "{line}");
+    let mut fixed = k;
+    fixed.apply_list(None, &fix).unwrap();
+    assert_eq!(plan(&shape, &fixed, &req512(), &Budgets::single(DeviceKind::Cpu, 3 * GIB)).verdict, Verdict::Fits);
+    let hopeless = plan(&shape, &k, &req512(), &Budgets::single(DeviceKind::Cpu, 1 << 20));
+    assert!(hopeless.refusal().unwrap().ends_with("; no knob setting makes it fit"), "{:?}", hopeless.refusal());
+}

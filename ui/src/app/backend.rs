@@ -66,6 +66,15 @@ pub struct DeviceUse {
     pub budget_bytes: u64,
 }
 
+/// Knob changes that make a plan fit: what the plan bar's button says, and what it applies.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fix {
+    /// The changes, the predicted peak and the cost, in words.
+    pub words: String,
+    /// The changes as `key=value,…` with profile names (`Knobs::apply_list` takes them).
+    pub changes: String,
+}
+
 /// A plan as the plan bar draws it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PlanView {
@@ -73,8 +82,8 @@ pub struct PlanView {
     pub weights_bytes: u64,
     pub activation_bytes: u64,
     pub per_device: Vec<DeviceUse>,
-    /// Knob changes that would make it fit, in words.
-    pub suggestions: Vec<String>,
+    /// Knob changes that would make it fit, best first.
+    pub suggestions: Vec<Fix>,
     /// The denoiser's offloadable blocks, where the model has them (the GPU-blocks slider's end).
     pub unet_blocks: Option<u32>,
 }

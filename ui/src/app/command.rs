@@ -22,6 +22,8 @@ pub enum AppCommand {
     DismissCandidate,
     /// Replace the knobs (the plan follows).
     SetKnobs(Knobs),
+    /// Apply knob changes given as `key=value,…` with profile names (a plan's fix).
+    ApplyKnobs(String),
     /// Replace the request.
     SetRequest(Request),
     /// Keep the seed between runs (true) or draw a new one per run (false).
@@ -115,6 +117,16 @@ impl HeadroomApp {
             AppCommand::LoadModel { model, force } => self.load(model, force),
             AppCommand::DismissCandidate => rt.candidate = None,
             AppCommand::SetKnobs(k) => self.state.knobs = k,
+            AppCommand::ApplyKnobs(changes) => {
+                let mut k = self.state.knobs;
+                match k.apply_list(None, &changes) {
+                    Ok(()) => {
+                        self.state.knobs = k;
+                        rt.notify(format!("Knobs set: {changes}"));
+                    }
+                    Err(e) => rt.error(e.to_string()),
+                }
+            }
             AppCommand::SetRequest(r) => self.state.request = r,
             AppCommand::SetSeedLocked(on) => self.state.seed_locked = on,
             AppCommand::SetBudget(g) => self.state.budget_gib = g.max(0.0),
@@ -227,12 +239,29 @@ impl HeadroomApp {
         self.rt.plan_key.clear();
     }
 
+    /// Whether the plan says the current model will not fit in the memory it may use: the
+    /// budget, or what is free now plus what the loaded model frees when it is replaced.
+    pub(super) fn plan_refuses(&self) -> bool {
+        let Some(Ok(p)) = &self.rt.plan else {
+            return false;
+        };
+        if p.verdict == Verdict::Fits {
+            return false;
+        }
+        let freed = |device: &str| match (&self.rt.loaded, self.state.budget_bytes()) {
+            (Some(l), None) if l.knobs.device.to_string() == device => l.weight_bytes,
+            _ => 0,
+        };
+        p.per_device
+            .iter()
+            .any(|d| d.budget_bytes > 0 && d.bytes > d.budget_bytes + freed(&d.device))
+    }
+
     /// Asks the worker to load a model; a model that does not fit needs `force`.
     fn load(&mut self, model: String, force: bool) {
-        let refuses = matches!(&self.rt.plan, Some(Ok(p)) if p.verdict == Verdict::DoesNotFit);
-        if refuses && !force && self.rt.current_model() == Some(model.as_str()) {
+        if self.plan_refuses() && !force && self.rt.current_model() == Some(model.as_str()) {
             self.rt.error(format!(
-                "{model} does not fit with these knobs; change them or choose Load anyway"
+                "{model} does not fit in the memory free now: apply a fix from the plan bar, or Load anyway"
             ));
             return;
         }
@@ -271,12 +300,12 @@ impl HeadroomApp {
             .loaded
             .as_ref()
             .is_none_or(|l| l.model != model || l.knobs != self.state.knobs);
+        let refuses = self.plan_refuses();
+        let rt = &mut self.rt;
         if needs_load && rt.loading.as_deref() != Some(model.as_str()) {
-            if matches!(&rt.plan, Some(Ok(p)) if p.verdict == Verdict::DoesNotFit)
-                && rt.loaded.is_none()
-            {
+            if refuses {
                 rt.error(format!(
-                    "{model} does not fit with these knobs: change them, or Load anyway first"
+                    "{model} does not fit in the memory free now: apply a fix from the plan bar, or Load anyway first"
                 ));
                 return;
             }

@@ -15,7 +15,7 @@ use headroom_engine::{Knobs, ModelRef, Request, compare, formats, media};
 
 use super::backend::{
     Backend, Comparison, DeviceUse, EngineEvent, GpuInfo, Media, MemoryPoint, ModelSummary,
-    PlanView, RestoredView, RunRecord, Verdict,
+    Fix, PlanView, RestoredView, RunRecord, Verdict,
 };
 use super::widgets::fmt_bytes;
 
@@ -111,15 +111,14 @@ fn plan_view(p: &Plan) -> PlanView {
         suggestions: p
             .suggestions
             .iter()
-            .map(|s| {
-                let changes: Vec<String> =
-                    s.changes.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                format!(
-                    "{} → {} ({})",
-                    changes.join(", "),
+            .map(|s| Fix {
+                words: format!(
+                    "{}: {} ({})",
+                    s.changes_text().replace(',', ", "),
                     fmt_bytes(s.total_bytes),
                     s.cost
-                )
+                ),
+                changes: s.changes_text(),
             })
             .collect(),
         unet_blocks: (p.unet_blocks > 0).then_some(p.unet_blocks),

@@ -6,7 +6,7 @@ use egui::RichText;
 use headroom_engine::knobs::Precision;
 
 use super::HeadroomApp;
-use super::backend::{ModelSummary, Verdict};
+use super::backend::ModelSummary;
 use super::command::AppCommand;
 use super::ui_plan::short_name;
 use super::widgets::{fmt_bytes, fmt_count, kv_ui, section_ui, verdict_color};
@@ -103,6 +103,7 @@ impl HeadroomApp {
 
     /// The inspected model: summary, bytes per precision, verdict and the Load button.
     fn candidate_ui(&mut self, ui: &mut egui::Ui) {
+        let fits = !self.plan_refuses();
         let Some(c) = &self.rt.candidate else { return };
         ui.add_space(4.0);
         egui::Frame::group(ui.style()).show(ui, |ui| {
@@ -136,11 +137,10 @@ impl HeadroomApp {
             if c.summary.is_ok() {
                 let loaded_same = self.rt.loaded.as_ref().is_some_and(|l| l.model == c.model);
                 ui.horizontal(|ui| {
-                    let fits = verdict != Some(Verdict::DoesNotFit);
                     let load = ui
                         .add_enabled(fits && !loaded_same, egui::Button::new("Load"))
                         .on_disabled_hover_text(
-                            "The plan says it does not fit: change the knobs, or Load anyway",
+                            "The plan says it does not fit: apply a fix from the plan bar, or Load anyway",
                         );
                     if load.clicked() {
                         self.rt.commands.push(AppCommand::LoadModel {

@@ -95,12 +95,19 @@ impl HeadroomApp {
         if let Some(Ok(plan)) = &self.rt.plan
             && !plan.suggestions.is_empty()
         {
+            let mut chosen = None;
             ui.horizontal_wrapped(|ui| {
                 ui.label(RichText::new("To fit:").weak());
                 for s in &plan.suggestions {
-                    ui.label(RichText::new(s).color(verdict_color(plan.verdict)));
+                    let b = egui::Button::new(RichText::new(&s.words).color(verdict_color(plan.verdict)));
+                    if ui.add(b).on_hover_text("Apply these knobs").clicked() {
+                        chosen = Some(s.changes.clone());
+                    }
                 }
             });
+            if let Some(changes) = chosen {
+                self.rt.commands.push(AppCommand::ApplyKnobs(changes));
+            }
         }
     }
 }

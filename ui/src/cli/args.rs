@@ -1,7 +1,9 @@
 //! Flags shared by several subcommands: the request and the knobs, with DESIGN.md's names.
 
+use anyhow::bail;
 use clap::Args;
-use headroom_engine::{Knobs, Request};
+use headroom_engine::plan::plan_model;
+use headroom_engine::{Knobs, ModelRef, Request};
 
 /// REQUEST flags.
 #[derive(Args, Debug, Default, Clone)]
@@ -102,6 +104,10 @@ pub struct KnobArgs {
     /// Decode in tiles of N latent pixels (0 = off).
     #[arg(long)]
     pub vae_tile: Option<u32>,
+    /// Any knobs by their profile keys, applied after the flags above:
+    /// `precision.unet=q8_0,slicing.vae_tile=64` (what `plan` suggests).
+    #[arg(long = "set")]
+    pub set: Option<String>,
 }
 
 impl KnobArgs {
@@ -124,6 +130,9 @@ impl KnobArgs {
         }
         if let Some(v) = self.vae_tile {
             k.slicing.vae_tile = v;
+        }
+        if let Some(v) = &self.set {
+            k.apply_list(None, v)?;
         }
         Ok(())
     }
@@ -161,5 +170,37 @@ mod tests {
         assert_eq!(parse_size("1.5 GB").unwrap(), 1_500_000_000);
         assert_eq!(parse_size("4096").unwrap(), 4096);
         assert!(parse_size("8 parsecs").is_err());
+    }
+}
+
+/// The memory check before a run: refused when the plan says it will not fit in the memory
+/// free now, with the knobs that would make it fit.
+#[derive(Args, Debug, Default, Clone)]
+pub struct PreflightArgs {
+    /// Run even when the plan says it will not fit in the memory free now.
+    #[arg(long)]
+    pub force: bool,
+    /// Memory to plan the run against on its device (default: what is free now), e.g. 6GiB.
+    #[arg(long, value_parser = parse_size)]
+    pub budget: Option<u64>,
+}
+
+impl PreflightArgs {
+    /// Plans `model` with `knobs` and `request` and refuses what does not fit, unless `--force`.
+    /// A model that cannot be planned is left to the load, which names the problem.
+    ///
+    /// # Errors
+    /// One line: the device that is short, by how much, and the knobs that fit.
+    pub fn check(&self, name: &str, model: &ModelRef, request: &Request, knobs: &Knobs) -> anyhow::Result<()> {
+        if self.force {
+            return Ok(());
+        }
+        let Ok(plan) = plan_model(model, knobs, request, self.budget) else {
+            return Ok(());
+        };
+        if let Some(why) = plan.refusal() {
+            bail!("{name} does not fit: {why}; pass knobs with --set, or --force to run anyway");
+        }
+        Ok(())
     }
 }

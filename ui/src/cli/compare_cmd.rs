@@ -8,7 +8,7 @@ use anyhow::{Result, bail};
 use clap::Args;
 use headroom_engine::{Knobs, ModelRef, compare, media};
 
-use super::args::{KnobArgs, RequestArgs};
+use super::args::{KnobArgs, PreflightArgs, RequestArgs};
 use super::print_json;
 use super::run_cmd::{Outcome, execute};
 
@@ -28,6 +28,8 @@ pub struct AbArgs {
     /// Run B's knobs: `precision.unet=q4k`.
     #[arg(long = "b", default_value = "")]
     pub b: String,
+    #[command(flatten)]
+    pub preflight: PreflightArgs,
     /// Folder for both runs (in a/ and b/).
     #[arg(long)]
     pub out: std::path::PathBuf,
@@ -49,6 +51,9 @@ pub fn run(args: &AbArgs) -> Result<ExitCode> {
     if ka == kb {
         bail!("ab: --a and --b give the same knobs; name what differs, e.g. --a precision=f32 --b precision.unet=q4k");
     }
+    request.validate()?;
+    args.preflight.check(&format!("{} (A)", args.model), &model, &request, &ka)?;
+    args.preflight.check(&format!("{} (B)", args.model), &model, &request, &kb)?;
     let a = execute(&model, &request, &ka, &args.out.join("a"), !args.json)?;
     let b = execute(&model, &request, &kb, &args.out.join("b"), !args.json)?;
     let metrics = metrics(&a, &b)?;

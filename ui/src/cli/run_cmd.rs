@@ -13,7 +13,7 @@ use headroom_engine::worker::Engine;
 use headroom_engine::worker::protocol::{Command, Event};
 use headroom_engine::{Knobs, ModelRef, Request, rng};
 
-use super::args::{KnobArgs, RequestArgs};
+use super::args::{KnobArgs, PreflightArgs, RequestArgs};
 use super::print_json;
 use super::progress::Progress;
 
@@ -29,6 +29,8 @@ pub struct RunArgs {
     pub request: RequestArgs,
     #[command(flatten)]
     pub knobs: KnobArgs,
+    #[command(flatten)]
+    pub preflight: PreflightArgs,
     /// Folder for the outputs and their profiles.
     #[arg(long)]
     pub out: PathBuf,
@@ -45,6 +47,8 @@ pub struct ReproduceArgs {
     /// Keep the rerun's outputs here (default: a temporary folder, removed afterwards).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub preflight: PreflightArgs,
     /// Print one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
@@ -139,21 +143,24 @@ pub fn execute(model: &ModelRef, request: &Request, knobs: &Knobs, out: &Path, s
 
 /// `headroom run`.
 pub fn run(a: &RunArgs) -> Result<ExitCode> {
-    let (model, mut request, mut knobs) = match (&a.profile, &a.model) {
+    let (name, model, mut request, mut knobs) = match (&a.profile, &a.model) {
         (Some(p), _) => {
             let prof = Profile::load(p)?;
-            let model = a.model.as_deref().map_or_else(|| ModelRef::parse(&prof.model.source), ModelRef::parse);
-            (model, prof.request.clone(), prof.knobs)
+            let name = a.model.clone().unwrap_or_else(|| prof.model.source.clone());
+            let model = ModelRef::parse(&name);
+            (name, model, prof.request.clone(), prof.knobs)
         }
         (None, Some(m)) => {
             let model = ModelRef::parse(m);
             let request = native_request(&model);
-            (model, request, Knobs::default())
+            (m.clone(), model, request, Knobs::default())
         }
         (None, None) => bail!("run: name a MODEL (a path or builtin:NAME) or --profile FILE"),
     };
     a.request.apply(&mut request)?;
     a.knobs.apply(&mut knobs)?;
+    request.validate()?;
+    a.preflight.check(&name, &model, &request, &knobs)?;
     let outcome = execute(&model, &request, &knobs, &a.out, !a.json)?;
     if a.json {
         print_json(&outcome.to_json());
@@ -188,6 +195,7 @@ pub fn reproduce(a: &ReproduceArgs) -> Result<ExitCode> {
     let temp = a.out.is_none().then(|| std::env::temp_dir().join(format!("headroom-reproduce-{}", std::process::id())));
     let out = a.out.clone().or(temp.clone()).unwrap_or_default();
     let model = ModelRef::parse(&recorded.model.source);
+    a.preflight.check(&recorded.model.source, &model, &recorded.request, &recorded.knobs)?;
     let outcome = execute(&model, &recorded.request, &recorded.knobs, &out, !a.json);
     if let Some(t) = &temp {
         let _ = std::fs::remove_dir_all(t);

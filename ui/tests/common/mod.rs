@@ -9,13 +9,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use egui_kittest::Harness;
-use headroom_engine::knobs::Component;
+use headroom_engine::knobs::{Component, Precision};
 use headroom_engine::media::Image;
 use headroom_engine::worker::protocol::Preview;
 use headroom_engine::{Knobs, Request};
 use headroom_ui::app::HeadroomApp;
 use headroom_ui::app::backend::{
-    Backend, Comparison, DeviceUse, EngineEvent, GpuInfo, Media, MemoryPoint, ModelSummary,
+    Backend, Comparison, DeviceUse, EngineEvent, Fix, GpuInfo, Media, MemoryPoint, ModelSummary,
     PlanView, RestoredView, RunRecord, Verdict,
 };
 use headroom_ui::app::state::SavedState;
@@ -100,10 +100,22 @@ impl Backend for FakeBackend {
         let activation_bytes = 1 << 30;
         let budget_bytes = budget.unwrap_or(self.budget_bytes);
         let bytes = weights + activation_bytes;
-        let verdict = if bytes <= budget_bytes {
-            Verdict::Fits
+        // the one fix this fake knows: every weight in q4k
+        let q4k: u64 = COMPONENTS
+            .iter()
+            .map(|(_, n)| Precision::Q4K.bytes_for(*n, 256))
+            .sum::<u64>()
+            + activation_bytes;
+        let (verdict, suggestions) = if bytes <= budget_bytes {
+            (Verdict::Fits, Vec::new())
+        } else if q4k <= budget_bytes {
+            let fix = Fix {
+                words: format!("precision=q4k: {q4k} bytes (some quality loss)"),
+                changes: "precision=q4k".into(),
+            };
+            (Verdict::FitsWith, vec![fix])
         } else {
-            Verdict::DoesNotFit
+            (Verdict::DoesNotFit, Vec::new())
         };
         Ok(PlanView {
             verdict,
@@ -114,7 +126,7 @@ impl Backend for FakeBackend {
                 bytes,
                 budget_bytes,
             }],
-            suggestions: Vec::new(),
+            suggestions,
             unet_blocks: Some(5),
         })
     }
