@@ -3,8 +3,9 @@
 #
 #   tools/screenshot.sh [OUT.png] [BINARY]
 #
-# Starts Xvfb on :99 (installing xvfb, x11-apps, imagemagick and xdotool with apt-get if they are
-# missing), runs the binary, waits for it to draw, takes `import -display :99 -window root`,
+# Starts Xvfb on a free display (DISPLAY_NUM picks one; installing xvfb, x11-apps, imagemagick and
+# xdotool with apt-get if they are missing), runs the binary, waits for it to draw, takes
+# `import -window root` of that display,
 # checks the image's standard deviation is above a small threshold (a blank or single-colour
 # screen fails), then asks the app to quit (Ctrl+Q through xdotool, else SIGTERM) and checks it
 # exited. APP_ARGS are passed to the binary (e.g. a model path).
@@ -18,7 +19,7 @@ set -euo pipefail
 
 OUT=${1:-screenshot.png}
 BIN=${2:-${CARGO_TARGET_DIR:-target}/debug/headroom}
-DISPLAY_NUM=${DISPLAY_NUM:-99}
+DISPLAY_NUM=${DISPLAY_NUM:-}
 WAIT_SECS=${WAIT_SECS:-8}
 MIN_STDDEV=${MIN_STDDEV:-0.02}
 
@@ -36,7 +37,13 @@ export XDG_RUNTIME_DIR=$RUNTIME
 export HEADROOM_DATA=${HEADROOM_DATA:-$RUNTIME/data}
 export XDG_DATA_HOME=$RUNTIME/share
 
-Xvfb ":$DISPLAY_NUM" -screen 0 1440x900x24 -nolisten tcp >/dev/null 2>&1 &
+# Xvfb picks a free display itself and reports it (-displayfd), so two runs at once (another
+# checkout's tests) never share one; DISPLAY_NUM forces a number.
+if [ -n "$DISPLAY_NUM" ]; then
+    Xvfb ":$DISPLAY_NUM" -screen 0 1440x900x24 -nolisten tcp >/dev/null 2>&1 &
+else
+    Xvfb -displayfd 3 -screen 0 1440x900x24 -nolisten tcp 3>"$RUNTIME/display" >/dev/null 2>&1 &
+fi
 XVFB=$!
 APP=
 cleanup() {
@@ -45,8 +52,15 @@ cleanup() {
     rm -rf "$RUNTIME"
 }
 trap cleanup EXIT
+if [ -z "$DISPLAY_NUM" ]; then
+    for _ in $(seq 300); do [ -s "$RUNTIME/display" ] && break; sleep 0.1; done
+    DISPLAY_NUM=$(head -n1 "$RUNTIME/display" 2>/dev/null || true)
+    [ -n "$DISPLAY_NUM" ] || { echo "screenshot: Xvfb did not start" >&2; exit 1; }
+fi
 export DISPLAY=":$DISPLAY_NUM"
-for _ in $(seq 50); do xdpyinfo >/dev/null 2>&1 && break; sleep 0.1; done
+# a busy machine can take a while to bring the server up
+for _ in $(seq 300); do xdpyinfo >/dev/null 2>&1 && break; sleep 0.1; done
+xdpyinfo >/dev/null 2>&1 || { echo "screenshot: Xvfb on $DISPLAY does not answer" >&2; exit 1; }
 
 # shellcheck disable=SC2086
 "$BIN" ${APP_ARGS:-} >"$RUNTIME/app.log" 2>&1 &
