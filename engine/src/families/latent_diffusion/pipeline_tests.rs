@@ -6,7 +6,8 @@ use std::collections::{HashMap, VecDeque};
 use candle_core::Tensor;
 
 use super::parity_tests::{fixture, max_diff, refs};
-use super::pipeline::{NoiseSource, load};
+use super::noise::{NoiseFactory, NoiseSource};
+use super::pipeline::load;
 use crate::error::Error;
 use crate::families::{Family, RunObserver};
 use crate::knobs::Knobs;
@@ -72,7 +73,7 @@ fn request(name: &str) -> Request {
     }
 }
 
-fn replay_factory(r: &HashMap<String, Tensor>) -> super::pipeline::NoiseFactory {
+fn replay_factory(r: &HashMap<String, Tensor>) -> NoiseFactory {
     let mut q = vec![r["latents"].flatten_all().unwrap().to_vec1::<f32>().unwrap()];
     for i in 0..r["step_noise"].dim(0).unwrap() {
         q.push(r["step_noise"].get(i).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap());
