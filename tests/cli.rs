@@ -244,6 +244,53 @@ fn reproduce_checks_every_output_and_explains_drift() {
     assert!(lines.iter().any(|l| l.starts_with("build.threads") && l.contains("not guaranteed")), "{lines:?}");
 }
 
+/// `--noise` chooses how a batch's noise is drawn and the profile records it: `batch` (the
+/// default) and `per-image` give the same first image (Euler, a 16×16 latent) and different
+/// second ones. A profile from before the field existed (here one with it removed) and a batch of
+/// two reruns per image: the per-image run's reproduces identically, the batch run's does not.
+#[test]
+fn noise_modes_and_old_batch_profiles_reproduce() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_sd1();
+    let run = |sub: &str, extra: &[&str]| {
+        let out = dir.path().join(sub);
+        let mut args = vec!["run", model.as_str(), "--steps", "1", "--width", "32", "--height", "32", "--batch", "2", "--out"];
+        let out_s = out.to_str().unwrap().to_string();
+        args.push(&out_s);
+        args.push("--json");
+        args.extend_from_slice(extra);
+        let res = headroom(&args);
+        assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+        let profile = PathBuf::from(json(&res)["profile"].as_str().unwrap());
+        let text = std::fs::read_to_string(&profile).unwrap();
+        let doc: toml::Table = text.parse().unwrap();
+        let hashes: Vec<String> = doc["result"]["outputs_sha256"].as_array().unwrap().iter().map(|h| h.as_str().unwrap().to_string()).collect();
+        (text, hashes)
+    };
+    let (batch_text, batch) = run("batch", &[]);
+    let (per_text, per_image) = run("per-image", &["--noise", "per-image"]);
+    assert!(batch_text.contains("noise = \"batch\"\n"), "{batch_text}");
+    assert!(per_text.contains("noise = \"per-image\"\n"), "{per_text}");
+    assert_eq!(batch[0], per_image[0], "a 16×16 latent's first image is the same in both modes");
+    assert_ne!(batch[1], per_image[1], "the second image follows the mode");
+
+    let reproduce_old = |text: &str, name: &str| {
+        let old = text.lines().filter(|l| !l.starts_with("noise = ")).collect::<Vec<_>>().join("\n");
+        assert_eq!(old.lines().count() + 1, text.lines().count(), "one `noise` line removed");
+        let path = dir.path().join(name);
+        std::fs::write(&path, old).unwrap();
+        let again = headroom(&["reproduce", path.to_str().unwrap(), "--json"]);
+        (again.status.code(), json(&again))
+    };
+    let (code, r) = reproduce_old(&per_text, "old-per-image.toml");
+    assert_eq!((code, &r["identical"]), (Some(0), &serde_json::Value::Bool(true)), "{r}");
+    assert!(r["drift"].as_array().unwrap().iter().all(|d| !d.as_str().unwrap().contains("noise")), "{r}");
+    let (code, r) = reproduce_old(&batch_text, "old-batch.toml");
+    assert_eq!(code, Some(2), "{r}");
+    let drift: Vec<&str> = r["drift"].as_array().unwrap().iter().filter_map(|d| d.as_str()).collect();
+    assert!(drift.iter().any(|d| d.starts_with("output 1 sha256")) && !drift.iter().any(|d| d.starts_with("output sha256")), "{drift:?}");
+}
+
 /// `run --profile` reruns a saved profile to the same content hash.
 #[test]
 fn run_profile_again() {

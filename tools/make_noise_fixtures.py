@@ -10,6 +10,13 @@ the CPU. Writes into tests/fixtures/noise/:
 - `stream.safetensors`: one generator seeded with 42, then randn(3), randn(1000), randn(5),
   randn(17) in that order, stored as `call0`..`call3`. This pins the cached second normal of the
   small-tensor path and the generator state across calls.
+- `batch.safetensors`: a batch's noise as diffusers draws it and as A1111 does. `b2_4x16x16_call0`,
+  `b2_4x16x16_call1`: one generator seeded with 42, randn((2, 4, 16, 16)) twice (a batch of two's
+  initial latents, then an ancestral step's noise, as diffusers' `prepare_latents` and its
+  schedulers draw with one generator); `b2_4x3x5`: a fresh generator seeded with 42,
+  randn((2, 4, 3, 5)) (120 values, not a multiple of 16). Per image: `s42_4x16x16_call0/1`,
+  `s43_4x16x16_call0/1` (generators seeded with 42 and 43, randn((1, 4, 16, 16)) twice) and
+  `s43_4x3x5`.
 - `index.json`: torch version, CPU capability, and for every case its shape and the sha256 of its
   little-endian float32 bytes.
 
@@ -36,6 +43,7 @@ SHAPES = [(1,), (7,), (16,), (17,), (1000,), (1, 4, 64, 64)]
 FULL_BIG_SEEDS = {0, 42}
 STREAM_SEED = 42
 STREAM_CALLS = [3, 1000, 5, 17]
+BATCH_SEED = 42
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures", "noise")
 
 
@@ -79,10 +87,33 @@ def main() -> None:
     index["stream"]["seed"] = STREAM_SEED
     save_file(stream, os.path.join(OUT, "stream.safetensors"))
 
+    index["batch"] = batch()
+
     with open(os.path.join(OUT, "index.json"), "w") as f:
         json.dump(index, f, indent=1, sort_keys=True)
         f.write("\n")
     print("wrote", OUT, "torch", torch.__version__)
+
+
+def batch() -> dict:
+    """Writes batch.safetensors (see the module doc) and returns its index entries."""
+    tensors, cases = {}, {}
+
+    def draws(name: str, seed: int, shape: tuple, calls: int) -> None:
+        g = torch.Generator().manual_seed(seed)
+        for i in range(calls):
+            t = torch.randn(shape, generator=g, dtype=torch.float32)
+            key = f"{name}_call{i}" if calls > 1 else name
+            tensors[key] = t.reshape(-1).numpy().astype(np.float32).copy()
+            cases[key] = {"seed": seed, "shape": list(shape), "call": i, "sha256": hashlib.sha256(le_bytes(t)).hexdigest()}
+
+    draws("b2_4x16x16", BATCH_SEED, (2, 4, 16, 16), 2)
+    draws("b2_4x3x5", BATCH_SEED, (2, 4, 3, 5), 1)
+    draws("s42_4x16x16", BATCH_SEED, (1, 4, 16, 16), 2)
+    draws("s43_4x16x16", BATCH_SEED + 1, (1, 4, 16, 16), 2)
+    draws("s43_4x3x5", BATCH_SEED + 1, (1, 4, 3, 5), 1)
+    save_file(tensors, os.path.join(OUT, "batch.safetensors"))
+    return cases
 
 
 def sweep(out_dir: str) -> None:

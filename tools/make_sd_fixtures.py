@@ -8,6 +8,13 @@ token ids, text embeddings, one UNet forward, one VAE decode, and final images f
 Euler ancestral and DPM++ 2M (Karras) at 4 steps, guidance 7.5, seed 42 (CPU generator).
 
 Run: /work/venv/bin/python tools/make_sd_fixtures.py   (no network needed)
+
+`--batch-refs` instead loads the committed tiny-sd1 folder as it is and writes only
+`refs_batch.safetensors` beside it: batches of two at 4 steps, guidance 7.5, seed 42, drawn by
+diffusers itself (no latents passed in) for Euler and Euler ancestral, once with one CPU generator
+(`image_<key>_b2`: diffusers draws randn((2, 4, h, w)) for the whole batch, the request's
+`noise = "batch"`) and once with a list of generators seeded 42 and 43 (`image_<key>_b2_per_image`:
+one per image, `noise = "per-image"`, as A1111 seeds seed + i).
 """
 import json
 import os
@@ -253,7 +260,30 @@ def build(name, sd2):
     print(f"{name}: {total / 1e6:.2f} MB", file=sys.stderr)
 
 
+def batch_refs(name):
+    out = os.path.join(ROOT, name)
+    pipe = StableDiffusionPipeline.from_pretrained(out, safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    base_cfg = dict(pipe.scheduler.config)
+    refs = {}
+    for key, cls in (("euler", EulerDiscreteScheduler), ("euler_a", EulerAncestralDiscreteScheduler)):
+        pipe.scheduler = cls.from_config(base_cfg)
+        for suffix, generator in (
+            ("b2", torch.Generator().manual_seed(SEED)),
+            ("b2_per_image", [torch.Generator().manual_seed(SEED + i) for i in range(2)]),
+        ):
+            img = pipe(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=STEPS, guidance_scale=7.5,
+                       height=SIZE, width=SIZE, num_images_per_prompt=2, generator=generator,
+                       output_type="np").images
+            refs[f"image_{key}_{suffix}"] = torch.from_numpy(np.ascontiguousarray(img)).contiguous()
+    save_file(refs, os.path.join(out, "refs_batch.safetensors"))
+    print(f"{name}: refs_batch.safetensors", file=sys.stderr)
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    build("tiny-sd1", sd2=False)
-    build("tiny-sd2", sd2=True)
+    if sys.argv[1:] == ["--batch-refs"]:
+        batch_refs("tiny-sd1")
+    else:
+        build("tiny-sd1", sd2=False)
+        build("tiny-sd2", sd2=True)

@@ -1,4 +1,5 @@
-//! What to make: prompt, negative prompt, seed, steps, guidance, scheduler, size or seconds, batch.
+//! What to make: prompt, negative prompt, seed, steps, guidance, scheduler, size or seconds, batch,
+//! and how a batch's noise is drawn from the seed.
 
 use std::fmt;
 use std::str::FromStr;
@@ -84,6 +85,73 @@ impl From<Scheduler> for String {
     }
 }
 
+/// How the noise of a batch comes from its seed.
+///
+/// A batch of one draws the same noise either way. With an ancestral scheduler in `Batch` mode
+/// every step's noise is drawn for the whole batch too, so even the first image depends on the
+/// batch size, as it does in diffusers; in `PerImage` mode each image is the image its own seed
+/// makes alone.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum NoiseMode {
+    /// One generator seeded with `seed` draws the whole batch's noise at once, as diffusers and
+    /// ComfyUI do (`torch.randn((batch, 4, h/8, w/8), generator=torch.Generator().manual_seed(seed))`):
+    /// every image of the batch matches theirs.
+    #[default]
+    Batch,
+    /// Image `i` has its own generator seeded with `seed + i`, as AUTOMATIC1111 does (and
+    /// diffusers given a list of generators): image `i` is what a batch of one with seed `seed + i`
+    /// makes. What profiles without a `noise` field and a batch above one were made with.
+    PerImage,
+}
+
+impl NoiseMode {
+    /// Both modes, in menu order.
+    pub const ALL: [NoiseMode; 2] = [NoiseMode::Batch, NoiseMode::PerImage];
+
+    /// The profile/CLI name.
+    pub fn name(self) -> &'static str {
+        match self {
+            NoiseMode::Batch => "batch",
+            NoiseMode::PerImage => "per-image",
+        }
+    }
+}
+
+impl fmt::Display for NoiseMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for NoiseMode {
+    type Err = Error;
+    /// Accepts `batch` and `per-image`, and the tools they follow: `diffusers`, `comfyui` (batch)
+    /// and `a1111` (per image).
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().replace('_', "-").as_str() {
+            "batch" | "diffusers" | "comfyui" => Ok(NoiseMode::Batch),
+            "per-image" | "a1111" => Ok(NoiseMode::PerImage),
+            _ => Err(Error::invalid(format!(
+                "noise '{s}': expected batch (one generator for the whole batch, as diffusers) or per-image (seed + i per image, as A1111)"
+            ))),
+        }
+    }
+}
+
+impl TryFrom<String> for NoiseMode {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self> {
+        s.parse()
+    }
+}
+
+impl From<NoiseMode> for String {
+    fn from(m: NoiseMode) -> String {
+        m.name().to_string()
+    }
+}
+
 /// The largest width or height generated: twice SDXL's native 1024, as far as SD 1.x/2.x/SDXL
 /// users go in one pass (A1111's own limit); larger images are made by upscaling, not here.
 pub const MAX_SIDE: u32 = 2048;
@@ -101,7 +169,7 @@ pub const MAX_SECONDS: f32 = 600.0;
 pub struct Request {
     pub prompt: String,
     pub negative: String,
-    /// Image i of a batch uses `seed + i`.
+    /// The seed of the run's generator (image i's is `seed + i` in [`NoiseMode::PerImage`]).
     pub seed: u64,
     pub steps: u32,
     /// Classifier-free guidance scale; 1.0 or less turns guidance off.
@@ -116,8 +184,12 @@ pub struct Request {
     /// For audio models: the length to make; `None` means the model's native length.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seconds: Option<f32>,
-    /// How many outputs, with seeds seed, seed+1, …
+    /// How many outputs.
     pub batch: u32,
+    /// How the batch's noise comes from the seed. Profiles always record it; one without it
+    /// was written before it existed and reads as [`NoiseMode::PerImage`] when its batch is
+    /// above one (see `profile`).
+    pub noise: NoiseMode,
 }
 
 impl Default for Request {
@@ -134,6 +206,7 @@ impl Default for Request {
             height: 64,
             seconds: None,
             batch: 1,
+            noise: NoiseMode::default(),
         }
     }
 }
@@ -189,7 +262,7 @@ impl Request {
         Ok(())
     }
 
-    /// Sets one field by its profile name (`prompt`, `seed`, `steps`, …).
+    /// Sets one field by its profile name (`prompt`, `seed`, `steps`, …, `noise`).
     ///
     /// # Errors
     /// An unknown field or a value that does not parse.
@@ -211,6 +284,7 @@ impl Request {
             "height" => self.height = num(key, value)?,
             "seconds" => self.seconds = Some(num(key, value)?),
             "batch" => self.batch = num(key, value)?,
+            "noise" => self.noise = value.parse()?,
             other => return Err(Error::invalid(format!("unknown request field '{other}'"))),
         }
         Ok(())
@@ -258,5 +332,23 @@ mod tests {
         assert_eq!("DPM++ 2M".parse::<Scheduler>().unwrap(), Scheduler::DpmPp2M);
         assert_eq!("dpmpp_2m".parse::<Scheduler>().unwrap(), Scheduler::DpmPp2M);
         assert!("plms".parse::<Scheduler>().is_err());
+    }
+
+    /// Noise modes parse by their names and the tools they follow, write back by their names,
+    /// and a wrong one is refused naming both choices; new requests draw the batch at once.
+    #[test]
+    fn noise_modes() {
+        assert_eq!(Request::default().noise, NoiseMode::Batch);
+        for (text, mode) in [("batch", NoiseMode::Batch), ("diffusers", NoiseMode::Batch), ("per-image", NoiseMode::PerImage), ("per_image", NoiseMode::PerImage), ("A1111", NoiseMode::PerImage)] {
+            assert_eq!(text.parse::<NoiseMode>().unwrap(), mode, "{text}");
+        }
+        for m in NoiseMode::ALL {
+            assert_eq!(m.name().parse::<NoiseMode>().unwrap(), m);
+        }
+        let e = "seed+i".parse::<NoiseMode>().unwrap_err().to_string();
+        assert!(e.contains("batch") && e.contains("per-image"), "{e}");
+        let mut r = Request::default();
+        r.set("noise", "per-image").unwrap();
+        assert_eq!(r.noise, NoiseMode::PerImage);
     }
 }

@@ -6,6 +6,7 @@ mod common;
 use common::{FakeBackend, drop_files, harness, plan_bar_text};
 use egui_kittest::kittest::{NodeT as _, Queryable as _};
 use headroom_engine::Request;
+use headroom_engine::request::NoiseMode;
 use headroom_ui::app::backend::RestoredView;
 use headroom_ui::app::state::SavedState;
 
@@ -129,6 +130,39 @@ fn ctrl_enter_generates_with_a_fresh_seed_when_unlocked() {
         h.state().rt.outputs[0].record.request.seed,
         Request::default().seed
     );
+}
+
+/// The Noise menu is disabled for a batch of one (the same noise either way); with a batch of
+/// two, choosing per-image sets the request's noise mode and the run carries it.
+#[test]
+fn noise_mode_is_chosen_in_the_request_panel() {
+    let mut h = harness(FakeBackend::new());
+    drop_files(&mut h, &["/models/sd15.safetensors"]);
+    let menu = |h: &egui_kittest::Harness<'_, headroom_ui::app::HeadroomApp>| {
+        h.get_all_by_label("Noise")
+            .find(|n| n.accesskit_node().role() != egui::accesskit::Role::Label)
+            .expect("a noise menu")
+            .accesskit_node()
+            .is_disabled()
+    };
+    assert_eq!(h.state().state.request.noise, NoiseMode::Batch);
+    assert!(menu(&h), "disabled for a batch of one");
+    h.state_mut().state.request.batch = 2;
+    h.run_steps(2);
+    assert!(!menu(&h));
+    h.get_all_by_label("Noise")
+        .find(|n| n.accesskit_node().role() != egui::accesskit::Role::Label)
+        .unwrap()
+        .click();
+    h.run_steps(2);
+    h.get_by_label("per-image").click();
+    h.run_steps(2);
+    assert_eq!(h.state().state.request.noise, NoiseMode::PerImage);
+    h.get_by_label("Load").click();
+    h.run_steps(3);
+    h.get_by_label("Generate").click();
+    h.run_steps(6);
+    assert_eq!(h.state().rt.outputs[0].record.request.noise, NoiseMode::PerImage);
 }
 
 /// Dropping an output PNG restores the seed and prompt it carries.

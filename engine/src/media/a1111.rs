@@ -7,7 +7,7 @@
 
 use super::restore::{Restored, Source};
 use crate::profile::Profile;
-use crate::request::{Request, Scheduler};
+use crate::request::{NoiseMode, Request, Scheduler};
 
 /// The A1111 sampler name for one of ours.
 fn sampler_name(s: Scheduler) -> &'static str {
@@ -106,7 +106,8 @@ fn quoted(s: &str) -> (String, &str) {
     (s.trim_matches('"').to_string(), "")
 }
 
-/// Reads A1111 `parameters` text into a request, listing what was and was not mapped.
+/// Reads A1111 `parameters` text into a request, listing what was and was not mapped; the
+/// request's noise is per image, as A1111 seeds a batch.
 pub fn parse_parameters(text: &str) -> Restored {
     let text = text.trim().replace("\r\n", "\n");
     let mut lines: Vec<&str> = text.split('\n').collect();
@@ -139,6 +140,9 @@ pub fn parse_parameters(text: &str) -> Restored {
     for (key, value) in pairs {
         map_pair(&mut out, &key, &value);
     }
+    // A1111 seeds image i of a batch with seed + i: a batch made from these settings does too.
+    out.request.noise = NoiseMode::PerImage;
+    out.mapped.push("noise: per-image (A1111 seeds image i with seed + i)".into());
     out
 }
 

@@ -78,7 +78,8 @@ fn png_round_trip_with_profile() {
     assert_eq!((r.source, r.request, r.profile), (Source::Headroom, p.request.clone(), Some(p)));
 }
 
-/// The `parameters` text has A1111's layout, and reads back into the same request.
+/// The `parameters` text has A1111's layout, and reads back into the same request, with A1111's
+/// per-image noise.
 #[test]
 fn parameters_format_and_read_back() {
     let p = profile();
@@ -90,13 +91,13 @@ fn parameters_format_and_read_back() {
     );
     assert_eq!(s, want);
     let r = a1111::parse_parameters(&s);
-    assert_eq!(r.request, p.request);
+    assert_eq!(r.request, Request { noise: crate::request::NoiseMode::PerImage, ..p.request.clone() });
     assert_eq!(r.model_hint.as_deref(), Some("shapes"));
     assert!(r.unmapped.iter().all(|u| u.starts_with("Version")), "{:?}", r.unmapped);
 }
 
 /// An A1111 PNG restores prompt, multi-line negative, sampler with Karras, size, seed and model,
-/// and lists the hires/LoRA settings it cannot use.
+/// sets per-image noise (A1111's seed + i), and lists the hires/LoRA settings it cannot use.
 #[test]
 fn a1111_png_restores() {
     let dir = tempfile::tempdir().unwrap();
@@ -109,6 +110,7 @@ fn a1111_png_restores() {
     assert_eq!((q.steps, q.seed, q.guidance), (28, 3_344_226_713, 7.0));
     assert_eq!((q.scheduler, q.karras), (Scheduler::DpmPp2M, true));
     assert_eq!((q.width, q.height), (512, 768));
+    assert_eq!(q.noise, crate::request::NoiseMode::PerImage, "A1111 seeds image i with seed + i");
     assert_eq!(r.model_hint.as_deref(), Some("v1-5-pruned-emaonly"));
     for key in ["Denoising strength", "Clip skip: 2", "Hires upscale", "Lora hashes: add_detail: 7c6bad76eb54"] {
         assert!(r.unmapped.iter().any(|u| u.starts_with(key)), "{key} not listed: {:?}", r.unmapped);
@@ -155,6 +157,7 @@ fn comfyui_workflow_restores() {
     assert_eq!((q.prompt.as_str(), q.negative.as_str()), ("a watercolor fox in the snow", "text, watermark"));
     assert_eq!((q.seed, q.steps, q.guidance, q.karras), (987_654_321, 25, 6.5, true));
     assert_eq!((q.width, q.height, q.batch), (768, 512, 2));
+    assert_eq!(q.noise, crate::request::NoiseMode::Batch, "ComfyUI draws a batch from one generator");
     assert_eq!(r.model_hint.as_deref(), Some("dreamshaper_8.safetensors"));
     assert!(r.unmapped.iter().any(|u| u == "sampler 'dpmpp_sde' has no equivalent (kept euler)"), "{:?}", r.unmapped);
     assert!(r.unmapped.iter().any(|u| u.contains("LoraLoader")), "{:?}", r.unmapped);

@@ -14,7 +14,7 @@ use toml::{Table, Value};
 use super::{BuildInfo, ModelInfo, PROFILE_VERSION, Profile, RunResult};
 use crate::error::{Error, Result};
 use crate::knobs::Knobs;
-use crate::request::Request;
+use crate::request::{NoiseMode, Request};
 
 /// Parses `s` (read from `origin`) into a profile.
 pub(super) fn parse(s: &str, origin: &Path) -> Result<Profile> {
@@ -127,7 +127,8 @@ fn to_value<T: Serialize>(v: &T) -> Value {
     Value::try_from(v).unwrap_or_else(|e| Value::String(format!("unwritable: {e}")))
 }
 
-/// Reads `[request]`, checking the seed by hand so its error says what a seed must be.
+/// Reads `[request]`, checking the seed by hand so its error says what a seed must be. A request
+/// without `noise` and with a batch above one reads as [`NoiseMode::PerImage`] (see below).
 fn read_request(raw: &Table, origin: &Path) -> Result<Request> {
     let mut table = section_table(raw, "request", origin, true)?;
     let seed = match table.get("seed") {
@@ -142,9 +143,16 @@ fn read_request(raw: &Table, origin: &Path) -> Result<Request> {
         }
     };
     table.remove("seed");
+    let recorded_noise = table.contains_key("noise");
     let mut request: Request = from_table(table, "request", origin)?;
     if let Some(s) = seed {
         request.seed = s;
+    }
+    if !recorded_noise && request.batch > 1 {
+        // Written before `noise` existed (this build always writes it), when image i of a batch
+        // was drawn from seed + i: keep that meaning, so the run reproduces. A batch of one draws
+        // the same noise either way and keeps today's default.
+        request.noise = NoiseMode::PerImage;
     }
     Ok(request)
 }

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use super::*;
 use crate::knobs::Precision;
-use crate::request::Scheduler;
+use crate::request::{NoiseMode, Scheduler};
 
 const FULL: &str = r#"version = 1
 created = 2026-11-23T10:00:00Z
@@ -239,6 +239,51 @@ fn drift_explains_what_bit_exactness_depends_on() {
     with_batch.result = Some(RunResult { outputs_sha256: vec!["aa".into(), "bb".into()], ..RunResult::default() });
     let back = Profile::from_toml_str(&with_batch.to_toml_string(), origin()).unwrap();
     assert_eq!(back.result.unwrap().outputs_sha256, ["aa", "bb"]);
+}
+
+/// Every new profile records how its batch's noise was drawn, batch of one included, and reads
+/// it back; a value that is not a mode is refused, naming the field and both choices.
+#[test]
+fn new_profiles_always_record_the_noise_mode() {
+    let model = ModelInfo { source: "builtin:shapes".into(), ..ModelInfo::default() };
+    for (batch, noise) in [(1, NoiseMode::Batch), (3, NoiseMode::Batch), (3, NoiseMode::PerImage), (1, NoiseMode::PerImage)] {
+        let p = Profile::new(model.clone(), Request { batch, noise, ..Request::default() }, Knobs::default());
+        let out = p.to_toml_string();
+        assert!(out.contains(&format!("noise = \"{noise}\"\n")), "{out}");
+        assert_eq!(Profile::from_toml_str(&out, origin()).unwrap().request.noise, noise, "{out}");
+    }
+    let e = err(&FULL.replace("seed = 7", "seed = 7\nnoise = \"sideways\""));
+    assert!(e.contains("[request] noise = \"sideways\"") && e.contains("batch") && e.contains("per-image"), "{e}");
+}
+
+/// A profile written before `noise` existed keeps its meaning: with a batch above one it reads
+/// as per-image seeds (how it was made), and writes that back; with a batch of one (the same
+/// noise either way) it reads as today's default; a recorded mode is always taken as written.
+#[test]
+fn old_profiles_without_noise_keep_per_image_seeds() {
+    assert!(!FULL.lines().any(|l| l.starts_with("noise")), "FULL is a profile from before `noise`");
+    let one = Profile::from_toml_str(FULL, origin()).unwrap();
+    assert_eq!((one.request.batch, one.request.noise), (1, NoiseMode::Batch));
+    let old = FULL.replace("seed = 7", "seed = 7\nbatch = 2");
+    let two = Profile::from_toml_str(&old, origin()).unwrap();
+    assert_eq!((two.request.batch, two.request.noise), (2, NoiseMode::PerImage));
+    let out = two.to_toml_string();
+    assert!(out.contains("noise = \"per-image\""), "{out}");
+    assert_eq!(Profile::from_toml_str(&out, origin()).unwrap(), two);
+    let new = old.replace("batch = 2", "batch = 2\nnoise = \"batch\"");
+    assert_eq!(Profile::from_toml_str(&new, origin()).unwrap().request.noise, NoiseMode::Batch);
+}
+
+/// Profiles whose noise modes differ drift in `request.noise`, explained as affecting the images
+/// after the first.
+#[test]
+fn drift_names_the_noise_mode() {
+    let a = Profile::from_toml_str(&FULL.replace("seed = 7", "seed = 7\nbatch = 2\nnoise = \"batch\""), origin()).unwrap();
+    let mut b = a.clone();
+    b.request.noise = NoiseMode::PerImage;
+    assert_eq!(a.drift(&b), ["request.noise"]);
+    let explained = a.drift_explained(&b);
+    assert!(explained[0].starts_with("request.noise: \"batch\" → \"per-image\" (") && explained[0].contains("past the first image"), "{explained:?}");
 }
 
 /// Save writes atomically and load reads the same profile back; a non-profile file is refused.

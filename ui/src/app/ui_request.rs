@@ -1,8 +1,8 @@
 //! The request panel: prompt, negative, seed (dice and lock), steps, guidance, scheduler, size or
-//! seconds, batch; Generate (Ctrl+Enter) and Cancel (Esc); progress with the stage.
+//! seconds, batch and its noise; Generate (Ctrl+Enter) and Cancel (Esc); progress with the stage.
 
 use egui::RichText;
-use headroom_engine::request::Scheduler;
+use headroom_engine::request::{NoiseMode, Scheduler};
 
 use super::HeadroomApp;
 use super::command::AppCommand;
@@ -128,6 +128,25 @@ impl HeadroomApp {
                 let l = ui.label("Batch");
                 ui.add(egui::DragValue::new(&mut r.batch).range(1..=16))
                     .labelled_by(l.id);
+                ui.end_row();
+                let l = ui.label("Noise");
+                ui.add_enabled_ui(r.batch > 1, |ui| {
+                    egui::ComboBox::from_id_salt("noise")
+                        .selected_text(r.noise.name())
+                        .show_ui(ui, |ui| {
+                            for (m, what) in NoiseMode::ALL.into_iter().zip([
+                                "one generator draws the whole batch, as diffusers and ComfyUI",
+                                "image i from seed + i, as A1111",
+                            ]) {
+                                ui.selectable_value(&mut r.noise, m, m.name())
+                                    .on_hover_text(what);
+                            }
+                        })
+                        .response
+                        .labelled_by(l.id)
+                        .on_hover_text("How the batch's noise comes from the seed")
+                        .on_disabled_hover_text("A batch of one draws the same noise either way");
+                });
                 ui.end_row();
             });
         if r != self.state.request {

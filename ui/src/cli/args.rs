@@ -14,7 +14,7 @@ pub struct RequestArgs {
     /// What to steer away from.
     #[arg(long)]
     pub negative: Option<String>,
-    /// Seed of the run (image i of a batch uses seed + i).
+    /// Seed of the run.
     #[arg(long)]
     pub seed: Option<u64>,
     /// Denoising steps.
@@ -41,13 +41,17 @@ pub struct RequestArgs {
     /// How many outputs.
     #[arg(long)]
     pub batch: Option<u32>,
+    /// How a batch's noise comes from the seed: `batch` (one generator draws the whole batch, as
+    /// diffusers and ComfyUI; the default) or `per-image` (image i from seed + i, as A1111).
+    #[arg(long, value_name = "MODE")]
+    pub noise: Option<String>,
 }
 
 impl RequestArgs {
     /// Applies the flags that were given onto `r`.
     ///
     /// # Errors
-    /// A scheduler name that is not known.
+    /// A scheduler name or noise mode that is not known.
     pub fn apply(&self, r: &mut Request) -> headroom_engine::Result<()> {
         if let Some(v) = &self.prompt {
             r.prompt = v.clone();
@@ -81,6 +85,9 @@ impl RequestArgs {
         }
         if let Some(v) = self.batch {
             r.batch = v;
+        }
+        if let Some(v) = &self.noise {
+            r.noise = v.parse()?;
         }
         Ok(())
     }

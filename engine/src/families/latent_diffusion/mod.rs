@@ -1,6 +1,7 @@
 //! Latent diffusion: Stable Diffusion 1.x and 2.x. One file per module: [`tokenizer`] (CLIP BPE),
 //! [`clip`] (text encoder), [`blocks`] and [`unet`] (denoiser, its blocks placed by [`offload`]), [`vae`] and [`vae_tiling`] (autoencoder),
-//! [`schedulers`] (DDIM, Euler, Euler ancestral, DPM++ 2M), [`preview`] (latents → RGB) and
+//! [`schedulers`] (DDIM, Euler, Euler ancestral, DPM++ 2M), [`noise`] (a batch's noise, drawn for
+//! the whole batch or per image), [`preview`] (latents → RGB) and
 //! [`pipeline`] (prompt → image, the [`crate::families::Family`] implementation), [`spectrogram`]
 //! (images ↔ audio for mel-spectrogram models such as Riffusion). [`checkpoint`] opens what a
 //! model is loaded from: a diffusers folder ([`folder`]) or a single-file LDM checkpoint
@@ -13,6 +14,7 @@ pub mod clip;
 pub mod config_check;
 pub mod folder;
 pub mod ldm_keys;
+pub mod noise;
 pub mod offload;
 pub mod pipeline;
 pub mod preview;

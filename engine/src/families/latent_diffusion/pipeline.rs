@@ -8,6 +8,7 @@ use candle_core::{DType, Device, Tensor};
 use super::checkpoint::Checkpoint;
 use super::clip::ClipTextModel;
 use super::folder::build;
+use super::noise::{BatchNoise, NoiseFactory, default_noise};
 use super::offload::{BlockPlacement, SlotKind};
 use super::preview::latents_to_rgb;
 use super::schedulers::{Sampler, SchedulerConfig};
@@ -23,30 +24,6 @@ use crate::media::Image;
 use crate::nn::Weights;
 use crate::request::Request;
 use crate::worker::protocol::{Artifact, Preview, Stage};
-
-/// A stream of standard-normal f32 noise for one image of a batch: its initial latents first,
-/// then whatever an ancestral sampler draws, step by step.
-pub trait NoiseSource {
-    /// The next `numel` values.
-    fn randn(&mut self, numel: usize) -> Vec<f32>;
-}
-
-/// Makes the noise stream for a seed (image `i` of a batch gets `seed + i`).
-pub type NoiseFactory = Box<dyn Fn(u64) -> Box<dyn NoiseSource> + Send>;
-
-impl NoiseSource for crate::rng::TorchCpuRng {
-    fn randn(&mut self, numel: usize) -> Vec<f32> {
-        crate::rng::TorchCpuRng::randn(self, numel)
-    }
-}
-
-/// The noise every run uses unless [`LatentDiffusion::set_noise`] replaced it: the engine's
-/// torch-compatible CPU generator, so seed `s` gives `torch.randn(shape,
-/// generator=torch.Generator().manual_seed(s))` for the initial latents, and an ancestral
-/// sampler's per-step noise continues that same stream, as diffusers does with one generator.
-pub fn default_noise() -> NoiseFactory {
-    Box::new(|seed| Box::new(crate::rng::TorchCpuRng::new(seed)))
-}
 
 /// A loaded Stable Diffusion 1.x/2.x model.
 pub struct LatentDiffusion {
@@ -325,13 +302,10 @@ impl LatentDiffusion {
         Ok((self.text.forward(&ids, self.clip_skip)?, tokens.warning))
     }
 
-    fn noise_tensor(&self, streams: &mut [Box<dyn NoiseSource>], shape: (usize, usize, usize)) -> Result<Tensor> {
+    /// The next `(batch, c, h, w)` noise tensor on the UNet's device.
+    fn noise_tensor(&self, noise: &mut BatchNoise, batch: usize, shape: (usize, usize, usize)) -> Result<Tensor> {
         let (c, h, w) = shape;
-        let mut all = Vec::with_capacity(streams.len() * c * h * w);
-        for s in streams.iter_mut() {
-            all.extend(s.randn(c * h * w));
-        }
-        Ok(Tensor::from_vec(all, (streams.len(), c, h, w), &self.device)?)
+        Ok(Tensor::from_vec(noise.next(c * h * w), (batch, c, h, w), &self.device)?)
     }
 
     /// Runs `request` and returns the images as floats `(B, H, W, 3)` in [0, 1] (diffusers'
@@ -379,9 +353,8 @@ impl LatentDiffusion {
             observer.note(n);
         }
         let shape = (self.unet.config.in_channels, (request.height / f) as usize, (request.width / f) as usize);
-        let mut streams: Vec<Box<dyn NoiseSource>> =
-            (0..batch).map(|i| (self.noise)(request.seed.wrapping_add(i as u64))).collect();
-        let mut latents = (self.noise_tensor(&mut streams, shape)? * sampler.init_noise_sigma())?;
+        let mut noise = BatchNoise::new(&self.noise, request.seed, batch, request.noise);
+        let mut latents = (self.noise_tensor(&mut noise, batch, shape)? * sampler.init_noise_sigma())?;
         let timesteps = sampler.timesteps().to_vec();
         for (i, &t) in timesteps.iter().enumerate() {
             if observer.cancelled() {
@@ -397,8 +370,8 @@ impl LatentDiffusion {
             } else {
                 out
             };
-            let noise = if sampler.needs_noise() { Some(self.noise_tensor(&mut streams, shape)?) } else { None };
-            latents = sampler.step(&out, i, &latents, noise.as_ref())?;
+            let step_noise = if sampler.needs_noise() { Some(self.noise_tensor(&mut noise, batch, shape)?) } else { None };
+            latents = sampler.step(&out, i, &latents, step_noise.as_ref())?;
             observer.progress(i as u32 + 1, steps as u32);
             observer.preview(Preview::Image(latents_to_rgb(&latents)?));
         }

@@ -6,11 +6,12 @@ use std::collections::{HashMap, VecDeque};
 use candle_core::Tensor;
 
 use super::parity_tests::{fixture, max_diff, refs};
-use super::pipeline::{NoiseSource, load};
+use super::noise::{NoiseFactory, NoiseSource};
+use super::pipeline::load;
 use crate::error::Error;
 use crate::families::{Family, RunObserver};
 use crate::knobs::Knobs;
-use crate::request::{Request, Scheduler};
+use crate::request::{NoiseMode, Request, Scheduler};
 use crate::worker::protocol::{Artifact, Preview, Stage};
 
 /// Replays fixed noise: the initial latents, then one tensor per ancestral step.
@@ -72,7 +73,7 @@ fn request(name: &str) -> Request {
     }
 }
 
-fn replay_factory(r: &HashMap<String, Tensor>) -> super::pipeline::NoiseFactory {
+fn replay_factory(r: &HashMap<String, Tensor>) -> NoiseFactory {
     let mut q = vec![r["latents"].flatten_all().unwrap().to_vec1::<f32>().unwrap()];
     for i in 0..r["step_noise"].dim(0).unwrap() {
         q.push(r["step_noise"].get(i).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap());
@@ -262,6 +263,28 @@ fn torch_noise_reproduces_diffusers() {
             let img = model.run(&req, &mut Recorder::default()).unwrap();
             let d = max_diff(&img, &r[&format!("image_{key}")]);
             assert!(d <= 1e-3, "{name} {key}: {d}");
+        }
+    }
+}
+
+/// Every image of a batch of two matches diffusers' own draw (no latents passed in,
+/// `tools/make_sd_fixtures.py --batch-refs`), for Euler and Euler ancestral: `noise = "batch"`
+/// against one generator for the batch, `noise = "per-image"` against a list of generators seeded
+/// 42 and 43. The two references' second images differ by far more than the tolerance, so each
+/// mode is told apart.
+#[test]
+fn batches_match_diffusers_in_both_noise_modes() {
+    let name = "tiny-sd1";
+    let r = candle_core::safetensors::load(fixture(name).join("refs_batch.safetensors"), &candle_core::Device::Cpu).unwrap();
+    let mut model = load(&fixture(name), &Knobs::default()).unwrap();
+    for (key, kind) in [("euler", Scheduler::Euler), ("euler_a", Scheduler::EulerAncestral)] {
+        let (batch_ref, per_image_ref) = (&r[&format!("image_{key}_b2")], &r[&format!("image_{key}_b2_per_image")]);
+        assert!(max_diff(&batch_ref.get(1).unwrap(), &per_image_ref.get(1).unwrap()) > 0.1, "{key}: the references do not tell the modes apart");
+        for (noise, want) in [(NoiseMode::Batch, batch_ref), (NoiseMode::PerImage, per_image_ref)] {
+            let req = Request { scheduler: kind, batch: 2, noise, ..request(name) };
+            let img = model.run(&req, &mut Recorder::default()).unwrap();
+            let d = max_diff(&img, want);
+            assert!(d <= 1e-3, "{key} {noise}: {d}");
         }
     }
 }
