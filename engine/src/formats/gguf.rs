@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::bin::{self, Cursor, human_bytes};
+use super::bin::{Cursor, human_bytes};
 use super::ggml::GgmlType;
 use super::{Format, Loaded, TensorInfo};
 use crate::error::Result;
@@ -19,12 +19,6 @@ const MAX_ARRAY_DEPTH: u32 = 4;
 const MAX_DIMS: u32 = 8;
 /// Longest string value kept in full in the metadata summary.
 const MAX_SHOWN_CHARS: usize = 256;
-
-/// Reads a `.gguf` file's header.
-pub(crate) fn read(path: &Path) -> Result<Loaded> {
-    let map = bin::map(path)?;
-    parse(&map, path)
-}
 
 /// What one metadata value turned out to be: a summary for people, and the unsigned number the
 /// reader itself needs (for `general.alignment`).
