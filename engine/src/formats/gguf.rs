@@ -252,10 +252,12 @@ pub(crate) fn parse(buf: &[u8], path: &Path) -> Result<Loaded> {
         let (dtype, bytes) = match GgmlType::from_id(type_id) {
             Some(t) => {
                 let bytes = t.bytes_for(elements, row_len).ok_or_else(|| {
-                    r.cur.err(format!(
-                        "tensor '{name}': rows of {row_len} are not whole {} blocks of {}",
-                        t.name, t.block_elements
-                    ))
+                    let whole_blocks = t.block_elements <= 1 || (row_len > 0 && row_len.is_multiple_of(t.block_elements));
+                    r.cur.err(if whole_blocks {
+                        format!("tensor '{name}': shape {shape:?} of {} takes more bytes than a file can hold", t.name)
+                    } else {
+                        format!("tensor '{name}': rows of {row_len} are not whole {} blocks of {}", t.name, t.block_elements)
+                    })
                 })?;
                 if t.removed {
                     warnings.push(format!("tensor '{name}' uses {}, a type ggml has removed", t.name));
