@@ -161,7 +161,7 @@ impl Precision {
     /// the per-row fallback of [`Precision::for_row`].
     pub fn bytes_for(self, elements: u64, row_len: u64) -> u64 {
         let (n, b) = self.for_row(row_len).block();
-        elements.div_ceil(n) * b
+        elements.div_ceil(n).saturating_mul(b)
     }
 
     /// The type a weight matrix with rows of `row_len` elements is really stored in when its
@@ -197,7 +197,8 @@ impl Precision {
         if name.starts_with("embeddings.") || name.contains(".embeddings.") {
             return Precision::F16;
         }
-        self.for_row(shape[1..].iter().product())
+        // Saturating: a hostile header's shape may multiply past u64 (such a row fits no block).
+        self.for_row(shape[1..].iter().fold(1u64, |a, &d| a.saturating_mul(d)))
     }
 }
 

@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::inspect;
+use super::{inspect, inspect_bytes};
 
 /// Writes `bytes` to `name` in a fresh temporary folder and inspects it; returns the error text.
 fn error_of(name: &str, bytes: &[u8]) -> (String, tempfile::TempDir, PathBuf) {
@@ -168,6 +168,68 @@ fn gguf_v1_with_unknown_type() {
     let t: Vec<_> = i.tensors().map(|t| (t.dtype.as_str(), t.shape.clone(), t.bytes)).collect();
     assert_eq!(t, [("F32", vec![2, 4], Some(32)), ("unknown(200)", vec![2, 4], None)]);
     assert_eq!(i.metadata["gguf.version"], "1");
+}
+
+/// A GGUF v3 file with tensors (name, type id, dims innermost first) at offset 0, padded to the
+/// data alignment.
+fn gguf_tensors(tensors: &[(&str, u32, &[u64])]) -> Vec<u8> {
+    let mut b = gguf(b"GGUF", 3, tensors.len() as u64, 0);
+    for (name, type_id, ne) in tensors {
+        b.extend_from_slice(&(name.len() as u64).to_le_bytes());
+        b.extend_from_slice(name.as_bytes());
+        b.extend_from_slice(&(ne.len() as u32).to_le_bytes());
+        for d in *ne {
+            b.extend_from_slice(&d.to_le_bytes());
+        }
+        b.extend_from_slice(&type_id.to_le_bytes());
+        b.extend_from_slice(&0u64.to_le_bytes());
+    }
+    b.resize(b.len().div_ceil(32) * 32, 0);
+    b
+}
+
+/// Shapes whose products pass u64 in a header that is otherwise fine (a zero-size safetensors
+/// tensor, a GGUF tensor of a type whose size is unknown) are inspected without overflowing:
+/// rows and sizes saturate instead of panicking (debug) or wrapping to small numbers (release).
+#[test]
+fn huge_shapes_saturate() {
+    let h = r#"{"a":{"dtype":"F32","shape":[0,1099511627776,1099511627776],"data_offsets":[0,0]}}"#;
+    let i = inspect_bytes(&st(h, b""), Path::new("zero.safetensors")).unwrap();
+    assert_eq!(i.parameters(), 0);
+    assert!(i.bytes_by_precision().values().all(|&b| b == 0), "{:?}", i.bytes_by_precision());
+
+    let b = gguf_tensors(&[("w", 200, &[1 << 32, 1 << 31])]);
+    let i = inspect_bytes(&b, Path::new("unknown.gguf")).unwrap();
+    assert_eq!(i.parameters(), 1 << 63);
+    assert_eq!(i.bytes_by_precision()["f32"], u64::MAX);
+    assert_eq!(i.dtype_histogram()["unknown(200)"], 1 << 63);
+    // Two such tensors: the histogram and the totals saturate too.
+    let b = gguf_tensors(&[("w", 200, &[1 << 32, 1 << 31]), ("v", 200, &[1 << 32, 1 << 31])]);
+    let i = inspect_bytes(&b, Path::new("two.gguf")).unwrap();
+    assert_eq!((i.parameters(), i.dtype_histogram()["unknown(200)"]), (u64::MAX, u64::MAX));
+}
+
+/// Found by `tools/fuzz.sh` (gguf target, crash-4ec8cff1…): a nameless tensor of GGUF type
+/// 3224422 (unknown, so no size check) with dims 0x44c0000000 × 2^24 made `bytes_by_precision`
+/// multiply past u64 (a panic in debug builds, a wrapped size in release).
+#[test]
+fn fuzz_gguf_unknown_type_huge_shape() {
+    let crash: &[u8] = b"GGUF\x03\0\0\0\x01\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\
+        \x02\0\0\0\0\0\0\xc0\x44\0\0\0\0\0\0\x01\0\0\0\0\x66\x33\x31\0\0\0\0\0\0\0\0\0\0\0\0\0";
+    assert_eq!(crash.len(), 68);
+    let i = inspect_bytes(crash, Path::new("crash.gguf")).unwrap();
+    assert_eq!(i.tensors().next().unwrap().dtype, "unknown(3224422)");
+    assert_eq!(i.bytes_by_precision()["f32"], u64::MAX);
+}
+
+/// A GGUF F32 tensor of 2^63 elements is refused for its size, not for its rows (an F32 row is
+/// always whole blocks).
+#[test]
+fn gguf_tensor_too_large_for_any_file() {
+    let (e, ..) = error_of("m.gguf", &gguf_tensors(&[("w", 0, &[1 << 32, 1 << 31])]));
+    assert!(e.contains("tensor 'w': shape [2147483648, 4294967296] of F32 takes more bytes than a file can hold"), "{e}");
+    let (e, ..) = error_of("m.gguf", &gguf_tensors(&[("w", 12, &[100, 2])]));
+    assert!(e.contains("tensor 'w': rows of 100 are not whole Q4_K blocks of 256"), "{e}");
 }
 
 /// A zip checkpoint holding `pkl` as `archive/data.pkl`.

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Seek};
 use std::path::Path;
 
 use super::pickle::{self, Heap, Value};
@@ -21,9 +21,10 @@ const MAX_VISITS: usize = 5_000_000;
 /// Top-level keys whose dict is the model's state dict (names below it are kept unprefixed).
 const WRAPPERS: &[&str] = &["state_dict", "model_state_dict", "state_dict_ema", "module", "params_ema", "params"];
 
-/// Reads a PyTorch zip checkpoint's tensor names, dtypes and shapes.
-pub(crate) fn read(path: &Path) -> Result<Loaded> {
-    let (located, metadata, warnings) = locate(path)?;
+/// Reads the tensor names, dtypes and shapes of a PyTorch zip checkpoint's bytes (`path` names
+/// it in errors).
+pub(crate) fn read_bytes(buf: &[u8], path: &Path) -> Result<Loaded> {
+    let (located, metadata, warnings) = locate_in(std::io::Cursor::new(buf), path)?;
     let tensors = located
         .into_iter()
         .map(|t| {
@@ -106,7 +107,12 @@ type Located = (Vec<CkptTensor>, BTreeMap<String, String>, Vec<String>);
 /// warnings.
 pub(crate) fn locate(path: &Path) -> Result<Located> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut zip = zip::ZipArchive::new(file)
+    locate_in(file, path)
+}
+
+/// [`locate`] in an archive read from `reader` (`path` names it in errors).
+fn locate_in<R: Read + Seek>(reader: R, path: &Path) -> Result<Located> {
+    let mut zip = zip::ZipArchive::new(reader)
         .map_err(|e| Error::file(path, format!("not a readable zip archive: {e}")))?;
     let mut sizes: HashMap<String, u64> = HashMap::new();
     let mut pkl: Option<String> = None;

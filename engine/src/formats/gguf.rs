@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::bin::{self, Cursor, human_bytes};
+use super::bin::{Cursor, human_bytes};
 use super::ggml::GgmlType;
 use super::{Format, Loaded, TensorInfo};
 use crate::error::Result;
@@ -19,12 +19,6 @@ const MAX_ARRAY_DEPTH: u32 = 4;
 const MAX_DIMS: u32 = 8;
 /// Longest string value kept in full in the metadata summary.
 const MAX_SHOWN_CHARS: usize = 256;
-
-/// Reads a `.gguf` file's header.
-pub(crate) fn read(path: &Path) -> Result<Loaded> {
-    let map = bin::map(path)?;
-    parse(&map, path)
-}
 
 /// What one metadata value turned out to be: a summary for people, and the unsigned number the
 /// reader itself needs (for `general.alignment`).
@@ -258,10 +252,12 @@ pub(crate) fn parse(buf: &[u8], path: &Path) -> Result<Loaded> {
         let (dtype, bytes) = match GgmlType::from_id(type_id) {
             Some(t) => {
                 let bytes = t.bytes_for(elements, row_len).ok_or_else(|| {
-                    r.cur.err(format!(
-                        "tensor '{name}': rows of {row_len} are not whole {} blocks of {}",
-                        t.name, t.block_elements
-                    ))
+                    let whole_blocks = t.block_elements <= 1 || (row_len > 0 && row_len.is_multiple_of(t.block_elements));
+                    r.cur.err(if whole_blocks {
+                        format!("tensor '{name}': shape {shape:?} of {} takes more bytes than a file can hold", t.name)
+                    } else {
+                        format!("tensor '{name}': rows of {row_len} are not whole {} blocks of {}", t.name, t.block_elements)
+                    })
                 })?;
                 if t.removed {
                     warnings.push(format!("tensor '{name}' uses {}, a type ggml has removed", t.name));

@@ -23,7 +23,7 @@ pub fn tensor_bytes_at(t: &TensorInfo, p: Precision) -> u64 {
         return t.bytes.unwrap_or(elements);
     }
     let (n, b) = p.for_tensor(&t.name, &t.shape).block();
-    elements.div_ceil(n) * b
+    elements.div_ceil(n).saturating_mul(b)
 }
 
 impl Inspection {
@@ -46,7 +46,8 @@ impl Inspection {
     pub fn dtype_histogram(&self) -> BTreeMap<String, u64> {
         let mut h = BTreeMap::new();
         for t in self.tensors() {
-            *h.entry(t.dtype.clone()).or_insert(0u64) += t.elements();
+            let n = h.entry(t.dtype.clone()).or_insert(0u64);
+            *n = n.saturating_add(t.elements());
         }
         h
     }

@@ -246,36 +246,93 @@ fn is_weight_name(name: &str) -> bool {
 /// file named like a shard (`*-00001-of-00003.safetensors`) brings its siblings in.
 pub(crate) fn read_weight_file(path: &Path, follow_shards: bool) -> Result<Loaded> {
     let head = bin::read_head(path, 9)?;
+    let kind = sniff(&head, &file_name(path));
+    if follow_shards && kind == Kind::Safetensors && safetensors::shard_pattern(&file_name(path)).is_some() {
+        return safetensors::read_shards_of(&parent_dir(path), path);
+    }
+    if let Some(refusal) = kind.refusal() {
+        return Err(Error::file(path, refusal));
+    }
+    let map = bin::map(path)?;
+    read_weight_bytes(&map, path, kind)
+}
+
+/// Inspects one model file already in memory, as [`inspect`] inspects a single file: `path` names
+/// it in errors and its name breaks ties the first bytes leave open (`.gguf`, `.ckpt` …). Shards
+/// and folders need the file system; this reads `bytes` alone.
+///
+/// # Errors
+/// As [`inspect`]: an empty buffer, an unsupported format, or a malformed header — one line
+/// naming `path` and the problem.
+pub fn inspect_bytes(bytes: &[u8], path: &Path) -> Result<Inspection> {
+    let kind = sniff(bytes, &file_name(path));
+    let loaded = match kind.refusal() {
+        Some(refusal) => Err(Error::file(path, refusal)),
+        None => read_weight_bytes(bytes, path, kind),
+    };
+    loaded.map(|l| finish(path, l)).map_err(one_line)
+}
+
+/// What a weight file is, from its first bytes and then its name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Empty,
+    Gguf,
+    Zip,
+    LegacyPickle,
+    NotZip,
+    Safetensors,
+}
+
+impl Kind {
+    /// The problem with a file of this kind, when it cannot be read at all.
+    fn refusal(self) -> Option<&'static str> {
+        match self {
+            Kind::Empty => Some("empty file (0 bytes)"),
+            Kind::LegacyPickle => Some(
+                "legacy (non-zip) PyTorch pickle format is not supported; re-save it with torch.save \
+                 from PyTorch ≥ 1.6 or convert it to .safetensors",
+            ),
+            Kind::NotZip => Some("not a PyTorch zip checkpoint (no zip signature at the start)"),
+            Kind::Gguf | Kind::Zip | Kind::Safetensors => None,
+        }
+    }
+}
+
+/// Recognises a weight file by its first bytes (at least 9 of them when the file has them), then
+/// by its name.
+fn sniff(head: &[u8], name: &str) -> Kind {
     if head.is_empty() {
-        return Err(Error::file(path, "empty file (0 bytes)"));
+        return Kind::Empty;
     }
     if head.starts_with(b"GGUF") || head.starts_with(b"FUGG") {
-        return gguf::read(path);
+        return Kind::Gguf;
     }
     if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
-        return ckpt::read(path);
+        return Kind::Zip;
     }
     // A legacy torch pickle starts with PROTO (0x80, 1..=5); a safetensors file whose header
     // length happens to start with 0x80 has its JSON `{` at byte 8.
     let json_at_8 = head.get(8) == Some(&b'{');
     if head[0] == 0x80 && head.get(1).is_some_and(|p| (1..=5).contains(p)) && !json_at_8 {
-        return Err(Error::file(
-            path,
-            "legacy (non-zip) PyTorch pickle format is not supported; re-save it with torch.save \
-             from PyTorch ≥ 1.6 or convert it to .safetensors",
-        ));
+        return Kind::LegacyPickle;
     }
-    let name = file_name(path);
     if name.ends_with(".gguf") {
-        return gguf::read(path);
+        return Kind::Gguf;
     }
     if [".ckpt", ".pth", ".pt", ".bin"].iter().any(|e| name.ends_with(e)) {
-        return Err(Error::file(path, "not a PyTorch zip checkpoint (no zip signature at the start)"));
+        return Kind::NotZip;
     }
-    if follow_shards && safetensors::shard_pattern(&name).is_some() {
-        return safetensors::read_shards_of(&parent_dir(path), path);
+    Kind::Safetensors
+}
+
+/// Reads the headers of one weight file's bytes, of a kind [`sniff`] accepted.
+fn read_weight_bytes(bytes: &[u8], path: &Path, kind: Kind) -> Result<Loaded> {
+    match kind {
+        Kind::Gguf => gguf::parse(bytes, path),
+        Kind::Zip => ckpt::read_bytes(bytes, path),
+        _ => safetensors::read_bytes(bytes, path),
     }
-    safetensors::read(path)
 }
 
 /// Builds the inspection of a single file (or a set of shards): split, guess.

@@ -45,8 +45,12 @@ pub(crate) fn dtype_bits(dtype: &str) -> Option<u64> {
 
 /// Reads one `.safetensors` file's header.
 pub(crate) fn read(path: &Path) -> Result<Loaded> {
-    let map = bin::map(path)?;
-    let (tensors, metadata, warnings) = parse(&map, path)?;
+    read_bytes(&bin::map(path)?, path)
+}
+
+/// Reads the header of a `.safetensors` file's bytes (`path` names it in errors).
+pub(crate) fn read_bytes(buf: &[u8], path: &Path) -> Result<Loaded> {
+    let (tensors, metadata, warnings) = parse(buf, path)?;
     Ok(Loaded { format: Format::Safetensors, tensors, metadata, warnings, files: vec![path.to_path_buf()] })
 }
 

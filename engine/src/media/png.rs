@@ -101,8 +101,16 @@ pub const MAX_TEXT_BYTES: u64 = 32 << 20;
 /// than [`MAX_DECODE_PIXELS`] pixels.
 pub fn read_png(path: &Path) -> Result<(Image, PngText)> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let text = read_png_text_bytes(&bytes, path)?;
-    let image = decode_image(&bytes, path)?;
+    read_png_bytes(&bytes, path)
+}
+
+/// [`read_png`] of a PNG's bytes (read from `path`, which errors name).
+///
+/// # Errors
+/// As [`read_png`].
+pub fn read_png_bytes(bytes: &[u8], path: &Path) -> Result<(Image, PngText)> {
+    let text = read_png_text_bytes(bytes, path)?;
+    let image = decode_image(bytes, path)?;
     Ok((image, text))
 }
 

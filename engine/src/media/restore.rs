@@ -69,15 +69,23 @@ impl Restored {
 /// The file cannot be read or is damaged, or it carries no settings any of these tools write.
 pub fn restore_from_file(path: &Path) -> Result<Restored> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    if wav::is_wav(&bytes) {
-        return wav::read_profile_bytes(&bytes, path)?
+    restore_from_bytes(&bytes, path)
+}
+
+/// [`restore_from_file`] of a file's bytes (read from `path`, which errors name).
+///
+/// # Errors
+/// As [`restore_from_file`].
+pub fn restore_from_bytes(bytes: &[u8], path: &Path) -> Result<Restored> {
+    if wav::is_wav(bytes) {
+        return wav::read_profile_bytes(bytes, path)?
             .map(Restored::from_profile)
             .ok_or_else(|| Error::file(path, "this WAV carries no Headroom profile: nothing to restore"));
     }
-    if !png::is_png(&bytes) {
-        return Profile::load(path).map(Restored::from_profile);
+    if !png::is_png(bytes) {
+        return Profile::from_bytes(bytes, path).map(Restored::from_profile);
     }
-    let text = png::read_png_text_bytes(&bytes, path)?;
+    let text = png::read_png_text_bytes(bytes, path)?;
     let mut profile_problem = None;
     if let Some(t) = text.get(png::PROFILE_KEYWORD) {
         match Profile::from_toml_str(t, path) {

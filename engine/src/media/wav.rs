@@ -99,9 +99,17 @@ pub const SAMPLE_RATES_HZ: std::ops::RangeInclusive<u32> = 1_000..=768_000;
 /// claims more bytes than the file has.
 pub fn read_wav(path: &Path) -> Result<(Audio, Option<Profile>)> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let profile = read_profile_bytes(&bytes, path)?;
+    read_wav_bytes(&bytes, path)
+}
+
+/// [`read_wav`] of a WAV's bytes (read from `path`, which errors name).
+///
+/// # Errors
+/// As [`read_wav`].
+pub fn read_wav_bytes(bytes: &[u8], path: &Path) -> Result<(Audio, Option<Profile>)> {
+    let profile = read_profile_bytes(bytes, path)?;
     let bad = |e: hound::Error| Error::file(path, format!("not a readable WAV: {e}"));
-    let mut reader = hound::WavReader::new(Cursor::new(&bytes)).map_err(bad)?;
+    let mut reader = hound::WavReader::new(Cursor::new(bytes)).map_err(bad)?;
     let spec = reader.spec();
     if !SAMPLE_RATES_HZ.contains(&spec.sample_rate) {
         return Err(Error::file(

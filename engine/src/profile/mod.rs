@@ -228,19 +228,27 @@ impl Profile {
     /// The file cannot be read, is not a profile, or is an image/audio file with none embedded.
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        if crate::media::png::is_png(&bytes) {
-            let text = crate::media::png::read_png_text_bytes(&bytes, path)?;
+        Self::from_bytes(&bytes, path)
+    }
+
+    /// [`Profile::load`] of a file's bytes (read from `path`, which errors name).
+    ///
+    /// # Errors
+    /// As [`Profile::load`].
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self> {
+        if crate::media::png::is_png(bytes) {
+            let text = crate::media::png::read_png_text_bytes(bytes, path)?;
             let toml = text.get(crate::media::png::PROFILE_KEYWORD).ok_or_else(|| {
                 Error::file(path, "this PNG carries no Headroom profile (drop it into the app to restore its settings)")
             })?;
             return Self::from_toml_str(toml, path);
         }
-        if crate::media::wav::is_wav(&bytes) {
-            return crate::media::wav::read_profile_bytes(&bytes, path)?.ok_or_else(|| {
+        if crate::media::wav::is_wav(bytes) {
+            return crate::media::wav::read_profile_bytes(bytes, path)?.ok_or_else(|| {
                 Error::file(path, "this WAV carries no Headroom profile")
             });
         }
-        let text = std::str::from_utf8(&bytes)
+        let text = std::str::from_utf8(bytes)
             .map_err(|_| Error::file(path, "not a profile: neither TOML text nor a PNG or WAV file"))?;
         Self::from_toml_str(text, path)
     }
