@@ -5,7 +5,7 @@
 //! encoders (prompt and negative), the empty latent (size, batch) and the checkpoint loader
 //! (model hint); anything on the way that has no equivalent here is listed as unmapped.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Map, Value};
 
@@ -112,12 +112,18 @@ fn follow<'g>(g: &'g Graph, v: Option<&Value>) -> Option<(&'g str, &'g Node)> {
     g.get_key_value(&id).map(|(k, n)| (k.as_str(), n))
 }
 
+/// Most links followed from a sampler input (and from a text input to the node holding the text).
+const MAX_HOPS: usize = 8;
+
 /// Walks back from `start` through link inputs (breadth first, a few hops) to the first node
-/// `want` accepts; the classes passed through are returned too.
+/// `want` accepts; the classes passed through are returned too. Each node is visited once, so a
+/// graph whose links loop or fan out (a node linking to itself many times) costs one visit per
+/// node, not one per path.
 fn walk<'g>(g: &'g Graph, start: Option<&Value>, want: impl Fn(&Node) -> bool) -> (Option<&'g Node>, Vec<String>) {
     let mut seen = Vec::new();
-    let mut frontier: Vec<&Node> = follow(g, start).map(|(_, n)| n).into_iter().collect();
-    for _ in 0..8 {
+    let mut visited = BTreeSet::new();
+    let mut frontier: Vec<&Node> = follow(g, start).filter(|(id, _)| visited.insert(*id)).map(|(_, n)| n).into_iter().collect();
+    for _ in 0..MAX_HOPS {
         let mut next = Vec::new();
         for n in frontier {
             if want(n) {
@@ -126,24 +132,36 @@ fn walk<'g>(g: &'g Graph, start: Option<&Value>, want: impl Fn(&Node) -> bool) -
             if !seen.contains(&n.class) {
                 seen.push(n.class.clone());
             }
-            next.extend(n.inputs.values().filter_map(|v| follow(g, Some(v)).map(|(_, n)| n)));
+            for (id, m) in n.inputs.values().filter_map(|v| follow(g, Some(v))) {
+                if visited.insert(id) {
+                    next.push(m);
+                }
+            }
         }
         frontier = next;
     }
     (None, seen)
 }
 
+/// The prompt text of a text-encoder node, following its text input through at most
+/// [`MAX_HOPS`] links (a primitive or string node); a link loop gives no text.
 fn text_of(g: &Graph, n: &Node) -> Option<String> {
-    for key in ["text", "text_g", "string", "value"] {
-        match n.inputs.get(key) {
-            Some(Value::String(s)) => return Some(s.clone()),
-            Some(v @ Value::Array(_)) => {
-                if let Some((_, m)) = follow(g, Some(v)) {
-                    return text_of(g, m);
+    let mut n = n;
+    for _ in 0..=MAX_HOPS {
+        let mut linked = None;
+        for key in ["text", "text_g", "string", "value"] {
+            match n.inputs.get(key) {
+                Some(Value::String(s)) => return Some(s.clone()),
+                Some(v @ Value::Array(_)) => {
+                    linked = follow(g, Some(v));
+                    if linked.is_some() {
+                        break;
+                    }
                 }
+                _ => {}
             }
-            _ => {}
         }
+        n = linked?.1;
     }
     None
 }

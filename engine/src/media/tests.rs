@@ -144,6 +144,32 @@ fn comfyui_linked_seed() {
     assert!(r.unmapped.is_empty(), "{:?}", r.unmapped);
 }
 
+/// Links that loop (a text input linked to its own node, a node linking to itself through many
+/// inputs) end: no text, no endless recursion, and one visit per node instead of one per path
+/// (twenty self-links over eight hops were 20⁸ visits).
+#[test]
+fn comfyui_link_loops_end() {
+    let looped = r#"{"1": {"class_type": "KSampler", "inputs": {"seed": 5, "positive": ["2", 0], "negative": ["3", 0]}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": ["2", 0]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": ["4", 0]}},
+        "4": {"class_type": "PrimitiveNode", "inputs": {"value": ["3", 0]}}}"#;
+    let r = comfy::parse_prompt(looped).unwrap();
+    assert_eq!(r.request.seed, 5);
+    assert!(r.unmapped.iter().any(|u| u == "positive prompt text could not be found in the graph"), "{:?}", r.unmapped);
+    assert!(r.unmapped.iter().any(|u| u == "negative prompt text could not be found in the graph"), "{:?}", r.unmapped);
+
+    let links: Vec<String> = (0..20).map(|i| format!("\"in{i}\": [\"2\", 0]")).collect();
+    let fan = format!(
+        r#"{{"1": {{"class_type": "KSampler", "inputs": {{"positive": ["2", 0], "model": ["2", 0], "latent_image": ["2", 0]}}}},
+            "2": {{"class_type": "Reroute", "inputs": {{{}}}}}}}"#,
+        links.join(", ")
+    );
+    let start = std::time::Instant::now();
+    let r = comfy::parse_prompt(&fan).unwrap();
+    assert!(start.elapsed() < std::time::Duration::from_secs(5), "took {:?}", start.elapsed());
+    assert!(r.unmapped.iter().any(|u| u.contains("passes through Reroute")), "{:?}", r.unmapped);
+}
+
 /// A PNG with only the editor workflow restores through the widgets and links, and names the
 /// sampler and LoRA it cannot reproduce.
 #[test]
