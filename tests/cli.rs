@@ -137,6 +137,63 @@ fn crc32(data: &[u8]) -> u32 {
     })
 }
 
+/// Every file of the bad-file corpus (`tests/fixtures/bad/`, made by tools/make_bad_fixtures.py)
+/// fails the way `expected.txt` says: `inspect` and `reproduce` entries through the CLI with exit
+/// status 1 (not a signal) and exactly one stderr line, `restore` entries through what a drop on
+/// the app calls; every error line names the entry and contains its expected text.
+#[test]
+fn bad_file_corpus_fails_in_one_line() {
+    let dir = fixtures().join("bad");
+    let manifest = std::fs::read_to_string(dir.join("expected.txt")).expect("tests/fixtures/bad/expected.txt");
+    let mut listed = std::collections::BTreeSet::new();
+    let mut failures = Vec::new();
+    for line in manifest.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')) {
+        let fields = line.split_once(char::is_whitespace).and_then(|(name, rest)| {
+            let (how, expected) = rest.trim_start().split_once(char::is_whitespace)?;
+            Some((name, how, expected.trim()))
+        });
+        let Some((name, how, expected)) = fields else { panic!("malformed manifest line: {line}") };
+        let path = dir.join(name);
+        let top = name.split('/').next().unwrap_or(name);
+        listed.insert(top.to_string());
+        let named = dir.join(top).display().to_string();
+        let error = match how {
+            "inspect" | "reproduce" => {
+                let out = headroom(&[how, path.to_str().unwrap()]);
+                let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+                if out.status.code() != Some(1) {
+                    failures.push(format!("{name}: exit status {:?}, stderr: {stderr}", out.status));
+                    continue;
+                }
+                if stderr.trim_end().lines().count() != 1 {
+                    failures.push(format!("{name}: not one line on stderr: {stderr}"));
+                    continue;
+                }
+                stderr.trim_end().to_string()
+            }
+            "restore" => match headroom_engine::media::restore_from_file(&path) {
+                Ok(r) => {
+                    failures.push(format!("{name}: restored ({:?}), expected an error", r.mapped));
+                    continue;
+                }
+                Err(e) => e.to_string(),
+            },
+            other => panic!("{name}: unknown way in '{other}'"),
+        };
+        if error.contains('\n') || !error.contains(&named) || !error.contains(expected) {
+            failures.push(format!("{name}: expected one line naming {named} and containing '{expected}', got: {error}"));
+        }
+    }
+    assert!(failures.is_empty(), "{} of the corpus failed differently:\n{}", failures.len(), failures.join("\n"));
+    let on_disk: std::collections::BTreeSet<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "expected.txt")
+        .collect();
+    assert_eq!(on_disk, listed, "every file in tests/fixtures/bad/ is in expected.txt and the other way round");
+    assert!(listed.len() >= 30, "the corpus has {} entries", listed.len());
+}
+
 /// `reproduce` of a ~250-byte PNG whose header claims 100000×100000 pixels is a one-line error
 /// (it carries no Headroom profile), not an abort from decoding 30 GB of pixels.
 #[test]
