@@ -510,7 +510,7 @@ fn preflight_refuses_what_does_not_fit() {
     let big = ["--width", "1024", "--height", "1024", "--steps", "1", "--budget", "200MiB", "--json"];
     let args: Vec<&str> = ["run", "builtin:shapes", "--out", out_dir.to_str().unwrap()].into_iter().chain(big).collect();
     let out = headroom(&args);
-    fails_in_one_line(&out, &["builtin:shapes does not fit", "on cpu and 200 MiB is free", "slicing.vae_tile=", "--force"]);
+    fails_in_one_line(&out, &["builtin:shapes does not fit", "on cpu and 200.00 MiB is free", "slicing.vae_tile=", "--force"]);
     assert!(!out_dir.exists(), "a refused run wrote nothing");
     // the named fix fits in the same budget
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();

@@ -29,3 +29,16 @@ pub use request::Request;
 
 /// The engine's version, recorded in every profile's `[build]` section.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// A byte count for people, in the largest binary unit that keeps the number ≥ 1: `1.23 GiB`,
+/// `512 B`. What the CLI, the app and the planner's messages all print.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{bytes} B") } else { format!("{v:.2} {}", UNITS[u]) }
+}

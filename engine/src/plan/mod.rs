@@ -132,10 +132,7 @@ impl Plan {
         if self.verdict == Verdict::Fits {
             return None;
         }
-        let human = |b: u64| {
-            let mib = b as f64 / f64::from(1u32 << 20);
-            if mib < 1024.0 { format!("{mib:.0} MiB") } else { format!("{:.2} GiB", mib / 1024.0) }
-        };
+        let human = crate::human_bytes;
         let short = self.per_device.iter().find(|d| !d.fits())?;
         let mut line = format!(
             "it needs {} on {} and {} is free",

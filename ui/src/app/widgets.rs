@@ -5,20 +5,7 @@ use egui::{Color32, RichText, Sense, Stroke, StrokeKind, Vec2};
 use super::backend::Verdict;
 
 /// Bytes in the largest unit that keeps the number ≥ 1 ("1.23 GiB").
-pub fn fmt_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.2} {}", UNITS[u])
-    }
-}
+pub use headroom_engine::human_bytes as fmt_bytes;
 
 /// A parameter count as "860.0 M" / "1.23 B".
 pub fn fmt_count(n: u64) -> String {

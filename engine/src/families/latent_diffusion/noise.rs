@@ -51,6 +51,11 @@ impl BatchNoise {
         Self { streams, batch }
     }
 
+    /// Images in the batch.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
     /// The next draw for the whole batch, `per_image` values per image, image after image (the
     /// flat `(batch, …)` tensor).
     pub fn next(&mut self, per_image: usize) -> Vec<f32> {

@@ -303,9 +303,9 @@ impl LatentDiffusion {
     }
 
     /// The next `(batch, c, h, w)` noise tensor on the UNet's device.
-    fn noise_tensor(&self, noise: &mut BatchNoise, batch: usize, shape: (usize, usize, usize)) -> Result<Tensor> {
+    fn noise_tensor(&self, noise: &mut BatchNoise, shape: (usize, usize, usize)) -> Result<Tensor> {
         let (c, h, w) = shape;
-        Ok(Tensor::from_vec(noise.next(c * h * w), (batch, c, h, w), &self.device)?)
+        Ok(Tensor::from_vec(noise.next(c * h * w), (noise.batch(), c, h, w), &self.device)?)
     }
 
     /// Runs `request` and returns the images as floats `(B, H, W, 3)` in [0, 1] (diffusers'
@@ -354,7 +354,7 @@ impl LatentDiffusion {
         }
         let shape = (self.unet.config.in_channels, (request.height / f) as usize, (request.width / f) as usize);
         let mut noise = BatchNoise::new(&self.noise, request.seed, batch, request.noise);
-        let mut latents = (self.noise_tensor(&mut noise, batch, shape)? * sampler.init_noise_sigma())?;
+        let mut latents = (self.noise_tensor(&mut noise, shape)? * sampler.init_noise_sigma())?;
         let timesteps = sampler.timesteps().to_vec();
         for (i, &t) in timesteps.iter().enumerate() {
             if observer.cancelled() {
@@ -370,7 +370,7 @@ impl LatentDiffusion {
             } else {
                 out
             };
-            let step_noise = if sampler.needs_noise() { Some(self.noise_tensor(&mut noise, batch, shape)?) } else { None };
+            let step_noise = if sampler.needs_noise() { Some(self.noise_tensor(&mut noise, shape)?) } else { None };
             latents = sampler.step(&out, i, &latents, step_noise.as_ref())?;
             observer.progress(i as u32 + 1, steps as u32);
             observer.preview(Preview::Image(latents_to_rgb(&latents)?));
