@@ -5,6 +5,7 @@
 //! telemetry as events → [`media`] writes the output with the profile embedded → [`profile`]
 //! records it. See `ARCHITECTURE.md` at the repository root for one line per module.
 
+pub mod cancel;
 pub mod compare;
 pub mod error;
 pub mod families;
@@ -22,6 +23,7 @@ pub mod rng;
 pub mod telemetry;
 pub mod worker;
 
+pub use cancel::CancelCheck;
 pub use error::{Error, Result};
 pub use knobs::Knobs;
 pub use model::ModelRef;

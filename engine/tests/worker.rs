@@ -31,7 +31,7 @@ impl Family for Gradient {
     }
 
     fn generate(&mut self, request: &Request, obs: &mut dyn RunObserver) -> Result<Vec<Artifact>> {
-        obs.stage(Stage::Text);
+        obs.stage(Stage::Text)?;
         if request.prompt == PANIC_PROMPT {
             panic!("the test family was asked to panic");
         }
@@ -40,7 +40,7 @@ impl Family for Gradient {
                 "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")".into(),
             )));
         }
-        obs.stage(Stage::Denoise);
+        obs.stage(Stage::Denoise)?;
         obs.note("test: gradient painted on the cpu".into());
         let (w, h) = (request.width, request.height);
         for step in 1..=request.steps {
@@ -57,7 +57,7 @@ impl Family for Gradient {
                 }
             }
         }
-        obs.stage(Stage::Decode);
+        obs.stage(Stage::Decode)?;
         let mut rgb = Vec::with_capacity((w * h * 3) as usize);
         for y in 0..h {
             for x in 0..w {

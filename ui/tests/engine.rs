@@ -31,7 +31,7 @@ impl Family for Gradient {
         r: &Request,
         obs: &mut dyn RunObserver,
     ) -> headroom_engine::Result<Vec<Artifact>> {
-        obs.stage(Stage::Denoise);
+        obs.stage(Stage::Denoise)?;
         for step in 1..=r.steps {
             if obs.cancelled() {
                 return Err(headroom_engine::Error::Cancelled);
@@ -43,7 +43,7 @@ impl Family for Gradient {
             }));
             obs.progress(step, r.steps);
         }
-        obs.stage(Stage::Decode);
+        obs.stage(Stage::Decode)?;
         let (w, h) = (r.width, r.height);
         let rgb = (0..w * h)
             .flat_map(|i| {
@@ -216,7 +216,7 @@ impl Family for Slow {
         r: &Request,
         obs: &mut dyn RunObserver,
     ) -> headroom_engine::Result<Vec<Artifact>> {
-        obs.stage(Stage::Denoise);
+        obs.stage(Stage::Denoise)?;
         for step in 1..=r.steps {
             if obs.cancelled() {
                 return Err(headroom_engine::Error::Cancelled);

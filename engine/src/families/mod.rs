@@ -11,14 +11,26 @@ use crate::worker::protocol::{Artifact, Preview, Stage};
 
 /// How a family reports on a run in progress; implemented by the worker (and by tests).
 pub trait RunObserver {
-    /// A new stage begins (timings and memory peaks are kept per stage).
-    fn stage(&mut self, stage: Stage);
+    /// A new stage begins (timings and memory peaks are kept per stage). The observer may refuse
+    /// it, e.g. when the memory the stage needs cannot be allocated now; the family then stops
+    /// with that error.
+    ///
+    /// # Errors
+    /// Why the stage cannot run.
+    fn stage(&mut self, stage: Stage) -> Result<()>;
     /// Step `step` of `total` in the current stage is done.
     fn progress(&mut self, step: u32, total: u32);
     /// A cheap look at the current state.
     fn preview(&mut self, preview: Preview);
     /// True once the user asked to cancel; families check it between steps.
     fn cancelled(&self) -> bool;
+    /// The same question as an owned check a loader can hand down to what reads tensors, so a
+    /// cancel ends a load within one tensor. Observers whose cancel comes from another thread (the
+    /// worker's) override it; the default never cancels, so a load under such an observer runs
+    /// to its end.
+    fn cancel_check(&self) -> crate::CancelCheck {
+        crate::CancelCheck::never()
+    }
     /// Something the run's telemetry must say, e.g. "unet: bf16 convolution computed in f32 on cpu".
     fn note(&mut self, note: String);
 }
@@ -37,13 +49,13 @@ pub trait Family: Send {
 }
 
 /// Opens `model` with the family that can run it, placing its weights as `knobs` say, asking
-/// `obs` whether to cancel between components.
+/// `obs` (its [`RunObserver::cancel_check`]) whether to cancel before each tensor.
 ///
 /// # Errors
 /// The model cannot be found or read, no family can run it (the message says what it is), or
 /// the family's own load errors.
 pub fn load(model: &ModelRef, knobs: &Knobs, obs: &mut dyn RunObserver) -> Result<Box<dyn Family>> {
-    let cancelled = || obs.cancelled();
+    let cancelled = obs.cancel_check();
     let path = model.resolve()?;
     if path.join("model_index.json").is_file() {
         return Ok(Box::new(latent_diffusion::load_checked(&path, knobs, &cancelled)?));

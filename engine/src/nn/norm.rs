@@ -106,7 +106,7 @@ impl CustomOp1 for FusedGroupNorm<'_> {
         }
         let spatial: usize = dims[2..].iter().product();
         let per_group = c / self.groups * spatial;
-        let mut out = vec![0f32; x.len()];
+        let mut out = crate::nn::cpu::zeroed(x.len(), "a group norm's output")?;
         // each (image, group) is independent: one task each on rayon's pool
         out.par_chunks_exact_mut(per_group).zip(x.par_chunks_exact(per_group)).enumerate().for_each(|(gi, (dst, src))| {
             let (mut sum, mut sq) = (0f64, 0f64);

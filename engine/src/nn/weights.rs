@@ -13,6 +13,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Result, Shape, Tensor};
 use candle_nn::VarBuilder;
 
+use crate::cancel::CancelCheck;
 use crate::knobs::Precision;
 
 /// What one component's loader kept: resident bytes and tensors per storage type.
@@ -64,6 +65,8 @@ pub struct Weights<'a> {
     vb: VarBuilder<'a>,
     precision: Precision,
     ledger: Arc<Mutex<Ledger>>,
+    /// Asked before each tensor is read: a cancelled load stops within one tensor.
+    cancel: Option<CancelCheck>,
 }
 
 impl<'a> Weights<'a> {
@@ -77,19 +80,31 @@ impl<'a> Weights<'a> {
     /// taken as f32) and computed in `vb`'s dtype.
     pub fn with_precision(vb: VarBuilder<'a>, precision: Precision) -> Self {
         let precision = if precision == Precision::Auto { Precision::F32 } else { precision };
-        Self { vb, precision, ledger: Arc::default() }
+        Self { vb, precision, ledger: Arc::default(), cancel: None }
+    }
+
+    /// These weights, refusing to read another tensor once `cancel` says so (the error says
+    /// "cancelled"; the loader turns it into [`crate::Error::Cancelled`]).
+    pub fn with_cancel(self, cancel: CancelCheck) -> Self {
+        Self { cancel: Some(cancel), ..self }
+    }
+
+    /// These weights without a cancel check: for a source kept past its load (a streamed block
+    /// read at each run), which the load's cancel must not stop.
+    pub fn without_cancel(self) -> Self {
+        Self { cancel: None, ..self }
     }
 
     /// The same source and rules over `vb` (e.g. the same file on another device or dtype), with
     /// a ledger of its own: for weights held elsewhere (split blocks) or built and dropped again
     /// (streamed blocks), which must not count as this component's resident bytes.
     pub fn detached(&self, vb: VarBuilder<'a>) -> Self {
-        Self { vb, precision: self.precision, ledger: Arc::default() }
+        Self { vb, precision: self.precision, ledger: Arc::default(), cancel: self.cancel.clone() }
     }
 
     /// The same source and rules under the prefix `name` (`vb.pp`), sharing the ledger.
     pub fn pp<S: ToString>(&self, name: S) -> Self {
-        Self { vb: self.vb.pp(name), precision: self.precision, ledger: self.ledger.clone() }
+        Self { vb: self.vb.pp(name), precision: self.precision, ledger: self.ledger.clone(), cancel: self.cancel.clone() }
     }
 
     /// The underlying builder (no storage rule, nothing counted).
@@ -129,6 +144,14 @@ impl<'a> Weights<'a> {
         Ok(())
     }
 
+    /// Fails once the load is cancelled; asked before each tensor is read.
+    fn go_on(&self) -> Result<()> {
+        if self.cancel.as_ref().is_some_and(CancelCheck::is_cancelled) {
+            candle_core::bail!("cancelled");
+        }
+        Ok(())
+    }
+
     fn record(&self, kind: Precision, bytes: usize) {
         if let Ok(mut l) = self.ledger.lock() {
             l.add(kind, bytes as u64);
@@ -157,6 +180,7 @@ impl<'a> Weights<'a> {
     /// # Errors
     /// A missing tensor or one of the wrong shape.
     pub fn get<S: Into<Shape>>(&self, shape: S, name: &str) -> Result<Tensor> {
+        self.go_on()?;
         let shape = shape.into();
         let p = self.storage(&shape, name);
         // a matrix read here is held dense even if the rule would quantize it: count what is held
@@ -177,6 +201,7 @@ impl<'a> Weights<'a> {
     /// # Errors
     /// A missing tensor or one of the wrong shape.
     pub fn get_compute<S: Into<Shape>>(&self, shape: S, name: &str) -> Result<Tensor> {
+        self.go_on()?;
         let dtype = self.vb.dtype();
         let t = self.vb.get_with_hints_dtype(shape, name, Default::default(), dtype)?;
         self.check_finite(&t, name)?;
@@ -190,6 +215,7 @@ impl<'a> Weights<'a> {
     /// # Errors
     /// A missing tensor or one of the wrong shape.
     pub fn matrix<S: Into<Shape>>(&self, shape: S, name: &str) -> Result<StoredWeight> {
+        self.go_on()?;
         let shape = shape.into();
         let p = self.storage(&shape, name);
         let Some(ggml) = ggml_type(p) else {

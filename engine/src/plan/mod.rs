@@ -78,6 +78,10 @@ pub struct DevicePlan {
     pub components: BTreeMap<String, u64>,
     /// The stage whose activations set the peak.
     pub peak_stage: String,
+    /// What each stage run here holds above the resident weights (its activations, scratch and
+    /// any block it materializes), by stage name (`text`, `denoise`, `decode`): what the worker
+    /// checks can be allocated as each stage begins.
+    pub stage_bytes: BTreeMap<String, u64>,
 }
 
 impl DevicePlan {
@@ -165,11 +169,14 @@ impl Default for Plan {
 }
 
 /// The budget of each device in use: `given` for the run's device, else the free memory now
-/// (NVML for an NVIDIA GPU, available RAM for the CPU).
+/// (NVML for an NVIDIA GPU; for the CPU the available RAM, or less where an address-space or
+/// control-group limit leaves less, [`crate::telemetry::limits`]).
 pub fn default_budgets(knobs: &Knobs, given: Option<u64>) -> Budgets {
     let sample = crate::telemetry::sample_once();
     let mut b = Budgets::default();
-    b.0.insert(DeviceKind::Cpu, sample.ram_total_bytes.saturating_sub(sample.ram_used_bytes));
+    let ram = sample.ram_total_bytes.saturating_sub(sample.ram_used_bytes);
+    let limit = crate::telemetry::limits::tightest().map_or(u64::MAX, |l| l.remaining_bytes);
+    b.0.insert(DeviceKind::Cpu, ram.min(limit));
     if let DeviceKind::Cuda(n) = knobs.device {
         if let Some(g) = sample.gpus.iter().find(|g| g.cuda_ordinal == Some(n)) {
             b.0.insert(knobs.device, g.total_bytes.saturating_sub(g.used_bytes));
@@ -341,11 +348,14 @@ pub fn predict(shape: &ModelShape, knobs: &Knobs, req: &Request, budgets: &Budge
             // peak only when that stage (with it) is the peak
             let streamed = components.get(STREAMED_BLOCK).copied().unwrap_or(0);
             let resident: u64 = components.values().sum::<u64>() - streamed;
-            let (peak_stage, held) = stages
-                .into_iter()
-                .map(|(name, act)| (name, act + if name == "denoise" { streamed } else { 0 }))
-                .max_by_key(|s| s.1)
-                .map_or(("none", 0), |s| (s.0, s.1));
+            let mut stage_bytes = BTreeMap::new();
+            for (name, act) in stages {
+                let held: &mut u64 = stage_bytes.entry(name.to_string()).or_default();
+                *held = (*held).max(act + if name == "denoise" { streamed } else { 0 });
+            }
+            let (peak_stage, held) =
+                stage_bytes.iter().max_by_key(|s| *s.1).map_or(("none", 0), |(name, &b)| (name.as_str(), b));
+            let peak_stage = peak_stage.to_string();
             let streamed_at_peak = if peak_stage == "denoise" { streamed } else { 0 };
             let weights_bytes = resident + streamed_at_peak;
             let activation_bytes = held - streamed_at_peak;
@@ -358,7 +368,8 @@ pub fn predict(shape: &ModelShape, knobs: &Knobs, req: &Request, budgets: &Budge
                 total_bytes: weights_bytes + activation_bytes + overhead_bytes,
                 budget_bytes: budgets.0.get(&d).copied(),
                 components,
-                peak_stage: peak_stage.to_string(),
+                peak_stage,
+                stage_bytes,
             }
         })
         .collect()

@@ -15,6 +15,7 @@
 
 mod alloc;
 mod gpu;
+pub mod limits;
 pub mod procmem;
 mod recorder;
 mod sampler;

@@ -1,12 +1,14 @@
 //! The worker's side of the event channel and its [`RunObserver`]: which events may be dropped
 //! when the front end falls behind, the waker, and cancellation by command order.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 
 use super::protocol::{Event, Preview, Stage};
 use crate::families::RunObserver;
+use crate::knobs::DeviceKind;
 use crate::telemetry::RunRecorder;
 
 /// Sends events and wakes the front end after each one that got through.
@@ -66,12 +68,21 @@ pub(crate) struct Observer<'a> {
     pub(crate) seq: u64,
     /// The stage in progress, for progress events and out-of-memory hints.
     pub(crate) stage: Option<Stage>,
+    /// The planned CPU bytes of each stage of this run, checked as the stage begins
+    /// ([`super::failure::check_allocatable`]); empty when there is no plan.
+    pub(crate) cpu_stage_bytes: BTreeMap<String, u64>,
+    /// The run's device, for the hint of a refused stage.
+    pub(crate) device: DeviceKind,
 }
 
 impl RunObserver for Observer<'_> {
-    fn stage(&mut self, stage: Stage) {
+    fn stage(&mut self, stage: Stage) -> crate::Result<()> {
         self.stage = Some(stage);
         self.recorder.stage(stage.name());
+        match self.cpu_stage_bytes.get(stage.name()) {
+            Some(&need) => super::failure::check_allocatable(need, stage, self.device),
+            None => Ok(()),
+        }
     }
 
     fn progress(&mut self, step: u32, total: u32) {
@@ -88,6 +99,11 @@ impl RunObserver for Observer<'_> {
 
     fn cancelled(&self) -> bool {
         self.cancel.is_cancelled(self.seq)
+    }
+
+    fn cancel_check(&self) -> crate::CancelCheck {
+        let (token, seq) = (self.cancel.clone(), self.seq);
+        crate::CancelCheck::new(move || token.is_cancelled(seq))
     }
 
     fn note(&mut self, note: String) {

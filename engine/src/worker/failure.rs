@@ -39,6 +39,38 @@ pub fn oom_hint(stage: Option<Stage>, device: DeviceKind) -> &'static str {
     }
 }
 
+/// Refuses a stage of a run whose planned CPU bytes (`need`, above what is resident) this process
+/// cannot allocate now: more than an address-space or control-group limit leaves, or more than
+/// the system will reserve. Failing here, with the knob that would help, beats an allocation
+/// failing inside a tensor library, which aborts the process.
+///
+/// # Errors
+/// [`Error::OutOfMemory`] naming the stage, the bytes, the limit and a knob.
+pub fn check_allocatable(need: u64, stage: Stage, device: DeviceKind) -> Result<(), Error> {
+    use crate::telemetry::limits;
+    // the plan is within ±10% of measured peaks, and the allocator holds freed memory it has not
+    // returned: a quarter more is what a stage is checked against
+    let with_slack = need.saturating_add(need / 4);
+    let over = limits::tightest().filter(|l| with_slack > l.remaining_bytes);
+    if over.is_none() && limits::can_allocate(with_slack) {
+        return Ok(());
+    }
+    let why = match over {
+        Some(l) => format!("{} leaves {}", l.what, crate::human_bytes(l.remaining_bytes)),
+        None => "the system will not reserve that much".to_string(),
+    };
+    Err(Error::OutOfMemory {
+        device: DeviceKind::Cpu.to_string(),
+        hint: format!(
+            "the {} stage needs about {} more ({} with the allocator's slack) and {why}; {}",
+            stage.name(),
+            crate::human_bytes(need),
+            crate::human_bytes(with_slack),
+            oom_hint(Some(stage), device)
+        ),
+    })
+}
+
 /// Re-labels an out-of-memory error as [`Error::OutOfMemory`] with a hint for the stage it
 /// happened in; returns the original text as the second value for the event's detail.
 pub fn classify(err: Error, stage: Option<Stage>, knobs: &Knobs) -> (Error, String) {

@@ -15,7 +15,7 @@ use super::output::OutputSink;
 use super::protocol::{Command, Event, Stage};
 use crate::error::{Error, Result};
 use crate::families::Family;
-use crate::knobs::Knobs;
+use crate::knobs::{DeviceKind, Knobs};
 use crate::model::ModelRef;
 use crate::plan::Plan;
 use crate::profile::{ModelInfo, Profile, RunResult};
@@ -36,6 +36,9 @@ struct Loaded {
     info: ModelInfo,
     /// The load's telemetry, given to the first run after the load (its `load` timing).
     load_telemetry: Option<RunTelemetry>,
+    /// The planner's view of the model (from its headers), for each run's memory check; `None`
+    /// when the headers cannot be read as a model the planner knows.
+    shape: Option<crate::plan::ModelShape>,
 }
 
 /// Everything the engine thread owns.
@@ -133,8 +136,11 @@ impl Worker {
             cancel: &self.cancel,
             seq,
             stage: None,
+            cpu_stage_bytes: Default::default(),
+            device: knobs.device,
         };
-        crate::families::RunObserver::stage(&mut obs, Stage::Load);
+        // the load's own memory is the planner's pre-flight; nothing to check at this stage
+        let _ = crate::families::RunObserver::stage(&mut obs, Stage::Load);
         let loader = &self.loader;
         let result = catch_unwind(AssertUnwindSafe(|| {
             let sha256 = {
@@ -144,16 +150,18 @@ impl Worker {
             let family = loader(&model, &knobs, &mut obs)?;
             let name = family.name().to_string();
             let weight_bytes = family.weight_bytes().iter().map(|(_, b)| b).sum::<u64>();
-            Ok::<_, Error>((family, name, weight_bytes, sha256))
+            let shape = model.resolve().ok().and_then(|p| crate::formats::inspect(&p).ok());
+            let shape = shape.map(|i| crate::plan::ModelShape::from_inspection(&i));
+            Ok::<_, Error>((family, name, weight_bytes, sha256, shape))
         }));
         let telemetry = recorder.finish();
         let load_ms = telemetry.timings_ms.get(Stage::Load.name()).copied().unwrap_or(0);
         let mut closing = vec![Event::Telemetry(telemetry.clone())];
         closing.push(match result {
-            Ok(Ok((family, name, weight_bytes, sha256))) => {
+            Ok(Ok((family, name, weight_bytes, sha256, shape))) => {
                 let load_telemetry = Some(telemetry);
                 let info = ModelInfo { source: model.to_string(), sha256, family: name.clone(), name: model.display_name() };
-                self.loaded = Some(Loaded { family, knobs, info, load_telemetry });
+                self.loaded = Some(Loaded { family, knobs, info, load_telemetry, shape });
                 Event::Loaded { model, family: name, weight_bytes, load_ms }
             }
             Ok(Err(Error::Cancelled)) => Event::Cancelled,
@@ -184,12 +192,22 @@ impl Worker {
         let Some(loaded) = self.loaded.as_mut() else {
             return vec![no_model()];
         };
+        // what each stage will need on the CPU, checked as it begins
+        let cpu_stage_bytes = loaded
+            .shape
+            .as_ref()
+            .map(|shape| crate::plan::predict(shape, &loaded.knobs, request, &Default::default()))
+            .and_then(|plan| plan.into_iter().find(|d| d.device == DeviceKind::Cpu.to_string()))
+            .map(|cpu| cpu.stage_bytes)
+            .unwrap_or_default();
         let mut obs = Observer {
             events: &self.events,
             recorder: &mut recorder,
             cancel: &self.cancel,
             seq,
             stage: None,
+            cpu_stage_bytes,
+            device: loaded.knobs.device,
         };
         let family = &mut loaded.family;
         let result = catch_unwind(AssertUnwindSafe(|| family.generate(request, &mut obs)));

@@ -60,7 +60,9 @@ fn components_match_diffusers_conversion() {
 
 struct Quiet;
 impl RunObserver for Quiet {
-    fn stage(&mut self, _: Stage) {}
+    fn stage(&mut self, _: Stage) -> crate::Result<()> {
+        Ok(())
+    }
     fn progress(&mut self, _: u32, _: u32) {}
     fn preview(&mut self, _: Preview) {}
     fn note(&mut self, _: String) {}

@@ -86,7 +86,8 @@ impl Slot {
             OffloadMode::Stream => {
                 let w = vb.detached(vb.vb().clone());
                 drop(cfg.build_block(id, w.clone())?);
-                Ok(Slot::Streamed(w))
+                // read again at every run, which this load's cancel must not stop
+                Ok(Slot::Streamed(w.without_cancel()))
             }
         }
     }

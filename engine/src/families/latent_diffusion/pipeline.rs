@@ -16,6 +16,7 @@ use super::spectrogram::SpectrogramParams;
 use super::tokenizer::ClipTokenizer;
 use super::unet::Unet;
 use super::vae::AutoencoderKl;
+use crate::cancel::CancelCheck;
 use crate::error::{Error, Result};
 use crate::families::{Family, RunObserver};
 use crate::formats::human_bytes;
@@ -79,15 +80,15 @@ pub fn candle_device(kind: DeviceKind) -> Result<Device> {
 /// # Errors
 /// A missing or malformed file or component, named; an unavailable device.
 pub fn load(path: &Path, knobs: &Knobs) -> Result<LatentDiffusion> {
-    load_checked(path, knobs, &|| false)
+    load_checked(path, knobs, &CancelCheck::never())
 }
 
-/// [`load`], asking `cancelled` before each component is read.
+/// [`load`], asking `cancel` before each component and each tensor is read.
 ///
 /// # Errors
-/// As [`load`]; [`Error::Cancelled`] once `cancelled` says so.
-pub fn load_checked(path: &Path, knobs: &Knobs, cancelled: &dyn Fn() -> bool) -> Result<LatentDiffusion> {
-    let stop = || if cancelled() { Err(Error::Cancelled) } else { Ok(()) };
+/// As [`load`]; [`Error::Cancelled`] once `cancel` says so.
+pub fn load_checked(path: &Path, knobs: &Knobs, cancel: &CancelCheck) -> Result<LatentDiffusion> {
+    let stop = || if cancel.is_cancelled() { Err(Error::Cancelled) } else { Ok(()) };
     stop()?;
     let device = candle_device(knobs.device)?;
     // a component placed on the CPU gets the CPU; otherwise the one device made above (two
@@ -123,7 +124,8 @@ pub fn load_checked(path: &Path, knobs: &Knobs, cancelled: &dyn Fn() -> bool) ->
         };
     }
     let weights = |vb, i: usize| {
-        if storage[i] == Precision::F32 { Weights::new(vb) } else { Weights::with_precision(vb, storage[i]) }
+        let w = if storage[i] == Precision::F32 { Weights::new(vb) } else { Weights::with_precision(vb, storage[i]) };
+        w.with_cancel(cancel.clone())
     };
     let mut ledgers = Vec::with_capacity(3);
     let [text_dtype, unet_dtype, mut vae_dtype] = dtypes;
@@ -137,7 +139,7 @@ pub fn load_checked(path: &Path, knobs: &Knobs, cancelled: &dyn Fn() -> bool) ->
     let cfg = source.text_config()?;
     let (vb, _) = source.weights(Component::Text, text_dtype, &text_device)?;
     let w = weights(vb, 0);
-    let mut text = build(&source.label(Component::Text), || ClipTextModel::new(&cfg, w.clone()))?;
+    let mut text = build_checked(cancel, &source.label(Component::Text), || ClipTextModel::new(&cfg, w.clone()))?;
     ledgers.push(w.ledger());
     text.attention_slice = slice;
     resident.add(&text_device, ledgers[0].bytes);
@@ -154,7 +156,7 @@ pub fn load_checked(path: &Path, knobs: &Knobs, cancelled: &dyn Fn() -> bool) ->
         cpu_dtype: if unet_dtype == DType::BF16 { DType::F32 } else { unet_dtype },
     };
     let w = weights(vb, 1);
-    let mut unet = build(&source.label(Component::Unet), || Unet::with_offload(&cfg, w.clone(), &placement))?;
+    let mut unet = build_checked(cancel, &source.label(Component::Unet), || Unet::with_offload(&cfg, w.clone(), &placement))?;
     ledgers.push(w.ledger());
     unet.attention_slice = slice;
     let slots = unet.slots();
@@ -178,7 +180,7 @@ pub fn load_checked(path: &Path, knobs: &Knobs, cancelled: &dyn Fn() -> bool) ->
     }
     let (vb, _) = source.weights(Component::Vae, vae_dtype, &vae_device)?;
     let w = weights(vb, 2);
-    let mut vae = build(&source.label(Component::Vae), || AutoencoderKl::new(&cfg, w.clone()))?;
+    let mut vae = build_checked(cancel, &source.label(Component::Vae), || AutoencoderKl::new(&cfg, w.clone()))?;
     ledgers.push(w.ledger());
     for (c, l) in Component::ALL.into_iter().zip(&ledgers) {
         if let Some(first) = l.non_finite.first() {
@@ -327,7 +329,7 @@ impl LatentDiffusion {
         let batch = request.batch as usize;
         let guided = request.guidance > 1.0;
 
-        observer.stage(Stage::Text);
+        observer.stage(Stage::Text)?;
         let (cond, warning) = self.encode_prompt(&request.prompt)?;
         if let Some(w) = warning {
             observer.note(format!("prompt: {w}"));
@@ -345,7 +347,7 @@ impl LatentDiffusion {
         // component computes in its own dtype
         let context = context.to_device(&self.device)?.to_dtype(self.dtypes[1])?;
 
-        observer.stage(Stage::Denoise);
+        observer.stage(Stage::Denoise)?;
         let steps = request.steps as usize;
         let mut sampler =
             Sampler::new(request.scheduler, &self.scheduler, steps, request.karras).map_err(Error::invalid)?;
@@ -379,7 +381,7 @@ impl LatentDiffusion {
             return Err(Error::Cancelled);
         }
 
-        observer.stage(Stage::Decode);
+        observer.stage(Stage::Decode)?;
         let mut images = Vec::with_capacity(batch);
         for b in 0..batch {
             let z = latents.narrow(0, b, 1)?.to_device(&self.vae_device)?.to_dtype(self.dtypes[2])?;
@@ -391,6 +393,15 @@ impl LatentDiffusion {
         }
         Ok(Tensor::cat(&images, 0)?.permute((0, 2, 3, 1))?.to_dtype(DType::F32)?)
     }
+}
+
+/// [`build`]: a component's constructor, whose error is [`Error::Cancelled`] when `cancel` says so
+/// (the weights stop at the next tensor once cancelled).
+///
+/// # Errors
+/// As [`build`], or [`Error::Cancelled`].
+fn build_checked<T>(cancel: &CancelCheck, label: &Path, f: impl FnOnce() -> candle_core::Result<T>) -> Result<T> {
+    build(label, f).map_err(|e| if cancel.is_cancelled() { Error::Cancelled } else { e })
 }
 
 /// Runs `f` with a check that fails once `observer` is cancelled; that failure comes back as

@@ -2,6 +2,8 @@
 //! fed diffusers' exact noise, plus the run contract (progress, previews, cancel, batch).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use candle_core::Tensor;
 
@@ -38,8 +40,9 @@ struct Recorder {
 }
 
 impl RunObserver for Recorder {
-    fn stage(&mut self, stage: Stage) {
+    fn stage(&mut self, stage: Stage) -> crate::Result<()> {
         self.stages.push(stage);
+        Ok(())
     }
     fn progress(&mut self, step: u32, total: u32) {
         self.progress.push((step, total));
@@ -163,18 +166,33 @@ fn cancel_during_decode() {
     }
 }
 
-/// A cancel asked for while a model loads ends the load with Error::Cancelled before the next
-/// component: after the text encoder, with the UNet and VAE never read.
+/// A cancel asked for while a model loads ends the load with Error::Cancelled at the next tensor:
+/// the check is asked once per tensor (and before each component), and nothing is read after it
+/// says yes (one more question turns the constructor's error into Error::Cancelled).
 #[test]
 fn cancel_during_load() {
-    let asked = std::cell::Cell::new(0);
-    let cancelled = || {
-        asked.set(asked.get() + 1);
-        asked.get() > 1
-    };
-    let err = super::pipeline::load_checked(&fixture("tiny-sd1"), &Knobs::default(), &cancelled).err().unwrap();
-    assert!(matches!(err, Error::Cancelled), "{err}");
-    assert_eq!(asked.get(), 2, "cancel asked about before the first and second component only");
+    let (check, asked) = cancel_after(u32::MAX);
+    super::pipeline::load_checked(&fixture("tiny-sd1"), &Knobs::default(), &check).unwrap();
+    let per_load = asked.load(Ordering::SeqCst);
+    assert!(per_load > 100, "asked only {per_load} times: once per tensor expected");
+    // in the text encoder, and a third of the way through the load (in the UNet, stored as q4k:
+    // each tensor read and quantized in turn)
+    let mut q4k = Knobs::default();
+    q4k.set("precision.unet", "q4k").unwrap();
+    for (knobs, n) in [(Knobs::default(), 2), (q4k, per_load / 3)] {
+        let (check, asked) = cancel_after(n);
+        let err = super::pipeline::load_checked(&fixture("tiny-sd1"), &knobs, &check).err().unwrap();
+        assert!(matches!(err, Error::Cancelled), "{err}");
+        let asked = asked.load(Ordering::SeqCst);
+        assert!((n + 1..=n + 2).contains(&asked), "cancelled at question {}, asked {asked} times", n + 1);
+    }
+}
+
+/// A check that says "cancelled" from its `n+1`-th question on, and the count of questions.
+fn cancel_after(n: u32) -> (crate::CancelCheck, Arc<AtomicU32>) {
+    let asked = Arc::new(AtomicU32::new(0));
+    let a = asked.clone();
+    (crate::CancelCheck::new(move || a.fetch_add(1, Ordering::SeqCst) >= n), asked)
 }
 
 /// attention_slice as a knob leaves the image unchanged (within 1e-5), and a too-long prompt

@@ -21,7 +21,9 @@ use crate::worker::protocol::{Preview, Stage};
 struct Notes(Vec<String>);
 
 impl RunObserver for Notes {
-    fn stage(&mut self, _: Stage) {}
+    fn stage(&mut self, _: Stage) -> crate::Result<()> {
+        Ok(())
+    }
     fn progress(&mut self, _: u32, _: u32) {}
     fn preview(&mut self, _: Preview) {}
     fn cancelled(&self) -> bool {

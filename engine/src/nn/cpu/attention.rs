@@ -31,8 +31,19 @@ pub fn block_rows(lq: usize, lk: usize, slice: usize) -> usize {
 }
 
 /// `softmax(scale · q kᵀ + mask) v` over contiguous row-major slices; `mask` is `(lq, lk)`.
-pub fn attention(q: &[f32], k: &[f32], v: &[f32], s: AttnShape, scale: f32, mask: Option<&[f32]>, slice: usize) -> Vec<f32> {
-    let mut out = vec![0f32; s.bh * s.lq * s.dv];
+///
+/// # Errors
+/// The output cannot be allocated.
+pub fn attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    s: AttnShape,
+    scale: f32,
+    mask: Option<&[f32]>,
+    slice: usize,
+) -> candle_core::Result<Vec<f32>> {
+    let mut out = super::zeroed(s.bh * s.lq * s.dv, "an attention's output")?;
     let rows = block_rows(s.lq, s.lk, slice);
     let blocks = s.lq.div_ceil(rows);
     let tasks = s.bh * blocks;
@@ -60,7 +71,7 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], s: AttnShape, scale: f32, mask
             matmul(n, s.dv, s.lk, d, s.dv as isize, false, pv, vv, par)
         };
     });
-    out
+    Ok(out)
 }
 
 /// `row ← softmax(scale · row + mask)` in place. A row that is all −∞ becomes all zeros.
@@ -149,7 +160,7 @@ impl CustomOp3 for AttentionOp<'_> {
             candle_core::bail!("headroom-attention: the mask is not {lq}×{lk}");
         }
         let shape = AttnShape { bh, lq, lk, d, dv };
-        let out = attention(&q[qo[0]..qo[1]], &k[ko[0]..ko[1]], &v[vo[0]..vo[1]], shape, self.scale, self.mask, self.slice);
+        let out = attention(&q[qo[0]..qo[1]], &k[ko[0]..ko[1]], &v[vo[0]..vo[1]], shape, self.scale, self.mask, self.slice)?;
         Ok((CpuStorage::F32(out), Shape::from((bh, lq, dv))))
     }
 }

@@ -46,10 +46,13 @@ impl ConvGeometry {
 
 /// `y = conv(x, weight) + bias` for contiguous NCHW `x`, a contiguous `(c_out, c_in, k, k)` kernel
 /// and an optional `(c_out)` bias; returns the NCHW output.
-pub fn conv2d(x: &[f32], g: ConvGeometry, weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+///
+/// # Errors
+/// The output cannot be allocated.
+pub fn conv2d(x: &[f32], g: ConvGeometry, weight: &[f32], bias: Option<&[f32]>) -> candle_core::Result<Vec<f32>> {
     let (oh, ow) = g.out_hw();
     let plane = oh * ow;
-    let mut out = vec![0f32; g.batch * g.c_out * plane];
+    let mut out = super::zeroed(g.batch * g.c_out * plane, "a convolution's output")?;
     if let Some(b) = bias {
         for img in out.chunks_exact_mut(g.c_out * plane) {
             for (ch, &bv) in img.chunks_exact_mut(plane).zip(b) {
@@ -70,7 +73,7 @@ pub fn conv2d(x: &[f32], g: ConvGeometry, weight: &[f32], bias: Option<&[f32]>) 
                 matmul(g.c_out, plane, kk, dst.get().add(b * g.c_out * plane), plane as isize, bias.is_some(), lhs(), rhs, par)
             };
         });
-        return out;
+        return Ok(out);
     }
     let rows_per_tile = (TILE_ELEMENTS / (kk * ow).max(1)).clamp(1, oh);
     let tiles_per_image = oh.div_ceil(rows_per_tile);
@@ -90,7 +93,7 @@ pub fn conv2d(x: &[f32], g: ConvGeometry, weight: &[f32], bias: Option<&[f32]>) 
             matmul(g.c_out, n, kk, d, plane as isize, bias.is_some(), lhs(), rhs, par)
         };
     });
-    out
+    Ok(out)
 }
 
 /// Fills `col` (`c_in·k·k` rows of `rows·ow` values) with the patches of output rows
@@ -175,6 +178,7 @@ impl CustomOp1 for Conv2dOp<'_> {
         let Some(y) = y else {
             candle_core::bail!("headroom-conv2d: the stored kernel does not hold {:?} values", self.shape);
         };
+        let y = y?;
         Ok((CpuStorage::F32(y), Shape::from((batch, c_out, oh, ow))))
     }
 }

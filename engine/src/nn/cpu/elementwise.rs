@@ -33,7 +33,7 @@ impl CustomOp1 for Geglu {
         }
         let half = width / 2;
         let x = &data[a..b];
-        let mut out = vec![0f32; x.len() / 2];
+        let mut out = super::zeroed(x.len() / 2, "a GEGLU's output")?;
         out.par_chunks_mut(half * ROWS_PER_TASK)
             .zip(x.par_chunks(width * ROWS_PER_TASK))
             .for_each(|(o, rows)| geglu_rows(o, rows, half));

@@ -9,9 +9,12 @@ use super::expand::{self, Stored};
 use super::{View, matmul, threads};
 
 /// `x (rows, in)` times `weight (out, in)` transposed, plus `bias (out)`.
-pub fn linear(x: &[f32], rows: usize, weight: &[f32], out_features: usize, bias: Option<&[f32]>) -> Vec<f32> {
+///
+/// # Errors
+/// The output cannot be allocated.
+pub fn linear(x: &[f32], rows: usize, weight: &[f32], out_features: usize, bias: Option<&[f32]>) -> candle_core::Result<Vec<f32>> {
     let in_features = weight.len() / out_features.max(1);
-    let mut y = vec![0f32; rows * out_features];
+    let mut y = super::zeroed(rows * out_features, "a linear layer's output")?;
     if let Some(b) = bias {
         y.par_chunks_mut(out_features * 64).for_each(|block| {
             for row in block.chunks_exact_mut(out_features) {
@@ -25,7 +28,7 @@ pub fn linear(x: &[f32], rows: usize, weight: &[f32], out_features: usize, bias:
     let par = if threads() > 1 { gemm::Parallelism::Rayon(threads()) } else { gemm::Parallelism::None };
     // SAFETY: y is rows×out, x rows×in and weight out×in, all contiguous and in bounds
     unsafe { matmul(rows, out_features, in_features, y.as_mut_ptr(), out_features as isize, bias.is_some(), lhs, rhs, par) };
-    y
+    Ok(y)
 }
 
 /// [`linear`] as a candle op over `x`, contiguous f32 `(rows, in)` on the CPU, with the weight as
@@ -59,6 +62,7 @@ impl CustomOp1 for LinearOp<'_> {
         let Some(y) = y else {
             candle_core::bail!("headroom-linear: input {:?} does not fit a ({out_features}, ·) weight", xl.dims());
         };
+        let y = y?;
         Ok((CpuStorage::F32(y), Shape::from((rows, out_features))))
     }
 }

@@ -49,6 +49,28 @@ pub fn set_threads(n: usize) -> Result<(), String> {
         .map_err(|_| "the CPU thread pool has already started; set RAYON_NUM_THREADS instead".to_string())
 }
 
+/// `n` zeroed f32 values, or an out-of-memory error naming `what` and the bytes when the
+/// allocator refuses them (under an address-space limit) instead of aborting the process, as an
+/// infallible allocation would. Zeroed pages come from the kernel untouched, as `vec![0.0; n]`.
+///
+/// # Errors
+/// The allocation failed.
+pub fn zeroed(n: usize, what: &str) -> candle_core::Result<Vec<f32>> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let fail = || candle_core::Error::Msg(format!("out of memory: {} for {what} could not be allocated", crate::human_bytes((n as u64).saturating_mul(4))));
+    let layout = std::alloc::Layout::array::<f32>(n).map_err(|_| fail())?;
+    // SAFETY: the layout has a non-zero size (n > 0)
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<f32>();
+    if ptr.is_null() {
+        return Err(fail());
+    }
+    // SAFETY: allocated just above by the global allocator with the layout of `n` f32 values, all
+    // bits zero (0.0), so the Vec owns `n` initialized values and frees them with that layout
+    Ok(unsafe { Vec::from_raw_parts(ptr, n, n) })
+}
+
 /// Bytes of scratch each CPU thread may hold inside a kernel at once: an attention score block
 /// or a convolution's im2col tile (the larger), in f32. The planner counts this per thread.
 pub fn scratch_bytes_per_thread() -> u64 {
@@ -151,5 +173,19 @@ impl SharedOut {
     /// The pointer (a method, so closures capture the whole `Sync` wrapper, not the raw field).
     pub(crate) fn get(self) -> *mut f32 {
         self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// An allocation the system refuses is an error naming what it was for, not an abort; one it
+    /// grants is all zeros.
+    #[test]
+    fn refused_allocation_is_an_error() {
+        let e = super::zeroed(1 << 58, "a test's output").unwrap_err().to_string();
+        assert!(e.contains("out of memory") && e.contains("a test's output") && e.contains("1048576.00 TiB"), "{e}");
+        assert!(super::zeroed(usize::MAX / 2, "a huge output").is_err());
+        let v = super::zeroed(1000, "a small output").unwrap();
+        assert!(v.len() == 1000 && v.iter().all(|&x| x == 0.0));
     }
 }
