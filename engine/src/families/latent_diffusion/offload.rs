@@ -145,18 +145,19 @@ pub struct CondCache<'a> {
     emb: &'a Tensor,
     context: &'a Tensor,
     slice: usize,
+    check: &'a dyn Fn() -> Result<()>,
     cpu: Option<(Tensor, Tensor)>,
 }
 
 impl<'a> CondCache<'a> {
     /// Wraps the conditioning on the UNet's device.
     pub fn new(cond: Cond<'a>) -> Self {
-        Self { emb: cond.emb, context: cond.context, slice: cond.slice, cpu: None }
+        Self { emb: cond.emb, context: cond.context, slice: cond.slice, check: cond.check, cpu: None }
     }
 
     /// The conditioning on the UNet's device.
     pub fn main(&self) -> Cond<'_> {
-        Cond { emb: self.emb, context: self.context, slice: self.slice }
+        Cond { emb: self.emb, context: self.context, slice: self.slice, check: self.check }
     }
 
     /// The conditioning on the CPU in `dtype` (copied on first use).
@@ -169,6 +170,6 @@ impl<'a> CondCache<'a> {
             self.cpu = Some((to_cpu(self.emb)?, to_cpu(self.context)?));
         }
         let (emb, context) = self.cpu.as_ref().expect("set above");
-        Ok(Cond { emb, context, slice: self.slice })
+        Ok(Cond { emb, context, slice: self.slice, check: self.check })
     }
 }

@@ -364,7 +364,13 @@ impl LatentDiffusion {
             }
             let x = sampler.scale_model_input(&latents, i)?;
             let x = if guided { Tensor::cat(&[&x, &x], 0)? } else { x };
-            let out = self.unet.forward(&x.to_dtype(self.dtypes[1])?, t, &context)?.to_dtype(DType::F32)?;
+            // asked before each resnet, so a cancel ends a long CPU step within one of them
+            let check = || if observer.cancelled() { Err(candle_core::Error::Msg("cancelled".into())) } else { Ok(()) };
+            let out = self
+                .unet
+                .forward_checked(&x.to_dtype(self.dtypes[1])?, t, &context, &check)
+                .map_err(|e| if observer.cancelled() { Error::Cancelled } else { e.into() })?
+                .to_dtype(DType::F32)?;
             let out = if guided {
                 let u = out.narrow(0, 0, batch)?;
                 let c = out.narrow(0, batch, batch)?;

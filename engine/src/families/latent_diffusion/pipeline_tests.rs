@@ -37,6 +37,9 @@ struct Recorder {
     cancel_after: Option<usize>,
     /// Cancels as soon as this stage begins.
     cancel_in: Option<Stage>,
+    /// Cancels from the n-th question asked while denoising on.
+    cancel_at_denoise_question: Option<usize>,
+    denoise_questions: std::cell::Cell<usize>,
 }
 
 impl RunObserver for Recorder {
@@ -54,8 +57,12 @@ impl RunObserver for Recorder {
         }
     }
     fn cancelled(&self) -> bool {
+        if self.stages.last() == Some(&Stage::Denoise) {
+            self.denoise_questions.set(self.denoise_questions.get() + 1);
+        }
         self.cancel_after.is_some_and(|n| self.progress.len() >= n)
             || self.cancel_in.is_some_and(|s| self.stages.last() == Some(&s))
+            || self.cancel_at_denoise_question.is_some_and(|n| self.denoise_questions.get() >= n)
     }
     fn note(&mut self, note: String) {
         self.notes.push(note);
@@ -147,6 +154,20 @@ fn cancel_between_steps() {
     let err = model.generate(&request("tiny-sd2"), &mut obs).unwrap_err();
     assert!(matches!(err, Error::Cancelled), "{err}");
     assert_eq!(obs.progress.len(), 2);
+    assert!(!obs.stages.contains(&Stage::Decode));
+}
+
+/// A cancel that arrives inside a denoising step ends the run within that UNet call (asked
+/// before each resnet): no step completes. The first question is the step's own, the third
+/// comes from inside the UNet.
+#[test]
+fn cancel_within_a_step() {
+    let mut model = load(&fixture("tiny-sd2"), &Knobs::default()).unwrap();
+    let mut obs = Recorder { cancel_at_denoise_question: Some(3), ..Recorder::default() };
+    let err = model.generate(&request("tiny-sd2"), &mut obs).unwrap_err();
+    assert!(matches!(err, Error::Cancelled), "{err}");
+    assert_eq!(obs.denoise_questions.get(), 4, "asked once more, to name the error, then stopped");
+    assert!(obs.progress.is_empty(), "a step completed: {:?}", obs.progress);
     assert!(!obs.stages.contains(&Stage::Decode));
 }
 
