@@ -313,21 +313,13 @@ pub fn predict(shape: &ModelShape, knobs: &Knobs, req: &Request, budgets: &Budge
     );
     // what a stage holds besides its feature maps: the CPU kernels' per-thread scratch, and the
     // f32 copy of a narrow layer weight (quantized anywhere, half-precision on the CPU) that a
-    // call widens. On a GPU that copy lives for one call; on the CPU it is a buffer the worker
-    // thread keeps until the run ends (`nn::cpu::expand`), so a CPU stage holds the largest layer
-    // of its own component and of every earlier CPU stage's.
-    let mut cpu_buffer = 0;
-    let mut extra = |c: Component, d: DeviceKind| {
+    // call widens: on a GPU for one call, on the CPU in a buffer the worker thread keeps until the
+    // stage ends (`nn::cpu::expand`); either way the stage's largest layer
+    let extra = |c: Component, d: DeviceKind| {
         let p = prec(c);
         let widens = p.is_quantized() || (!d.is_gpu() && matches!(p, Precision::F16 | Precision::Bf16));
         let layer = if widens { 4 * shape.largest_tensor_elements(c) } else { 0 };
-        let held = if d.is_gpu() {
-            layer
-        } else {
-            cpu_buffer = cpu_buffer.max(layer);
-            cpu_buffer
-        };
-        activations::kernel_scratch_bytes(d) + held
+        activations::kernel_scratch_bytes(d) + layer
     };
     // in the order a run goes through them
     let mut stages: Vec<(DeviceKind, &'static str, u64)> = vec![

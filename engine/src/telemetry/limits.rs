@@ -57,9 +57,22 @@ pub fn cgroup_remaining() -> Option<u64> {
 /// Whether `bytes` can be allocated now: reserves them (address space only, no page touched) and
 /// gives them back. Only an address-space limit makes this fail early; under a control group the
 /// allocation would succeed and the kernel kill the process later, which [`tightest`] covers.
+/// It asks the system allocator directly, so a counting global allocator does not see the probe
+/// as a heap peak.
 pub fn can_allocate(bytes: u64) -> bool {
-    let Ok(n) = usize::try_from(bytes) else { return false };
-    Vec::<u8>::new().try_reserve_exact(n).is_ok()
+    use std::alloc::{GlobalAlloc, Layout, System};
+    let Some(layout) = usize::try_from(bytes.max(1)).ok().and_then(|n| Layout::from_size_align(n, 64).ok()) else {
+        return false;
+    };
+    // SAFETY: the layout has a non-zero size; the block is freed at once with the same layout
+    unsafe {
+        let p = System.alloc(layout);
+        if p.is_null() {
+            return false;
+        }
+        System.dealloc(p, layout);
+    }
+    true
 }
 
 /// The soft "Max address space" of `/proc/self/limits`, in bytes; `None` when unlimited.

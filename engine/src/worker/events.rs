@@ -77,6 +77,9 @@ pub(crate) struct Observer<'a> {
 
 impl RunObserver for Observer<'_> {
     fn stage(&mut self, stage: Stage) -> crate::Result<()> {
+        // the buffer the last stage's layers widened narrow weights into is as large as that
+        // stage's largest layer; this stage's layers need their own (families run on this thread)
+        crate::nn::cpu::expand::release();
         self.stage = Some(stage);
         self.recorder.stage(stage.name());
         match self.cpu_stage_bytes.get(stage.name()) {

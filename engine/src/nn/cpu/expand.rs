@@ -6,7 +6,8 @@
 //! expansion itself: every call mapped new pages that the kernel had to zero (measured: a q4k
 //! SD 1.5 step faulted in 3.4 GB of pages). Here the expansion is split across rayon's pool and
 //! written into one grow-only buffer per thread, sized by the largest layer; [`release`] hands it
-//! back when a run ends. The planner counts this buffer (one largest layer in f32).
+//! back when a stage ends (the worker calls it at every stage change and after a run). The
+//! planner counts this buffer: the stage's own largest layer in f32.
 
 use std::cell::RefCell;
 
@@ -61,8 +62,8 @@ pub fn with_f32<R>(weight: Stored<'_>, f: impl FnOnce(&[f32]) -> R) -> Result<R>
     }
 }
 
-/// Frees the calling thread's expansion buffer (a run's end: it is as large as the largest
-/// layer in f32).
+/// Frees the calling thread's expansion buffer (a stage's or a run's end: it is as large as the
+/// largest layer widened since the last release, in f32).
 pub fn release() {
     BUFFER.with(|b| *b.borrow_mut() = Vec::new());
 }
@@ -77,6 +78,8 @@ pub fn held_bytes() -> usize {
 fn with_buffer<R>(n: usize, fill: impl FnOnce(&mut [f32]) -> Result<()>, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     let mut buf = BUFFER.with(|b| std::mem::take(&mut *b.borrow_mut()));
     if buf.len() < n {
+        // exactly the layer: growing by doubling would hold up to twice the largest layer
+        buf.reserve_exact(n - buf.len());
         buf.resize(n, 0.0);
     }
     let r = fill(&mut buf[..n]).map(|()| f(&buf[..n]));
