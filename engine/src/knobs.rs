@@ -461,6 +461,13 @@ pub struct Knobs {
 }
 
 impl Knobs {
+    /// Whether a model loaded with `self` holds the same weights, placed the same way, as one
+    /// loaded with `other`: device, rng, precision and offload equal. Slicing changes only how the
+    /// next run computes, so a loaded family applies it in place ([`crate::families::Family::retune`]).
+    pub fn same_weights(&self, other: &Knobs) -> bool {
+        self.device == other.device && self.rng == other.rng && self.precision == other.precision && self.offload == other.offload
+    }
+
     /// Sets one knob by its profile name: `device`, `rng`, `precision` (all components),
     /// `precision.text|unet|vae`, `offload.gpu_blocks` (a number or `all`), `offload.mode`,
     /// `offload.text`, `offload.vae`, `slicing.attention_slice`, `slicing.vae_tile`.

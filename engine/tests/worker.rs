@@ -348,3 +348,44 @@ fn full_queue_drops_progress_not_output() {
     assert!(events.iter().any(|e| matches!(e, Event::Telemetry(_))));
     assert!(matches!(events.last(), Some(Event::Output { .. })), "{:?}", events.last());
 }
+
+/// Knobs that change no weights (slicing) reach the loaded model in place: the loader is not
+/// called again, the `Loaded` event says 0 ms, and the next run's profile records the new knobs.
+/// A precision change loads again.
+#[test]
+fn slicing_changes_apply_without_a_reload() {
+    let loads = Arc::new(AtomicUsize::new(0));
+    let l = Arc::clone(&loads);
+    let loader: Loader = Box::new(move |model: &ModelRef, knobs: &Knobs, obs: &mut dyn RunObserver| {
+        l.fetch_add(1, Ordering::SeqCst);
+        headroom_engine::families::load(model, knobs, obs)
+    });
+    let engine = Engine::spawn_with(|| {}, loader);
+    let out = tempfile::tempdir().unwrap();
+    let model = ModelRef::parse("builtin:shapes");
+    let load = |knobs: Knobs| {
+        engine.send(Command::Load { model: model.clone(), knobs }).unwrap();
+        match until(&engine, |e| matches!(e, Event::Loaded { .. } | Event::Error { .. })).pop() {
+            Some(Event::Loaded { load_ms, .. }) => load_ms,
+            other => panic!("load failed: {other:?}"),
+        }
+    };
+    load(Knobs::default());
+    let mut tiled = Knobs::default();
+    tiled.set("slicing.vae_tile", "4").unwrap();
+    tiled.set("slicing.attention_slice", "16").unwrap();
+    assert_eq!(load(tiled), 0, "a slicing change read the model again");
+    assert_eq!(loads.load(Ordering::SeqCst), 1);
+    let request = Request { prompt: "a red circle".into(), steps: 1, width: 64, height: 64, ..Request::default() };
+    engine.send(Command::Generate { request, out_dir: out.path().to_path_buf() }).unwrap();
+    match until(&engine, is_end).pop() {
+        Some(Event::Output { profile, .. }) => {
+            assert_eq!((profile.knobs.slicing.vae_tile, profile.knobs.slicing.attention_slice), (4, 16));
+        }
+        other => panic!("the run failed: {other:?}"),
+    }
+    let mut q8 = tiled;
+    q8.set("precision.unet", "q8_0").unwrap();
+    load(q8);
+    assert_eq!(loads.load(Ordering::SeqCst), 2, "a precision change must load again");
+}

@@ -115,6 +115,32 @@ fn generate_produces_an_output_card() {
     h.get_by_label("Save as…");
 }
 
+/// A slicing change is announced as applied without a reload, and the next run takes it in place
+/// (the fake engine answers a load of the same weights in 0 ms, as the worker does): the loaded
+/// model keeps its load time and records the new knobs. A precision change says it reloads.
+#[test]
+fn a_slicing_change_applies_without_a_reload() {
+    let fake = FakeBackend::new();
+    let loads = std::rc::Rc::clone(&fake.loads);
+    let mut h = harness(fake);
+    drop_files(&mut h, &["/models/sd15.safetensors"]);
+    h.get_by_label("Load").click();
+    h.run_steps(3);
+    h.state_mut().state.knobs.slicing.vae_tile = 32;
+    h.run_steps(2);
+    h.get_by_label("Knobs changed: the next run applies them without reloading");
+    h.get_by_label("Generate").click();
+    h.run_steps(6);
+    assert_eq!(h.state().rt.outputs.len(), 1);
+    assert_eq!(*loads.borrow(), 1, "the slicing change read the model again");
+    let loaded = h.state().rt.loaded.clone().expect("still loaded");
+    assert_eq!((loaded.knobs.slicing.vae_tile, loaded.load_ms), (32, 12));
+    assert!(h.query_by_label("Knobs changed: the next run applies them without reloading").is_none());
+    h.state_mut().state.knobs.precision.unet = headroom_engine::knobs::Precision::Q8_0;
+    h.run_steps(2);
+    h.get_by_label("Knobs changed: the next run reloads with them");
+}
+
 /// Ctrl+Enter generates too, and an unlocked seed changes per run.
 #[test]
 fn ctrl_enter_generates_with_a_fresh_seed_when_unlocked() {

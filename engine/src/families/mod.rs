@@ -46,6 +46,13 @@ pub trait Family: Send {
     /// # Errors
     /// Invalid requests, tensor errors, out of memory, cancellation.
     fn generate(&mut self, request: &Request, observer: &mut dyn RunObserver) -> Result<Vec<Artifact>>;
+    /// Takes `knobs` in place of `loaded_with`, the knobs it was loaded with, without reading a
+    /// weight, when the change is one it can apply so (slicing: [`Knobs::same_weights`] holds);
+    /// returns whether it did. False, the default, means the model must be loaded again.
+    fn retune(&mut self, loaded_with: &Knobs, knobs: &Knobs) -> bool {
+        let _ = (loaded_with, knobs);
+        false
+    }
 }
 
 /// Opens `model` with the family that can run it, placing its weights as `knobs` say, asking

@@ -75,7 +75,8 @@ pub enum Artifact {
 /// What the worker tells a front end.
 #[derive(Clone, Debug)]
 pub enum Event {
-    /// A model finished loading.
+    /// A model finished loading, or the loaded one took new knobs in place (`load_ms` 0: the
+    /// same model with only knobs that change no weights changed, see `Family::retune`).
     Loaded { model: ModelRef, family: String, weight_bytes: u64, load_ms: u64 },
     /// The model was unloaded.
     Unloaded,

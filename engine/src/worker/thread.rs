@@ -124,6 +124,15 @@ impl Worker {
             // Cancelled while queued: keep whatever is loaded.
             return vec![Event::Cancelled];
         }
+        // the same model with knobs that change no weights (slicing): taken in place, nothing read
+        if let Some(l) = self.loaded.as_mut()
+            && l.info.source == model.to_string()
+            && l.family.retune(&l.knobs, &knobs)
+        {
+            l.knobs = knobs;
+            let weight_bytes = l.family.weight_bytes().iter().map(|(_, b)| b).sum::<u64>();
+            return vec![Event::Loaded { model, family: l.info.family.clone(), weight_bytes, load_ms: 0 }];
+        }
         if self.loaded.is_some() {
             // Free the old model before reading the new one: both rarely fit.
             self.unload();

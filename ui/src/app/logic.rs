@@ -89,6 +89,14 @@ impl HeadroomApp {
                 load_ms,
             } => {
                 rt.loading = None;
+                // load_ms 0 for the loaded model: it took knobs that change no weights in place
+                if load_ms == 0
+                    && let Some(l) = rt.loaded.as_mut().filter(|l| l.model == model)
+                {
+                    l.knobs = self.state.knobs;
+                    rt.notify(format!("Knobs applied to {model} without reloading"));
+                    return;
+                }
                 rt.notify(format!("Loaded {model} ({family}) in {load_ms} ms"));
                 self.state.last_model = Some(model.clone());
                 self.state.remember(&model);

@@ -67,11 +67,12 @@ impl HeadroomApp {
                         kv_ui(ui, "load", format!("{} ms", l.load_ms));
                     });
                 if l.knobs != self.state.knobs {
-                    ui.label(
-                        RichText::new("Knobs changed: the next run reloads with them")
-                            .small()
-                            .italics(),
-                    );
+                    let what = if l.knobs.same_weights(&self.state.knobs) {
+                        "Knobs changed: the next run applies them without reloading"
+                    } else {
+                        "Knobs changed: the next run reloads with them"
+                    };
+                    ui.label(RichText::new(what).small().italics());
                 }
             });
         }

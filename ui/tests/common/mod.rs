@@ -38,6 +38,10 @@ pub struct FakeBackend {
     /// What outputs decode to (default: a grey 64×64 image).
     pub media: Option<Media>,
     runs: RefCell<u32>,
+    /// What is loaded, and with which knobs.
+    loaded: RefCell<Option<(String, Knobs)>>,
+    /// Loads that read the model (not ones answered in place).
+    pub loads: std::rc::Rc<RefCell<u32>>,
 }
 
 impl FakeBackend {
@@ -131,12 +135,22 @@ impl Backend for FakeBackend {
         })
     }
 
-    fn load(&self, model: &str, _knobs: &Knobs) -> Result<(), String> {
+    fn load(&self, model: &str, knobs: &Knobs) -> Result<(), String> {
+        // as the worker: the same model with only knobs that change no weights is taken in place
+        let in_place = self
+            .loaded
+            .borrow()
+            .as_ref()
+            .is_some_and(|(m, k)| m == model && k.same_weights(knobs));
+        if !in_place {
+            *self.loads.borrow_mut() += 1;
+        }
+        *self.loaded.borrow_mut() = Some((model.to_string(), *knobs));
         self.events.borrow_mut().push_back(EngineEvent::Loaded {
             model: model.into(),
             family: "latent-diffusion".into(),
             weight_bytes: 1 << 30,
-            load_ms: 12,
+            load_ms: if in_place { 0 } else { 12 },
         });
         Ok(())
     }

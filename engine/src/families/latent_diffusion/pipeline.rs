@@ -507,6 +507,18 @@ impl Family for LatentDiffusion {
         self.resident.clone()
     }
 
+    fn retune(&mut self, loaded_with: &Knobs, knobs: &Knobs) -> bool {
+        if !loaded_with.same_weights(knobs) {
+            return false;
+        }
+        let slice = knobs.slicing.attention_slice as usize;
+        self.text.attention_slice = slice;
+        self.unet.attention_slice = slice;
+        self.vae.attention_slice = slice;
+        self.vae.tile = knobs.slicing.vae_tile as usize;
+        true
+    }
+
     fn generate(&mut self, request: &Request, observer: &mut dyn RunObserver) -> Result<Vec<Artifact>> {
         let Some(params) = self.spectrogram.clone() else {
             if request.seconds.is_some() {
