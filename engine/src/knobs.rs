@@ -137,18 +137,27 @@ impl Precision {
         )
     }
 
-    /// (elements per block, bytes per block); plain floats are blocks of one element.
-    /// `Auto` is counted as f32, the widest it can resolve to.
+    /// The GGML type this precision stores weights as (`Auto` as f32, the widest it can resolve
+    /// to): its entry in the one type table, [`crate::formats::ggml::GGML_TYPES`].
+    pub fn ggml(self) -> crate::formats::ggml::GgmlType {
+        let name = match self {
+            Precision::Auto | Precision::F32 => "F32",
+            Precision::F16 => "F16",
+            Precision::Bf16 => "BF16",
+            Precision::Q8_0 => "Q8_0",
+            Precision::Q6K => "Q6_K",
+            Precision::Q5K => "Q5_K",
+            Precision::Q4K => "Q4_K",
+            Precision::Q4_0 => "Q4_0",
+        };
+        crate::formats::ggml::GgmlType::from_name(name).expect("every precision is in the GGML type table")
+    }
+
+    /// (elements per block, bytes per block), from the GGML type table; plain floats are blocks
+    /// of one element.
     pub fn block(self) -> (u64, u64) {
-        match self {
-            Precision::Auto | Precision::F32 => (1, 4),
-            Precision::F16 | Precision::Bf16 => (1, 2),
-            Precision::Q8_0 => (32, 34),
-            Precision::Q6K => (256, 210),
-            Precision::Q5K => (256, 176),
-            Precision::Q4K => (256, 144),
-            Precision::Q4_0 => (32, 18),
-        }
+        let t = self.ggml();
+        (t.block_elements, t.block_bytes)
     }
 
     /// Real bits per weight of the storage format (block scales included).

@@ -98,9 +98,10 @@ impl GgmlType {
 mod tests {
     use super::*;
 
-    /// The table has unique ids and names, and its block sizes agree with the knobs' precisions.
+    /// The table has unique ids and names; every precision has its entry, and the entries of
+    /// the quantized ones agree with candle's own block layouts (what the loaders store).
     #[test]
-    fn table_is_consistent_with_knobs() {
+    fn table_is_consistent_with_knobs_and_candle() {
         for (i, a) in GGML_TYPES.iter().enumerate() {
             for b in &GGML_TYPES[i + 1..] {
                 assert_ne!(a.id, b.id);
@@ -108,17 +109,15 @@ mod tests {
             }
         }
         use crate::knobs::Precision;
-        for (p, name) in [
-            (Precision::Q8_0, "Q8_0"),
-            (Precision::Q6K, "Q6_K"),
-            (Precision::Q5K, "Q5_K"),
-            (Precision::Q4K, "Q4_K"),
-            (Precision::Q4_0, "Q4_0"),
-            (Precision::F16, "F16"),
-        ] {
-            let t = GgmlType::from_name(name).unwrap();
-            assert_eq!(p.block(), (t.block_elements, t.block_bytes), "{name}");
+        for p in Precision::CONCRETE {
+            let t = p.ggml();
+            assert_eq!(p.block(), (t.block_elements, t.block_bytes), "{p}");
+            if let Some(c) = crate::nn::weights::ggml_type(p) {
+                assert_eq!((c.block_size() as u64, c.type_size() as u64), p.block(), "{p} against candle's {c:?}");
+            }
         }
+        assert_eq!(Precision::Q4K.block(), (256, 144));
+        assert_eq!(Precision::Auto.block(), (1, 4));
     }
 
     /// Sizes follow the blocks: 512 Q4_K values in rows of 256 take two 144-byte blocks.

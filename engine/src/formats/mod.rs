@@ -11,7 +11,7 @@ mod bin;
 pub(crate) mod ckpt;
 mod components;
 pub(crate) mod diffusers;
-mod ggml;
+pub mod ggml;
 mod gguf;
 mod guess;
 mod inspect;

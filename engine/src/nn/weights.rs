@@ -309,7 +309,8 @@ fn quantize_in_parts(m: &Tensor, ggml: GgmlDType, parts: usize) -> Result<QTenso
     candle_core::quantized::ggml_file::qtensor_from_ggml(ggml, &bytes, vec![rows, row], m.device())
 }
 
-/// candle's block type for a quantized precision; `None` for float ones.
+/// candle's block type for a quantized precision; `None` for float ones. (Block sizes come from
+/// the one type table, [`Precision::ggml`]; a test holds candle's layouts to it.)
 pub fn ggml_type(p: Precision) -> Option<GgmlDType> {
     match p {
         Precision::Q8_0 => Some(GgmlDType::Q8_0),
