@@ -45,6 +45,11 @@ fn inspect_json_matches_fixture_counts() {
         for key in ["format", "family", "parameters", "bytes_by_precision", "tensors"] {
             assert!(v.get(key).is_some(), "{name}: no '{key}' in {v}");
         }
+        // the family of this build that runs it, if any: none for a GGUF language model or a
+        // folder of shards that is no diffusers folder; the rest are Stable Diffusion or tried as it
+        let runs_with = v["runs_with"]["family"].as_str();
+        let runnable = !matches!(name.as_str(), "tiny.gguf" | "sharded");
+        assert_eq!(runs_with, runnable.then_some("latent-diffusion"), "{name}: {}", v["runs_with"]);
         let want_params = want.get("parameters").and_then(|p| p.as_u64()).unwrap_or_else(|| want.as_u64().unwrap());
         assert_eq!(v["parameters"].as_u64().unwrap(), want_params, "{name}");
         for p in ["f32", "f16", "bf16", "q8_0", "q6k", "q5k", "q4k", "q4_0"] {

@@ -3,7 +3,9 @@
 pub mod latent_diffusion;
 
 use crate::error::{Error, Result};
-use crate::formats::Format;
+use std::path::Path;
+
+use crate::formats::Inspection;
 use crate::knobs::Knobs;
 use crate::model::ModelRef;
 use crate::request::Request;
@@ -55,29 +57,86 @@ pub trait Family: Send {
     }
 }
 
-/// Opens `model` with the family that can run it, placing its weights as `knobs` say, asking
-/// `obs` (its [`RunObserver::cancel_check`]) whether to cancel before each tensor.
+/// How sure a family is that it runs a model, and on what evidence.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Recognition {
+    /// The family's name (`latent-diffusion`), as in profiles.
+    pub family: &'static str,
+    /// 0 to 1: 1 when the model says what it is and the family runs exactly that; lower when the
+    /// family only tries a model it cannot tell apart (its load then names what is missing).
+    pub confidence: f32,
+    /// The evidence, for people ("a diffusers folder of Stable Diffusion 1.x: …").
+    pub reason: String,
+}
+
+/// A family this build runs: how it recognises a model from its inspection (`None`: it cannot
+/// run it), and how it loads one, asking a [`CancelCheck`](crate::CancelCheck) before each tensor.
+pub struct FamilyEntry {
+    pub name: &'static str,
+    pub recognise: fn(&Inspection) -> Option<Recognition>,
+    pub load: fn(&Path, &Knobs, &crate::CancelCheck) -> Result<Box<dyn Family>>,
+}
+
+/// Every family this build runs; [`load`] and `headroom inspect` choose among them.
+pub const FAMILIES: &[FamilyEntry] = &[latent_diffusion::ENTRY];
+
+/// The family that would run the inspected model: the most confident recogniser; `None` when no
+/// family of this build runs it.
+pub fn recognise(insp: &Inspection) -> Option<(Recognition, &'static FamilyEntry)> {
+    FAMILIES
+        .iter()
+        .filter_map(|f| (f.recognise)(insp).map(|r| (r, f)))
+        .max_by(|a, b| a.0.confidence.total_cmp(&b.0.confidence))
+}
+
+/// Opens `model` with the family that recognises it most surely ([`recognise`]), placing its
+/// weights as `knobs` say, asking `obs` (its [`RunObserver::cancel_check`]) whether to cancel
+/// before each tensor.
 ///
 /// # Errors
 /// The model cannot be found or read, no family can run it (the message says what it is), or
 /// the family's own load errors.
 pub fn load(model: &ModelRef, knobs: &Knobs, obs: &mut dyn RunObserver) -> Result<Box<dyn Family>> {
-    let cancelled = obs.cancel_check();
+    let cancel = obs.cancel_check();
     let path = model.resolve()?;
-    if path.join("model_index.json").is_file() {
-        return Ok(Box::new(latent_diffusion::load_checked(&path, knobs, &cancelled)?));
-    }
     let insp = crate::formats::inspect(&path)?;
-    // a single file is tried as an LDM checkpoint, which names a few keys when it is not one
-    if matches!(insp.format, Format::Safetensors | Format::Ckpt) && path.is_file() {
-        return Ok(Box::new(latent_diffusion::load_checked(&path, knobs, &cancelled)?));
+    if let Some((_, family)) = recognise(&insp) {
+        return (family.load)(&path, knobs, &cancel);
     }
+    let runs: Vec<&str> = FAMILIES.iter().map(|f| f.name).collect();
     Err(Error::file(
         &path,
         format!(
-            "a {} {} cannot be run yet: this build runs Stable Diffusion 1.x/2.x (diffusers folders and single-file checkpoints)",
+            "a {} {} cannot be run yet: this build runs {} (Stable Diffusion 1.x/2.x diffusers folders and single-file checkpoints)",
             insp.family.label,
-            insp.format.name()
+            insp.format.name(),
+            runs.join(", ")
         ),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Stable Diffusion folders and single files are recognised surely, with the evidence; a GGUF
+    /// language model and an SDXL model by no family of this build; a single file whose family
+    /// cannot be told is only tried.
+    #[test]
+    fn recognisers_choose_and_say_why() {
+        let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
+        let insp = |p: &str| crate::formats::inspect(&root.join(p)).unwrap();
+        let (r, f) = recognise(&insp("sd/tiny-sd1")).unwrap();
+        assert_eq!((r.family, f.name, r.confidence), ("latent-diffusion", "latent-diffusion", 1.0));
+        assert!(r.reason.starts_with("a diffusers folder of Stable Diffusion 1.x: "), "{}", r.reason);
+        let (r, _) = recognise(&insp("formats/tiny.safetensors")).unwrap();
+        assert!(r.reason.starts_with("a single-file checkpoint of Stable Diffusion 2.x: "), "{}", r.reason);
+        assert!(recognise(&insp("formats/tiny.gguf")).is_none());
+        let mut unknown = insp("formats/tiny.safetensors");
+        unknown.family.id = "unknown".into();
+        assert!(recognise(&unknown).is_some_and(|(r, _)| r.confidence < 0.5));
+        let mut xl = insp("sd/tiny-sd1");
+        xl.family.id = "sdxl".into();
+        assert!(recognise(&xl).is_none());
+    }
 }

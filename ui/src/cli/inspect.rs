@@ -34,10 +34,14 @@ pub fn run(a: &InspectArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The JSON contract: `format`, `family`, `parameters`, `bytes_by_precision`, `tensors`, plus more.
+/// The JSON contract: `format`, `family`, `parameters`, `bytes_by_precision`, `tensors`, plus more;
+/// `runs_with` is the family of this build that would run it (`family`, `confidence`, `reason`),
+/// or null.
 pub fn to_json(insp: &Inspection) -> serde_json::Value {
     let tensors: Vec<_> = insp.components.iter().flat_map(|c| c.tensors.iter()).collect();
+    let runs_with = headroom_engine::families::recognise(insp).map(|(r, _)| r);
     serde_json::json!({
+        "runs_with": runs_with,
         "path": insp.path,
         "format": insp.format,
         "family": insp.family.id,
@@ -60,6 +64,10 @@ fn print_human(insp: &Inspection, top: usize) {
     println!("{}", insp.path.display());
     println!("  format     {}", serde_json::to_value(insp.format).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default());
     println!("  family     {} ({})", insp.family.label, insp.family.reason);
+    match headroom_engine::families::recognise(insp) {
+        Some((r, _)) => println!("  runs with  {} ({:.0}% sure: {})", r.family, r.confidence * 100.0, r.reason),
+        None => println!("  runs with  nothing in this build"),
+    }
     println!("  parameters {} ({:.1} M)", insp.parameters(), insp.parameters() as f64 / 1e6);
     for c in &insp.components {
         println!("    {:<14} {:>14} params  {:>5} tensors", c.name, c.parameters, c.tensors.len());

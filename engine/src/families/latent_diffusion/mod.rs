@@ -39,3 +39,32 @@ mod pipeline_tests;
 mod quant_tests;
 
 pub use pipeline::{LatentDiffusion, load, load_checked};
+
+use crate::families::{FamilyEntry, Recognition};
+use crate::formats::{Format, Inspection};
+
+/// This family in the registry ([`crate::families::FAMILIES`]).
+pub const ENTRY: FamilyEntry = FamilyEntry {
+    name: "latent-diffusion",
+    recognise,
+    load: |path, knobs, cancel| Ok(Box::new(load_checked(path, knobs, cancel)?)),
+};
+
+/// Stable Diffusion 1.x/2.x by the inspection's family guess: surely when the headers say so; a
+/// diffusers folder or single checkpoint file whose family cannot be told is tried, less surely
+/// (the load then names the keys or files it misses). SDXL, language models and other formats
+/// are not run by this family.
+fn recognise(insp: &Inspection) -> Option<Recognition> {
+    let single = matches!(insp.format, Format::Safetensors | Format::Ckpt) && insp.path.is_file();
+    let layout = match insp.format {
+        Format::Diffusers => "a diffusers folder",
+        _ if single => "a single-file checkpoint",
+        _ => return None,
+    };
+    let (confidence, reason) = match insp.family.id.as_str() {
+        "sd1" | "sd2" => (1.0, format!("{layout} of {}: {}", insp.family.label, insp.family.reason)),
+        "unknown" => (0.3, format!("{layout} whose family cannot be told ({}); tried as Stable Diffusion 1.x/2.x", insp.family.reason)),
+        _ => return None,
+    };
+    Some(Recognition { family: ENTRY.name, confidence, reason })
+}
