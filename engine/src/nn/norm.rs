@@ -120,7 +120,7 @@ impl GroupNorm {
     /// A piece whose batch or channels differ from the earlier pieces'; tensor errors.
     pub fn accumulate(&self, x: &Tensor, stats: &mut GroupStats) -> Result<()> {
         let dims = x.dims();
-        if dims.len() < 2 || dims[1] % self.groups != 0 {
+        if dims.len() < 2 || !dims[1].is_multiple_of(self.groups) {
             candle_core::bail!("group norm: input {dims:?} does not split into {} groups", self.groups);
         }
         let (b, per_group) = (dims[0], x.elem_count() / (dims[0] * self.groups).max(1));
