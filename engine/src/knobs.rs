@@ -429,7 +429,7 @@ pub struct Offload {
 pub struct Slicing {
     /// Attention computed in chunks of this many query rows.
     pub attention_slice: u32,
-    /// VAE decode/encode in tiles of this many latent pixels (with overlap and blending).
+    /// VAE decode in tiles of this many latent pixels, exact (`vae_tiling`); 0 = not set.
     pub vae_tile: u32,
 }
 

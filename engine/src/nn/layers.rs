@@ -189,8 +189,9 @@ impl Conv2d {
     }
 }
 
-impl Module for Conv2d {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl Conv2d {
+    /// The convolution with `padding` zeros around the input in place of the layer's own.
+    fn run(&self, x: &Tensor, padding: usize) -> Result<Tensor> {
         if x.device().is_cpu() && x.dtype() == DType::F32 {
             // the CPU kernel, with the kernel widened to f32 for this call when stored narrower
             let weight = match &self.weight {
@@ -201,7 +202,7 @@ impl Module for Conv2d {
                 weight,
                 shape: self.shape,
                 stride: self.stride,
-                padding: self.padding,
+                padding,
                 bias: self.cpu_bias.as_deref(),
             };
             return x.contiguous()?.apply_op1_no_bwd(&op);
@@ -211,11 +212,33 @@ impl Module for Conv2d {
             // the dense kernel lives for this call only
             ConvWeight::Quantized(q) => q.dequantize(x.device())?.reshape(self.shape)?.to_dtype(x.dtype())?,
         };
-        let y = x.conv2d(&w, self.padding, self.stride, 1, 1)?;
+        let y = x.conv2d(&w, padding, self.stride, 1, 1)?;
         match &self.bias {
             Some(b) => y.broadcast_add(&as_dtype(b, y.dtype())?.reshape((1, self.shape.0, 1, 1))?),
             None => Ok(y),
         }
+    }
+
+    /// The convolution without padding: what the padded one gives on an input that already
+    /// carries its border (the next tiles' pixels, or zeros at the image's edge), shrinking each
+    /// side by [`Self::halo`].
+    ///
+    /// # Errors
+    /// An input smaller than the kernel; tensor errors.
+    pub fn forward_unpadded(&self, x: &Tensor) -> Result<Tensor> {
+        self.run(x, 0)
+    }
+
+    /// The border each side of an output pixel reads beyond it (the padding), when the layer is
+    /// a stride-1 convolution whose padding keeps the size (kernel `2·halo + 1`); `None` otherwise.
+    pub fn halo(&self) -> Option<usize> {
+        (self.stride == 1 && self.shape.2 == 2 * self.padding + 1).then_some(self.padding)
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.run(x, self.padding)
     }
 }
 

@@ -6,7 +6,8 @@
 //! im2col tile, [`crate::nn::cpu::scratch_bytes_per_thread`]), elsewhere one block of at most
 //! [`crate::nn::attention::DEVICE_BLOCK_SCORES`] (or `attention_slice` query rows per head) and
 //! its softmax; the decoder's peak is at its highest resolution, where an upsampled wide feature
-//! map meets a narrower output; tiling replaces the image by one tile. Every term is held against
+//! map meets a narrower output; tiled, a layer's input and output are held in full as tiles and
+//! its temporaries one tile at a time (`vae_tiling`). Every term is held against
 //! a measured peak by `headroom bench`, which prints planned against measured (target ±10%).
 
 use crate::knobs::{DeviceKind, Precision};
@@ -93,17 +94,10 @@ pub fn unet_bytes(shape: &ModelShape, req: &Request, attention_slice: u32, devic
 /// (0 = off) and attention slicing.
 pub fn vae_bytes(shape: &ModelShape, req: &Request, slicing: (u32, u32), device: DeviceKind, elem: u64) -> u64 {
     let (attention_slice, vae_tile) = slicing;
-    let (mut lw, mut lh) = ((req.width as u64 / 8).max(1), (req.height as u64 / 8).max(1));
-    // The finished image is accumulated in f32 with a blend weight while tiling.
-    let mut out_acc = 0;
-    if vae_tile > 0 {
-        let t = vae_tile as u64;
-        if t < lw || t < lh {
-            out_acc = 4 * (req.width as u64 * req.height as u64) * 4;
-            lw = lw.min(t);
-            lh = lh.min(t);
-        }
-    }
+    let (lw, lh) = ((req.width as u64 / 8).max(1), (req.height as u64 / 8).max(1));
+    let t = vae_tile as u64;
+    let tiled = t > 0 && (t < lw || t < lh);
+    let tile = t.min(lw) * t.min(lh);
     let chans = &shape.vae.block_channels;
     let n = chans.len().max(1);
     let latent = lw * lh;
@@ -114,14 +108,31 @@ pub fn vae_bytes(shape: &ModelShape, req: &Request, slicing: (u32, u32), device:
         let pixels = latent << (2 * j);
         let c_out = chans[n - 1 - j];
         let c_in = if j == 0 { c_out } else { chans[n - j] };
-        // a resnet holds its input, the input's norm and a conv output of c_out at once
-        // (measured at SD 1.5's 512² top level: 0.80 GB for this term's 0.81 GB)
-        worst = worst.max((2 * c_in + 2 * c_out) * pixels);
+        if !tiled {
+            // a resnet holds its input, the input's norm and a conv output of c_out at once
+            // (measured at SD 1.5's 512² top level: 0.80 GB for this term's 0.81 GB)
+            worst = worst.max((2 * c_in + 2 * c_out) * pixels);
+            continue;
+        }
+        // Tiled (`vae_tiling`): a resnet holds its input and its first convolution's output in
+        // full as tiles, plus one tile's bordered input, its norm and the convolution's output.
+        let tile_px = tile << (2 * j);
+        let resnet = (c_in + c_out) * pixels + (3 * c_in + c_out) * tile_px;
+        // The upsampler to the next level holds its input and its output (4× the pixels) in
+        // full, plus one tile's bordered input, its upsampled, cropped and padded copies and
+        // the convolution's output there.
+        let up = if j + 1 < n { 5 * c_out * pixels + 17 * c_out * tile_px } else { 0 };
+        worst = worst.max(resnet).max(up);
     }
-    // Mid-block attention: one head over all latent pixels (of the tile, when tiled).
+    // Pasting the picture (3 channels at the top level) holds its tiles, a row of them pasted
+    // and the whole: never the peak at real channel counts.
+    if tiled {
+        worst = worst.max(9 * (latent << (2 * (n - 1))));
+    }
+    // Mid-block attention: one head over all latent pixels (the mid block is never tiled).
     let c_mid = chans.last().copied().unwrap_or(512);
     let attn = 4 * c_mid * latent * elem + score_block_bytes(1, latent, latent, attention_slice, device, elem);
-    (worst * elem).max(attn) + out_acc
+    (worst * elem).max(attn)
 }
 
 #[cfg(test)]
@@ -146,13 +157,17 @@ mod tests {
         assert!(cpu < 400 << 20, "{cpu}");
     }
 
-    /// Tiling the decode bounds its peak by the tile, not the image.
+    /// Tiling the decode lowers its peak: at SD 1.5's 1024² the whole decode's top level holds
+    /// about four full maps (3.1 GB), the tiled one a resnet's input and first output as tiles plus
+    /// one tile's temporaries (1.8 GB at 32, less at 16).
     #[test]
     fn vae_tile_lowers_decode_peak() {
         let req = Request { width: 1024, height: 1024, ..Request::default() };
         let plain = vae_bytes(&sd15(), &req, (0, 0), DeviceKind::Cpu, 4);
         let tiled = vae_bytes(&sd15(), &req, (0, 32), DeviceKind::Cpu, 4);
-        assert!(tiled * 3 < plain, "{tiled} vs {plain}");
+        let finer = vae_bytes(&sd15(), &req, (0, 16), DeviceKind::Cpu, 4);
+        assert!(tiled * 10 < plain * 6, "{tiled} vs {plain}");
+        assert!(finer < tiled && finer * 2 > tiled, "{finer} vs {tiled}");
         // Tiling an image no larger than the tile changes nothing.
         let small = Request { width: 256, height: 256, ..Request::default() };
         let cpu = DeviceKind::Cpu;

@@ -398,7 +398,7 @@ fn moves(knobs: &Knobs, req: &Request) -> Vec<Move> {
     for tile in [64u32, 32] {
         let side = (req.width.max(req.height) / 8) as u32;
         if tile < side && (knobs.slicing.vae_tile == 0 || knobs.slicing.vae_tile > tile) {
-            m.push(mv("slicing.vae_tile", tile.to_string(), 0.05, "near-lossless (blended seams), slower decode"));
+            m.push(mv("slicing.vae_tile", tile.to_string(), 0.0, "lossless (exact tiles), slower decode"));
         }
     }
     if knobs.device.is_gpu() {

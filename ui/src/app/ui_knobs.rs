@@ -183,7 +183,7 @@ impl HeadroomApp {
                 ui.label("VAE tile");
                 ui.add(egui::Slider::new(&mut k.slicing.vae_tile, 0..=256).text("latent px"))
                     .on_hover_text(
-                        "Decode in overlapping tiles of this many latent pixels; 0 is off",
+                        "Decode in tiles of this many latent pixels (same picture, less memory); 0 is off",
                     );
                 ui.end_row();
             });

@@ -6,7 +6,7 @@ use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::LayerNorm;
 
 use crate::nn::attention::{attention, merge_heads, split_heads};
-use crate::nn::{Conv2d, GroupNorm, Linear, Weights, geglu, layer_norm};
+use crate::nn::{Conv2d, GroupNorm, Linear, TileGrid, Weights, geglu, layer_norm};
 
 /// `ResnetBlock2D`: two norm-SiLU-conv stages, an optional time-embedding shift, a shortcut.
 #[derive(Debug)]
@@ -71,6 +71,34 @@ impl ResnetBlock2D {
         let out = (skip + h)?;
         if self.output_scale_factor == 1.0 { Ok(out) } else { out / self.output_scale_factor }
     }
+
+    /// [`Self::forward`] without a time embedding (the VAE's blocks) on a map held as tiles: the
+    /// same result, with each norm's statistics taken over the whole map and each convolution
+    /// reading its border from the neighbouring tiles. Holds the input and `conv1`'s output in
+    /// full; the second convolution's output replaces the input tile by tile.
+    ///
+    /// # Errors
+    /// A block that takes a time embedding; tensor errors.
+    pub fn forward_tiled(&self, x: TileGrid) -> Result<TileGrid> {
+        if self.time_emb_proj.is_some() {
+            candle_core::bail!("resnet block: a block with a time embedding cannot run on tiles");
+        }
+        let stats = x.group_stats(&self.norm1)?;
+        let h = x.conv(&self.conv1, Some((&self.norm1, &stats)), |_, t| Ok(t))?;
+        let stats = h.group_stats(&self.norm2)?;
+        let mut skip: Vec<Option<Tensor>> = x.into_tiles().into_iter().map(Some).collect();
+        h.conv(&self.conv2, Some((&self.norm2, &stats)), |i, t| {
+            let Some(x) = skip.get_mut(i).and_then(Option::take) else {
+                candle_core::bail!("resnet block: tile {i} has no input");
+            };
+            let shortcut = match &self.conv_shortcut {
+                Some(c) => c.forward(&x)?,
+                None => x,
+            };
+            let out = (shortcut + t)?;
+            if self.output_scale_factor == 1.0 { Ok(out) } else { out / self.output_scale_factor }
+        })
+    }
 }
 
 /// `Downsample2D` with a convolution of stride 2 (`downsamplers.0.conv`). The VAE's uses padding 0
@@ -123,6 +151,15 @@ impl Upsample2D {
         let (_, _, h, w) = x.dims4()?;
         let (th, tw) = size.unwrap_or((2 * h, 2 * w));
         self.conv.forward(&x.upsample_nearest2d(th, tw)?)
+    }
+
+    /// [`Self::forward`] ×2 on a map held as tiles: the same result, each tile's convolution
+    /// reading its border from its neighbours.
+    ///
+    /// # Errors
+    /// Tensor errors.
+    pub fn forward_tiled(&self, x: &TileGrid) -> Result<TileGrid> {
+        x.upsample_conv(&self.conv)
     }
 }
 

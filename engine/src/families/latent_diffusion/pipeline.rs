@@ -391,7 +391,8 @@ impl LatentDiffusion {
         let mut images = Vec::with_capacity(batch);
         for b in 0..batch {
             let z = latents.narrow(0, b, 1)?.to_device(&self.vae_device)?.to_dtype(self.dtypes[2])?;
-            // checked before each tile and up block, so a cancel ends the decode within one of them
+            // checked before each up block (tiled: each of its layers), so a cancel ends the
+            // decode within one of them
             let img = checked(&*observer, |check| self.vae.decode_scaled_checked(&z, check))?;
             let img = img.to_dtype(DType::F32)?;
             images.push(((img / 2.0)? + 0.5)?.clamp(0f32, 1f32)?);

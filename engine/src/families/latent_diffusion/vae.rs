@@ -5,7 +5,7 @@ use candle_core::{Module, Result, Tensor};
 use serde::Deserialize;
 
 use super::blocks::{Downsample2D, ResnetBlock2D, Upsample2D, VaeAttention};
-use crate::nn::{Conv2d, GroupNorm, Weights};
+use crate::nn::{Conv2d, GroupNorm, TileGrid, Weights};
 
 /// `vae/config.json`, the fields an SD 1.x/2.x autoencoder uses.
 #[derive(Clone, Debug, Deserialize)]
@@ -130,6 +130,24 @@ impl Stage {
         }
         if let Some(u) = &self.up {
             h = u.forward(&h, None)?;
+        }
+        Ok(h)
+    }
+
+    /// [`Self::forward`] of a decoder stage on a map held as tiles, running `check` before each
+    /// of its layers.
+    fn forward_tiled(&self, x: TileGrid, check: &mut dyn FnMut() -> Result<()>) -> Result<TileGrid> {
+        if self.down.is_some() {
+            candle_core::bail!("vae: an encoder stage cannot run on tiles");
+        }
+        let mut h = x;
+        for r in &self.resnets {
+            check()?;
+            h = r.forward_tiled(h)?;
+        }
+        if let Some(u) = &self.up {
+            check()?;
+            h = u.forward_tiled(&h)?;
         }
         Ok(h)
     }
@@ -264,17 +282,41 @@ impl AutoencoderKl {
     /// # Errors
     /// Tensor errors, or what `check` returns.
     pub fn decode_checked(&self, z: &Tensor, check: &mut dyn FnMut() -> Result<()>) -> Result<Tensor> {
-        let mut h = match &self.post_quant_conv {
-            Some(p) => p.forward(z)?,
-            None => z.clone(),
-        };
-        h = self.dec_conv_in.forward(&h)?;
-        h = self.dec_mid.forward(&h, self.attention_slice)?;
+        let mut h = self.decode_head(z)?;
         for s in &self.dec_stages {
             check()?;
             h = s.forward(&h)?;
         }
         self.dec_conv_out.forward(&self.dec_norm_out.forward_silu(&h)?)
+    }
+
+    /// The decoder up to its up path, on the whole latent: `post_quant_conv`, `conv_in` and the mid
+    /// block (whose attention is global).
+    ///
+    /// # Errors
+    /// Tensor errors.
+    pub(super) fn decode_head(&self, z: &Tensor) -> Result<Tensor> {
+        let h = match &self.post_quant_conv {
+            Some(p) => p.forward(z)?,
+            None => z.clone(),
+        };
+        let h = self.dec_conv_in.forward(&h)?;
+        self.dec_mid.forward(&h, self.attention_slice)
+    }
+
+    /// The decoder from its up path on, on a map held as tiles: the up blocks, `conv_norm_out`
+    /// with SiLU and `conv_out`, running `check` before each up block and each of its layers.
+    ///
+    /// # Errors
+    /// Tensor errors, or what `check` returns.
+    pub(super) fn decode_tail_tiled(&self, h: TileGrid, check: &mut dyn FnMut() -> Result<()>) -> Result<TileGrid> {
+        let mut h = h;
+        for s in &self.dec_stages {
+            h = s.forward_tiled(h, check)?;
+        }
+        check()?;
+        let stats = h.group_stats(&self.dec_norm_out)?;
+        h.conv(&self.dec_conv_out, Some((&self.dec_norm_out, &stats)), |_, t| Ok(t))
     }
 
     /// Diffusion latents (as the denoiser sees them) → pixels: divides by `scaling_factor` (and
@@ -287,7 +329,8 @@ impl AutoencoderKl {
         self.decode_scaled_checked(latents, &mut || Ok(()))
     }
 
-    /// [`Self::decode_scaled`], running `check` before each tile and up block (a cancel check).
+    /// [`Self::decode_scaled`], running `check` before each up block (and, tiled, each of its
+    /// layers): a cancel check.
     ///
     /// # Errors
     /// Tensor errors, or what `check` returns.
