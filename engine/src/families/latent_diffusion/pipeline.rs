@@ -334,6 +334,10 @@ impl LatentDiffusion {
         if let Some(w) = warning {
             observer.note(format!("prompt: {w}"));
         }
+        // asked between the two prompts' encodings and after them
+        if observer.cancelled() {
+            return Err(Error::Cancelled);
+        }
         let context = if guided {
             let (uncond, warning) = self.encode_prompt(&request.negative)?;
             if let Some(w) = warning {
@@ -346,6 +350,9 @@ impl LatentDiffusion {
         // latents and sampler arithmetic stay f32 (as diffusers upcasts in its schedulers); each
         // component computes in its own dtype
         let context = context.to_device(&self.device)?.to_dtype(self.dtypes[1])?;
+        if observer.cancelled() {
+            return Err(Error::Cancelled);
+        }
 
         observer.stage(Stage::Denoise)?;
         let steps = request.steps as usize;

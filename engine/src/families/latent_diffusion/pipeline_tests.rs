@@ -157,6 +157,17 @@ fn cancel_between_steps() {
     assert!(!obs.stages.contains(&Stage::Decode));
 }
 
+/// A cancel that arrives as the text stage begins ends the run within it, before the denoising
+/// stage (asked between the two prompts' encodings, each a fraction of a second).
+#[test]
+fn cancel_during_text() {
+    let mut model = load(&fixture("tiny-sd2"), &Knobs::default()).unwrap();
+    let mut obs = Recorder { cancel_in: Some(Stage::Text), ..Recorder::default() };
+    let err = model.generate(&request("tiny-sd2"), &mut obs).unwrap_err();
+    assert!(matches!(err, Error::Cancelled), "{err}");
+    assert_eq!(obs.stages, vec![Stage::Text], "a stage began after the cancel");
+}
+
 /// A cancel that arrives inside a denoising step ends the run within that UNet call (asked
 /// before each resnet): no step completes. The first question is the step's own, the third
 /// comes from inside the UNet.
