@@ -383,6 +383,17 @@ fn ab_reports_metrics() {
     // Slicing attention changes no pixel beyond rounding.
     assert!(v["metrics"]["max_abs_diff"].as_u64().unwrap() <= 1, "{v}");
     assert!(v["a"]["outputs"][0].as_str().is_some() && v["b"]["outputs"][0].as_str().is_some());
+    // without --b, B is A's full-precision reference
+    let res = headroom(&[
+        "ab", &m, "--steps", "2", "--width", "32", "--height", "32", "--a", "precision.unet=q8_0,slicing.attention_slice=3",
+        "--out", dir.path().join("ref").to_str().unwrap(), "--json",
+    ]);
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    let v = json(&res);
+    let profile = |side: &str| std::fs::read_to_string(v[side]["profile"].as_str().unwrap()).unwrap();
+    assert!(profile("a").contains("unet = \"q8_0\""), "{}", profile("a"));
+    let b = profile("b");
+    assert!(b.contains("unet = \"f32\"") && !b.contains("attention_slice = 3"), "{b}");
 }
 
 /// Running a model file no family can run is a one-line error naming it, and nothing is written.

@@ -477,6 +477,18 @@ impl Knobs {
         self.device == other.device && self.rng == other.rng && self.precision == other.precision && self.offload == other.offload
     }
 
+    /// The full-precision reference a quantized or sliced run is compared with: every component in
+    /// f32, everything resident, no slicing; the same device and rng.
+    pub fn reference(&self) -> Knobs {
+        Knobs {
+            device: self.device,
+            rng: self.rng,
+            precision: PrecisionKnobs::all(Precision::F32),
+            offload: Offload::default(),
+            slicing: Slicing::default(),
+        }
+    }
+
     /// Sets one knob by its profile name: `device`, `rng`, `precision` (all components),
     /// `precision.text|unet|vae`, `offload.gpu_blocks` (a number or `all`), `offload.mode`,
     /// `offload.text`, `offload.vae`, `slicing.attention_slice`, `slicing.vae_tile`.

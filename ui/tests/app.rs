@@ -141,6 +141,37 @@ fn a_slicing_change_applies_without_a_reload() {
     h.get_by_label("Knobs changed: the next run reloads with them");
 }
 
+/// "Compare with f32" on a q8_0 output reruns its request (same seed) with every component in
+/// f32 and no slicing, then opens A/B with the output as A and the reference as B; the knobs the
+/// user had chosen come back. On the reference itself the button does nothing.
+#[test]
+fn compare_with_f32_is_one_click() {
+    use headroom_engine::knobs::{PrecisionKnobs, Precision};
+    use headroom_ui::app::state::CenterTab;
+    let mut h = harness(FakeBackend::new());
+    drop_files(&mut h, &["/models/sd15.safetensors"]);
+    h.state_mut().state.knobs.precision = PrecisionKnobs::all(Precision::Q8_0);
+    h.state_mut().state.knobs.slicing.vae_tile = 32;
+    h.get_by_label("Load").click();
+    h.run_steps(3);
+    h.get_by_label("Generate").click();
+    h.run_steps(6);
+    let first = h.state().rt.outputs[0].record.clone();
+    assert_eq!(first.knobs.precision.unet, Precision::Q8_0);
+    h.get_by_label("Compare with f32").click();
+    h.run_steps(8);
+    let rt = &h.state().rt;
+    assert_eq!(rt.outputs.len(), 2);
+    let reference = &rt.outputs[1].record;
+    assert_eq!(reference.knobs, first.knobs.reference());
+    assert_eq!((reference.knobs.precision.unet, reference.knobs.slicing.vae_tile), (Precision::F32, 0));
+    assert_eq!(reference.request, first.request, "the same request and seed");
+    assert_eq!((rt.ab.a, rt.ab.b, rt.tab), (Some(0), Some(1), CenterTab::Ab));
+    assert!(rt.ab.comparison.is_some(), "the pair is compared");
+    let knobs = h.state().state.knobs;
+    assert_eq!((knobs.precision.unet, knobs.slicing.vae_tile), (Precision::Q8_0, 32), "the chosen knobs came back");
+}
+
 /// Ctrl+Enter generates too, and an unlocked seed changes per run.
 #[test]
 fn ctrl_enter_generates_with_a_fresh_seed_when_unlocked() {

@@ -24,6 +24,9 @@ pub enum AppCommand {
     SetKnobs(Knobs),
     /// Apply knob changes given as `key=value,…` with profile names (a plan's fix).
     ApplyKnobs(String),
+    /// Rerun output `i`'s request with the full-precision reference knobs and open A/B with the
+    /// pair when it is done.
+    CompareWithReference(usize),
     /// Replace the request.
     SetRequest(Request),
     /// Keep the seed between runs (true) or draw a new one per run (false).
@@ -127,6 +130,7 @@ impl HeadroomApp {
                     Err(e) => rt.error(e.to_string()),
                 }
             }
+            AppCommand::CompareWithReference(i) => self.compare_with_reference(i),
             AppCommand::SetRequest(r) => self.state.request = r,
             AppCommand::SetSeedLocked(on) => self.state.seed_locked = on,
             AppCommand::SetBudget(g) => self.state.budget_gib = g.max(0.0),
@@ -353,6 +357,39 @@ impl HeadroomApp {
                 }
             }
             Err(e) => self.rt.error(e),
+        }
+    }
+
+    /// Runs output `i`'s request again with [`headroom_engine::Knobs::reference`] (every component
+    /// f32, no offload or slicing); the A/B view opens with the pair when it is done
+    /// ([`super::state::PendingCompare`]), and the knobs and request chosen before come back.
+    fn compare_with_reference(&mut self, i: usize) {
+        let Some(record) = self.rt.outputs.get(i).map(|o| o.record.clone()) else {
+            return;
+        };
+        let reference = record.knobs.reference();
+        if record.knobs == reference {
+            self.rt.notify("This output is already the full-precision reference");
+            return;
+        }
+        if self.rt.current_model() != Some(record.model.as_str()) {
+            self.rt.error(format!("Compare needs {} loaded: restore its settings from History first", record.model));
+            return;
+        }
+        let pending = super::state::PendingCompare {
+            with: i,
+            knobs_before: self.state.knobs,
+            request_before: self.state.request.clone(),
+        };
+        self.state.request = record.request.clone();
+        self.state.knobs = reference;
+        self.generate_with_seed_kept();
+        if self.rt.run.is_some() {
+            self.rt.compare = Some(pending);
+            self.rt.notify("Running the full-precision reference; A/B opens when it is done");
+        } else {
+            self.state.knobs = pending.knobs_before;
+            self.state.request = pending.request_before;
         }
     }
 

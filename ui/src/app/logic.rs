@@ -146,17 +146,35 @@ impl HeadroomApp {
                 if let Some(h) = &mut rt.history {
                     h.insert(0, record.clone());
                 }
+                let compare = rt.compare.take();
                 self.add_output(ctx, record, reproduction);
+                if let Some(p) = compare {
+                    // the pair: the output compared (A) and its reference (B)
+                    self.state.knobs = p.knobs_before;
+                    self.state.request = p.request_before;
+                    self.rt.ab.a = Some(p.with);
+                    self.rt.ab.b = Some(self.rt.outputs.len() - 1);
+                    self.compare_ab(ctx);
+                    self.rt.tab = CenterTab::Ab;
+                }
             }
             EngineEvent::Cancelled => {
                 rt.run = None;
                 rt.expect = None;
+                if let Some(p) = rt.compare.take() {
+                    self.state.knobs = p.knobs_before;
+                    self.state.request = p.request_before;
+                }
                 rt.notify("Run cancelled");
             }
             EngineEvent::Error { message, detail } => {
                 rt.run = None;
                 rt.loading = None;
                 rt.expect = None;
+                if let Some(p) = rt.compare.take() {
+                    self.state.knobs = p.knobs_before;
+                    self.state.request = p.request_before;
+                }
                 if !detail.is_empty() {
                     log::warn!("{message}: {detail}");
                 }

@@ -201,6 +201,15 @@ pub struct Expectation {
     pub original: RunRecord,
 }
 
+/// A "Compare with f32" run in flight: the output it is compared with, and the knobs and request
+/// the user had chosen, given back when it ends.
+#[derive(Clone, Debug)]
+pub struct PendingCompare {
+    pub with: usize,
+    pub knobs_before: Knobs,
+    pub request_before: Request,
+}
+
 /// Handles and caches: everything not saved.
 pub struct Runtime {
     pub backend: Box<dyn Backend>,
@@ -230,6 +239,7 @@ pub struct Runtime {
     pub audio_output: Option<usize>,
     pub ab: AbState,
     pub expect: Option<Expectation>,
+    pub compare: Option<PendingCompare>,
     /// Where outputs and profiles go.
     pub out_dir: PathBuf,
     /// Files are being dragged over the window.
@@ -280,6 +290,7 @@ impl Runtime {
             audio_output: None,
             ab: AbState::default(),
             expect: None,
+            compare: None,
             out_dir,
             hovering_files: false,
             frame_ms: Vec::new(),

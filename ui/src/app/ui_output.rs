@@ -82,9 +82,17 @@ impl HeadroomApp {
                 }
                 None => {}
             }
+            let is_reference = card.record.knobs == card.record.knobs.reference();
             ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
                 if ui.button("Save as…").clicked() {
                     self.rt.commands.push(AppCommand::SaveOutputAs(i));
+                }
+                let compare = ui
+                    .add_enabled(!is_reference && self.rt.run.is_none(), egui::Button::new("Compare with f32"))
+                    .on_hover_text("Run the same request with every component in f32, no offload or slicing, and open A/B with the pair")
+                    .on_disabled_hover_text("Already the full-precision reference, or a run is in progress");
+                if compare.clicked() {
+                    self.rt.commands.push(AppCommand::CompareWithReference(i));
                 }
             });
         });

@@ -1,4 +1,5 @@
-//! `headroom ab MODEL [REQUEST] --a KNOBS --b KNOBS --out DIR`: two runs that differ only in
+//! `headroom ab MODEL [REQUEST] --a KNOBS [--b KNOBS] --out DIR` (B defaults to A's f32 reference,
+//! `Knobs::reference`, as the app's "Compare with f32"): two runs that differ only in
 //! knobs, and the numbers that compare them.
 
 use std::path::Path;
@@ -25,9 +26,10 @@ pub struct AbArgs {
     /// Run A's knobs: `precision=f32,slicing.attention_slice=0` (profile names).
     #[arg(long = "a", default_value = "")]
     pub a: String,
-    /// Run B's knobs: `precision.unet=q4k`.
-    #[arg(long = "b", default_value = "")]
-    pub b: String,
+    /// Run B's knobs: `precision.unet=q4k`. Without it, B is A's full-precision reference (every
+    /// component f32, no offload or slicing), as the app's "Compare with f32".
+    #[arg(long = "b")]
+    pub b: Option<String>,
     #[command(flatten)]
     pub preflight: PreflightArgs,
     /// Folder for both runs (in a/ and b/).
@@ -45,11 +47,18 @@ pub fn run(args: &AbArgs) -> Result<ExitCode> {
     args.request.apply(&mut request)?;
     let mut shared = Knobs::default();
     args.knobs.apply(&mut shared)?;
-    let (mut ka, mut kb) = (shared, shared);
+    let mut ka = shared;
     ka.apply_list(None, &args.a)?;
-    kb.apply_list(None, &args.b)?;
+    let kb = match &args.b {
+        Some(b) => {
+            let mut kb = shared;
+            kb.apply_list(None, b)?;
+            kb
+        }
+        None => ka.reference(),
+    };
     if ka == kb {
-        bail!("ab: --a and --b give the same knobs; name what differs, e.g. --a precision=f32 --b precision.unet=q4k");
+        bail!("ab: --a and --b give the same knobs; name what differs, e.g. --a precision.unet=q4k (B: its f32 reference)");
     }
     request.validate()?;
     args.preflight.check(&format!("{} (A)", args.model), &model, &request, &ka)?;

@@ -174,12 +174,18 @@ impl Backend for FakeBackend {
                 rgb: vec![step as u8 * 40; 192],
             })));
         }
+        // what the worker records: the loaded model and the knobs it was loaded with
+        let (model, knobs) = self
+            .loaded
+            .borrow()
+            .clone()
+            .unwrap_or_else(|| ("builtin:shapes".into(), Knobs::default()));
         q.push_back(EngineEvent::Output(RunRecord {
             profile_path: out_dir.join(format!("run{n}.toml")),
             outputs: vec![out_dir.join(format!("run{n}.png"))],
-            model: "builtin:shapes".into(),
+            model,
             request: request.clone(),
-            knobs: Knobs::default(),
+            knobs,
             sha256: Some("ab".repeat(32)),
             peak_ram_bytes: 2 << 30,
             peak_vram_bytes: 0,
