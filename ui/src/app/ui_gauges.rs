@@ -2,7 +2,7 @@
 //! minutes, with run events marked; says plainly when there is no NVIDIA GPU.
 
 use egui::{Color32, RichText};
-use egui_plot::{Legend, Line, Plot, PlotPoints, VLine};
+use egui_plot::{HLine, Legend, Line, Plot, PlotPoints, VLine};
 
 use super::HeadroomApp;
 use super::backend::GpuInfo;
@@ -56,6 +56,12 @@ impl HeadroomApp {
             });
         });
         let marks = &self.rt.run_marks;
+        // the plan's predicted peak per device, drawn against what is measured
+        let planned: Vec<(String, u64)> = match &self.rt.plan {
+            Some(Ok(plan)) => plan.per_device.iter().map(|d| (d.device.clone(), d.bytes)).collect(),
+            _ => Vec::new(),
+        };
+        let planned_on = |device: &str| planned.iter().find(|(d, _)| d == device).map(|(_, b)| *b as f64 / GIB);
         let show_gpu = matches!(gpu, GpuInfo::Available(n) if n > 0);
         let height = ui.available_height().max(60.0);
         let ram_plot = |ui: &mut egui::Ui| {
@@ -86,6 +92,13 @@ impl HeadroomApp {
                         Line::new("Headroom", pts(&|m| m.process_rss_bytes))
                             .color(Color32::from_rgb(230, 170, 60)),
                     );
+                    if let Some(gib) = planned_on("cpu") {
+                        p.hline(
+                            HLine::new("planned peak (Headroom)", gib)
+                                .color(Color32::from_rgb(230, 170, 60))
+                                .style(egui_plot::LineStyle::dashed_loose()),
+                        );
+                    }
                     mark_runs(p, marks, now);
                 });
         };
@@ -115,6 +128,12 @@ impl HeadroomApp {
                                 .map(|h| [h.t_secs - now, h.gpus[g].1 as f64 / GIB])
                                 .collect();
                             p.line(Line::new(format!("GPU {g} {name}"), pts));
+                        }
+                        for (device, bytes) in planned.iter().filter(|(d, _)| d != "cpu") {
+                            p.hline(
+                                HLine::new(format!("planned peak ({device})"), *bytes as f64 / GIB)
+                                    .style(egui_plot::LineStyle::dashed_loose()),
+                            );
                         }
                         mark_runs(p, marks, now);
                     });
