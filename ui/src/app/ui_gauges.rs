@@ -56,7 +56,8 @@ impl HeadroomApp {
             });
         });
         let marks = &self.rt.run_marks;
-        // the plan's predicted peak per device, drawn against what is measured
+        // the plan's predicted peak per device, drawn against what is measured (the app's own
+        // window and GPU context come on top of it in the RSS)
         let planned: Vec<(String, u64)> = match &self.rt.plan {
             Some(Ok(plan)) => plan.per_device.iter().map(|d| (d.device.clone(), d.bytes)).collect(),
             _ => Vec::new(),
@@ -94,7 +95,7 @@ impl HeadroomApp {
                     );
                     if let Some(gib) = planned_on("cpu") {
                         p.hline(
-                            HLine::new("planned peak (Headroom)", gib)
+                            HLine::new("planned peak of a run (model, activations)", gib)
                                 .color(Color32::from_rgb(230, 170, 60))
                                 .style(egui_plot::LineStyle::dashed_loose()),
                         );
