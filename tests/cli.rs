@@ -396,6 +396,43 @@ fn ab_reports_metrics() {
     assert!(b.contains("unet = \"f32\"") && !b.contains("attention_slice = 3"), "{b}");
 }
 
+/// `sweep` runs the f32 reference and one run per value, in the order given, with finite numbers
+/// (identical outputs: PSNR 99), the same rows as CSV, and a bad value named before anything runs.
+#[test]
+fn sweep_rows_follow_the_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = tiny_sd1();
+    let csv = dir.path().join("rows.csv");
+    let common = ["--steps", "2", "--width", "32", "--height", "32", "--knob", "precision.unet"];
+    let mut args: Vec<&str> = vec!["sweep", &m];
+    args.extend(common);
+    args.extend(["--values", "f32,q8_0,q4k", "--out", dir.path().to_str().unwrap(), "--csv", csv.to_str().unwrap(), "--json"]);
+    let res = headroom(&args);
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    let v = json(&res);
+    assert_eq!(v["knob"], "precision.unet");
+    let rows = v["rows"].as_array().unwrap();
+    let values: Vec<&str> = rows.iter().map(|r| r["value"].as_str().unwrap()).collect();
+    assert_eq!(values, ["f32", "q8_0", "q4k"]);
+    for r in rows {
+        for key in ["psnr_db", "ssim", "peak_ram_bytes", "peak_vram_bytes", "time_ms", "weight_bytes"] {
+            assert!(r[key].is_number(), "{key} in {r}");
+        }
+        assert!(std::path::Path::new(r["output"].as_str().unwrap()).is_file());
+    }
+    assert_eq!(rows[0]["psnr_db"], 99.0, "f32 is the reference itself");
+    assert!(rows[2]["weight_bytes"].as_u64() < rows[0]["weight_bytes"].as_u64());
+    let text = std::fs::read_to_string(&csv).unwrap();
+    assert!(text.starts_with("value,output,psnr_db,ssim,"), "{text}");
+    assert_eq!(text.lines().count(), 4);
+    let bad_dir = dir.path().join("bad");
+    let mut bad: Vec<&str> = vec!["sweep", &m];
+    bad.extend(common);
+    bad.extend(["--values", "f32,q3", "--out", bad_dir.to_str().unwrap()]);
+    fails_in_one_line(&headroom(&bad), &["precision.unet=q3"]);
+    assert!(!bad_dir.exists(), "nothing ran");
+}
+
 /// Running a model file no family can run is a one-line error naming it, and nothing is written.
 #[test]
 fn unrunnable_model_is_named() {

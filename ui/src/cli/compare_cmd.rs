@@ -84,7 +84,33 @@ fn value_of(k: &Knobs, key: &str) -> String {
     k.to_pairs().into_iter().find(|p| p.0 == key).map(|p| p.1).unwrap_or_default()
 }
 
-fn total_ms(o: &Outcome) -> u64 {
+/// Quality of output `b` against output `a`, the numbers `ab` and `sweep` share: images `psnr_db`,
+/// `ssim`, `max_abs_diff`; audio `snr_db`, `log_spectral_distance`. PSNR and SNR of identical
+/// outputs are infinite, returned as such.
+///
+/// # Errors
+/// An output that cannot be read, or two outputs of different sizes.
+pub(super) fn quality(a: &Path, b: &Path) -> Result<Vec<(&'static str, f64)>> {
+    if is_ext(a, "png") {
+        let (ia, _) = media::read_png(a)?;
+        let (ib, _) = media::read_png(b)?;
+        Ok(vec![
+            ("psnr_db", compare::psnr_db(&ia, &ib)?),
+            ("ssim", compare::ssim(&ia, &ib)?),
+            ("max_abs_diff", f64::from(compare::max_abs_diff(&ia, &ib)?)),
+        ])
+    } else {
+        let (aa, _) = media::read_wav(a)?;
+        let (ab, _) = media::read_wav(b)?;
+        Ok(vec![
+            ("snr_db", compare::snr_db(&aa, &ab)?),
+            ("log_spectral_distance", compare::log_spectral_distance(&aa, &ab)?),
+        ])
+    }
+}
+
+/// Milliseconds of a run without its load.
+pub(super) fn total_ms(o: &Outcome) -> u64 {
     o.telemetry.timings_ms.iter().filter(|(k, _)| k.as_str() != "load").map(|(_, v)| *v).sum()
 }
 
@@ -102,17 +128,9 @@ fn metrics(a: &Outcome, b: &Outcome) -> Result<serde_json::Value> {
         bail!("ab: a run wrote no output");
     };
     let mut m = serde_json::Map::new();
-    if is_ext(pa, "png") {
-        let (ia, _) = media::read_png(pa)?;
-        let (ib, _) = media::read_png(pb)?;
-        m.insert("psnr_db".into(), finite(compare::psnr_db(&ia, &ib)?));
-        m.insert("ssim".into(), finite(compare::ssim(&ia, &ib)?));
-        m.insert("max_abs_diff".into(), compare::max_abs_diff(&ia, &ib)?.into());
-    } else {
-        let (aa, _) = media::read_wav(pa)?;
-        let (ab, _) = media::read_wav(pb)?;
-        m.insert("snr_db".into(), finite(compare::snr_db(&aa, &ab)?));
-        m.insert("log_spectral_distance".into(), finite(compare::log_spectral_distance(&aa, &ab)?));
+    for (k, v) in quality(pa, pb)? {
+        let v = if k == "max_abs_diff" { (v as u64).into() } else { finite(v) };
+        m.insert(k.into(), v);
     }
     m.insert("time_ratio".into(), finite(ratio(total_ms(b), total_ms(a))));
     m.insert("peak_memory_ratio".into(), finite(ratio(peak(b), peak(a))));

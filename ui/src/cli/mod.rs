@@ -11,6 +11,7 @@ mod inspect;
 mod plan_cmd;
 mod progress;
 mod run_cmd;
+mod sweep_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,6 +46,8 @@ pub enum Command {
     Ab(compare_cmd::AbArgs),
     /// Time and measure one model under several knob settings (default: the mini model).
     Bench(bench_cmd::BenchArgs),
+    /// Run one request once per value of a knob and compare each with the f32 reference.
+    Sweep(sweep_cmd::SweepArgs),
 }
 
 /// Runs a subcommand, printing its result or its error, and returns the exit code.
@@ -57,6 +60,7 @@ pub fn run(command: Command) -> ExitCode {
         Command::Reproduce(a) => (a.json, run_cmd::reproduce(&a)),
         Command::Ab(a) => (a.json, compare_cmd::run(&a)),
         Command::Bench(a) => (a.json, bench_cmd::run(&a)),
+        Command::Sweep(a) => (a.json, sweep_cmd::run(&a)),
     };
     match result {
         Ok(code) => code,
