@@ -172,6 +172,43 @@ fn compare_with_f32_is_one_click() {
     assert_eq!((knobs.precision.unet, knobs.slicing.vae_tile), (Precision::Q8_0, 32), "the chosen knobs came back");
 }
 
+/// A sweep over the UNet's precision runs the f32 reference and then each value in order (the
+/// fake engine records the knobs each run was loaded with), lists a row per run with its quality
+/// against the reference, draws the frontier, gives the chosen knobs back, and a row opens its
+/// output.
+#[test]
+fn sweep_runs_each_value_after_the_reference() {
+    use headroom_engine::knobs::Precision;
+    use headroom_ui::app::state::{CenterTab, SWEEP_REFERENCE};
+    let mut h = harness(FakeBackend::new());
+    drop_files(&mut h, &["/models/sd15.safetensors"]);
+    h.get_by_label("Load").click();
+    h.run_steps(3);
+    h.state_mut().state.knobs.slicing.vae_tile = 32;
+    h.get_by_label("Sweep").click();
+    h.run_steps(2);
+    h.get_by_label("Run sweep").click();
+    h.run_steps(30);
+    let rt = &h.state().rt;
+    assert!(!rt.sweep.running(), "the sweep ended");
+    let values: Vec<&str> = rt.sweep.rows.iter().map(|r| r.value.as_str()).collect();
+    assert_eq!(values, [SWEEP_REFERENCE, "f32", "f16", "q8_0", "q4k"]);
+    let unet = |i: usize| rt.outputs[rt.sweep.rows[i].output].record.knobs.precision.unet;
+    assert_eq!((unet(0), unet(2), unet(4)), (Precision::F32, Precision::F16, Precision::Q4K));
+    // the reference has no slicing; the swept runs keep the chosen vae_tile
+    assert_eq!(rt.outputs[rt.sweep.rows[0].output].record.knobs.slicing.vae_tile, 0);
+    assert_eq!(rt.outputs[rt.sweep.rows[3].output].record.knobs.slicing.vae_tile, 32);
+    assert!(rt.sweep.rows[1..].iter().all(|r| r.quality.first().is_some_and(|q| q.0 == "PSNR dB")));
+    assert_eq!(rt.tab, CenterTab::Sweep);
+    let knobs = h.state().state.knobs;
+    assert_eq!((knobs.precision.unet, knobs.slicing.vae_tile), (Precision::Auto, 32), "the chosen knobs came back");
+    h.get_by_label("Frontier:");
+    h.get_all_by_label("Open").nth(2).expect("a row's Open").click();
+    h.run_steps(2);
+    assert_eq!(h.state().rt.selected, Some(h.state().rt.sweep.rows[2].output));
+    assert_eq!(h.state().rt.tab, CenterTab::Output);
+}
+
 /// Ctrl+Enter generates too, and an unlocked seed changes per run.
 #[test]
 fn ctrl_enter_generates_with_a_fresh_seed_when_unlocked() {

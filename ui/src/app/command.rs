@@ -27,6 +27,11 @@ pub enum AppCommand {
     /// Rerun output `i`'s request with the full-precision reference knobs and open A/B with the
     /// pair when it is done.
     CompareWithReference(usize),
+    /// Run the current request once per value of a knob (profile key, comma-separated values),
+    /// after the full-precision reference; rows appear in the Sweep tab.
+    StartSweep { knob: String, values: String },
+    /// Stop a sweep: the run in flight is cancelled, the rest dropped.
+    StopSweep,
     /// Replace the request.
     SetRequest(Request),
     /// Keep the seed between runs (true) or draw a new one per run (false).
@@ -131,6 +136,13 @@ impl HeadroomApp {
                 }
             }
             AppCommand::CompareWithReference(i) => self.compare_with_reference(i),
+            AppCommand::StartSweep { knob, values } => self.start_sweep(knob, values),
+            AppCommand::StopSweep => {
+                rt.sweep.queue.clear();
+                if rt.run.is_some() {
+                    rt.backend.cancel();
+                }
+            }
             AppCommand::SetRequest(r) => self.state.request = r,
             AppCommand::SetSeedLocked(on) => self.state.seed_locked = on,
             AppCommand::SetBudget(g) => self.state.budget_gib = g.max(0.0),
@@ -390,6 +402,71 @@ impl HeadroomApp {
         } else {
             self.state.knobs = pending.knobs_before;
             self.state.request = pending.request_before;
+        }
+    }
+
+    /// Queues the sweep (the reference first, then each value on top of the current knobs) and
+    /// starts it; a value the knob does not take is named and nothing runs.
+    fn start_sweep(&mut self, knob: String, values: String) {
+        if self.rt.run.is_some() || self.rt.sweep.running() {
+            self.rt.error("A run is in progress: cancel it first (Esc)");
+            return;
+        }
+        let mut queue = std::collections::VecDeque::new();
+        queue.push_back((super::state::SWEEP_REFERENCE.to_string(), self.state.knobs.reference()));
+        for v in values.split(',').map(str::trim).filter(|v| !v.is_empty()) {
+            let mut k = self.state.knobs;
+            if let Err(e) = k.set(&knob, v) {
+                self.rt.error(format!("Sweep: {knob}={v}: {e}"));
+                return;
+            }
+            queue.push_back((v.to_string(), k));
+        }
+        if queue.len() < 2 {
+            self.rt.error("Sweep: name at least one value, e.g. f32,q8_0,q4k");
+            return;
+        }
+        let before = (self.state.knobs, self.state.request.clone());
+        self.rt.sweep = super::state::SweepState {
+            knob,
+            values,
+            total: queue.len(),
+            queue,
+            before: Some(before),
+            by_time: self.rt.sweep.by_time,
+            ..Default::default()
+        };
+        self.rt.tab = CenterTab::Sweep;
+        self.sweep_next();
+    }
+
+    /// Starts the sweep's next run, or ends the sweep (giving the knobs back) when none is left.
+    pub(super) fn sweep_next(&mut self) {
+        let Some((value, knobs)) = self.rt.sweep.queue.pop_front() else {
+            self.end_sweep();
+            return;
+        };
+        self.state.knobs = knobs;
+        if let Some((_, request)) = &self.rt.sweep.before {
+            self.state.request = request.clone();
+        }
+        self.generate_with_seed_kept();
+        if self.rt.run.is_some() {
+            self.rt.sweep.current = Some(value);
+        } else {
+            self.rt.sweep.queue.clear();
+            self.end_sweep();
+        }
+    }
+
+    /// Ends a sweep: nothing in flight or queued, the knobs and request chosen before it back.
+    pub(super) fn end_sweep(&mut self) {
+        let sweep = &mut self.rt.sweep;
+        sweep.current = None;
+        sweep.queue.clear();
+        if let Some((knobs, request)) = sweep.before.take() {
+            self.state.knobs = knobs;
+            self.state.request = request;
         }
     }
 

@@ -147,7 +147,14 @@ impl HeadroomApp {
                     h.insert(0, record.clone());
                 }
                 let compare = rt.compare.take();
+                let swept = rt.sweep.current.take();
                 self.add_output(ctx, record, reproduction);
+                if let Some(value) = swept {
+                    // a sweep's outputs fill its table; the tab stays
+                    self.sweep_row(value);
+                    self.rt.tab = CenterTab::Sweep;
+                    self.sweep_next();
+                }
                 if let Some(p) = compare {
                     // the pair: the output compared (A) and its reference (B)
                     self.state.knobs = p.knobs_before;
@@ -161,6 +168,11 @@ impl HeadroomApp {
             EngineEvent::Cancelled => {
                 rt.run = None;
                 rt.expect = None;
+                if rt.sweep.running() {
+                    self.end_sweep();
+                    self.rt.notify("Sweep stopped");
+                }
+                let rt = &mut self.rt;
                 if let Some(p) = rt.compare.take() {
                     self.state.knobs = p.knobs_before;
                     self.state.request = p.request_before;
@@ -171,6 +183,10 @@ impl HeadroomApp {
                 rt.run = None;
                 rt.loading = None;
                 rt.expect = None;
+                if rt.sweep.running() {
+                    self.end_sweep();
+                }
+                let rt = &mut self.rt;
                 if let Some(p) = rt.compare.take() {
                     self.state.knobs = p.knobs_before;
                     self.state.request = p.request_before;
@@ -263,6 +279,32 @@ impl HeadroomApp {
             }
         }
         self.rt.history = Some(runs);
+    }
+
+    /// Records the newest output as the sweep's row for `value`, with its quality against the
+    /// reference run (the first of the sweep).
+    fn sweep_row(&mut self, value: String) {
+        let output = self.rt.outputs.len() - 1;
+        if value == super::state::SWEEP_REFERENCE {
+            self.rt.sweep.reference = Some(output);
+        }
+        let card = &self.rt.outputs[output];
+        let quality = match (self.rt.sweep.reference.and_then(|r| self.rt.outputs.get(r)), &card.media) {
+            (Some(reference), Ok(media)) => match &reference.media {
+                Ok(ref_media) => self.rt.backend.compare(ref_media, media).map(|c| c.numbers).unwrap_or_default(),
+                Err(_) => Vec::new(),
+            },
+            _ => Vec::new(),
+        };
+        let r = &card.record;
+        let row = super::state::SweepRow {
+            value,
+            output,
+            quality,
+            peak_bytes: r.peak_ram_bytes.max(r.peak_vram_bytes),
+            time_ms: r.timings_ms.iter().filter(|(s, _)| s != "load").map(|(_, ms)| ms).sum(),
+        };
+        self.rt.sweep.rows.push(row);
     }
 
     /// Compares the A and B outputs when both are chosen.

@@ -17,6 +17,7 @@ mod ui_model;
 mod ui_output;
 mod ui_plan;
 mod ui_request;
+mod ui_sweep;
 pub mod widgets;
 
 use std::path::PathBuf;

@@ -141,6 +141,7 @@ pub enum CenterTab {
     Output,
     History,
     Ab,
+    Sweep,
 }
 
 /// How the image view scales.
@@ -201,6 +202,50 @@ pub struct Expectation {
     pub original: RunRecord,
 }
 
+/// A knob sweep: the runs still to make (the reference first), and the rows made so far.
+#[derive(Clone, Debug, Default)]
+pub struct SweepState {
+    /// The knob's profile key, as chosen.
+    pub knob: String,
+    /// Its values as typed, comma-separated.
+    pub values: String,
+    /// Runs still to make: (value, knobs); the reference is labelled [`SWEEP_REFERENCE`].
+    pub queue: std::collections::VecDeque<(String, Knobs)>,
+    /// The value of the run in flight.
+    pub current: Option<String>,
+    /// How many runs the sweep makes in all (the reference included).
+    pub total: usize,
+    /// The reference run's output index.
+    pub reference: Option<usize>,
+    pub rows: Vec<SweepRow>,
+    /// The knobs and request chosen before the sweep, given back when it ends.
+    pub before: Option<(Knobs, Request)>,
+    /// The x axis of the frontier: time instead of peak memory.
+    pub by_time: bool,
+}
+
+/// What the sweep's reference run is called in its rows.
+pub const SWEEP_REFERENCE: &str = "reference (f32)";
+
+/// One value's run in a sweep.
+#[derive(Clone, Debug)]
+pub struct SweepRow {
+    pub value: String,
+    /// Its output's index.
+    pub output: usize,
+    /// Quality against the reference (PSNR dB, SSIM … or SNR dB, log-spectral distance dB).
+    pub quality: Vec<(String, f64)>,
+    pub peak_bytes: u64,
+    pub time_ms: u64,
+}
+
+impl SweepState {
+    /// True while runs are left or one is in flight.
+    pub fn running(&self) -> bool {
+        self.current.is_some() || !self.queue.is_empty()
+    }
+}
+
 /// A "Compare with f32" run in flight: the output it is compared with, and the knobs and request
 /// the user had chosen, given back when it ends.
 #[derive(Clone, Debug)]
@@ -240,6 +285,7 @@ pub struct Runtime {
     pub ab: AbState,
     pub expect: Option<Expectation>,
     pub compare: Option<PendingCompare>,
+    pub sweep: SweepState,
     /// Where outputs and profiles go.
     pub out_dir: PathBuf,
     /// Files are being dragged over the window.
@@ -291,6 +337,7 @@ impl Runtime {
             ab: AbState::default(),
             expect: None,
             compare: None,
+            sweep: SweepState::default(),
             out_dir,
             hovering_files: false,
             frame_ms: Vec::new(),

@@ -18,6 +18,7 @@ impl HeadroomApp {
                 (CenterTab::Output, "Output"),
                 (CenterTab::History, "History"),
                 (CenterTab::Ab, "A/B"),
+                (CenterTab::Sweep, "Sweep"),
             ] {
                 if ui.selectable_label(self.rt.tab == tab, label).clicked() {
                     self.rt.commands.push(AppCommand::ShowTab(tab));
@@ -29,6 +30,7 @@ impl HeadroomApp {
             CenterTab::Output => self.output_ui(ui),
             CenterTab::History => self.history_ui(ui),
             CenterTab::Ab => self.ab_ui(ui),
+            CenterTab::Sweep => self.sweep_ui(ui),
         }
     }
 
