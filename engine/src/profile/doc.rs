@@ -114,6 +114,9 @@ fn result_table(r: &RunResult) -> Table {
     }
     t.insert("peak_ram_bytes".into(), int(r.peak_ram_bytes));
     t.insert("peak_vram_bytes".into(), int(r.peak_vram_bytes));
+    if r.peak_heap_bytes > 0 {
+        t.insert("peak_heap_bytes".into(), int(r.peak_heap_bytes));
+    }
     if !r.notes.is_empty() {
         t.insert("notes".into(), Value::Array(r.notes.iter().cloned().map(Value::String).collect()));
     }

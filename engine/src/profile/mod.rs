@@ -150,6 +150,9 @@ pub struct RunResult {
     pub peak_ram_bytes: u64,
     /// Peak GPU memory during the run (0 on the CPU).
     pub peak_vram_bytes: u64,
+    /// Peak heap bytes during the run, where the binary counts its allocations (0 otherwise, and
+    /// in older profiles): unlike the RSS, memory freed earlier in the process is not in it.
+    pub peak_heap_bytes: u64,
     /// Milliseconds per stage: `load`, `text`, `denoise`, `decode`, …
     pub timings_ms: BTreeMap<String, u64>,
     /// Things a person should know about the run (e.g. compute widened for a missing kernel).

@@ -234,6 +234,7 @@ impl Worker {
                 profile.result = Some(RunResult {
                     peak_ram_bytes: telemetry.peak_ram_bytes,
                     peak_vram_bytes: telemetry.peak_vram_bytes,
+                    peak_heap_bytes: telemetry.peak_heap_bytes.unwrap_or(0),
                     timings_ms: telemetry.timings_ms.clone(),
                     notes: telemetry.notes.clone(),
                     ..RunResult::default()

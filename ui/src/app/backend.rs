@@ -124,6 +124,9 @@ pub struct RunRecord {
     pub sha256: Option<String>,
     pub peak_ram_bytes: u64,
     pub peak_vram_bytes: u64,
+    /// The run's heap peak (0 where not counted): what the run held, without memory the process
+    /// freed earlier and kept.
+    pub peak_heap_bytes: u64,
     /// Stage name and milliseconds.
     pub timings_ms: Vec<(String, u64)>,
 }

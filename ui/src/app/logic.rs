@@ -301,7 +301,14 @@ impl HeadroomApp {
             value,
             output,
             quality,
-            peak_bytes: r.peak_ram_bytes.max(r.peak_vram_bytes),
+            // the heap peak where counted: the RSS of a long-lived app keeps what earlier runs freed
+            peak_bytes: if r.peak_vram_bytes > 0 {
+                r.peak_vram_bytes
+            } else if r.peak_heap_bytes > 0 {
+                r.peak_heap_bytes
+            } else {
+                r.peak_ram_bytes
+            },
             time_ms: r.timings_ms.iter().filter(|(s, _)| s != "load").map(|(_, ms)| ms).sum(),
         };
         self.rt.sweep.rows.push(row);

@@ -131,7 +131,8 @@ impl HeadroomApp {
                 p.line(Line::new("frontier", PlotPoints::from(frontier)));
                 p.points(Points::new(quality_name, points.iter().map(|p| p.1).collect::<Vec<_>>()).radius(5.0));
                 for (label, [x, y]) in &points {
-                    p.text(Text::new(label.clone(), [*x, *y].into(), label.clone()).anchor(egui::Align2::LEFT_BOTTOM));
+                    // no name: the labels stay out of the legend
+                    p.text(Text::new("", [*x, *y].into(), label.clone()).anchor(egui::Align2::LEFT_BOTTOM));
                 }
             });
     }

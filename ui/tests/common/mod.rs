@@ -189,6 +189,7 @@ impl Backend for FakeBackend {
             sha256: Some("ab".repeat(32)),
             peak_ram_bytes: 2 << 30,
             peak_vram_bytes: 0,
+            peak_heap_bytes: 1 << 30,
             timings_ms: vec![("denoise".into(), 900), ("decode".into(), 100)],
         }));
         Ok(())
