@@ -12,7 +12,10 @@
 # GENERATE=N presses Ctrl+Enter N times first (the app opens with builtin:shapes loaded), waiting
 # for each output (up to GEN_SECS seconds each), so the screenshot shows a finished run; with
 # HEADROOM_FRAME_STATS=1 the app then prints its frame-time percentiles on exit, which this
-# script shows. The figures for the note:
+# script shows. CLICKS="X,Y X,Y sleep,S …" then clicks those screen points in turn (a second
+# apart) or waits S seconds, e.g. the Sweep tab, its Run button and the sweep's runs:
+#   CLICKS="562,51 770,83 sleep,25" tools/screenshot.sh docs/sweep.png target/release/headroom
+# The figures for the note:
 #   GENERATE=3 HEADROOM_FRAME_STATS=1 tools/screenshot.sh /tmp/shot.png target/release/headroom
 # Exits non-zero on any failure.
 set -euo pipefail
@@ -89,6 +92,13 @@ for i in $(seq "${GENERATE:-0}"); do
     echo "screenshot: run $i done"
 done
 if [ "${GENERATE:-0}" -gt 0 ]; then sleep 2; fi
+for c in ${CLICKS:-}; do
+    x=${c%,*}
+    y=${c#*,}
+    if [ "$x" = sleep ]; then sleep "$y"; continue; fi
+    xdotool mousemove "$x" "$y" click 1
+    sleep 1
+done
 
 import -display "$DISPLAY" -window root "$OUT"
 SD=$(identify -format '%[fx:standard_deviation]' "$OUT")
