@@ -32,6 +32,8 @@ pub enum AppCommand {
     StartSweep { knob: String, values: String },
     /// Stop a sweep: the run in flight is cancelled, the rest dropped.
     StopSweep,
+    /// Open a saved run as an output and compare it with its full-precision reference.
+    CompareRun(Box<RunRecord>),
     /// Replace the request.
     SetRequest(Request),
     /// Keep the seed between runs (true) or draw a new one per run (false).
@@ -176,17 +178,11 @@ impl HeadroomApp {
                 self.generate_with_seed_kept();
             }
             AppCommand::OpenRun(r) => {
-                if let Some(i) = self
-                    .rt
-                    .outputs
-                    .iter()
-                    .position(|o| o.record.profile_path == r.profile_path)
-                {
-                    self.rt.selected = Some(i);
-                } else {
-                    self.add_output(ctx, *r, None);
-                }
-                self.rt.tab = CenterTab::Output;
+                self.open_run(ctx, *r);
+            }
+            AppCommand::CompareRun(r) => {
+                let i = self.open_run(ctx, *r);
+                self.compare_with_reference(i);
             }
             AppCommand::SelectOutput(i) => rt.selected = Some(i),
             AppCommand::SaveOutputAs(i) => self.save_output_as(i),
@@ -370,6 +366,20 @@ impl HeadroomApp {
             }
             Err(e) => self.rt.error(e),
         }
+    }
+
+    /// Shows a saved run as an output (the card it already has, or a new one); returns its index.
+    fn open_run(&mut self, ctx: &egui::Context, r: RunRecord) -> usize {
+        let i = match self.rt.outputs.iter().position(|o| o.record.profile_path == r.profile_path) {
+            Some(i) => i,
+            None => {
+                self.add_output(ctx, r, None);
+                self.rt.outputs.len() - 1
+            }
+        };
+        self.rt.selected = Some(i);
+        self.rt.tab = CenterTab::Output;
+        i
     }
 
     /// Runs output `i`'s request again with [`headroom_engine::Knobs::reference`] (every component

@@ -274,6 +274,8 @@ pub struct Runtime {
     pub selected: Option<usize>,
     /// History cards, newest first (`None` until first read).
     pub history: Option<Vec<RunRecord>>,
+    /// Words every shown history card must contain (model, prompt, seed or `key=value` knobs).
+    pub history_filter: String,
     /// Run events for the gauges: (sampler seconds, label).
     pub run_marks: Vec<(f64, String)>,
     pub notices: Vec<Notice>,
@@ -328,6 +330,7 @@ impl Runtime {
             outputs: Vec::new(),
             selected: None,
             history: None,
+            history_filter: String::new(),
             run_marks: Vec::new(),
             notices: Vec::new(),
             tab: CenterTab::Output,

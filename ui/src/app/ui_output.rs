@@ -266,13 +266,20 @@ impl HeadroomApp {
         }
     }
 
-    /// History cards: the saved profiles, newest first; click to restore, Rerun to reproduce.
+    /// History cards: the saved profiles of every session, newest first, filtered by words; click
+    /// to restore, Rerun to reproduce, Compare with f32 to set it against its reference.
     fn history_ui(&mut self, ui: &mut egui::Ui) {
         ui.horizontal(|ui| {
             ui.label(RichText::new(format!("Runs in {}", self.rt.out_dir.display())).weak());
             if ui.small_button("Refresh").clicked() {
                 self.rt.commands.push(AppCommand::RefreshHistory);
             }
+            ui.label("Filter");
+            ui.add(
+                egui::TextEdit::singleline(&mut self.rt.history_filter)
+                    .hint_text("model, prompt, seed, precision.unet=q4k …")
+                    .desired_width(260.0),
+            );
         });
         let Some(history) = &self.rt.history else {
             return;
@@ -281,8 +288,9 @@ impl HeadroomApp {
             ui.label(RichText::new("No saved runs yet.").weak());
             return;
         }
+        let filter = self.rt.history_filter.clone();
         egui::ScrollArea::vertical().show(ui, |ui| {
-            for r in history {
+            for r in history.iter().filter(|r| history_matches(r, &filter)) {
                 egui::Frame::group(ui.style()).show(ui, |ui| {
                     ui.set_width(ui.available_width());
                     ui.horizontal(|ui| {
@@ -313,6 +321,16 @@ impl HeadroomApp {
                                     .commands
                                     .push(AppCommand::OpenRun(Box::new(r.clone())));
                             }
+                            let reference = r.knobs == r.knobs.reference();
+                            if ui
+                                .add_enabled(!reference, egui::Button::new("Compare with f32"))
+                                .on_hover_text("Open it and run its request with every component in f32, then A/B")
+                                .clicked()
+                            {
+                                self.rt
+                                    .commands
+                                    .push(AppCommand::CompareRun(Box::new(r.clone())));
+                            }
                         });
                     });
                     ui.label(RichText::new(&r.request.prompt).italics());
@@ -320,6 +338,17 @@ impl HeadroomApp {
             }
         });
     }
+}
+
+/// Whether a history card shows under `filter`: every word of it (case-insensitive) appears in
+/// the run's model, prompt, negative prompt, `seed N` or its knobs as `key=value`.
+pub fn history_matches(r: &RunRecord, filter: &str) -> bool {
+    let mut text = format!("{} {} {} seed {}", r.model, r.request.prompt, r.request.negative, r.request.seed);
+    for (k, v) in r.knobs.to_pairs() {
+        text.push_str(&format!(" {k}={v}"));
+    }
+    let text = text.to_lowercase();
+    filter.split_whitespace().all(|w| text.contains(&w.to_lowercase()))
 }
 
 /// One line about a run: steps, scheduler, size, precision, time, peak memory.
@@ -377,4 +406,35 @@ pub fn waveform_ui(
     }
     let pos = resp.interact_pointer_pos().filter(|_| resp.clicked())?;
     Some(((pos.x - rect.left()) / rect.width()).clamp(0.0, 1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use headroom_engine::{Knobs, Request};
+
+    /// Every word must match, in any case, against the model, prompt, seed and knob pairs.
+    #[test]
+    fn history_filter_matches_every_word() {
+        let mut knobs = Knobs::default();
+        knobs.set("precision.unet", "q4k").unwrap();
+        let r = RunRecord {
+            profile_path: "a.toml".into(),
+            outputs: vec![],
+            model: "/models/sd15.safetensors".into(),
+            request: Request { prompt: "A red Circle".into(), seed: 42, ..Request::default() },
+            knobs,
+            sha256: None,
+            peak_ram_bytes: 0,
+            peak_vram_bytes: 0,
+            peak_heap_bytes: 0,
+            timings_ms: vec![],
+        };
+        for yes in ["", "sd15", "red circle", "precision.unet=q4k", "seed 42", "SD15 circle"] {
+            assert!(history_matches(&r, yes), "{yes:?}");
+        }
+        for no in ["precision.unet=f32", "blue", "sd15 blue", "seed 43"] {
+            assert!(!history_matches(&r, no), "{no:?}");
+        }
+    }
 }
