@@ -158,6 +158,9 @@ fn compare_with_f32_is_one_click() {
     h.run_steps(6);
     let first = h.state().rt.outputs[0].record.clone();
     assert_eq!(first.knobs.precision.unet, Precision::Q8_0);
+    // the run's notes explain how it computed: on its card and in the plan bar
+    h.get_by_label("Run notes (1)");
+    h.get_by_label("1 run note");
     h.get_by_label("Compare with f32").click();
     h.run_steps(8);
     let rt = &h.state().rt;

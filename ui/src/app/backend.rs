@@ -127,6 +127,10 @@ pub struct RunRecord {
     /// The run's heap peak (0 where not counted): what the run held, without memory the process
     /// freed earlier and kept.
     pub peak_heap_bytes: u64,
+    /// What the run's telemetry says a person should know: knobs computed another way than they
+    /// read (a quantized weight widened to f32 per layer, bf16 computed in f32 on the CPU), a
+    /// prompt cut short — the explanations of surprises in time and memory.
+    pub notes: Vec<String>,
     /// Stage name and milliseconds.
     pub timings_ms: Vec<(String, u64)>,
 }

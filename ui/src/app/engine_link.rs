@@ -138,6 +138,7 @@ fn record(profile: &Profile, profile_path: PathBuf, outputs: Vec<PathBuf>) -> Ru
         peak_ram_bytes: result.map_or(0, |r| r.peak_ram_bytes),
         peak_vram_bytes: result.map_or(0, |r| r.peak_vram_bytes),
         peak_heap_bytes: result.map_or(0, |r| r.peak_heap_bytes),
+        notes: result.map(|r| r.notes.clone()).unwrap_or_default(),
         timings_ms: result
             .map(|r| r.timings_ms.iter().map(|(k, v)| (k.clone(), *v)).collect())
             .unwrap_or_default(),

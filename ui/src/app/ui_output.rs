@@ -99,6 +99,16 @@ impl HeadroomApp {
             });
         });
         let card = &self.rt.outputs[i];
+        if !card.record.notes.is_empty() {
+            egui::CollapsingHeader::new(format!("Run notes ({})", card.record.notes.len()))
+                .id_salt(("run_notes", i))
+                .show(ui, |ui| {
+                    for n in &card.record.notes {
+                        ui.label(RichText::new(n).small());
+                    }
+                });
+        }
+        let card = &self.rt.outputs[i];
         match &card.media {
             Err(e) => {
                 ui.colored_label(ui.visuals().error_fg_color, e);
@@ -428,6 +438,7 @@ mod tests {
             peak_ram_bytes: 0,
             peak_vram_bytes: 0,
             peak_heap_bytes: 0,
+            notes: vec![],
             timings_ms: vec![],
         };
         for yes in ["", "sd15", "red circle", "precision.unet=q4k", "seed 42", "SD15 circle"] {

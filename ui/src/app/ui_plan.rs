@@ -44,6 +44,20 @@ impl HeadroomApp {
                     );
                     let n = plan.per_device.len().max(1) as f32;
                     let width = ((ui.available_width() - 230.0) / n - 8.0).clamp(140.0, 420.0);
+                    // what the last run of this model said about how it computed: why a
+                    // quantized run is slower or larger than its bytes suggest
+                    let notes = self
+                        .rt
+                        .outputs
+                        .last()
+                        .filter(|o| Some(o.record.model.as_str()) == self.rt.current_model())
+                        .map(|o| o.record.notes.clone())
+                        .unwrap_or_default();
+                    if !notes.is_empty() {
+                        let words = if notes.len() == 1 { "1 run note".to_string() } else { format!("{} run notes", notes.len()) };
+                        ui.label(RichText::new(words).weak().underline())
+                            .on_hover_text(format!("From the last run:\n{}", notes.join("\n")));
+                    }
                     for d in &plan.per_device {
                         let text = format!(
                             "{}: {} of {}",

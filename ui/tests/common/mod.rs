@@ -190,6 +190,11 @@ impl Backend for FakeBackend {
             peak_ram_bytes: 2 << 30,
             peak_vram_bytes: 0,
             peak_heap_bytes: 1 << 30,
+            notes: if knobs.precision.unet.is_quantized() {
+                vec!["unet: q8_0 weights are expanded to f32 one layer at a time".into()]
+            } else {
+                Vec::new()
+            },
             timings_ms: vec![("denoise".into(), 900), ("decode".into(), 100)],
         }));
         Ok(())
