@@ -58,7 +58,8 @@ fn address_space_limit_is_an_error_not_an_abort() {
     set_address_limit(mapped_bytes() + (128 << 20));
     // the planner's CPU budget (what the CLI's and the app's pre-flight check against) sees it
     let budget = headroom_engine::plan::default_budgets(&Knobs::default(), None).0[&DeviceKind::Cpu];
-    assert!(budget <= 128 << 20, "CPU budget {budget} under a 128 MiB address-space allowance");
+    // (less the slack the stage check adds)
+    assert!(budget <= (128 << 20) * 4 / 5, "CPU budget {budget} under a 128 MiB address-space allowance");
     let refused = generate(&engine, 2048, out.path());
     let Event::Error { message, .. } = &refused else { panic!("expected an error event, got {refused:?}") };
     assert!(!message.contains('\n'), "{message}");

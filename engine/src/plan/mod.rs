@@ -175,7 +175,9 @@ pub fn default_budgets(knobs: &Knobs, given: Option<u64>) -> Budgets {
     let sample = crate::telemetry::sample_once();
     let mut b = Budgets::default();
     let ram = sample.ram_total_bytes.saturating_sub(sample.ram_used_bytes);
-    let limit = crate::telemetry::limits::tightest().map_or(u64::MAX, |l| l.remaining_bytes);
+    // what a limit leaves, less the slack the worker's stage check adds to what it plans
+    let limit = crate::telemetry::limits::tightest()
+        .map_or(u64::MAX, |l| (l.remaining_bytes as f64 / (1.0 + crate::telemetry::limits::SLACK)) as u64);
     b.0.insert(DeviceKind::Cpu, ram.min(limit));
     if let DeviceKind::Cuda(n) = knobs.device {
         if let Some(g) = sample.gpus.iter().find(|g| g.cuda_ordinal == Some(n)) {

@@ -17,6 +17,17 @@ const ADDRESS_SPACE: &str = "the address-space limit (ulimit -v)";
 /// What a control group's limit is called in messages.
 const CGROUP: &str = "the control group's memory limit";
 
+/// What an allocation really takes over what was planned for it, as a fraction: the plan's
+/// error (±10% at SD sizes) and the allocator's free memory not yet returned. A stage is checked
+/// for its planned bytes × (1 + `SLACK`), and a budget under a limit is what the limit leaves
+/// ÷ (1 + `SLACK`), so the pre-flight and the stage check agree.
+pub const SLACK: f64 = 0.25;
+
+/// `bytes` with [`SLACK`] added.
+pub fn with_slack(bytes: u64) -> u64 {
+    bytes.saturating_add((bytes as f64 * SLACK) as u64)
+}
+
 /// Limits at or above this (2⁶⁰ bytes) mean none: the kernel writes "unlimited" or a page-rounded
 /// `i64::MAX`.
 const UNLIMITED: u64 = 1 << 60;

@@ -48,9 +48,7 @@ pub fn oom_hint(stage: Option<Stage>, device: DeviceKind) -> &'static str {
 /// [`Error::OutOfMemory`] naming the stage, the bytes, the limit and a knob.
 pub fn check_allocatable(need: u64, stage: Stage, device: DeviceKind) -> Result<(), Error> {
     use crate::telemetry::limits;
-    // the plan is within ±10% of measured peaks, and the allocator holds freed memory it has not
-    // returned: a quarter more is what a stage is checked against
-    let with_slack = need.saturating_add(need / 4);
+    let with_slack = limits::with_slack(need);
     let over = limits::tightest().filter(|l| with_slack > l.remaining_bytes);
     if over.is_none() && limits::can_allocate(with_slack) {
         return Ok(());

@@ -71,14 +71,22 @@ pub fn run(command: Command) -> ExitCode {
     }
 }
 
+/// An error as the one line stderr gets: `headroom: MESSAGE`, its causes after it in parentheses.
+fn error_line(e: &anyhow::Error) -> String {
+    let message = e.to_string();
+    let causes: Vec<String> = e.chain().skip(1).map(|c| c.to_string().replace('\n', "; ")).collect();
+    if causes.is_empty() {
+        format!("headroom: {message}")
+    } else {
+        format!("headroom: {message} ({})", causes.join("; "))
+    }
+}
+
 /// Prints an error: one line on stderr, and the JSON error object on stdout in `--json` mode.
 fn report_error(json: bool, e: &anyhow::Error) {
     let message = e.to_string();
     let detail: Vec<String> = e.chain().skip(1).map(|c| c.to_string()).collect();
-    eprintln!("headroom: {message}");
-    for d in &detail {
-        eprintln!("  caused by: {d}");
-    }
+    eprintln!("{}", error_line(e));
     if json {
         println!("{}", serde_json::json!({ "error": message, "detail": detail.join("; ") }));
     }
@@ -90,3 +98,15 @@ fn print_json(v: &serde_json::Value) {
 }
 
 pub use headroom_engine::human_bytes;
+
+#[cfg(test)]
+mod tests {
+    /// An error with causes (a worker's out-of-memory error and its stage) is still one line.
+    #[test]
+    fn errors_print_in_one_line() {
+        let e = anyhow::anyhow!("during decode\nwith tile 0").context("out of memory on cpu: try slicing.vae_tile=32");
+        let line = super::error_line(&e);
+        assert_eq!(line, "headroom: out of memory on cpu: try slicing.vae_tile=32 (during decode; with tile 0)");
+        assert_eq!(super::error_line(&anyhow::anyhow!("plain")), "headroom: plain");
+    }
+}
