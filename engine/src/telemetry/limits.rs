@@ -49,7 +49,8 @@ pub fn address_space_remaining() -> Option<u64> {
 }
 
 /// Memory left under this process's control group: `memory.max − memory.current` (v2) or
-/// `memory.limit_in_bytes − memory.usage_in_bytes` (v1).
+/// `memory.limit_in_bytes − memory.usage_in_bytes` (v1), the usage less the page cache the kernel
+/// can drop (`inactive_file` in `memory.stat`, as `docker stats` counts it).
 pub fn cgroup_remaining() -> Option<u64> {
     let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
     let read = |p: std::path::PathBuf| std::fs::read_to_string(p).ok().and_then(|s| parse_limit_value(&s));
@@ -58,11 +59,22 @@ pub fn cgroup_remaining() -> Option<u64> {
         // the mounted hierarchy is then the group
         for d in [root.join(rel), root] {
             if let (Some(max), Some(current)) = (read(d.join(max)), read(d.join(current))) {
-                return Some(max.saturating_sub(current));
+                let stat = std::fs::read_to_string(d.join("memory.stat")).unwrap_or_default();
+                let cache = reclaimable_cache(&stat);
+                return Some(max.saturating_sub(current.saturating_sub(cache)));
             }
         }
     }
     None
+}
+
+/// Page cache the kernel can drop, from a `memory.stat`: `inactive_file` (v2) or
+/// `total_inactive_file` (v1, falling back to `inactive_file`); 0 when absent.
+fn reclaimable_cache(stat: &str) -> u64 {
+    let field = |name: &str| {
+        stat.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<u64>().ok())
+    };
+    field("total_inactive_file").or_else(|| field("inactive_file")).unwrap_or(0)
 }
 
 /// Whether `bytes` can be allocated now: reserves them (address space only, no page touched) and
@@ -151,6 +163,10 @@ mod tests {
         assert_eq!(parse_limit_value("max\n"), None);
         assert_eq!(parse_limit_value("9223372036854771712\n"), None);
         assert_eq!(parse_limit_value("4294967296\n"), Some(4 << 30));
+        // the page cache the kernel can drop is not counted as used
+        assert_eq!(reclaimable_cache("cache 10\ninactive_file 4096\nactive_file 8\n"), 4096);
+        assert_eq!(reclaimable_cache("inactive_file 1\ntotal_inactive_file 8192\n"), 8192);
+        assert_eq!(reclaimable_cache(""), 0);
     }
 
     /// A reservation far beyond any machine fails; a small one succeeds.
