@@ -461,13 +461,16 @@ fn audio_output_plays_and_seeks() {
     let player = h.state().rt.player.as_ref().unwrap();
     assert!(player.is_playing());
     // A click lands in the middle of the waveform.
+    let clicked = std::time::Instant::now();
     h.get_by_label("waveform").click();
     h.run_steps(2);
     std::thread::sleep(std::time::Duration::from_millis(100));
     let at = h.state().rt.player.as_ref().unwrap().position_fraction();
+    // the 2 s clip plays on from the click: a busy machine reads it later, further on
+    let played = clicked.elapsed().as_secs_f32() / 2.0;
     assert!(
-        (0.45..0.8).contains(&at),
-        "seeked to about the middle: {at}"
+        (0.45..0.6 + played).contains(&at),
+        "seeked to about the middle: {at} ({played} of the clip played since the click)"
     );
     h.get_by_label("Pause").click();
     h.run_steps(2);
