@@ -192,7 +192,7 @@ pub enum EngineEvent {
     /// A look at the current step.
     Preview(Preview),
     /// A run finished and wrote its files.
-    Output(RunRecord),
+    Output(Box<RunRecord>),
     /// A run stopped because it was cancelled.
     Cancelled,
     /// Something failed: one line for a person, then the detail.

@@ -252,7 +252,7 @@ impl Backend for EngineBackend {
                     paths,
                     profile_path,
                     profile,
-                } => EngineEvent::Output(record(&profile, profile_path, paths)),
+                } => EngineEvent::Output(Box::new(record(&profile, profile_path, paths))),
                 Event::Cancelled => EngineEvent::Cancelled,
                 Event::Error { message, detail } => EngineEvent::Error { message, detail },
                 // Peaks and timings also arrive in the profile; plans are computed in place.

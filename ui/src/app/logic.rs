@@ -137,6 +137,7 @@ impl HeadroomApp {
             EngineEvent::Preview(Preview::Image(img)) => rt.preview = texture(ctx, "preview", &img),
             EngineEvent::Preview(Preview::Waveform(w)) => rt.preview_wave = w,
             EngineEvent::Output(record) => {
+                let record = *record;
                 rt.run = None;
                 rt.mark_run_event("done");
                 let reproduction = rt.expect.take().map(|e| {

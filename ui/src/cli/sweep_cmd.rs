@@ -64,7 +64,7 @@ impl Row {
         m.insert("value".into(), self.value.clone().into());
         m.insert("output".into(), self.outcome.outputs.first().map(|p| p.display().to_string()).into());
         for (k, v) in &self.quality {
-            m.insert((*k).into(), finite_number(*k, *v));
+            m.insert(k.to_string(), finite_number(k, *v));
         }
         let t = &self.outcome.telemetry;
         m.insert("peak_ram_bytes".into(), t.peak_ram_bytes.into());

@@ -180,7 +180,7 @@ impl Backend for FakeBackend {
             .borrow()
             .clone()
             .unwrap_or_else(|| ("builtin:shapes".into(), Knobs::default()));
-        q.push_back(EngineEvent::Output(RunRecord {
+        q.push_back(EngineEvent::Output(Box::new(RunRecord {
             profile_path: out_dir.join(format!("run{n}.toml")),
             outputs: vec![out_dir.join(format!("run{n}.png"))],
             model,
@@ -196,7 +196,7 @@ impl Backend for FakeBackend {
                 Vec::new()
             },
             timings_ms: vec![("denoise".into(), 900), ("decode".into(), 100)],
-        }));
+        })));
         Ok(())
     }
 
