@@ -8,6 +8,7 @@ use std::time::Duration;
 use headroom_engine::worker::protocol::{Command, Event};
 use headroom_engine::worker::Engine;
 use headroom_engine::knobs::DeviceKind;
+use headroom_engine::telemetry::procmem;
 use headroom_engine::{Knobs, ModelRef, Request};
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -31,13 +32,6 @@ fn generate(engine: &Engine, side: u32, out: &std::path::Path) -> Event {
     finish(engine).pop().unwrap()
 }
 
-/// `VmSize` of this process, in bytes.
-fn mapped_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kib: u64 = status.lines().find_map(|l| l.strip_prefix("VmSize:")).unwrap().split_whitespace().next().unwrap().parse().unwrap();
-    kib * 1024
-}
-
 fn set_address_limit(bytes: libc::rlim_t) {
     let lim = libc::rlimit { rlim_cur: bytes, rlim_max: libc::RLIM_INFINITY };
     // SAFETY: setrlimit reads the struct it is given and nothing else
@@ -55,7 +49,7 @@ fn address_space_limit_is_an_error_not_an_abort() {
 
     // what is mapped now and 128 MiB more: a 64² run fits; a 2048² run's text stage (9 MB
     // planned) does, its denoise stage (252 MiB planned) does not
-    set_address_limit(mapped_bytes() + (128 << 20));
+    set_address_limit(procmem::mapped_bytes().expect("VmSize") + (128 << 20));
     // the planner's CPU budget (what the CLI's and the app's pre-flight check against) sees it
     let budget = headroom_engine::plan::default_budgets(&Knobs::default(), None).0[&DeviceKind::Cpu];
     // (less the slack the stage check adds)

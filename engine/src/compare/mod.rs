@@ -38,6 +38,15 @@ fn same_size(a: &Image, b: &Image) -> Result<()> {
     Ok(())
 }
 
+/// Decibels standing for identical outputs where a number must be finite (JSON rows, plots): a
+/// PSNR or SNR is infinite then.
+pub const IDENTICAL_DB: f64 = 99.0;
+
+/// A PSNR or SNR made finite: at most [`IDENTICAL_DB`] (identical outputs give infinity).
+pub fn finite_db(db: f64) -> f64 {
+    if db.is_nan() { db } else { db.min(IDENTICAL_DB) }
+}
+
 /// Peak signal-to-noise ratio in dB over all RGB channels (peak 255); `f64::INFINITY` when the
 /// images are identical.
 ///

@@ -44,8 +44,7 @@ pub fn tightest() -> Option<Limit> {
 /// (`VmSize`, which counts mapped model files and reserved thread stacks too).
 pub fn address_space_remaining() -> Option<u64> {
     let limit = parse_address_limit(&std::fs::read_to_string("/proc/self/limits").ok()?)?;
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    Some(limit.saturating_sub(status_kib(&status, "VmSize:")? * 1024))
+    Some(limit.saturating_sub(super::procmem::mapped_bytes()?))
 }
 
 /// Memory left under this process's control group: `memory.max − memory.current` (v2) or
@@ -105,11 +104,6 @@ fn parse_address_limit(limits: &str) -> Option<u64> {
     soft.parse::<u64>().ok().filter(|&b| b < UNLIMITED)
 }
 
-/// A `Name:   123 kB` field of `/proc/self/status`, in KiB.
-fn status_kib(status: &str, field: &str) -> Option<u64> {
-    status.lines().find_map(|l| l.strip_prefix(field)).and_then(|v| v.split_whitespace().next()?.parse().ok())
-}
-
 /// A limit file's value in bytes; `None` for "max" or a value that means no limit.
 fn parse_limit_value(text: &str) -> Option<u64> {
     text.trim().parse::<u64>().ok().filter(|&b| b < UNLIMITED)
@@ -147,7 +141,6 @@ mod tests {
         assert_eq!(parse_address_limit(set), Some(2 << 30));
         let unset = set.replace("2147483648", "unlimited");
         assert_eq!(parse_address_limit(&unset), None);
-        assert_eq!(status_kib("VmPeak:\t  10 kB\nVmSize:\t  2048 kB\n", "VmSize:"), Some(2048));
     }
 
     /// Both cgroup versions are found; "max" and v1's page-rounded i64::MAX mean no limit.

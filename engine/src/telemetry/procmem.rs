@@ -51,6 +51,19 @@ pub fn reset_peak_rss() -> bool {
     }
 }
 
+/// This process's mapped address space (`VmSize`) in bytes: what an address-space limit
+/// (`ulimit -v`) counts; `None` where it cannot be read.
+pub fn mapped_bytes() -> Option<u64> {
+    #[cfg(target_os = "linux")]
+    {
+        status_field_kib("VmSize:").map(|kib| kib * 1024)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
+    }
+}
+
 #[cfg(target_os = "linux")]
 fn status_field_kib(field: &str) -> Option<u64> {
     let text = std::fs::read_to_string("/proc/self/status").ok()?;

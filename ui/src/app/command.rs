@@ -384,7 +384,7 @@ impl HeadroomApp {
 
     /// Runs output `i`'s request again with [`headroom_engine::Knobs::reference`] (every component
     /// f32, no offload or slicing); the A/B view opens with the pair when it is done
-    /// ([`super::state::PendingCompare`]), and the knobs and request chosen before come back.
+    /// (`compare_with`), and the knobs and request chosen before come back.
     fn compare_with_reference(&mut self, i: usize) {
         let Some(record) = self.rt.outputs.get(i).map(|o| o.record.clone()) else {
             return;
@@ -398,20 +398,29 @@ impl HeadroomApp {
             self.rt.error(format!("Compare needs {} loaded: restore its settings from History first", record.model));
             return;
         }
-        let pending = super::state::PendingCompare {
-            with: i,
-            knobs_before: self.state.knobs,
-            request_before: self.state.request.clone(),
-        };
+        self.lend();
         self.state.request = record.request.clone();
         self.state.knobs = reference;
         self.generate_with_seed_kept();
         if self.rt.run.is_some() {
-            self.rt.compare = Some(pending);
+            self.rt.compare_with = Some(i);
             self.rt.notify("Running the full-precision reference; A/B opens when it is done");
         } else {
-            self.state.knobs = pending.knobs_before;
-            self.state.request = pending.request_before;
+            self.give_back();
+        }
+    }
+
+    /// Keeps the user's knobs and request while compare or sweep runs set their own.
+    fn lend(&mut self) {
+        let chosen = (self.state.knobs, self.state.request.clone());
+        self.rt.lent.get_or_insert(chosen);
+    }
+
+    /// Gives the lent knobs and request back.
+    pub(super) fn give_back(&mut self) {
+        if let Some((knobs, request)) = self.rt.lent.take() {
+            self.state.knobs = knobs;
+            self.state.request = request;
         }
     }
 
@@ -436,13 +445,12 @@ impl HeadroomApp {
             self.rt.error("Sweep: name at least one value, e.g. f32,q8_0,q4k");
             return;
         }
-        let before = (self.state.knobs, self.state.request.clone());
+        self.lend();
         self.rt.sweep = super::state::SweepState {
             knob,
             values,
             total: queue.len(),
             queue,
-            before: Some(before),
             by_time: self.rt.sweep.by_time,
             ..Default::default()
         };
@@ -453,31 +461,28 @@ impl HeadroomApp {
     /// Starts the sweep's next run, or ends the sweep (giving the knobs back) when none is left.
     pub(super) fn sweep_next(&mut self) {
         let Some((value, knobs)) = self.rt.sweep.queue.pop_front() else {
-            self.end_sweep();
+            self.end_lent_runs();
             return;
         };
         self.state.knobs = knobs;
-        if let Some((_, request)) = &self.rt.sweep.before {
+        if let Some((_, request)) = &self.rt.lent {
             self.state.request = request.clone();
         }
         self.generate_with_seed_kept();
         if self.rt.run.is_some() {
             self.rt.sweep.current = Some(value);
         } else {
-            self.rt.sweep.queue.clear();
-            self.end_sweep();
+            self.end_lent_runs();
         }
     }
 
-    /// Ends a sweep: nothing in flight or queued, the knobs and request chosen before it back.
-    pub(super) fn end_sweep(&mut self) {
-        let sweep = &mut self.rt.sweep;
-        sweep.current = None;
-        sweep.queue.clear();
-        if let Some((knobs, request)) = sweep.before.take() {
-            self.state.knobs = knobs;
-            self.state.request = request;
-        }
+    /// Ends what runs on lent knobs: a sweep (nothing in flight or queued) and a compare; the
+    /// knobs and request chosen before them come back.
+    pub(super) fn end_lent_runs(&mut self) {
+        self.rt.sweep.current = None;
+        self.rt.sweep.queue.clear();
+        self.rt.compare_with = None;
+        self.give_back();
     }
 
     fn restore_run(&mut self, r: &super::backend::RunRecord) {

@@ -147,7 +147,7 @@ impl HeadroomApp {
                 if let Some(h) = &mut rt.history {
                     h.insert(0, record.clone());
                 }
-                let compare = rt.compare.take();
+                let compare = rt.compare_with.take();
                 let swept = rt.sweep.current.take();
                 self.add_output(ctx, record, reproduction);
                 if let Some(value) = swept {
@@ -156,11 +156,10 @@ impl HeadroomApp {
                     self.rt.tab = CenterTab::Sweep;
                     self.sweep_next();
                 }
-                if let Some(p) = compare {
+                if let Some(with) = compare {
                     // the pair: the output compared (A) and its reference (B)
-                    self.state.knobs = p.knobs_before;
-                    self.state.request = p.request_before;
-                    self.rt.ab.a = Some(p.with);
+                    self.give_back();
+                    self.rt.ab.a = Some(with);
                     self.rt.ab.b = Some(self.rt.outputs.len() - 1);
                     self.compare_ab(ctx);
                     self.rt.tab = CenterTab::Ab;
@@ -169,29 +168,16 @@ impl HeadroomApp {
             EngineEvent::Cancelled => {
                 rt.run = None;
                 rt.expect = None;
-                if rt.sweep.running() {
-                    self.end_sweep();
-                    self.rt.notify("Sweep stopped");
-                }
-                let rt = &mut self.rt;
-                if let Some(p) = rt.compare.take() {
-                    self.state.knobs = p.knobs_before;
-                    self.state.request = p.request_before;
-                }
-                rt.notify("Run cancelled");
+                let swept = rt.sweep.running();
+                self.end_lent_runs();
+                self.rt.notify(if swept { "Sweep stopped" } else { "Run cancelled" });
             }
             EngineEvent::Error { message, detail } => {
                 rt.run = None;
                 rt.loading = None;
                 rt.expect = None;
-                if rt.sweep.running() {
-                    self.end_sweep();
-                }
+                self.end_lent_runs();
                 let rt = &mut self.rt;
-                if let Some(p) = rt.compare.take() {
-                    self.state.knobs = p.knobs_before;
-                    self.state.request = p.request_before;
-                }
                 if !detail.is_empty() {
                     log::warn!("{message}: {detail}");
                 }

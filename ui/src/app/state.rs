@@ -218,8 +218,6 @@ pub struct SweepState {
     /// The reference run's output index.
     pub reference: Option<usize>,
     pub rows: Vec<SweepRow>,
-    /// The knobs and request chosen before the sweep, given back when it ends.
-    pub before: Option<(Knobs, Request)>,
     /// The x axis of the frontier: time instead of peak memory.
     pub by_time: bool,
 }
@@ -246,14 +244,6 @@ impl SweepState {
     }
 }
 
-/// A "Compare with f32" run in flight: the output it is compared with, and the knobs and request
-/// the user had chosen, given back when it ends.
-#[derive(Clone, Debug)]
-pub struct PendingCompare {
-    pub with: usize,
-    pub knobs_before: Knobs,
-    pub request_before: Request,
-}
 
 /// Handles and caches: everything not saved.
 pub struct Runtime {
@@ -286,7 +276,11 @@ pub struct Runtime {
     pub audio_output: Option<usize>,
     pub ab: AbState,
     pub expect: Option<Expectation>,
-    pub compare: Option<PendingCompare>,
+    /// The output a "Compare with f32" run in flight is compared with.
+    pub compare_with: Option<usize>,
+    /// The knobs and request the user had chosen, lent to compare or sweep runs that set their
+    /// own; given back when those end.
+    pub lent: Option<(Knobs, Request)>,
     pub sweep: SweepState,
     /// Where outputs and profiles go.
     pub out_dir: PathBuf,
@@ -339,7 +333,8 @@ impl Runtime {
             audio_output: None,
             ab: AbState::default(),
             expect: None,
-            compare: None,
+            compare_with: None,
+            lent: None,
             sweep: SweepState::default(),
             out_dir,
             hovering_files: false,

@@ -11,9 +11,6 @@ use super::command::AppCommand;
 use super::state::{CenterTab, SWEEP_REFERENCE};
 use super::widgets::fmt_bytes;
 
-/// PSNR (or SNR) of identical outputs, where the plot needs a finite number.
-const IDENTICAL_DB: f64 = 99.0;
-
 /// The knobs a sweep can turn, by profile key, with the values offered first.
 fn sweepable() -> Vec<(String, &'static str)> {
     let mut knobs: Vec<(String, &'static str)> =
@@ -113,8 +110,7 @@ impl HeadroomApp {
             .iter()
             .filter(|r| r.value != SWEEP_REFERENCE)
             .filter_map(|r| {
-                let q = r.quality.first()?.1;
-                let q = if q.is_finite() { q.min(IDENTICAL_DB) } else { IDENTICAL_DB };
+                let q = headroom_engine::compare::finite_db(r.quality.first()?.1);
                 let x = if by_time { r.time_ms as f64 / 1000.0 } else { r.peak_bytes as f64 / (1u64 << 30) as f64 };
                 Some((r.value.clone(), [x, q]))
             })

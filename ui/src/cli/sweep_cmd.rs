@@ -8,15 +8,12 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use headroom_engine::{Knobs, ModelRef};
+use headroom_engine::{Knobs, ModelRef, compare};
 
 use super::args::{KnobArgs, PreflightArgs, RequestArgs};
 use super::compare_cmd::{quality, total_ms};
 use super::print_json;
 use super::run_cmd::{Outcome, execute};
-
-/// PSNR (and SNR) of identical outputs: JSON numbers are always finite.
-const IDENTICAL_DB: f64 = 99.0;
 
 /// Arguments of `sweep`.
 #[derive(Args, Debug)]
@@ -77,19 +74,16 @@ impl Row {
     }
 }
 
-/// A quality number as JSON: decibels of identical outputs are [`IDENTICAL_DB`], anything else
-/// not finite is null.
+/// A quality number as JSON: decibels of identical outputs are `compare::IDENTICAL_DB`, anything
+/// else not finite is null.
 fn finite_number(key: &str, v: f64) -> serde_json::Value {
-    if v.is_finite() {
-        if key == "max_abs_diff" {
-            return (v as u64).into();
-        }
-        let v = if key.ends_with("_db") { v.min(IDENTICAL_DB) } else { v };
-        v.into()
-    } else if v > 0.0 && key.ends_with("_db") {
-        IDENTICAL_DB.into()
-    } else {
+    let v = if key.ends_with("_db") { compare::finite_db(v) } else { v };
+    if !v.is_finite() {
         serde_json::Value::Null
+    } else if key == "max_abs_diff" {
+        (v as u64).into()
+    } else {
+        v.into()
     }
 }
 

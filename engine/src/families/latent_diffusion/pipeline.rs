@@ -372,12 +372,8 @@ impl LatentDiffusion {
             let x = sampler.scale_model_input(&latents, i)?;
             let x = if guided { Tensor::cat(&[&x, &x], 0)? } else { x };
             // asked before each resnet, so a cancel ends a long CPU step within one of them
-            let check = || if observer.cancelled() { Err(candle_core::Error::Msg("cancelled".into())) } else { Ok(()) };
-            let out = self
-                .unet
-                .forward_checked(&x.to_dtype(self.dtypes[1])?, t, &context, &check)
-                .map_err(|e| if observer.cancelled() { Error::Cancelled } else { e.into() })?
-                .to_dtype(DType::F32)?;
+            let x = x.to_dtype(self.dtypes[1])?;
+            let out = checked(&*observer, |check| self.unet.forward_checked(&x, t, &context, check))?.to_dtype(DType::F32)?;
             let out = if guided {
                 let u = out.narrow(0, 0, batch)?;
                 let c = out.narrow(0, batch, batch)?;
@@ -400,7 +396,7 @@ impl LatentDiffusion {
             let z = latents.narrow(0, b, 1)?.to_device(&self.vae_device)?.to_dtype(self.dtypes[2])?;
             // checked before each up block (tiled: each of its layers), so a cancel ends the
             // decode within one of them
-            let img = checked(&*observer, |check| self.vae.decode_scaled_checked(&z, check))?;
+            let img = checked(&*observer, |check| self.vae.decode_scaled_checked(&z, &mut || check()))?;
             let img = img.to_dtype(DType::F32)?;
             images.push(((img / 2.0)? + 0.5)?.clamp(0f32, 1f32)?);
             observer.progress(b as u32 + 1, batch as u32);
@@ -425,18 +421,18 @@ fn build_checked<T>(cancel: &CancelCheck, label: &Path, f: impl FnOnce() -> cand
 /// [`Error::Cancelled`], or `f`'s error.
 fn checked<T>(
     observer: &dyn RunObserver,
-    f: impl FnOnce(&mut dyn FnMut() -> candle_core::Result<()>) -> candle_core::Result<T>,
+    f: impl FnOnce(&dyn Fn() -> candle_core::Result<()>) -> candle_core::Result<T>,
 ) -> Result<T> {
-    let mut hit = false;
-    let out = f(&mut || {
+    let hit = std::cell::Cell::new(false);
+    let out = f(&|| {
         if observer.cancelled() {
-            hit = true;
+            hit.set(true);
             candle_core::bail!("cancelled");
         }
         Ok(())
     });
     match out {
-        Err(_) if hit => Err(Error::Cancelled),
+        Err(_) if hit.get() => Err(Error::Cancelled),
         r => Ok(r?),
     }
 }

@@ -146,13 +146,18 @@ fn run_reports_and_batches() {
     assert!(w[0].1 > 100_000, "{w:?}");
 }
 
+/// Runs tiny-sd2's request under `obs`, which must cancel it; returns what it recorded.
+fn cancelled_run(mut obs: Recorder) -> Recorder {
+    let mut model = load(&fixture("tiny-sd2"), &Knobs::default()).unwrap();
+    let err = model.generate(&request("tiny-sd2"), &mut obs).unwrap_err();
+    assert!(matches!(err, Error::Cancelled), "{err}");
+    obs
+}
+
 /// Cancelling between steps stops the run with Error::Cancelled before decoding.
 #[test]
 fn cancel_between_steps() {
-    let mut model = load(&fixture("tiny-sd2"), &Knobs::default()).unwrap();
-    let mut obs = Recorder { cancel_after: Some(2), ..Recorder::default() };
-    let err = model.generate(&request("tiny-sd2"), &mut obs).unwrap_err();
-    assert!(matches!(err, Error::Cancelled), "{err}");
+    let obs = cancelled_run(Recorder { cancel_after: Some(2), ..Recorder::default() });
     assert_eq!(obs.progress.len(), 2);
     assert!(!obs.stages.contains(&Stage::Decode));
 }
@@ -161,23 +166,17 @@ fn cancel_between_steps() {
 /// stage (asked between the two prompts' encodings, each a fraction of a second).
 #[test]
 fn cancel_during_text() {
-    let mut model = load(&fixture("tiny-sd2"), &Knobs::default()).unwrap();
-    let mut obs = Recorder { cancel_in: Some(Stage::Text), ..Recorder::default() };
-    let err = model.generate(&request("tiny-sd2"), &mut obs).unwrap_err();
-    assert!(matches!(err, Error::Cancelled), "{err}");
+    let obs = cancelled_run(Recorder { cancel_in: Some(Stage::Text), ..Recorder::default() });
     assert_eq!(obs.stages, vec![Stage::Text], "a stage began after the cancel");
 }
 
 /// A cancel that arrives inside a denoising step ends the run within that UNet call (asked
 /// before each resnet): no step completes. The first question is the step's own, the third
-/// comes from inside the UNet.
+/// comes from inside the UNet and is the last.
 #[test]
 fn cancel_within_a_step() {
-    let mut model = load(&fixture("tiny-sd2"), &Knobs::default()).unwrap();
-    let mut obs = Recorder { cancel_at_denoise_question: Some(3), ..Recorder::default() };
-    let err = model.generate(&request("tiny-sd2"), &mut obs).unwrap_err();
-    assert!(matches!(err, Error::Cancelled), "{err}");
-    assert_eq!(obs.denoise_questions.get(), 4, "asked once more, to name the error, then stopped");
+    let obs = cancelled_run(Recorder { cancel_at_denoise_question: Some(3), ..Recorder::default() });
+    assert_eq!(obs.denoise_questions.get(), 3, "asked again after the cancel");
     assert!(obs.progress.is_empty(), "a step completed: {:?}", obs.progress);
     assert!(!obs.stages.contains(&Stage::Decode));
 }
