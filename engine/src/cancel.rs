@@ -23,6 +23,14 @@ impl CancelCheck {
     pub fn is_cancelled(&self) -> bool {
         (self.0)()
     }
+
+    /// `Err(Cancelled)` once the command was cancelled, for `?` between steps.
+    ///
+    /// # Errors
+    /// [`crate::Error::Cancelled`].
+    pub fn stop(&self) -> crate::Result<()> {
+        if self.is_cancelled() { Err(crate::Error::Cancelled) } else { Ok(()) }
+    }
 }
 
 impl std::fmt::Debug for CancelCheck {

@@ -470,11 +470,26 @@ pub struct Knobs {
 }
 
 impl Knobs {
-    /// Whether a model loaded with `self` holds the same weights, placed the same way, as one
-    /// loaded with `other`: device, rng, precision and offload equal. Slicing changes only how the
-    /// next run computes, so a loaded family applies it in place ([`crate::families::Family::retune`]).
-    pub fn same_weights(&self, other: &Knobs) -> bool {
-        self.device == other.device && self.rng == other.rng && self.precision == other.precision && self.offload == other.offload
+    /// What a model loaded with `self` must read again to hold its weights as `other` says:
+    /// `None` when the whole model must be loaded again (another device or rng), else the
+    /// components whose precision or placement differ (empty: only slicing changed, which a
+    /// loaded family takes in place, [`crate::families::Family::retune`]).
+    pub fn components_to_reread(&self, other: &Knobs) -> Option<Vec<Component>> {
+        if (self.device, self.rng) != (other.device, other.rng) {
+            return None;
+        }
+        let (a, b) = (&self.offload, &other.offload);
+        let placed_alike = |c: Component| match c {
+            Component::Text => a.text == b.text,
+            Component::Unet => (a.gpu_blocks, a.mode) == (b.gpu_blocks, b.mode),
+            Component::Vae => a.vae == b.vae,
+        };
+        Some(
+            Component::ALL
+                .into_iter()
+                .filter(|&c| !placed_alike(c) || self.precision.get(c) != other.precision.get(c))
+                .collect(),
+        )
     }
 
     /// The full-precision reference a quantized or sliced run is compared with: every component in

@@ -349,11 +349,13 @@ fn full_queue_drops_progress_not_output() {
     assert!(matches!(events.last(), Some(Event::Output { .. })), "{:?}", events.last());
 }
 
-/// Knobs that change no weights (slicing) reach the loaded model in place: the loader is not
-/// called again, the `Loaded` event says 0 ms, and the next run's profile records the new knobs.
-/// A precision change loads again.
+/// Knobs that change no weights (slicing) reach the loaded model in place, and a precision or
+/// placement change reads again only the component it touches: the loader is not called again,
+/// `Loaded` names what was read (nothing, then `unet`, then `vae`), the next run's profile records
+/// the new knobs, and its image is the one a fresh load with those knobs makes. A device change
+/// loads the whole model again.
 #[test]
-fn slicing_changes_apply_without_a_reload() {
+fn knob_changes_reread_only_what_they_touch() {
     let loads = Arc::new(AtomicUsize::new(0));
     let l = Arc::clone(&loads);
     let loader: Loader = Box::new(move |model: &ModelRef, knobs: &Knobs, obs: &mut dyn RunObserver| {
@@ -363,29 +365,54 @@ fn slicing_changes_apply_without_a_reload() {
     let engine = Engine::spawn_with(|| {}, loader);
     let out = tempfile::tempdir().unwrap();
     let model = ModelRef::parse("builtin:shapes");
-    let load = |knobs: Knobs| {
+    let load = |engine: &Engine, knobs: Knobs| {
         engine.send(Command::Load { model: model.clone(), knobs }).unwrap();
-        match until(&engine, |e| matches!(e, Event::Loaded { .. } | Event::Error { .. })).pop() {
-            Some(Event::Loaded { load_ms, .. }) => load_ms,
+        match until(engine, |e| matches!(e, Event::Loaded { .. } | Event::Error { .. })).pop() {
+            Some(Event::Loaded { reread, weight_bytes, .. }) => (reread, weight_bytes),
             other => panic!("load failed: {other:?}"),
         }
     };
-    load(Knobs::default());
+    let request = Request { prompt: "a red circle".into(), steps: 2, width: 64, height: 64, ..Request::default() };
+    let run = |engine: &Engine| {
+        engine.send(Command::Generate { request: request.clone(), out_dir: out.path().to_path_buf() }).unwrap();
+        match until(engine, is_end).pop() {
+            Some(Event::Output { profile, .. }) => profile,
+            other => panic!("the run failed: {other:?}"),
+        }
+    };
+    let (reread, f32_bytes) = load(&engine, Knobs::default());
+    assert_eq!(reread, None, "a first load reads the whole model");
     let mut tiled = Knobs::default();
     tiled.set("slicing.vae_tile", "4").unwrap();
     tiled.set("slicing.attention_slice", "16").unwrap();
-    assert_eq!(load(tiled), 0, "a slicing change read the model again");
-    assert_eq!(loads.load(Ordering::SeqCst), 1);
-    let request = Request { prompt: "a red circle".into(), steps: 1, width: 64, height: 64, ..Request::default() };
-    engine.send(Command::Generate { request, out_dir: out.path().to_path_buf() }).unwrap();
-    match until(&engine, is_end).pop() {
-        Some(Event::Output { profile, .. }) => {
-            assert_eq!((profile.knobs.slicing.vae_tile, profile.knobs.slicing.attention_slice), (4, 16));
-        }
-        other => panic!("the run failed: {other:?}"),
-    }
+    assert_eq!(load(&engine, tiled).0, Some(vec![]), "a slicing change read weights again");
+    let profile = run(&engine);
+    assert_eq!((profile.knobs.slicing.vae_tile, profile.knobs.slicing.attention_slice), (4, 16));
+
     let mut q8 = tiled;
     q8.set("precision.unet", "q8_0").unwrap();
-    load(q8);
-    assert_eq!(loads.load(Ordering::SeqCst), 2, "a precision change must load again");
+    let (reread, q8_bytes) = load(&engine, q8);
+    assert_eq!(reread, Some(vec!["unet".to_string()]));
+    assert!(q8_bytes < f32_bytes, "q8_0 UNet: {q8_bytes} resident bytes, f32: {f32_bytes}");
+    let mut q8_vae16 = q8;
+    q8_vae16.set("precision.vae", "f16").unwrap();
+    assert_eq!(load(&engine, q8_vae16).0, Some(vec!["vae".to_string()]));
+    let retuned = run(&engine);
+    assert_eq!(retuned.knobs, q8_vae16);
+    assert_eq!(loads.load(Ordering::SeqCst), 1, "knob changes on the loaded model called the loader");
+
+    // the same knobs read from scratch give the same weights and the same image
+    let fresh = Engine::spawn(|| {});
+    let (reread, bytes) = load(&fresh, q8_vae16);
+    assert_eq!(reread, None);
+    assert_eq!(bytes, load(&engine, q8_vae16).1, "resident bytes after a partial reload differ from a fresh load");
+    let again = run(&fresh);
+    let sha = |p: &headroom_engine::profile::Profile| p.result.as_ref().map(|r| r.sha256.clone());
+    assert_eq!(sha(&retuned), sha(&again), "a partial reload gave another image than a fresh load");
+
+    let mut other_device = q8_vae16;
+    other_device.device = headroom_engine::knobs::DeviceKind::Cuda(0);
+    engine.send(Command::Load { model: model.clone(), knobs: other_device }).unwrap();
+    until(&engine, |e| matches!(e, Event::Loaded { .. } | Event::Error { .. }));
+    assert_eq!(loads.load(Ordering::SeqCst), 2, "a device change must load the whole model again");
 }

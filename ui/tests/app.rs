@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{FakeBackend, drop_files, harness, plan_bar_text};
+use common::{FakeBackend, Gate, drop_files, harness, plan_bar_text, threaded_harness};
 use egui_kittest::kittest::{NodeT as _, Queryable as _};
 use headroom_engine::Request;
 use headroom_engine::request::NoiseMode;
@@ -116,8 +116,9 @@ fn generate_produces_an_output_card() {
 }
 
 /// A slicing change is announced as applied without a reload, and the next run takes it in place
-/// (the fake engine answers a load of the same weights in 0 ms, as the worker does): the loaded
-/// model keeps its load time and records the new knobs. A precision change says it reloads.
+/// (the fake engine answers as the worker does, naming what it read again): the loaded model
+/// keeps its load time and records the new knobs. A precision change says it reads that
+/// component again, and the next run does so without loading the model again.
 #[test]
 fn a_slicing_change_applies_without_a_reload() {
     let fake = FakeBackend::new();
@@ -138,7 +139,21 @@ fn a_slicing_change_applies_without_a_reload() {
     assert!(h.query_by_label("Knobs changed: the next run applies them without reloading").is_none());
     h.state_mut().state.knobs.precision.unet = headroom_engine::knobs::Precision::Q8_0;
     h.run_steps(2);
-    h.get_by_label("Knobs changed: the next run reloads with them");
+    h.get_by_label("Knobs changed: the next run reads the unet again");
+    h.get_by_label("Generate").click();
+    h.run_steps(6);
+    assert_eq!(h.state().rt.outputs.len(), 2);
+    assert_eq!(*loads.borrow(), 1, "the precision change loaded the whole model again");
+    assert!(
+        h.state().rt.notices.iter().any(|n| n.text.starts_with("Read the unet of /models/sd15.safetensors again")),
+        "{:?}",
+        h.state().rt.notices
+    );
+    let loaded = h.state().rt.loaded.clone().expect("still loaded");
+    assert_eq!(loaded.knobs.precision.unet, headroom_engine::knobs::Precision::Q8_0);
+    h.state_mut().state.knobs.device = headroom_engine::knobs::DeviceKind::Cuda(0);
+    h.run_steps(2);
+    h.get_by_label("Knobs changed: the next run loads the model again with them");
 }
 
 /// "Compare with f32" on a q8_0 output reruns its request (same seed) with every component in
@@ -562,4 +577,34 @@ fn a_launch_path_of_the_wrong_kind_says_why() {
         h.get_by_label(&format!("{}: not a model file", path.display()));
         assert!(h.state().rt.loaded.is_none());
     }
+}
+
+/// Inspecting runs on the chores thread: while a slow read of the headers blocks, frames keep
+/// coming, the model card says it is reading them and, past 100 ms, the plan bar says what runs;
+/// the summary and the plan arrive when the read ends. (Were the read on the UI thread, the
+/// first frame would wait for the gate's 10 s.)
+#[test]
+fn slow_reads_run_off_the_ui_thread() {
+    let gate = std::sync::Arc::new(Gate::default());
+    let mut fake = FakeBackend::new();
+    fake.inspect_gate = Some(std::sync::Arc::clone(&gate));
+    let mut h = threaded_harness(fake);
+    let start = std::time::Instant::now();
+    drop_files(&mut h, &["/models/sd15.safetensors"]);
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    h.run_steps(3);
+    assert!(start.elapsed() < std::time::Duration::from_secs(5), "a frame waited for the read");
+    assert!(h.state().rt.candidate.as_ref().is_some_and(|c| c.summary.is_none()));
+    h.get_by_label("Reading its headers…");
+    h.get_by_label_contains("Inspecting sd15.safetensors…");
+    gate.open();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while h.state().rt.plan.is_none() && std::time::Instant::now() < deadline {
+        h.step();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    h.run_steps(2);
+    h.get_by_label("Stable Diffusion 1.x");
+    assert!(plan_bar_text(h.state()).is_some(), "the plan followed the summary");
+    assert!(!h.state().rt.chores.busy());
 }

@@ -87,6 +87,11 @@ fn app_harness(backend: EngineBackend, out_dir: PathBuf, steps: u32) -> Harness<
         .build_ui_state(|ui, app: &mut HeadroomApp| app.frame_ui(ui), app)
 }
 
+/// The candidate model's headers have been read (on the chores thread).
+fn inspected(a: &HeadroomApp) -> bool {
+    a.rt.candidate.as_ref().is_some_and(|c| c.summary.is_some())
+}
+
 /// Steps the UI until `done` holds (the engine works on its own thread), failing after 20 s.
 fn step_until(
     h: &mut Harness<'static, HeadroomApp>,
@@ -116,31 +121,31 @@ fn generate_and_reproduce_through_the_real_worker() {
         .rt
         .commands
         .push(headroom_ui::app::AppCommand::InspectModel(fixture()));
-    h.run_steps(3);
+    step_until(&mut h, "the inspection", inspected);
     h.get_by_label("Stable Diffusion 1.x");
     h.get_by_label("Load").click();
     step_until(&mut h, "the model to load", |a| a.rt.loaded.is_some());
     h.get_by_label("Generate").click();
-    step_until(&mut h, "the output", |a| !a.rt.outputs.is_empty());
+    step_until(&mut h, "the output", |a| a.rt.outputs.first().is_some_and(|o| o.media.is_some()));
     let card = &h.state().rt.outputs[0];
     assert!(
-        card.media.is_ok(),
+        card.media.as_ref().is_some_and(|m| m.is_ok()),
         "the PNG reads back: {:?}",
-        card.media.as_ref().err()
+        card.media.as_ref().and_then(|m| m.as_ref().err())
     );
     assert!(card.record.outputs[0].exists() && card.record.profile_path.exists());
     assert_eq!(card.record.request.seed, 42);
     h.get_by_label("seed 42");
 
     h.get_by_label("History").click();
-    h.run_steps(2);
+    step_until(&mut h, "the history", |a| a.rt.history.is_some());
     assert_eq!(
         h.state().rt.history.as_ref().map(Vec::len),
         Some(1),
         "the profile is a history card"
     );
     h.get_by_label("Rerun").click();
-    step_until(&mut h, "the reproduction", |a| a.rt.outputs.len() == 2);
+    step_until(&mut h, "the reproduction", |a| a.rt.outputs.get(1).is_some_and(|o| o.reproduction.is_some()));
     assert_eq!(
         h.state().rt.outputs[1].reproduction,
         Some(Ok(())),
@@ -179,8 +184,7 @@ fn dropping_a_png_with_a_profile_restores_seed_and_prompt() {
     h.input_mut()
         .dropped_files
         .push(std::sync::Arc::new(Dropped(png)));
-    h.run_steps(3);
-    assert_eq!(h.state().state.request.seed, 777);
+    step_until(&mut h, "the restore", |a| a.state.request.seed == 777);
     assert_eq!(h.state().state.request.prompt, "a yellow star");
     assert_eq!(
         h.state().rt.candidate.as_ref().map(|c| c.model.clone()),
@@ -255,7 +259,7 @@ fn ui_keeps_drawing_during_a_run() {
         .rt
         .commands
         .push(headroom_ui::app::AppCommand::InspectModel(fixture()));
-    h.run_steps(3);
+    step_until(&mut h, "the inspection", inspected);
     h.get_by_label("Load").click();
     step_until(&mut h, "the model to load", |a| a.rt.loaded.is_some());
     assert!(h.state().rt.run_frame_ms.is_empty(), "no run yet");
@@ -321,19 +325,19 @@ fn melodies_run_makes_an_audio_card() {
         .rt
         .commands
         .push(headroom_ui::app::AppCommand::InspectModel("builtin:melodies".into()));
-    h.run_steps(3);
+    step_until(&mut h, "the inspection", inspected);
     h.get_by_label("Seconds"); // its manifest makes it an audio model: length, not size
     h.get_by_label("Load").click();
     step_until(&mut h, "the model to load", |a| a.rt.loaded.is_some());
     h.get_by_label("Generate").click();
-    step_until(&mut h, "the audio output", |a| !a.rt.outputs.is_empty());
+    step_until(&mut h, "the audio output", |a| a.rt.outputs.first().is_some_and(|o| o.media.is_some()));
     let card = &h.state().rt.outputs[0];
     match &card.media {
-        Ok(headroom_ui::app::backend::Media::Audio(a)) => {
+        Some(Ok(headroom_ui::app::backend::Media::Audio(a))) => {
             assert_eq!(a.sample_rate, 16000);
             assert!(a.duration_secs() > 1.0, "{} s", a.duration_secs());
         }
-        other => panic!("expected audio, got {:?}", other.as_ref().map(|_| "an image")),
+        other => panic!("expected audio, got {:?}", other.as_ref().map(|m| m.as_ref().map(|_| "an image"))),
     }
     assert!(card.record.outputs[0].extension().is_some_and(|e| e == "wav"));
     h.get_by_label("Play");

@@ -48,13 +48,27 @@ pub trait Family: Send {
     /// # Errors
     /// Invalid requests, tensor errors, out of memory, cancellation.
     fn generate(&mut self, request: &Request, observer: &mut dyn RunObserver) -> Result<Vec<Artifact>>;
-    /// Takes `knobs` in place of `loaded_with`, the knobs it was loaded with, without reading a
-    /// weight, when the change is one it can apply so (slicing: [`Knobs::same_weights`] holds);
-    /// returns whether it did. False, the default, means the model must be loaded again.
-    fn retune(&mut self, loaded_with: &Knobs, knobs: &Knobs) -> bool {
-        let _ = (loaded_with, knobs);
-        false
+    /// Takes `knobs` in place of `loaded_with`, the knobs it was loaded with, reading again only
+    /// the components whose precision or placement changed (each freed before it is read), and
+    /// applying knobs that change no weight (slicing) in place. [`Retuned::No`], the default,
+    /// means the whole model must be loaded again (a device change, or a family that cannot).
+    ///
+    /// # Errors
+    /// As a load's, for the components read again; the model is then unusable and the caller
+    /// drops it.
+    fn retune(&mut self, loaded_with: &Knobs, knobs: &Knobs, cancel: &crate::CancelCheck) -> Result<Retuned> {
+        let _ = (loaded_with, knobs, cancel);
+        Ok(Retuned::No)
     }
+}
+
+/// What [`Family::retune`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Retuned {
+    /// Nothing: load the model again.
+    No,
+    /// It took the knobs, reading again these components (none: nothing was read).
+    Read(Vec<String>),
 }
 
 /// How sure a family is that it runs a model, and on what evidence.

@@ -75,9 +75,10 @@ pub enum Artifact {
 /// What the worker tells a front end.
 #[derive(Clone, Debug)]
 pub enum Event {
-    /// A model finished loading, or the loaded one took new knobs in place (`load_ms` 0: the
-    /// same model with only knobs that change no weights changed, see `Family::retune`).
-    Loaded { model: ModelRef, family: String, weight_bytes: u64, load_ms: u64 },
+    /// A model finished loading, or the loaded one took new knobs (`Family::retune`): `reread`
+    /// is `None` when the whole model was read, else the components read again (empty when the
+    /// knobs changed no weight, e.g. slicing).
+    Loaded { model: ModelRef, family: String, weight_bytes: u64, load_ms: u64, reread: Option<Vec<String>> },
     /// The model was unloaded.
     Unloaded,
     /// Work in progress: step `step` of `total` in `stage`.

@@ -14,7 +14,7 @@ use super::failure::{classify, error_event, panic_text};
 use super::output::OutputSink;
 use super::protocol::{Command, Event, Stage};
 use crate::error::{Error, Result};
-use crate::families::Family;
+use crate::families::{Family, Retuned};
 use crate::knobs::{DeviceKind, Knobs};
 use crate::model::ModelRef;
 use crate::plan::Plan;
@@ -124,14 +124,11 @@ impl Worker {
             // Cancelled while queued: keep whatever is loaded.
             return vec![Event::Cancelled];
         }
-        // the same model with knobs that change no weights (slicing): taken in place, nothing read
-        if let Some(l) = self.loaded.as_mut()
-            && l.info.source == model.to_string()
-            && l.family.retune(&l.knobs, &knobs)
+        // the same model: the family reads again only the components whose knobs changed
+        if self.loaded.as_ref().is_some_and(|l| l.info.source == model.to_string())
+            && let Some(closing) = self.retune(seq, &model, knobs)
         {
-            l.knobs = knobs;
-            let weight_bytes = l.family.weight_bytes().iter().map(|(_, b)| b).sum::<u64>();
-            return vec![Event::Loaded { model, family: l.info.family.clone(), weight_bytes, load_ms: 0 }];
+            return closing;
         }
         if self.loaded.is_some() {
             // Free the old model before reading the new one: both rarely fit.
@@ -171,7 +168,7 @@ impl Worker {
                 let load_telemetry = Some(telemetry);
                 let info = ModelInfo { source: model.to_string(), sha256, family: name.clone(), name: model.display_name() };
                 self.loaded = Some(Loaded { family, knobs, info, load_telemetry, shape });
-                Event::Loaded { model, family: name, weight_bytes, load_ms }
+                Event::Loaded { model, family: name, weight_bytes, load_ms, reread: None }
             }
             Ok(Err(Error::Cancelled)) => Event::Cancelled,
             Ok(Err(e)) => {
@@ -184,6 +181,62 @@ impl Worker {
             },
         });
         closing
+    }
+
+    /// Gives the loaded model (the same as `model`) new knobs through [`Family::retune`]: the
+    /// closing events, or `None` when the family cannot and the model must be loaded again. A
+    /// partial read is timed and measured as a load (the next run's `load` timing); one that fails
+    /// leaves nothing loaded.
+    fn retune(&mut self, seq: u64, model: &ModelRef, knobs: Knobs) -> Option<Vec<Event>> {
+        let mut recorder = self.recorder();
+        let mut obs = Observer {
+            events: &self.events,
+            recorder: &mut recorder,
+            cancel: &self.cancel,
+            seq,
+            stage: None,
+            cpu_stage_bytes: Default::default(),
+            device: knobs.device,
+        };
+        let _ = crate::families::RunObserver::stage(&mut obs, Stage::Load);
+        let cancel = crate::families::RunObserver::cancel_check(&obs);
+        let l = self.loaded.as_mut()?;
+        let result = catch_unwind(AssertUnwindSafe(|| l.family.retune(&l.knobs, &knobs, &cancel)));
+        let telemetry = recorder.finish();
+        let load_ms = telemetry.timings_ms.get(Stage::Load.name()).copied().unwrap_or(0);
+        match result {
+            Ok(Ok(Retuned::No)) => None,
+            Ok(Ok(Retuned::Read(components))) => {
+                l.knobs = knobs;
+                let weight_bytes = l.family.weight_bytes().iter().map(|(_, b)| b).sum::<u64>();
+                let family = l.info.family.clone();
+                if !components.is_empty() {
+                    l.load_telemetry = Some(telemetry.clone());
+                }
+                Some(vec![
+                    Event::Telemetry(telemetry),
+                    Event::Loaded { model: model.clone(), family, weight_bytes, load_ms, reread: Some(components) },
+                ])
+            }
+            failed => {
+                // a component was freed and its replacement not read: the model cannot run
+                self.unload();
+                let mut closing = vec![Event::Telemetry(telemetry), Event::Unloaded];
+                closing.push(match failed {
+                    Ok(Err(Error::Cancelled)) => Event::Cancelled,
+                    Ok(Err(e)) => {
+                        let (e, original) = classify(e, Some(Stage::Load), &knobs);
+                        error_event(&e, &original)
+                    }
+                    Err(p) => Event::Error {
+                        message: format!("internal error while reloading: {}", panic_text(p.as_ref())),
+                        detail: format!("model {model}; nothing is loaded now"),
+                    },
+                    Ok(Ok(_)) => unreachable!("handled above"),
+                });
+                Some(closing)
+            }
+        }
     }
 
     /// Runs a request; returns the closing events.

@@ -1,10 +1,12 @@
-//! The one seam between the app and the engine: a [`Backend`] trait in the UI's own words, the
-//! view types it returns, and [`data_dir`]. The real implementation is
+//! The one seam between the app and the engine: the [`Backend`] (worker and sampler, driven from
+//! the UI thread) and [`Reader`] (slow reads, run on the chores thread) traits in the UI's own
+//! words, the view types they return, and [`runs_dir`]. The real implementation is
 //! [`super::engine_link::EngineBackend`]; tests plug in a fake. Drawing code never calls the
 //! engine directly, so connecting a new engine piece means editing `engine_link.rs` only.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use headroom_engine::media::{Audio, Image};
 use headroom_engine::worker::protocol::Preview;
@@ -174,12 +176,15 @@ pub struct Comparison {
 /// What the engine thread reports, in the UI's words.
 #[derive(Clone, Debug)]
 pub enum EngineEvent {
-    /// A model finished loading.
+    /// A model finished loading, or the loaded one took new knobs: `reread` is `None` when the
+    /// whole model was read, else the components read again (empty: none, the knobs changed no
+    /// weight).
     Loaded {
         model: String,
         family: String,
         weight_bytes: u64,
         load_ms: u64,
+        reread: Option<Vec<String>>,
     },
     /// The model was unloaded.
     Unloaded,
@@ -199,8 +204,11 @@ pub enum EngineEvent {
     Error { message: String, detail: String },
 }
 
-/// Everything the app needs from the engine. Errors are one line for a person.
-pub trait Backend {
+/// What the app reads and computes without the worker: model headers, plans, profiles, outputs
+/// and their comparison. Any of it can take long (a large checkpoint's headers, a big image's
+/// SSIM), so the app runs it on its chores thread ([`super::chores`]), never in a frame; hence
+/// `Send + Sync`. Errors are one line for a person.
+pub trait Reader: Send + Sync {
     /// Reads a model's headers: format, family, parameters, bytes per precision.
     fn inspect(&self, model: &str) -> Result<ModelSummary, String>;
     /// Predicts memory for a model + knobs + request (budget `None`: the devices' free memory).
@@ -211,6 +219,23 @@ pub trait Backend {
         request: &Request,
         budget_bytes: Option<u64>,
     ) -> Result<PlanView, String>;
+    /// Reads what an output PNG/WAV or a profile TOML says about the run that made it.
+    fn restore(&self, path: &Path) -> Result<RestoredView, String>;
+    /// Reads a saved profile as a history card.
+    fn read_run(&self, profile_path: &Path) -> Result<RunRecord, String>;
+    /// Decodes an output file.
+    fn read_media(&self, path: &Path) -> Result<Media, String>;
+    /// Compares two outputs (A/B numbers and heatmap).
+    fn compare(&self, a: &Media, b: &Media) -> Result<Comparison, String>;
+    /// What differs between a run and its reproduction (empty: nothing).
+    fn drift(&self, original: &RunRecord, again: &RunRecord) -> Vec<String>;
+}
+
+/// The engine as the UI thread drives it: the worker (load, generate, cancel, its events) and
+/// the memory sampler, all answering at once; the slow reads are the [`Reader`]'s.
+pub trait Backend {
+    /// The reader the chores thread uses (shared, so it may keep caches).
+    fn reader(&self) -> Arc<dyn Reader>;
     /// Asks the worker to load a model with these knobs.
     fn load(&self, model: &str, knobs: &Knobs) -> Result<(), String>;
     /// Asks the worker to generate; outputs and profiles go under `out_dir`.
@@ -225,16 +250,6 @@ pub trait Backend {
     fn memory_history(&self) -> Vec<MemoryPoint>;
     /// Whether GPU memory can be read.
     fn gpu_info(&self) -> GpuInfo;
-    /// Reads what an output PNG/WAV or a profile TOML says about the run that made it.
-    fn restore(&self, path: &Path) -> Result<RestoredView, String>;
-    /// Reads a saved profile as a history card.
-    fn read_run(&self, profile_path: &Path) -> Result<RunRecord, String>;
-    /// Decodes an output file.
-    fn read_media(&self, path: &Path) -> Result<Media, String>;
-    /// Compares two outputs (A/B numbers and heatmap).
-    fn compare(&self, a: &Media, b: &Media) -> Result<Comparison, String>;
-    /// What differs between a run and its reproduction (empty: nothing).
-    fn drift(&self, original: &RunRecord, again: &RunRecord) -> Vec<String>;
 }
 
 /// Where runs and profiles are kept: the engine's runs folder (`$HEADROOM_DATA/runs`, else

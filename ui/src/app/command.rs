@@ -188,7 +188,7 @@ impl HeadroomApp {
             AppCommand::SaveOutputAs(i) => self.save_output_as(i),
             AppCommand::ShowTab(t) => {
                 rt.tab = t;
-                if t == CenterTab::History && rt.history.is_none() {
+                if t == CenterTab::History && rt.history.is_none() && !rt.history_reading {
                     self.refresh_history();
                 }
             }
@@ -242,13 +242,26 @@ impl HeadroomApp {
         }
     }
 
-    /// Inspects a model and makes it the candidate; the plan follows on the next frame.
+    /// Makes a model the candidate and inspects it on the chores thread; the summary (or the
+    /// error, shown in the model card where the summary would be) and the plan follow.
     fn inspect(&mut self, model: String) {
-        // An error shows in the model card, where the summary would be.
-        let summary = self.rt.backend.inspect(&model);
         self.state.remember(&model);
-        self.rt.candidate = Some(Candidate { model, summary });
+        self.rt.candidate = Some(Candidate { model: model.clone(), summary: None });
         self.rt.plan_key.clear();
+        self.rt.plan_asked.clear();
+        let m = model.clone();
+        self.rt.chores.run(
+            format!("Inspecting {}", super::ui_plan::short_name(&model)),
+            move |r| r.inspect(&m),
+            move |app, _, summary| {
+                if let Some(c) = app.rt.candidate.as_mut().filter(|c| c.model == model) {
+                    c.summary = Some(summary);
+                    // planned again now that the headers are known (or known unreadable)
+                    app.rt.plan_key.clear();
+                    app.rt.plan_asked.clear();
+                }
+            },
+        );
     }
 
     /// Whether the plan says the current model will not fit in the memory it may use: the
@@ -342,17 +355,28 @@ impl HeadroomApp {
         rt.preview_wave.clear();
     }
 
+    /// Reads an output's or profile's settings on the chores thread, then restores them.
     fn restore_from(&mut self, path: &std::path::Path) {
-        match self.rt.backend.restore(path) {
+        let p = path.to_path_buf();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.rt.chores.run(
+            format!("Reading {name}"),
+            move |r| r.restore(&p),
+            move |app, _, restored| app.restored(&name, restored),
+        );
+    }
+
+    /// Takes what [`HeadroomApp::restore_from`] read: request, knobs, and the model it names.
+    fn restored(&mut self, name: &str, restored: Result<super::backend::RestoredView, String>) {
+        match restored {
             Ok(r) => {
                 self.state.request = r.request;
                 if let Some(k) = r.knobs {
                     self.state.knobs = k;
                 }
-                let name = path
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
                 let mut msg = format!("Restored from {name}: {}", r.mapped.join(", "));
                 if !r.unmapped.is_empty() {
                     msg.push_str(&format!("; not restored: {}", r.unmapped.join(", ")));
@@ -372,10 +396,7 @@ impl HeadroomApp {
     fn open_run(&mut self, ctx: &egui::Context, r: RunRecord) -> usize {
         let i = match self.rt.outputs.iter().position(|o| o.record.profile_path == r.profile_path) {
             Some(i) => i,
-            None => {
-                self.add_output(ctx, r, None);
-                self.rt.outputs.len() - 1
-            }
+            None => self.add_output(ctx, r),
         };
         self.rt.selected = Some(i);
         self.rt.tab = CenterTab::Output;
@@ -540,7 +561,7 @@ impl HeadroomApp {
     /// loads it again (rewound to 0).
     fn play_audio(&mut self, i: usize, from_start: bool) {
         let clip = match self.rt.outputs.get(i).map(|o| &o.media) {
-            Some(Ok(super::backend::Media::Audio(a))) => {
+            Some(Some(Ok(super::backend::Media::Audio(a)))) => {
                 (a.sample_rate, std::sync::Arc::new(a.samples.clone()))
             }
             _ => return,

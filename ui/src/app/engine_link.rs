@@ -1,9 +1,9 @@
 //! The real [`Backend`]: the engine's worker, memory sampler, inspect, planner, profiles, media
 //! and A/B metrics behind the UI's trait. This is the only file of the app that calls the engine.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use headroom_engine::knobs::DeviceKind;
@@ -15,19 +15,26 @@ use headroom_engine::{Knobs, ModelRef, Request, compare, formats, media};
 
 use super::backend::{
     Backend, Comparison, DeviceUse, EngineEvent, GpuInfo, Media, MemoryPoint, ModelSummary,
-    Fix, PlanView, RestoredView, RunRecord, Verdict,
+    Fix, PlanView, Reader, RestoredView, RunRecord, Verdict,
 };
 use super::widgets::fmt_bytes;
 
 /// How often the memory gauges are sampled.
 const SAMPLE_INTERVAL: Duration = Duration::from_millis(500);
 
-/// The engine as the app sees it: the worker thread, the sampler thread, and a cache of model
-/// shapes so the plan follows the knobs without reading headers again.
+/// The engine as the app sees it: the worker thread and the [`EngineReader`] (which holds the
+/// sampler thread).
 pub struct EngineBackend {
     engine: Engine,
+    reader: Arc<EngineReader>,
+}
+
+/// The engine's reads for the chores thread: inspect, the planner (with a cache of model shapes,
+/// so the plan follows the knobs without reading headers again, and the sampler's latest reading
+/// for the free memory), profiles, media and A/B metrics.
+pub struct EngineReader {
     sampler: Sampler,
-    shapes: RefCell<HashMap<String, ModelShape>>,
+    shapes: Mutex<HashMap<String, ModelShape>>,
 }
 
 impl EngineBackend {
@@ -42,21 +49,27 @@ impl EngineBackend {
     pub fn spawn_with<W: Fn() + Send + Sync + Clone + 'static>(waker: W, loader: Loader) -> Self {
         Self {
             engine: Engine::spawn_with(waker.clone(), loader),
-            sampler: Sampler::spawn(SAMPLE_INTERVAL, waker),
-            shapes: RefCell::new(HashMap::new()),
+            reader: Arc::new(EngineReader {
+                sampler: Sampler::spawn(SAMPLE_INTERVAL, waker),
+                shapes: Mutex::new(HashMap::new()),
+            }),
         }
+    }
+}
+
+impl EngineReader {
+    fn shapes(&self) -> std::sync::MutexGuard<'_, HashMap<String, ModelShape>> {
+        self.shapes.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The model's shape for the planner, inspecting it the first time.
     fn shape(&self, model: &str) -> Result<ModelShape, String> {
-        if let Some(s) = self.shapes.borrow().get(model) {
+        if let Some(s) = self.shapes().get(model) {
             return Ok(s.clone());
         }
         let insp = inspect(model)?;
         let shape = ModelShape::from_inspection(&insp);
-        self.shapes
-            .borrow_mut()
-            .insert(model.to_string(), shape.clone());
+        self.shapes().insert(model.to_string(), shape.clone());
         Ok(shape)
     }
 
@@ -166,12 +179,10 @@ fn memory_point(s: &MemorySample) -> MemoryPoint {
     }
 }
 
-impl Backend for EngineBackend {
+impl Reader for EngineReader {
     fn inspect(&self, model: &str) -> Result<ModelSummary, String> {
         let insp = inspect(model)?;
-        self.shapes
-            .borrow_mut()
-            .insert(model.to_string(), ModelShape::from_inspection(&insp));
+        self.shapes().insert(model.to_string(), ModelShape::from_inspection(&insp));
         Ok(ModelSummary {
             model: model.to_string(),
             format: insp.format.name().to_string(),
@@ -203,78 +214,6 @@ impl Backend for EngineBackend {
             request,
             &self.budgets(knobs, budget),
         )))
-    }
-
-    fn load(&self, model: &str, knobs: &Knobs) -> Result<(), String> {
-        self.engine
-            .send(Command::Load {
-                model: ModelRef::parse(model),
-                knobs: *knobs,
-            })
-            .map_err(|e| e.to_string())
-    }
-
-    fn generate(&self, request: &Request, out_dir: &Path) -> Result<(), String> {
-        self.engine
-            .send(Command::Generate {
-                request: request.clone(),
-                out_dir: out_dir.to_path_buf(),
-            })
-            .map_err(|e| e.to_string())
-    }
-
-    fn cancel(&self) {
-        self.engine.cancel();
-    }
-
-    fn try_recv(&self) -> Option<EngineEvent> {
-        loop {
-            let ev = match self.engine.try_recv()? {
-                Event::Loaded {
-                    model,
-                    family,
-                    weight_bytes,
-                    load_ms,
-                } => EngineEvent::Loaded {
-                    model: model.to_string(),
-                    family,
-                    weight_bytes,
-                    load_ms,
-                },
-                Event::Unloaded => EngineEvent::Unloaded,
-                Event::Progress { stage, step, total } => EngineEvent::Progress {
-                    stage: stage.name().into(),
-                    step,
-                    total,
-                },
-                Event::Preview(p) => EngineEvent::Preview(p),
-                Event::Output {
-                    paths,
-                    profile_path,
-                    profile,
-                } => EngineEvent::Output(Box::new(record(&profile, profile_path, paths))),
-                Event::Cancelled => EngineEvent::Cancelled,
-                Event::Error { message, detail } => EngineEvent::Error { message, detail },
-                // Peaks and timings also arrive in the profile; plans are computed in place.
-                Event::Telemetry(_) | Event::Planned(_) => continue,
-            };
-            return Some(ev);
-        }
-    }
-
-    fn is_busy(&self) -> bool {
-        self.engine.is_busy()
-    }
-
-    fn memory_history(&self) -> Vec<MemoryPoint> {
-        self.sampler.history().iter().map(memory_point).collect()
-    }
-
-    fn gpu_info(&self) -> GpuInfo {
-        match self.sampler.gpu_status() {
-            GpuStatus::Available { count } => GpuInfo::Available(count),
-            GpuStatus::Unavailable(why) => GpuInfo::Unavailable(why),
-        }
     }
 
     fn restore(&self, path: &Path) -> Result<RestoredView, String> {
@@ -366,6 +305,86 @@ impl Backend for EngineBackend {
                 }
                 d
             }
+        }
+    }
+}
+
+impl Backend for EngineBackend {
+    fn reader(&self) -> Arc<dyn Reader> {
+        self.reader.clone()
+    }
+
+    fn load(&self, model: &str, knobs: &Knobs) -> Result<(), String> {
+        self.engine
+            .send(Command::Load {
+                model: ModelRef::parse(model),
+                knobs: *knobs,
+            })
+            .map_err(|e| e.to_string())
+    }
+
+    fn generate(&self, request: &Request, out_dir: &Path) -> Result<(), String> {
+        self.engine
+            .send(Command::Generate {
+                request: request.clone(),
+                out_dir: out_dir.to_path_buf(),
+            })
+            .map_err(|e| e.to_string())
+    }
+
+    fn cancel(&self) {
+        self.engine.cancel();
+    }
+
+    fn try_recv(&self) -> Option<EngineEvent> {
+        loop {
+            let ev = match self.engine.try_recv()? {
+                Event::Loaded {
+                    model,
+                    family,
+                    weight_bytes,
+                    load_ms,
+                    reread,
+                } => EngineEvent::Loaded {
+                    model: model.to_string(),
+                    family,
+                    weight_bytes,
+                    load_ms,
+                    reread,
+                },
+                Event::Unloaded => EngineEvent::Unloaded,
+                Event::Progress { stage, step, total } => EngineEvent::Progress {
+                    stage: stage.name().into(),
+                    step,
+                    total,
+                },
+                Event::Preview(p) => EngineEvent::Preview(p),
+                Event::Output {
+                    paths,
+                    profile_path,
+                    profile,
+                } => EngineEvent::Output(Box::new(record(&profile, profile_path, paths))),
+                Event::Cancelled => EngineEvent::Cancelled,
+                Event::Error { message, detail } => EngineEvent::Error { message, detail },
+                // Peaks and timings also arrive in the profile; plans are computed in place.
+                Event::Telemetry(_) | Event::Planned(_) => continue,
+            };
+            return Some(ev);
+        }
+    }
+
+    fn is_busy(&self) -> bool {
+        self.engine.is_busy()
+    }
+
+    fn memory_history(&self) -> Vec<MemoryPoint> {
+        self.reader.sampler.history().iter().map(memory_point).collect()
+    }
+
+    fn gpu_info(&self) -> GpuInfo {
+        match self.reader.sampler.gpu_status() {
+            GpuStatus::Available { count } => GpuInfo::Available(count),
+            GpuStatus::Unavailable(why) => GpuInfo::Unavailable(why),
         }
     }
 }

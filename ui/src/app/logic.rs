@@ -45,6 +45,7 @@ impl HeadroomApp {
     /// keeping the plan in step with the knobs.
     pub fn logic(&mut self, ctx: &egui::Context) {
         self.rt.frame_start = Some(std::time::Instant::now());
+        self.take_chore_answers(ctx);
         self.drain_events(ctx);
         self.refresh_plan();
     }
@@ -87,14 +88,20 @@ impl HeadroomApp {
                 family,
                 weight_bytes,
                 load_ms,
+                reread,
             } => {
                 rt.loading = None;
-                // load_ms 0 for the loaded model: it took knobs that change no weights in place
-                if load_ms == 0
+                // the loaded model took the knobs, reading again only the components they touch
+                if let Some(reread) = reread
                     && let Some(l) = rt.loaded.as_mut().filter(|l| l.model == model)
                 {
                     l.knobs = self.state.knobs;
-                    rt.notify(format!("Knobs applied to {model} without reloading"));
+                    l.weight_bytes = weight_bytes;
+                    rt.notify(if reread.is_empty() {
+                        format!("Knobs applied to {model} without reloading")
+                    } else {
+                        format!("Read the {} of {model} again in {load_ms} ms; the rest stayed loaded", reread.join(" and "))
+                    });
                     return;
                 }
                 rt.notify(format!("Loaded {model} ({family}) in {load_ms} ms"));
@@ -102,7 +109,7 @@ impl HeadroomApp {
                 self.state.remember(&model);
                 // whether it makes audio: as its inspection said, else from its manifest (once)
                 let audio = match rt.candidate.take_if(|c| c.model == model) {
-                    Some(c) => c.summary.as_ref().is_ok_and(|s| s.audio),
+                    Some(c) => c.summary.as_ref().is_some_and(|s| s.as_ref().is_ok_and(|s| s.audio)),
                     None => headroom_engine::model::makes_audio(&headroom_engine::ModelRef::parse(&model)),
                 };
                 rt.loaded = Some(LoadedModel {
@@ -140,16 +147,25 @@ impl HeadroomApp {
                 let record = *record;
                 rt.run = None;
                 rt.mark_run_event("done");
-                let reproduction = rt.expect.take().map(|e| {
-                    let drift = rt.backend.drift(&e.original, &record);
-                    if drift.is_empty() { Ok(()) } else { Err(drift) }
-                });
+                let expected = rt.expect.take();
                 if let Some(h) = &mut rt.history {
                     h.insert(0, record.clone());
                 }
                 let compare = rt.compare_with.take();
                 let swept = rt.sweep.current.take();
-                self.add_output(ctx, record, reproduction);
+                let i = self.add_output(ctx, record.clone());
+                if let Some(e) = expected {
+                    // whether the reproduction drifted, read from both profiles off the UI thread
+                    self.rt.chores.run(
+                        "Comparing with the original run",
+                        move |r| r.drift(&e.original, &record),
+                        move |app, _, drift| {
+                            if let Some(card) = app.rt.outputs.get_mut(i) {
+                                card.reproduction = Some(if drift.is_empty() { Ok(()) } else { Err(drift) });
+                            }
+                        },
+                    );
+                }
                 if let Some(value) = swept {
                     // a sweep's outputs fill its table; the tab stays
                     self.sweep_row(value);
@@ -160,7 +176,7 @@ impl HeadroomApp {
                     // the pair: the output compared (A) and its reference (B)
                     self.give_back();
                     self.rt.ab.a = Some(with);
-                    self.rt.ab.b = Some(self.rt.outputs.len() - 1);
+                    self.rt.ab.b = Some(i);
                     self.compare_ab(ctx);
                     self.rt.tab = CenterTab::Ab;
                 }
@@ -186,40 +202,59 @@ impl HeadroomApp {
         }
     }
 
-    /// Adds an output card (decoding its media) and selects it.
-    pub(super) fn add_output(
-        &mut self,
-        ctx: &egui::Context,
-        record: RunRecord,
-        reproduction: Option<Result<(), Vec<String>>>,
-    ) {
+    /// Adds an output card and selects it; its media is decoded on the chores thread, and what
+    /// waits for it (A/B numbers, a sweep row's quality) follows when it arrives. Returns its index.
+    pub(super) fn add_output(&mut self, ctx: &egui::Context, record: RunRecord) -> usize {
         let rt = &mut self.rt;
-        let media = match record.outputs.first() {
-            Some(p) => rt.backend.read_media(p),
-            None => Err("the run wrote no output file".to_string()),
-        };
         let n = rt.outputs.len();
-        let (texture, envelope) = match &media {
-            Ok(Media::Image(img)) => (self::texture(ctx, &format!("output-{n}"), img), Vec::new()),
-            Ok(Media::Audio(a)) => (None, envelope(&a.samples, 1024)),
-            Err(_) => (None, Vec::new()),
-        };
+        let path = record.outputs.first().cloned();
         rt.outputs.push(OutputCard {
             record,
-            media,
-            texture,
-            envelope,
-            reproduction,
+            media: None,
+            texture: None,
+            envelope: Vec::new(),
+            reproduction: None,
         });
+        let label = path
+            .as_ref()
+            .and_then(|p| p.file_name())
+            .map_or_else(|| "output".to_string(), |f| f.to_string_lossy().into_owned());
+        rt.chores.run(
+            format!("Reading {label}"),
+            move |r| match path {
+                Some(p) => r.read_media(&p),
+                None => Err("the run wrote no output file".to_string()),
+            },
+            move |app, ctx, media| app.media_ready(ctx, n, media),
+        );
         rt.selected = Some(n);
         rt.tab = CenterTab::Output;
         // Newest output becomes B, the previous A: the usual A/B is "last two runs".
         rt.ab.a = rt.ab.b.or(n.checked_sub(1));
         rt.ab.b = Some(n);
         self.compare_ab(ctx);
+        n
     }
 
-    /// Recomputes the plan when the model, knobs, request size or budget changed.
+    /// Output `i`'s media arrived: its texture or waveform, then the numbers that waited for it.
+    fn media_ready(&mut self, ctx: &egui::Context, i: usize, media: Result<Media, String>) {
+        let Some(card) = self.rt.outputs.get_mut(i) else {
+            return;
+        };
+        match &media {
+            Ok(Media::Image(img)) => card.texture = texture(ctx, &format!("output-{i}"), img),
+            Ok(Media::Audio(a)) => card.envelope = envelope(&a.samples, 1024),
+            Err(_) => {}
+        }
+        card.media = Some(media);
+        if self.rt.ab.a == Some(i) || self.rt.ab.b == Some(i) {
+            self.compare_ab(ctx);
+        }
+        self.measure_sweep_rows();
+    }
+
+    /// Asks for the plan when the model, knobs, request size or budget changed; the last plan
+    /// stays shown until the new one arrives.
     fn refresh_plan(&mut self) {
         let Some(model) = self.rt.current_model().map(str::to_string) else {
             self.rt.plan = None;
@@ -227,10 +262,15 @@ impl HeadroomApp {
         };
         // A model that could not be inspected cannot be planned; its card says why.
         let unreadable = self.rt.loaded.is_none()
-            && self.rt.candidate.as_ref().is_some_and(|c| c.summary.is_err());
+            && self
+                .rt
+                .candidate
+                .as_ref()
+                .is_some_and(|c| c.summary.as_ref().is_some_and(|s| s.is_err()));
         if unreadable {
             self.rt.plan = None;
             self.rt.plan_key.clear();
+            self.rt.plan_asked.clear();
             return;
         }
         let s = &self.state;
@@ -239,55 +279,72 @@ impl HeadroomApp {
             "{model}|{:?}|{}x{}x{}|{:?}|{:?}",
             s.knobs, s.request.width, s.request.height, s.request.batch, s.request.seconds, budget
         );
-        if key != self.rt.plan_key {
-            self.rt.plan = Some(self.rt.backend.plan(&model, &s.knobs, &s.request, budget));
-            self.rt.plan_key = key;
+        if key == self.rt.plan_key || key == self.rt.plan_asked {
+            return;
         }
+        self.rt.plan_asked = key.clone();
+        let (knobs, request) = (s.knobs, s.request.clone());
+        self.rt.chores.run(
+            format!("Planning {}", super::ui_plan::short_name(&model)),
+            move |r| r.plan(&model, &knobs, &request, budget),
+            move |app, _, plan| {
+                // only the answer to the latest question is shown
+                if app.rt.plan_asked == key {
+                    app.rt.plan = Some(plan);
+                    app.rt.plan_key = key;
+                }
+            },
+        );
     }
 
-    /// Reads the profiles in the output folder as history cards, newest first.
+    /// Reads the profiles in the output folder as history cards, newest first, on the chores
+    /// thread.
     pub(super) fn refresh_history(&mut self) {
-        let mut files: Vec<_> = std::fs::read_dir(&self.rt.out_dir)
-            .map(|d| {
-                d.filter_map(|e| e.ok())
-                    .map(|e| e.path())
-                    .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-                    .collect()
-            })
-            .unwrap_or_default();
-        files.sort_by_key(|p| {
-            std::cmp::Reverse(std::fs::metadata(p).and_then(|m| m.modified()).ok())
-        });
-        let mut runs = Vec::new();
-        for p in files.iter().take(200) {
-            match self.rt.backend.read_run(p) {
-                Ok(r) => runs.push(r),
-                Err(e) => log::warn!("{e}"),
-            }
-        }
-        self.rt.history = Some(runs);
+        let dir = self.rt.out_dir.clone();
+        self.rt.history_reading = true;
+        self.rt.chores.run(
+            "Reading the run history",
+            move |r| {
+                let mut files: Vec<_> = std::fs::read_dir(&dir)
+                    .map(|d| {
+                        d.filter_map(|e| e.ok())
+                            .map(|e| e.path())
+                            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                files.sort_by_key(|p| {
+                    std::cmp::Reverse(std::fs::metadata(p).and_then(|m| m.modified()).ok())
+                });
+                let mut runs = Vec::new();
+                for p in files.iter().take(200) {
+                    match r.read_run(p) {
+                        Ok(run) => runs.push(run),
+                        Err(e) => log::warn!("{e}"),
+                    }
+                }
+                runs
+            },
+            |app, _, runs| {
+                app.rt.history = Some(runs);
+                app.rt.history_reading = false;
+            },
+        );
     }
 
-    /// Records the newest output as the sweep's row for `value`, with its quality against the
-    /// reference run (the first of the sweep).
+    /// Records the newest output as the sweep's row for `value`; its quality against the
+    /// reference run (the first of the sweep) follows once both outputs are decoded.
     fn sweep_row(&mut self, value: String) {
         let output = self.rt.outputs.len() - 1;
         if value == super::state::SWEEP_REFERENCE {
             self.rt.sweep.reference = Some(output);
         }
-        let card = &self.rt.outputs[output];
-        let quality = match (self.rt.sweep.reference.and_then(|r| self.rt.outputs.get(r)), &card.media) {
-            (Some(reference), Ok(media)) => match &reference.media {
-                Ok(ref_media) => self.rt.backend.compare(ref_media, media).map(|c| c.numbers).unwrap_or_default(),
-                Err(_) => Vec::new(),
-            },
-            _ => Vec::new(),
-        };
-        let r = &card.record;
+        let r = &self.rt.outputs[output].record;
         let row = super::state::SweepRow {
             value,
             output,
-            quality,
+            quality: Vec::new(),
+            measuring: false,
             // the heap peak where counted: the RSS of a long-lived app keeps what earlier runs freed
             peak_bytes: if r.peak_vram_bytes > 0 {
                 r.peak_vram_bytes
@@ -299,10 +356,40 @@ impl HeadroomApp {
             time_ms: r.timings_ms.iter().filter(|(s, _)| s != "load").map(|(_, ms)| ms).sum(),
         };
         self.rt.sweep.rows.push(row);
+        self.measure_sweep_rows();
     }
 
-    /// Compares the A and B outputs when both are chosen.
-    pub(super) fn compare_ab(&mut self, ctx: &egui::Context) {
+    /// Measures each sweep row against the reference once both outputs are decoded (on the
+    /// chores thread).
+    fn measure_sweep_rows(&mut self) {
+        let rt = &mut self.rt;
+        let Some(Some(Ok(reference))) = rt.sweep.reference.and_then(|r| rt.outputs.get(r)).map(|o| &o.media) else {
+            return;
+        };
+        for (k, row) in rt.sweep.rows.iter_mut().enumerate() {
+            let Some(Some(Ok(media))) = rt.outputs.get(row.output).map(|o| &o.media) else {
+                continue;
+            };
+            if row.measuring || !row.quality.is_empty() {
+                continue;
+            }
+            row.measuring = true;
+            let (reference, media, output) = (reference.clone(), media.clone(), row.output);
+            rt.chores.run(
+                format!("Measuring {}", row.value),
+                move |r| r.compare(&reference, &media).map(|c| c.numbers).unwrap_or_default(),
+                move |app, _, quality| {
+                    if let Some(row) = app.rt.sweep.rows.get_mut(k).filter(|row| row.output == output) {
+                        row.quality = quality;
+                        row.measuring = false;
+                    }
+                },
+            );
+        }
+    }
+
+    /// Compares the A and B outputs when both are chosen and decoded (on the chores thread).
+    pub(super) fn compare_ab(&mut self, _ctx: &egui::Context) {
         let ab = &mut self.rt.ab;
         ab.comparison = None;
         ab.heatmap = None;
@@ -310,19 +397,26 @@ impl HeadroomApp {
         let (Some(a), Some(b)) = (ab.a, ab.b) else {
             return;
         };
-        let (Some(Ok(ma)), Some(Ok(mb))) = (
+        let (Some(Some(Ok(ma))), Some(Some(Ok(mb)))) = (
             self.rt.outputs.get(a).map(|o| &o.media),
             self.rt.outputs.get(b).map(|o| &o.media),
         ) else {
             return;
         };
-        let result = self.rt.backend.compare(ma, mb);
-        if let Ok(c) = &result {
-            self.rt.ab.heatmap = c
-                .heatmap
-                .as_ref()
-                .and_then(|h| texture(ctx, "ab-heatmap", h));
-        }
-        self.rt.ab.comparison = Some(result);
+        let (ma, mb) = (ma.clone(), mb.clone());
+        self.rt.chores.run(
+            "Comparing A and B",
+            move |r| r.compare(&ma, &mb),
+            move |app, ctx, result| {
+                // a newer choice of A or B asks again
+                if (app.rt.ab.a, app.rt.ab.b) != (Some(a), Some(b)) {
+                    return;
+                }
+                if let Ok(c) = &result {
+                    app.rt.ab.heatmap = c.heatmap.as_ref().and_then(|h| texture(ctx, "ab-heatmap", h));
+                }
+                app.rt.ab.comparison = Some(result);
+            },
+        );
     }
 }

@@ -6,6 +6,7 @@
 //! A/B in the center, memory gauges at the bottom.
 
 pub mod backend;
+pub mod chores;
 pub mod command;
 pub mod engine_link;
 mod logic;
@@ -123,6 +124,13 @@ impl HeadroomApp {
         }
     }
 
+    /// Runs the slow reads in the frame that asks for them instead of on the chores thread
+    /// (answers still arrive a frame later): tests of panel logic step a fixed number of frames.
+    pub fn with_inline_chores(mut self) -> Self {
+        self.rt.chores = chores::Chores::inline(self.rt.backend.reader());
+        self
+    }
+
     /// One whole frame, as tests drive it: [`HeadroomApp::logic`] then [`HeadroomApp::draw_ui`].
     pub fn frame_ui(&mut self, ui: &mut egui::Ui) {
         self.logic(&ui.ctx().clone());
@@ -139,6 +147,7 @@ impl HeadroomApp {
         self.layout_ui(ui);
         self.drop_overlay_ui(&ctx);
         self.run_commands(&ctx);
+        self.take_chore_answers(&ctx);
         self.rt.record_frame(t0.elapsed().as_secs_f32() * 1000.0);
         if self.rt.run.is_some() {
             // Keep the elapsed time and spinner moving between engine events.

@@ -98,7 +98,8 @@ impl Default for SavedState {
 #[derive(Clone, Debug)]
 pub struct Candidate {
     pub model: String,
-    pub summary: Result<ModelSummary, String>,
+    /// `None` while the chores thread inspects it.
+    pub summary: Option<Result<ModelSummary, String>>,
 }
 
 /// The model the worker has loaded.
@@ -126,7 +127,8 @@ pub struct RunProgress {
 /// One output shown in the center: the run, its decoded media and its texture.
 pub struct OutputCard {
     pub record: RunRecord,
-    pub media: Result<Media, String>,
+    /// The decoded output; `None` while the chores thread reads it.
+    pub media: Option<Result<Media, String>>,
     pub texture: Option<egui::TextureHandle>,
     /// Min/max envelope of an audio output, for drawing.
     pub envelope: Vec<(f32, f32)>,
@@ -233,6 +235,8 @@ pub struct SweepRow {
     pub output: usize,
     /// Quality against the reference (PSNR dB, SSIM … or SNR dB, log-spectral distance dB).
     pub quality: Vec<(String, f64)>,
+    /// The quality is being measured (on the chores thread).
+    pub measuring: bool,
     pub peak_bytes: u64,
     pub time_ms: u64,
 }
@@ -248,15 +252,20 @@ impl SweepState {
 /// Handles and caches: everything not saved.
 pub struct Runtime {
     pub backend: Box<dyn Backend>,
+    /// Slow reads (inspect, plan, restore, history, media, metrics), off the UI thread.
+    pub chores: super::chores::Chores,
     /// Commands pushed by widgets this frame, run at its end.
     pub commands: Vec<AppCommand>,
     pub candidate: Option<Candidate>,
     pub loaded: Option<LoadedModel>,
     /// A load was asked for and has not answered.
     pub loading: Option<String>,
-    /// The plan for the current model + knobs + request, and what it was computed for.
+    /// The plan for the current model + knobs + request, and what it was computed for (while a
+    /// new one is computed, the last one stays shown).
     pub plan: Option<Result<PlanView, String>>,
     pub plan_key: String,
+    /// What the plan asked of the chores thread is for.
+    pub plan_asked: String,
     pub run: Option<RunProgress>,
     pub preview: Option<egui::TextureHandle>,
     pub preview_wave: Vec<(f32, f32)>,
@@ -264,6 +273,8 @@ pub struct Runtime {
     pub selected: Option<usize>,
     /// History cards, newest first (`None` until first read).
     pub history: Option<Vec<RunRecord>>,
+    /// The history folder is being read (on the chores thread).
+    pub history_reading: bool,
     /// Words every shown history card must contain (model, prompt, seed or `key=value` knobs).
     pub history_filter: String,
     /// Run events for the gauges: (sampler seconds, label).
@@ -311,6 +322,7 @@ impl Runtime {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0x9E37_79B9_7F4A_7C15);
         Self {
+            chores: super::chores::Chores::threaded(backend.reader()),
             backend,
             commands: Vec::new(),
             candidate: None,
@@ -318,12 +330,14 @@ impl Runtime {
             loading: None,
             plan: None,
             plan_key: String::new(),
+            plan_asked: String::new(),
             run: None,
             preview: None,
             preview_wave: Vec::new(),
             outputs: Vec::new(),
             selected: None,
             history: None,
+            history_reading: false,
             history_filter: String::new(),
             run_marks: Vec::new(),
             notices: Vec::new(),

@@ -78,7 +78,7 @@ impl HeadroomApp {
     fn ab_view_ui(&mut self, ui: &mut egui::Ui, a: usize, b: usize) {
         let (oa, ob) = (&self.rt.outputs[a], &self.rt.outputs[b]);
         match (&oa.media, &ob.media, &oa.texture, &ob.texture) {
-            (Ok(Media::Image(_)), Ok(Media::Image(_)), Some(ta), Some(tb)) => {
+            (Some(Ok(Media::Image(_))), Some(Ok(Media::Image(_))), Some(ta), Some(tb)) => {
                 ui.horizontal(|ui| {
                     let mut heat = self.rt.ab.show_heatmap;
                     if ui
@@ -136,7 +136,7 @@ impl HeadroomApp {
                     self.rt.commands.push(AppCommand::SetWipe(w));
                 }
             }
-            (Ok(Media::Audio(_)), Ok(Media::Audio(_)), _, _) => {
+            (Some(Ok(Media::Audio(_))), Some(Ok(Media::Audio(_))), _, _) => {
                 ui.horizontal(|ui| {
                     if ui.button("Play A").clicked() {
                         self.rt.commands.push(AppCommand::PlayAudio(a));
@@ -248,7 +248,7 @@ impl HeadroomApp {
             "Trial {} of {total} · {correct} right so far",
             done + 1
         ));
-        let is_audio = matches!(self.rt.outputs[x].media, Ok(Media::Audio(_)));
+        let is_audio = matches!(self.rt.outputs[x].media, Some(Ok(Media::Audio(_))));
         if is_audio {
             ui.horizontal(|ui| {
                 for (label, i) in [("Play A", a), ("Play B", b), ("Play X", x)] {

@@ -67,10 +67,13 @@ impl HeadroomApp {
                         kv_ui(ui, "load", format!("{} ms", l.load_ms));
                     });
                 if l.knobs != self.state.knobs {
-                    let what = if l.knobs.same_weights(&self.state.knobs) {
-                        "Knobs changed: the next run applies them without reloading"
-                    } else {
-                        "Knobs changed: the next run reloads with them"
+                    let what = match l.knobs.components_to_reread(&self.state.knobs) {
+                        Some(c) if c.is_empty() => "Knobs changed: the next run applies them without reloading".to_string(),
+                        Some(c) => format!(
+                            "Knobs changed: the next run reads the {} again",
+                            c.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(" and ")
+                        ),
+                        None => "Knobs changed: the next run loads the model again with them".to_string(),
                     };
                     ui.label(RichText::new(what).small().italics());
                 }
@@ -119,10 +122,16 @@ impl HeadroomApp {
                 });
             });
             match &c.summary {
-                Err(e) => {
+                None => {
+                    ui.horizontal(|ui| {
+                        ui.spinner();
+                        ui.label(RichText::new("Reading its headers…").weak());
+                    });
+                }
+                Some(Err(e)) => {
                     ui.colored_label(ui.visuals().error_fg_color, e);
                 }
-                Ok(s) => summary_ui(ui, s),
+                Some(Ok(s)) => summary_ui(ui, s),
             }
             let verdict = match &self.rt.plan {
                 Some(Ok(p)) => Some(p.verdict),
@@ -135,7 +144,7 @@ impl HeadroomApp {
                         .color(verdict_color(v)),
                 );
             }
-            if c.summary.is_ok() {
+            if matches!(c.summary, Some(Ok(_))) {
                 let loaded_same = self.rt.loaded.as_ref().is_some_and(|l| l.model == c.model);
                 ui.horizontal(|ui| {
                     let load = ui

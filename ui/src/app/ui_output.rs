@@ -110,15 +110,21 @@ impl HeadroomApp {
         }
         let card = &self.rt.outputs[i];
         match &card.media {
-            Err(e) => {
+            None => {
+                ui.horizontal(|ui| {
+                    ui.spinner();
+                    ui.label(RichText::new("Reading the output…").weak());
+                });
+            }
+            Some(Err(e)) => {
                 ui.colored_label(ui.visuals().error_fg_color, e);
             }
-            Ok(Media::Image(_)) => {
+            Some(Ok(Media::Image(_))) => {
                 if let Some(tex) = card.texture.clone() {
                     self.image_view_ui(ui, &tex);
                 }
             }
-            Ok(Media::Audio(a)) => {
+            Some(Ok(Media::Audio(a))) => {
                 let secs = a.duration_secs();
                 let envelope = card.envelope.clone();
                 self.audio_view_ui(ui, i, &envelope, secs);
@@ -291,6 +297,12 @@ impl HeadroomApp {
                     .desired_width(260.0),
             );
         });
+        if self.rt.history_reading {
+            ui.horizontal(|ui| {
+                ui.spinner();
+                ui.label(RichText::new("Reading the run history…").weak());
+            });
+        }
         let Some(history) = &self.rt.history else {
             return;
         };

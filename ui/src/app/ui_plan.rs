@@ -27,6 +27,10 @@ impl HeadroomApp {
             };
             ui.label(RichText::new(model).strong());
             ui.label(RichText::new(state).weak());
+            if let Some((what, t)) = self.rt.chores.slow() {
+                ui.spinner();
+                ui.label(RichText::new(format!("{what}… {:.1} s", t.as_secs_f32())).weak());
+            }
             ui.separator();
             match &self.rt.plan {
                 None => {

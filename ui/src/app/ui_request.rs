@@ -13,7 +13,7 @@ impl HeadroomApp {
     /// audio, as its manifest says.
     pub(super) fn model_is_audio(&self) -> bool {
         match &self.rt.candidate {
-            Some(c) => c.summary.as_ref().is_ok_and(|s| s.audio),
+            Some(c) => c.summary.as_ref().is_some_and(|s| s.as_ref().is_ok_and(|s| s.audio)),
             None => self.rt.loaded.as_ref().is_some_and(|l| l.audio),
         }
     }

@@ -16,7 +16,7 @@ use headroom_engine::{Knobs, Request};
 use headroom_ui::app::HeadroomApp;
 use headroom_ui::app::backend::{
     Backend, Comparison, DeviceUse, EngineEvent, Fix, GpuInfo, Media, MemoryPoint, ModelSummary,
-    PlanView, RestoredView, RunRecord, Verdict,
+    PlanView, Reader, RestoredView, RunRecord, Verdict,
 };
 use headroom_ui::app::state::SavedState;
 
@@ -42,6 +42,30 @@ pub struct FakeBackend {
     loaded: RefCell<Option<(String, Knobs)>>,
     /// Loads that read the model (not ones answered in place).
     pub loads: std::rc::Rc<RefCell<u32>>,
+    /// When set, `inspect` waits (on the chores thread) until the gate opens.
+    pub inspect_gate: Option<Arc<Gate>>,
+}
+
+/// A gate a slow read waits at until the test opens it (or 10 s pass).
+#[derive(Default)]
+pub struct Gate {
+    open: std::sync::Mutex<bool>,
+    turn: std::sync::Condvar,
+}
+
+impl Gate {
+    pub fn open(&self) {
+        *self.open.lock().unwrap() = true;
+        self.turn.notify_all();
+    }
+
+    fn wait(&self) {
+        let open = self.open.lock().unwrap();
+        let _unused = self
+            .turn
+            .wait_timeout_while(open, std::time::Duration::from_secs(10), |open| !*open)
+            .unwrap();
+    }
 }
 
 impl FakeBackend {
@@ -53,8 +77,19 @@ impl FakeBackend {
     }
 }
 
-impl Backend for FakeBackend {
+/// What the fake answers off the UI thread (a snapshot of the fake's tables).
+pub struct FakeReader {
+    inspect_gate: Option<Arc<Gate>>,
+    restorable: HashMap<PathBuf, RestoredView>,
+    budget_bytes: u64,
+    media: Option<Media>,
+}
+
+impl Reader for FakeReader {
     fn inspect(&self, model: &str) -> Result<ModelSummary, String> {
+        if let Some(g) = &self.inspect_gate {
+            g.wait();
+        }
         if !(model.ends_with(".safetensors") || model.starts_with("builtin:")) {
             return Err(format!("{model}: not a model file"));
         }
@@ -135,14 +170,64 @@ impl Backend for FakeBackend {
         })
     }
 
+    fn restore(&self, path: &Path) -> Result<RestoredView, String> {
+        self.restorable
+            .get(path)
+            .cloned()
+            .ok_or_else(|| format!("{}: no profile in this file", path.display()))
+    }
+
+    fn read_run(&self, profile_path: &Path) -> Result<RunRecord, String> {
+        Err(format!("{}: fake has no profiles", profile_path.display()))
+    }
+
+    fn read_media(&self, _path: &Path) -> Result<Media, String> {
+        if let Some(m) = &self.media {
+            return Ok(m.clone());
+        }
+        Ok(Media::Image(Image {
+            width: 64,
+            height: 64,
+            rgb: vec![128; 64 * 64 * 3],
+        }))
+    }
+
+    fn compare(&self, _a: &Media, _b: &Media) -> Result<Comparison, String> {
+        Ok(Comparison {
+            numbers: vec![("PSNR dB".into(), 99.0)],
+            heatmap: None,
+        })
+    }
+
+    fn drift(&self, original: &RunRecord, again: &RunRecord) -> Vec<String> {
+        if original.sha256 == again.sha256 {
+            Vec::new()
+        } else {
+            vec!["sha256".into()]
+        }
+    }
+}
+
+impl Backend for FakeBackend {
+    fn reader(&self) -> Arc<dyn Reader> {
+        Arc::new(FakeReader {
+            inspect_gate: self.inspect_gate.clone(),
+            restorable: self.restorable.clone(),
+            budget_bytes: self.budget_bytes,
+            media: self.media.clone(),
+        })
+    }
+
     fn load(&self, model: &str, knobs: &Knobs) -> Result<(), String> {
-        // as the worker: the same model with only knobs that change no weights is taken in place
-        let in_place = self
+        // as the worker: the same model reads again only the components the knobs touch
+        let reread = self
             .loaded
             .borrow()
             .as_ref()
-            .is_some_and(|(m, k)| m == model && k.same_weights(knobs));
-        if !in_place {
+            .filter(|(m, _)| m == model)
+            .and_then(|(_, k)| k.components_to_reread(knobs))
+            .map(|c| c.iter().map(|c| c.to_string()).collect::<Vec<_>>());
+        if reread.is_none() {
             *self.loads.borrow_mut() += 1;
         }
         *self.loaded.borrow_mut() = Some((model.to_string(), *knobs));
@@ -150,7 +235,11 @@ impl Backend for FakeBackend {
             model: model.into(),
             family: "latent-diffusion".into(),
             weight_bytes: 1 << 30,
-            load_ms: if in_place { 0 } else { 12 },
+            load_ms: match &reread {
+                None => 12,
+                Some(c) => 4 * c.len() as u64,
+            },
+            reread,
         });
         Ok(())
     }
@@ -228,43 +317,6 @@ impl Backend for FakeBackend {
     fn gpu_info(&self) -> GpuInfo {
         GpuInfo::Unavailable("no NVIDIA GPU found".into())
     }
-
-    fn restore(&self, path: &Path) -> Result<RestoredView, String> {
-        self.restorable
-            .get(path)
-            .cloned()
-            .ok_or_else(|| format!("{}: no profile in this file", path.display()))
-    }
-
-    fn read_run(&self, profile_path: &Path) -> Result<RunRecord, String> {
-        Err(format!("{}: fake has no profiles", profile_path.display()))
-    }
-
-    fn read_media(&self, _path: &Path) -> Result<Media, String> {
-        if let Some(m) = &self.media {
-            return Ok(m.clone());
-        }
-        Ok(Media::Image(Image {
-            width: 64,
-            height: 64,
-            rgb: vec![128; 64 * 64 * 3],
-        }))
-    }
-
-    fn compare(&self, _a: &Media, _b: &Media) -> Result<Comparison, String> {
-        Ok(Comparison {
-            numbers: vec![("PSNR dB".into(), 99.0)],
-            heatmap: None,
-        })
-    }
-
-    fn drift(&self, original: &RunRecord, again: &RunRecord) -> Vec<String> {
-        if original.sha256 == again.sha256 {
-            Vec::new()
-        } else {
-            vec!["sha256".into()]
-        }
-    }
 }
 
 /// A dropped file as the window system would hand it over.
@@ -280,13 +332,29 @@ impl egui::DroppedFile for TestDrop {
     }
 }
 
-/// A harness around the app with the fake engine, at the desktop size.
+/// A harness around the app with the fake engine, at the desktop size; slow reads run in the
+/// frame that asks (answering in the next), so a fixed number of frames is enough.
 pub fn harness(backend: FakeBackend) -> Harness<'static, HeadroomApp> {
     let app = HeadroomApp::new(
         SavedState::default(),
         Box::new(backend),
         std::env::temp_dir().join("headroom-ui-test"),
+    )
+    .with_inline_chores();
+    app_harness(app)
+}
+
+/// The same with slow reads on the chores thread, as the app runs them.
+pub fn threaded_harness(backend: FakeBackend) -> Harness<'static, HeadroomApp> {
+    let app = HeadroomApp::new(
+        SavedState::default(),
+        Box::new(backend),
+        std::env::temp_dir().join("headroom-ui-test"),
     );
+    app_harness(app)
+}
+
+fn app_harness(app: HeadroomApp) -> Harness<'static, HeadroomApp> {
     Harness::builder()
         .with_size([1440.0, 900.0])
         .build_ui_state(|ui, app: &mut HeadroomApp| app.frame_ui(ui), app)

@@ -1,7 +1,7 @@
 //! Prompt → image for Stable Diffusion 1.x/2.x: tokenize, encode, denoise with classifier-free
 //! guidance (batch `[uncond, cond]`), decode, and the [`Family`] the worker drives.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
@@ -18,7 +18,7 @@ use super::unet::Unet;
 use super::vae::AutoencoderKl;
 use crate::cancel::CancelCheck;
 use crate::error::{Error, Result};
-use crate::families::{Family, RunObserver};
+use crate::families::{Family, Retuned, RunObserver};
 use crate::formats::human_bytes;
 use crate::knobs::{Component, DeviceKind, Knobs, OffloadMode, Precision};
 use crate::media::Image;
@@ -28,30 +28,46 @@ use crate::worker::protocol::{Artifact, Preview, Stage};
 
 /// A loaded Stable Diffusion 1.x/2.x model.
 pub struct LatentDiffusion {
+    /// Where it was loaded from (a component is read again from here when its knobs change).
+    path: PathBuf,
     tokenizer: ClipTokenizer,
-    text: ClipTextModel,
-    unet: Unet,
-    vae: AutoencoderKl,
+    /// The components; `None` only while one is being read again ([`Family::retune`]), so its
+    /// old weights are freed before the new ones are read.
+    text: Option<ClipTextModel>,
+    unet: Option<Unet>,
+    vae: Option<AutoencoderKl>,
     scheduler: SchedulerConfig,
-    /// The UNet's device (latents live here); the text encoder and VAE have their own.
+    /// The run's device (the UNet's and the latents'; a component may be placed on the CPU).
     device: Device,
-    text_device: Device,
-    vae_device: Device,
-    /// Storage and compute dtype per component: text encoder, UNet, VAE.
-    dtypes: [DType; 3],
-    /// Resident weight bytes per component (text encoder, UNet, VAE), as the loaders counted
-    /// them (the UNet's: what stays on its device).
-    weight_bytes: [u64; 3],
-    /// Resident weight bytes per device name.
-    resident: Vec<(String, u64)>,
+    /// How each component is held (text encoder, UNet, VAE).
+    held: [Held; 3],
+    /// What the checkpoint itself had to say (key mapping, inferred configs).
+    source_notes: Vec<String>,
     noise: NoiseFactory,
-    /// Notes for the next run's telemetry (knobs that are not honoured yet).
-    load_notes: Vec<String>,
     /// Layers to skip at the end of the text encoder (diffusers' `clip_skip`); 0 by default.
     pub clip_skip: usize,
     /// Set when the model's images are mel spectrograms (its `model.toml` says `output =
     /// "mel-spectrogram"`): each image is then turned into audio.
     pub spectrogram: Option<SpectrogramParams>,
+}
+
+/// How one component is held: where, in which compute dtype, its resident bytes, and what its
+/// load had to say (repeated in every run's notes).
+#[derive(Clone, Debug)]
+struct Held {
+    device: Device,
+    dtype: DType,
+    /// Resident bytes on `device` as the loader counted them.
+    bytes: u64,
+    /// Bytes held on the CPU for a GPU component (the UNet's split blocks).
+    cpu_bytes: u64,
+    notes: Vec<String>,
+}
+
+impl Default for Held {
+    fn default() -> Self {
+        Held { device: Device::Cpu, dtype: DType::F32, bytes: 0, cpu_bytes: 0, notes: Vec::new() }
+    }
 }
 
 /// The candle device for a device knob.
@@ -88,138 +104,171 @@ pub fn load(path: &Path, knobs: &Knobs) -> Result<LatentDiffusion> {
 /// # Errors
 /// As [`load`]; [`Error::Cancelled`] once `cancel` says so.
 pub fn load_checked(path: &Path, knobs: &Knobs, cancel: &CancelCheck) -> Result<LatentDiffusion> {
-    let stop = || if cancel.is_cancelled() { Err(Error::Cancelled) } else { Ok(()) };
-    stop()?;
+    cancel.stop()?;
     let device = candle_device(knobs.device)?;
-    // a component placed on the CPU gets the CPU; otherwise the one device made above (two
-    // handles to one GPU would count as different devices)
-    let place = |p: crate::knobs::Placement| if p.resolve(knobs.device).is_gpu() { device.clone() } else { Device::Cpu };
-    let devices = [place(knobs.offload.text), device.clone(), place(knobs.offload.vae)];
-    let mut notes = Vec::new();
-    let mut dtypes = [DType::F32; 3];
-    // what each component's weights are stored as when it differs from the compute dtype:
-    // quantized types, and f16/bf16 on the CPU, compute in f32 (F32 here means "as computed")
-    let mut storage = [Precision::F32; 3];
-    for (i, c) in Component::ALL.into_iter().enumerate() {
+    let source = Checkpoint::open(path)?;
+    let tokenizer = source.tokenizer()?;
+    let mut model = LatentDiffusion {
+        path: path.to_path_buf(),
+        tokenizer,
+        text: None,
+        unet: None,
+        vae: None,
+        scheduler: SchedulerConfig::default(),
+        device,
+        held: Default::default(),
+        source_notes: source.notes(),
+        noise: default_noise(),
+        clip_skip: 0,
+        spectrogram: None,
+    };
+    for c in Component::ALL {
+        model.read_component(&source, c, knobs, cancel)?;
+    }
+    model.set_slicing(knobs);
+    model.spectrogram = SpectrogramParams::from_manifest(path)?;
+    model.scheduler = source.scheduler_config()?;
+    Ok(model)
+}
+
+impl LatentDiffusion {
+    /// Reads component `c` from `source` as `knobs` say (its precision and placement), freeing
+    /// the one held before first; records how it is held.
+    fn read_component(&mut self, source: &Checkpoint, c: Component, knobs: &Knobs, cancel: &CancelCheck) -> Result<()> {
+        cancel.stop()?;
+        let i = c as usize;
+        match c {
+            Component::Text => self.text = None,
+            Component::Unet => self.unet = None,
+            Component::Vae => self.vae = None,
+        }
+        self.held[i] = Held::default();
+        // a component placed on the CPU gets the CPU; otherwise the run's one device (two
+        // handles to one GPU would count as different devices)
+        let device = match c {
+            Component::Text if !knobs.offload.text.resolve(knobs.device).is_gpu() => Device::Cpu,
+            Component::Vae if !knobs.offload.vae.resolve(knobs.device).is_gpu() => Device::Cpu,
+            _ => self.device.clone(),
+        };
+        let mut notes = Vec::new();
         let p = knobs.precision.get(c).resolve(knobs.device);
-        storage[i] = if p.is_quantized() { p } else { Precision::F32 };
-        if p.is_quantized() && devices[i].is_cpu() {
+        // what the weights are stored as when it differs from the compute dtype: quantized types,
+        // and f16/bf16 on the CPU, compute in f32 (F32 here means "as computed")
+        let mut storage = if p.is_quantized() { p } else { Precision::F32 };
+        if p.is_quantized() && device.is_cpu() {
             notes.push(format!(
                 "{c}: {p} weights are stored {p} and expanded to f32 one layer at a time to multiply in f32 \
                  (the faster kernel on this CPU)"
             ));
         }
-        dtypes[i] = match p {
+        let mut dtype = match p {
             Precision::F32 => DType::F32,
-            Precision::F16 | Precision::Bf16 if devices[i].is_cpu() => {
+            Precision::F16 | Precision::Bf16 if device.is_cpu() => {
                 notes.push(format!(
                     "{c}: {p} is stored in {p} and computed in f32 on the CPU, where the f32 kernels are the fast ones"
                 ));
-                storage[i] = p;
+                storage = p;
                 DType::F32
             }
             Precision::F16 => DType::F16,
             Precision::Bf16 => DType::BF16,
             _ => DType::F32,
         };
-    }
-    let weights = |vb, i: usize| {
-        let w = if storage[i] == Precision::F32 { Weights::new(vb) } else { Weights::with_precision(vb, storage[i]) };
-        w.with_cancel(cancel.clone())
-    };
-    let mut ledgers = Vec::with_capacity(3);
-    let [text_dtype, unet_dtype, mut vae_dtype] = dtypes;
-    let [text_device, _, vae_device] = devices;
-    let slice = knobs.slicing.attention_slice as usize;
-    let mut resident = Resident::default();
-
-    let source = Checkpoint::open(path)?;
-    notes.extend(source.notes());
-    let tokenizer = source.tokenizer()?;
-    let cfg = source.text_config()?;
-    let (vb, _) = source.weights(Component::Text, text_dtype, &text_device)?;
-    let w = weights(vb, 0);
-    let mut text = build_checked(cancel, &source.label(Component::Text), || ClipTextModel::new(&cfg, w.clone()))?;
-    ledgers.push(w.ledger());
-    text.attention_slice = slice;
-    resident.add(&text_device, ledgers[0].bytes);
-
-    stop()?;
-    let cfg = source.unet_config()?;
-    let (vb, _) = source.weights(Component::Unet, unet_dtype, &device)?;
-    let split_on_cpu = device.is_cpu() && knobs.offload.mode == OffloadMode::Split;
-    let placement = BlockPlacement {
-        // split on a CPU run would compute on the CPU what already lives there: all resident
-        resident: knobs.offload.gpu_blocks.filter(|_| !split_on_cpu).map_or(usize::MAX, |n| n as usize),
-        mode: knobs.offload.mode,
-        // the CPU has no bf16 matmul: split blocks of a bf16 UNet are held and run in f32
-        cpu_dtype: if unet_dtype == DType::BF16 { DType::F32 } else { unet_dtype },
-    };
-    let w = weights(vb, 1);
-    let mut unet = build_checked(cancel, &source.label(Component::Unet), || Unet::with_offload(&cfg, w.clone(), &placement))?;
-    ledgers.push(w.ledger());
-    unet.attention_slice = slice;
-    let slots = unet.slots();
-    // the ledger counted what stays on the UNet's device; split blocks counted their own
-    resident.add(&device, ledgers[1].bytes);
-    if unet.split_bytes() > 0 {
-        resident.add(&Device::Cpu, unet.split_bytes());
-    }
-    if let Some(note) = offload_note(knobs, &device, &slots) {
-        notes.push(note);
-    }
-
-    stop()?;
-    let cfg = source.vae_config()?;
-    // as diffusers: an autoencoder marked `force_upcast` (SD 1.x/2.x's overflows in f16) decodes in
-    // f32 unless the user asked for f16 by name
-    if cfg.force_upcast && vae_dtype == DType::F16 && knobs.precision.vae == Precision::Auto {
-        notes.push("vae: the config asks for f32 (force_upcast); precision auto gives f32 here".into());
-        vae_dtype = DType::F32;
-        dtypes[2] = DType::F32;
-    }
-    let (vb, _) = source.weights(Component::Vae, vae_dtype, &vae_device)?;
-    let w = weights(vb, 2);
-    let mut vae = build_checked(cancel, &source.label(Component::Vae), || AutoencoderKl::new(&cfg, w.clone()))?;
-    ledgers.push(w.ledger());
-    for (c, l) in Component::ALL.into_iter().zip(&ledgers) {
-        if let Some(first) = l.non_finite.first() {
+        let weights = |vb| {
+            let w = if storage == Precision::F32 { Weights::new(vb) } else { Weights::with_precision(vb, storage) };
+            w.with_cancel(cancel.clone())
+        };
+        let slice = knobs.slicing.attention_slice as usize;
+        let label = source.label(c);
+        let (ledger, cpu_bytes) = match c {
+            Component::Text => {
+                let cfg = source.text_config()?;
+                let (vb, _) = source.weights(c, dtype, &device)?;
+                let w = weights(vb);
+                let mut text = build_checked(cancel, &label, || ClipTextModel::new(&cfg, w.clone()))?;
+                text.attention_slice = slice;
+                self.text = Some(text);
+                (w.ledger(), 0)
+            }
+            Component::Unet => {
+                let cfg = source.unet_config()?;
+                let (vb, _) = source.weights(c, dtype, &device)?;
+                let split_on_cpu = device.is_cpu() && knobs.offload.mode == OffloadMode::Split;
+                let placement = BlockPlacement {
+                    // split on a CPU run would compute on the CPU what already lives there: all resident
+                    resident: knobs.offload.gpu_blocks.filter(|_| !split_on_cpu).map_or(usize::MAX, |n| n as usize),
+                    mode: knobs.offload.mode,
+                    // the CPU has no bf16 matmul: split blocks of a bf16 UNet are held and run in f32
+                    cpu_dtype: if dtype == DType::BF16 { DType::F32 } else { dtype },
+                };
+                let w = weights(vb);
+                let unet = build_checked(cancel, &label, || Unet::with_offload(&cfg, w.clone(), &placement))?;
+                if let Some(note) = offload_note(knobs, &device, &unet.slots()) {
+                    notes.push(note);
+                }
+                // the ledger counted what stays on the UNet's device; split blocks count their own
+                let split = unet.split_bytes();
+                self.unet = Some(unet);
+                (w.ledger(), split)
+            }
+            Component::Vae => {
+                let cfg = source.vae_config()?;
+                // as diffusers: an autoencoder marked `force_upcast` (SD 1.x/2.x's overflows in
+                // f16) decodes in f32 unless the user asked for f16 by name
+                if cfg.force_upcast && dtype == DType::F16 && knobs.precision.vae == Precision::Auto {
+                    notes.push("vae: the config asks for f32 (force_upcast); precision auto gives f32 here".into());
+                    dtype = DType::F32;
+                }
+                let (vb, _) = source.weights(c, dtype, &device)?;
+                let w = weights(vb);
+                self.vae = Some(build_checked(cancel, &label, || AutoencoderKl::new(&cfg, w.clone()))?);
+                (w.ledger(), 0)
+            }
+        };
+        if let Some(first) = ledger.non_finite.first() {
             notes.push(format!(
                 "{c}: {} weight tensor(s) hold NaN or infinite values (first: {first}); outputs will likely be black or noise",
-                l.non_finite.len()
+                ledger.non_finite.len()
             ));
         }
+        if storage.is_quantized() {
+            notes.push(format!("{c}: precision {storage}: {}; {} resident", ledger.summary(), human_bytes(ledger.bytes)));
+        }
+        self.held[i] = Held { device, dtype, bytes: ledger.bytes, cpu_bytes, notes };
+        Ok(())
     }
-    for (i, c) in Component::ALL.into_iter().enumerate() {
-        if storage[i].is_quantized() {
-            let l = &ledgers[i];
-            notes.push(format!("{c}: precision {}: {}; {} resident", storage[i], l.summary(), human_bytes(l.bytes)));
+
+    /// Applies the slicing knobs, which change how the next run computes and no weight.
+    fn set_slicing(&mut self, knobs: &Knobs) {
+        let slice = knobs.slicing.attention_slice as usize;
+        if let Some(t) = self.text.as_mut() {
+            t.attention_slice = slice;
+        }
+        if let Some(u) = self.unet.as_mut() {
+            u.attention_slice = slice;
+        }
+        if let Some(v) = self.vae.as_mut() {
+            v.attention_slice = slice;
+            v.tile = knobs.slicing.vae_tile as usize;
         }
     }
-    vae.attention_slice = slice;
-    vae.tile = knobs.slicing.vae_tile as usize;
-    resident.add(&vae_device, ledgers[2].bytes);
 
-    let spectrogram = SpectrogramParams::from_manifest(path)?;
-    let scheduler = source.scheduler_config()?;
+    fn text(&self) -> &ClipTextModel {
+        self.text.as_ref().expect("the text encoder is loaded (a failed reload drops the model)")
+    }
 
-    Ok(LatentDiffusion {
-        tokenizer,
-        text,
-        unet,
-        vae,
-        scheduler,
-        device,
-        text_device,
-        vae_device,
-        dtypes,
-        weight_bytes: [ledgers[0].bytes, ledgers[1].bytes, ledgers[2].bytes],
-        resident: resident.0,
-        noise: default_noise(),
-        load_notes: notes,
-        clip_skip: 0,
-        spectrogram,
-    })
+    fn unet(&self) -> &Unet {
+        self.unet.as_ref().expect("the UNet is loaded (a failed reload drops the model)")
+    }
+
+    fn vae(&self) -> &AutoencoderKl {
+        self.vae.as_ref().expect("the VAE is loaded (a failed reload drops the model)")
+    }
+
+    /// Every note of the load: the checkpoint's, then each component's.
+    fn all_load_notes(&self) -> Vec<String> {
+        self.source_notes.iter().chain(self.held.iter().flat_map(|h| &h.notes)).cloned().collect()
+    }
 }
 
 /// Weight bytes per device name, in the order devices were first seen.
@@ -273,18 +322,18 @@ impl LatentDiffusion {
 
     /// What loading had to say (precision fallbacks, offload, broken weights), repeated in every
     /// run's notes.
-    pub fn load_notes(&self) -> &[String] {
-        &self.load_notes
+    pub fn load_notes(&self) -> Vec<String> {
+        self.all_load_notes()
     }
 
     /// The UNet's offloadable blocks in execution order and how each is held.
     pub fn unet_slots(&self) -> Vec<(String, super::offload::SlotKind)> {
-        self.unet.slots()
+        self.unet().slots()
     }
 
     /// Resident weight bytes per component (text encoder, UNet, VAE) as the loaders counted them.
     pub fn component_weight_bytes(&self) -> [u64; 3] {
-        self.weight_bytes
+        self.held.each_ref().map(|h| h.bytes)
     }
 
     /// The scheduler config read from the folder.
@@ -300,8 +349,8 @@ impl LatentDiffusion {
     pub fn encode_prompt(&self, text: &str) -> Result<(Tensor, Option<String>)> {
         let tokens = self.tokenizer.encode(text)?;
         let n = tokens.ids.len();
-        let ids = Tensor::from_vec(tokens.ids, (1, n), &self.text_device)?;
-        Ok((self.text.forward(&ids, self.clip_skip)?, tokens.warning))
+        let ids = Tensor::from_vec(tokens.ids, (1, n), &self.held[0].device)?;
+        Ok((self.text().forward(&ids, self.clip_skip)?, tokens.warning))
     }
 
     /// The next `(batch, c, h, w)` noise tensor on the UNet's device.
@@ -317,13 +366,13 @@ impl LatentDiffusion {
     /// Invalid requests, tensor errors, [`Error::Cancelled`] when the observer asks between steps.
     pub fn run(&mut self, request: &Request, observer: &mut dyn RunObserver) -> Result<Tensor> {
         request.validate()?;
-        let f = self.vae.config.scale_factor() as u32;
+        let f = self.vae().config.scale_factor() as u32;
         for (name, v) in [("width", request.width), ("height", request.height)] {
             if v % f != 0 {
                 return Err(Error::invalid(format!("{name} = {v}: this model needs a multiple of {f}")));
             }
         }
-        for n in self.load_notes.clone() {
+        for n in self.all_load_notes() {
             observer.note(n);
         }
         let batch = request.batch as usize;
@@ -349,7 +398,7 @@ impl LatentDiffusion {
         };
         // latents and sampler arithmetic stay f32 (as diffusers upcasts in its schedulers); each
         // component computes in its own dtype
-        let context = context.to_device(&self.device)?.to_dtype(self.dtypes[1])?;
+        let context = context.to_device(&self.device)?.to_dtype(self.held[1].dtype)?;
         if observer.cancelled() {
             return Err(Error::Cancelled);
         }
@@ -361,7 +410,7 @@ impl LatentDiffusion {
         for n in std::mem::take(&mut sampler.notes) {
             observer.note(n);
         }
-        let shape = (self.unet.config.in_channels, (request.height / f) as usize, (request.width / f) as usize);
+        let shape = (self.unet().config.in_channels, (request.height / f) as usize, (request.width / f) as usize);
         let mut noise = BatchNoise::new(&self.noise, request.seed, batch, request.noise);
         let mut latents = (self.noise_tensor(&mut noise, shape)? * sampler.init_noise_sigma())?;
         let timesteps = sampler.timesteps().to_vec();
@@ -372,8 +421,8 @@ impl LatentDiffusion {
             let x = sampler.scale_model_input(&latents, i)?;
             let x = if guided { Tensor::cat(&[&x, &x], 0)? } else { x };
             // asked before each resnet, so a cancel ends a long CPU step within one of them
-            let x = x.to_dtype(self.dtypes[1])?;
-            let out = checked(&*observer, |check| self.unet.forward_checked(&x, t, &context, check))?.to_dtype(DType::F32)?;
+            let x = x.to_dtype(self.held[1].dtype)?;
+            let out = checked(&*observer, |check| self.unet().forward_checked(&x, t, &context, check))?.to_dtype(DType::F32)?;
             let out = if guided {
                 let u = out.narrow(0, 0, batch)?;
                 let c = out.narrow(0, batch, batch)?;
@@ -393,10 +442,10 @@ impl LatentDiffusion {
         observer.stage(Stage::Decode)?;
         let mut images = Vec::with_capacity(batch);
         for b in 0..batch {
-            let z = latents.narrow(0, b, 1)?.to_device(&self.vae_device)?.to_dtype(self.dtypes[2])?;
+            let z = latents.narrow(0, b, 1)?.to_device(&self.held[2].device)?.to_dtype(self.held[2].dtype)?;
             // checked before each up block (tiled: each of its layers), so a cancel ends the
             // decode within one of them
-            let img = checked(&*observer, |check| self.vae.decode_scaled_checked(&z, &mut || check()))?;
+            let img = checked(&*observer, |check| self.vae().decode_scaled_checked(&z, &mut || check()))?;
             let img = img.to_dtype(DType::F32)?;
             images.push(((img / 2.0)? + 0.5)?.clamp(0f32, 1f32)?);
             observer.progress(b as u32 + 1, batch as u32);
@@ -508,19 +557,28 @@ impl Family for LatentDiffusion {
     }
 
     fn weight_bytes(&self) -> Vec<(String, u64)> {
-        self.resident.clone()
+        let mut resident = Resident::default();
+        for h in &self.held {
+            resident.add(&h.device, h.bytes);
+            if h.cpu_bytes > 0 {
+                resident.add(&Device::Cpu, h.cpu_bytes);
+            }
+        }
+        resident.0
     }
 
-    fn retune(&mut self, loaded_with: &Knobs, knobs: &Knobs) -> bool {
-        if !loaded_with.same_weights(knobs) {
-            return false;
+    fn retune(&mut self, loaded_with: &Knobs, knobs: &Knobs, cancel: &CancelCheck) -> Result<Retuned> {
+        let Some(changed) = loaded_with.components_to_reread(knobs) else {
+            return Ok(Retuned::No);
+        };
+        if !changed.is_empty() {
+            let source = Checkpoint::open(&self.path)?;
+            for &c in &changed {
+                self.read_component(&source, c, knobs, cancel)?;
+            }
         }
-        let slice = knobs.slicing.attention_slice as usize;
-        self.text.attention_slice = slice;
-        self.unet.attention_slice = slice;
-        self.vae.attention_slice = slice;
-        self.vae.tile = knobs.slicing.vae_tile as usize;
-        true
+        self.set_slicing(knobs);
+        Ok(Retuned::Read(changed.iter().map(|c| c.name().to_string()).collect()))
     }
 
     fn generate(&mut self, request: &Request, observer: &mut dyn RunObserver) -> Result<Vec<Artifact>> {
@@ -531,7 +589,7 @@ impl Family for LatentDiffusion {
             let floats = self.run(request, observer)?;
             return Ok(to_images(&floats)?.into_iter().map(Artifact::Image).collect());
         };
-        let request = audio_request(&params, request, self.vae.config.scale_factor(), observer)?;
+        let request = audio_request(&params, request, self.vae().config.scale_factor(), observer)?;
         let images = to_images(&self.run(&request, observer)?)?;
         // still the decode stage: spectrogram images to sound
         let mut out = Vec::with_capacity(images.len());
