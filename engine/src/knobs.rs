@@ -478,18 +478,21 @@ impl Knobs {
         if (self.device, self.rng) != (other.device, other.rng) {
             return None;
         }
+        let d = self.device;
         let (a, b) = (&self.offload, &other.offload);
         let placed_alike = |c: Component| match c {
-            Component::Text => a.text == b.text,
+            Component::Text => a.text.resolve(d) == b.text.resolve(d),
             Component::Unet => (a.gpu_blocks, a.mode) == (b.gpu_blocks, b.mode),
-            Component::Vae => a.vae == b.vae,
+            Component::Vae => a.vae.resolve(d) == b.vae.resolve(d),
         };
-        Some(
-            Component::ALL
-                .into_iter()
-                .filter(|&c| !placed_alike(c) || self.precision.get(c) != other.precision.get(c))
-                .collect(),
-        )
+        // `auto` is the precision it resolves to, except where that is f16: a family's config may
+        // keep an `auto` component in f32 there (SD's VAE, `force_upcast`), so only the same
+        // name counts as alike
+        let stored_alike = |c: Component| {
+            let (pa, pb) = (self.precision.get(c), other.precision.get(c));
+            pa == pb || (pa.resolve(d) == pb.resolve(d) && pa.resolve(d) != Precision::F16)
+        };
+        Some(Component::ALL.into_iter().filter(|&c| !placed_alike(c) || !stored_alike(c)).collect())
     }
 
     /// The full-precision reference a quantized or sliced run is compared with: every component in
@@ -693,5 +696,30 @@ mod tests {
         assert!(s.contains("[precision]") && s.contains("unet = \"q4k\""), "{s}");
         let back: Knobs = toml::from_str(&s).unwrap();
         assert_eq!(back, k);
+    }
+
+    /// What a knob change makes a loaded model read again: nothing for slicing, or for `auto`
+    /// against the f32 it means on the CPU; the component whose precision or placement changed;
+    /// everything for another device. On a GPU, `auto` (f16, which a family's config may upcast)
+    /// and an explicit f16 differ.
+    #[test]
+    fn what_a_knob_change_reads_again() {
+        let with = |base: Knobs, changes: &str| {
+            let mut k = base;
+            k.apply_list(None, changes).unwrap();
+            k
+        };
+        let cpu = Knobs::default();
+        let again = |a: &Knobs, b: &Knobs| a.components_to_reread(b).map(|c| c.iter().map(|c| c.name()).collect::<Vec<_>>());
+        assert_eq!(again(&cpu, &with(cpu, "slicing.vae_tile=32,slicing.attention_slice=64")), Some(vec![]));
+        assert_eq!(again(&cpu, &with(cpu, "precision=f32,offload.vae=gpu")), Some(vec![]));
+        assert_eq!(again(&cpu, &with(cpu, "precision.unet=q8_0")), Some(vec!["unet"]));
+        assert_eq!(again(&cpu, &with(cpu, "offload.text=cpu,offload.gpu_blocks=3")), Some(vec!["unet"]));
+        assert_eq!(again(&cpu, &with(cpu, "precision.vae=f16,precision.text=q4k")), Some(vec!["text", "vae"]));
+        assert_eq!(again(&cpu, &with(cpu, "device=cuda:0")), None);
+        let gpu = with(cpu, "device=cuda:0");
+        assert_eq!(again(&gpu, &with(gpu, "offload.text=cpu")), Some(vec!["text"]));
+        assert_eq!(again(&gpu, &with(gpu, "precision.vae=f16")), Some(vec!["vae"]));
+        assert_eq!(again(&gpu, &with(gpu, "precision=f32")), Some(vec!["text", "unet", "vae"]));
     }
 }

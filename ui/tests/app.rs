@@ -120,7 +120,7 @@ fn generate_produces_an_output_card() {
 /// keeps its load time and records the new knobs. A precision change says it reads that
 /// component again, and the next run does so without loading the model again.
 #[test]
-fn a_slicing_change_applies_without_a_reload() {
+fn knob_changes_reload_only_what_they_touch() {
     let fake = FakeBackend::new();
     let loads = std::rc::Rc::clone(&fake.loads);
     let mut h = harness(fake);
