@@ -53,7 +53,7 @@ impl EngineBackend {
             return Ok(s.clone());
         }
         let insp = inspect(model)?;
-        let shape = ModelShape::from_inspection(&insp);
+        let shape = ModelShape::runnable(&insp).map_err(|e| e.to_string())?;
         self.shapes
             .borrow_mut()
             .insert(model.to_string(), shape.clone());
@@ -169,9 +169,10 @@ fn memory_point(s: &MemorySample) -> MemoryPoint {
 impl Backend for EngineBackend {
     fn inspect(&self, model: &str) -> Result<ModelSummary, String> {
         let insp = inspect(model)?;
-        self.shapes
-            .borrow_mut()
-            .insert(model.to_string(), ModelShape::from_inspection(&insp));
+        // a model no family runs is not cached: its plan is the planner's refusal
+        if let Ok(shape) = ModelShape::runnable(&insp) {
+            self.shapes.borrow_mut().insert(model.to_string(), shape);
+        }
         Ok(ModelSummary {
             model: model.to_string(),
             format: insp.format.name().to_string(),
