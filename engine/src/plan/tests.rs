@@ -258,8 +258,7 @@ fn gguf_auto_counts_weights_as_stored() {
         assert_eq!(p.weights_bytes, unet + vae + text, "{device}");
     }
     // explicit precisions count every float tensor at that precision (1-D ones f32 when quantized)
-    let mut k = Knobs::default();
-    k.precision = crate::knobs::PrecisionKnobs::all(Precision::F32);
+    let mut k = Knobs { precision: crate::knobs::PrecisionKnobs::all(Precision::F32), ..Knobs::default() };
     let p = plan(&shape, &k, &req512(), &Budgets::default());
     assert_eq!(p.per_device[0].components["unet"], (8 * 64 + 16 * 32 + 4) * 4);
     k.set("precision.unet", "q8_0").unwrap();
