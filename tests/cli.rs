@@ -447,6 +447,46 @@ fn unrunnable_model_is_named() {
     assert!(std::fs::read_dir(&out).map(|d| d.count() == 0).unwrap_or(true));
 }
 
+/// A GGUF language model: `inspect` names its family `llm:llama`, says running it is not
+/// supported yet, and gives its bytes as stored per GGML type (no knob sizes in the text);
+/// `plan` refuses it in one line naming the file, exit code 1, and plans nothing.
+#[test]
+fn gguf_language_model_is_inspected_and_not_planned() {
+    let file = fixtures().join("formats/tiny.gguf");
+    let f = file.to_str().unwrap();
+    let out = headroom(&["inspect", f, "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v = json(&out);
+    assert_eq!(v["family"], "llm:llama");
+    assert!(v["runs_with"].is_null(), "{v}");
+    assert_eq!(v["not_supported"], "running language models (llm:llama) is not supported yet");
+    assert_eq!(v["parameters"], 1200);
+    // F32 (16×32 + 32) × 4, F16 8×32 × 2, Q8_0 8 blocks × 34, IQ4_NL 4 blocks × 18
+    assert_eq!(v["stored_bytes_by_type"], serde_json::json!({"F32": 2176, "F16": 512, "Q8_0": 272, "IQ4_NL": 72}));
+    assert_eq!((v["stored_bytes"].as_u64(), v["uncounted_tensors"].as_u64()), (Some(3032), Some(1)));
+    let out = headroom(&["inspect", f]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "  family     Language model (llama) [llm:llama] (general.architecture = llama)",
+        "  runs with  nothing in this build: running language models (llm:llama) is not supported yet",
+        "  stored     2.96 KiB (F32 2.12 KiB, F16 512 B, Q8_0 272 B, IQ4_NL 72 B, 1 tensor of an unknown type not counted)",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no line {line:?} in:\n{text}");
+    }
+    assert!(!text.contains("size at each precision"), "{text}");
+    for json_mode in [false, true] {
+        let args: &[&str] = if json_mode { &["plan", f, "--json"] } else { &["plan", f] };
+        let out = headroom(args);
+        assert_eq!(out.status.code(), Some(1), "{json_mode}");
+        fails_in_one_line(&out, &["tiny.gguf", "cannot be planned", "no family of this build runs it", "llm:llama", "2.96 KiB as stored"]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(!stdout.contains("verdict"), "{stdout}");
+        if json_mode {
+            assert!(json(&out)["error"].as_str().unwrap().contains("cannot be planned"));
+        }
+    }
+}
+
 /// Every example profile in profiles/ parses (and names a model the CLI can resolve or a path).
 #[test]
 fn example_profiles_parse() {

@@ -343,3 +343,25 @@ fn melodies_run_makes_an_audio_card() {
     h.get_by_label("Play");
     h.get_by_label("waveform");
 }
+
+/// A GGUF language model on the real backend (inspect and planner): inspect summarizes it, and
+/// its plan (what the app's plan bar holds) is the planner's one-line refusal naming the file,
+/// never a Stable Diffusion plan, also once inspect has run.
+#[test]
+fn gguf_language_model_gets_no_plan() {
+    use headroom_ui::app::Backend as _;
+    let backend = EngineBackend::spawn(|| {}).reader();
+    let gguf = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/formats/tiny.gguf")
+        .display()
+        .to_string();
+    let plan = || backend.plan(&gguf, &Knobs::default(), &Request::default(), None);
+    let before = plan().expect_err("no plan before inspect");
+    assert_eq!(backend.inspect(&gguf).unwrap().parameters, 1200);
+    let after = plan().expect_err("no plan after inspect");
+    assert_eq!(before, after);
+    for words in ["tiny.gguf", "cannot be planned", "llm:llama", "not supported yet"] {
+        assert!(after.contains(words), "{words:?} not in {after}");
+    }
+    assert!(!after.contains('\n'), "{after}");
+}

@@ -103,6 +103,22 @@ pub fn recognise(insp: &Inspection) -> Option<(Recognition, &'static FamilyEntry
         .max_by(|a, b| a.0.confidence.total_cmp(&b.0.confidence))
 }
 
+/// Why a model no family of this build runs ([`recognise`] is `None`) cannot be run, for people:
+/// "running language models (llm:llama) is not supported yet", "running Stable Diffusion 1.x
+/// (sd1) from gguf is not supported yet". What `inspect` and the planner say.
+pub fn not_supported(insp: &Inspection) -> String {
+    let id = insp.family.id.as_str();
+    if id.starts_with("llm:") {
+        return format!("running language models ({id}) is not supported yet");
+    }
+    let what = match (id, insp.family.label.as_str()) {
+        (_, "Unknown") => "this model".to_string(),
+        ("unknown", label) => label.to_string(),
+        (id, label) => format!("{label} ({id})"),
+    };
+    format!("running {what} from {} is not supported yet", insp.format.name())
+}
+
 /// Opens `model` with the family that recognises it most surely ([`recognise`]), placing its
 /// weights as `knobs` say, asking `obs` (its [`RunObserver::cancel_check`]) whether to cancel
 /// before each tensor.
@@ -145,12 +161,16 @@ mod tests {
         assert!(r.reason.starts_with("a diffusers folder of Stable Diffusion 1.x: "), "{}", r.reason);
         let (r, _) = recognise(&insp("formats/tiny.safetensors")).unwrap();
         assert!(r.reason.starts_with("a single-file checkpoint of Stable Diffusion 2.x: "), "{}", r.reason);
-        assert!(recognise(&insp("formats/tiny.gguf")).is_none());
+        let llm = insp("formats/tiny.gguf");
+        assert!(recognise(&llm).is_none());
+        assert_eq!(not_supported(&llm), "running language models (llm:llama) is not supported yet");
         let mut unknown = insp("formats/tiny.safetensors");
         unknown.family.id = "unknown".into();
         assert!(recognise(&unknown).is_some_and(|(r, _)| r.confidence < 0.5));
         let mut xl = insp("sd/tiny-sd1");
         xl.family.id = "sdxl".into();
+        xl.family.label = "Stable Diffusion XL".into();
         assert!(recognise(&xl).is_none());
+        assert_eq!(not_supported(&xl), "running Stable Diffusion XL (sdxl) from diffusers is not supported yet");
     }
 }

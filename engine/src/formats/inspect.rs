@@ -42,6 +42,26 @@ impl Inspection {
         self.tensors().filter_map(|t| t.bytes).fold(0, u64::saturating_add)
     }
 
+    /// Bytes stored in the files per stored type (GGML type names for a GGUF, dtype names for
+    /// safetensors and checkpoints): the model as it is on disk, before any precision knob.
+    /// Tensors of a type whose size is unknown (`unknown(N)`) are not counted here or in
+    /// [`Inspection::stored_bytes`]; [`Inspection::uncounted_tensors`] says how many there are.
+    pub fn stored_bytes_by_type(&self) -> BTreeMap<String, u64> {
+        let mut by = BTreeMap::new();
+        for t in self.tensors() {
+            if let Some(b) = t.bytes {
+                let n = by.entry(t.dtype.clone()).or_insert(0u64);
+                *n = n.saturating_add(b);
+            }
+        }
+        by
+    }
+
+    /// How many tensors have a type whose stored size is unknown (left out of the stored bytes).
+    pub fn uncounted_tensors(&self) -> usize {
+        self.tensors().filter(|t| t.bytes.is_none()).count()
+    }
+
     /// Parameter count per stored dtype (`F32`, `Q4_K`, `unknown(N)` …).
     pub fn dtype_histogram(&self) -> BTreeMap<String, u64> {
         let mut h = BTreeMap::new();

@@ -127,6 +127,48 @@ fn gguf_details() {
     assert!(i.warnings.iter().any(|w| w.contains("blk.0.weird.weight") && w.contains("200")));
 }
 
+/// A GGUF's bytes as stored, per GGML type, counted from its blocks: Q8_0 is 34 bytes per 32
+/// values, IQ4_NL 18 per 32, F16 2 per value, F32 4; the tensor of an unknown type is left out
+/// and counted as such, with its warning kept.
+#[test]
+fn gguf_stored_bytes_per_type() {
+    let i = inspect_fixture("tiny.gguf");
+    let f32_bytes = (16 * 32 + 32) * 4; // token_embd [16, 32], attn_norm [32]
+    let f16_bytes = 8 * 32 * 2; // ffn_up [8, 32]
+    let q8_bytes = 4 * 64 / 32 * 34; // attn_q [4, 64]: 8 blocks
+    let iq4_bytes = 2 * 64 / 32 * 18; // attn_k [2, 64]: 4 blocks
+    let want = BTreeMap::from([
+        ("F32".to_string(), f32_bytes),
+        ("F16".to_string(), f16_bytes),
+        ("Q8_0".to_string(), q8_bytes),
+        ("IQ4_NL".to_string(), iq4_bytes),
+    ]);
+    assert_eq!(i.stored_bytes_by_type(), want);
+    assert_eq!(i.stored_bytes(), f32_bytes + f16_bytes + q8_bytes + iq4_bytes);
+    assert_eq!(i.stored_bytes(), 3032);
+    assert_eq!(i.uncounted_tensors(), 1);
+    assert!(i.warnings.iter().any(|w| w.contains("blk.0.weird.weight") && w.contains("not counted")), "{:?}", i.warnings);
+}
+
+/// A safetensors file's stored bytes are per dtype name, and add up to its data.
+#[test]
+fn safetensors_stored_bytes_per_dtype() {
+    let i = inspect_fixture("tiny.safetensors");
+    let by = i.stored_bytes_by_type();
+    for (dtype, bytes) in &by {
+        let elements: u64 = i.tensors().filter(|t| &t.dtype == dtype).map(TensorInfo::elements).sum();
+        let width = match dtype.as_str() {
+            "F32" | "I32" => 4,
+            "F16" | "BF16" => 2,
+            "I64" => 8,
+            other => panic!("unexpected dtype {other}"),
+        };
+        assert_eq!(*bytes, elements * width, "{dtype}");
+    }
+    assert_eq!(by.values().sum::<u64>(), i.stored_bytes());
+    assert_eq!(i.uncounted_tensors(), 0);
+}
+
 /// The inspection serializes with the lowercase format and knob component names others rely on.
 #[test]
 fn serializes_for_the_cli() {

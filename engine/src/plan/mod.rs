@@ -194,10 +194,11 @@ pub fn default_budgets(knobs: &Knobs, given: Option<u64>) -> Budgets {
 /// worker's `Plan` command all call.
 ///
 /// # Errors
-/// The model cannot be found or read.
+/// The model cannot be found or read, or no family of this build runs it
+/// ([`ModelShape::runnable`]).
 pub fn plan_model(model: &ModelRef, knobs: &Knobs, request: &Request, budget: Option<u64>) -> crate::Result<Plan> {
     let insp = crate::formats::inspect(&model.resolve()?)?;
-    let shape = ModelShape::from_inspection(&insp);
+    let shape = ModelShape::runnable(&insp)?;
     Ok(plan(&shape, knobs, request, &default_budgets(knobs, budget)))
 }
 
@@ -236,7 +237,7 @@ fn streamed_note(shape: &ModelShape, knobs: &Knobs) -> Option<String> {
     if knobs.offload.mode != OffloadMode::Stream || n >= shape.unet_blocks.len() {
         return None;
     }
-    let p = knobs.precision.get(Component::Unet).resolve(knobs.device);
+    let p = shape.weight_precision(knobs.precision.get(Component::Unet), knobs.device);
     let bytes: u64 = shape.unet_blocks[n..].iter().map(|(_, t)| shape::bytes_at(t, p)).sum();
     Some(format!(
         "unet: {} blocks ({:.1} MiB) are read from the memory-mapped weight file at each step; \
@@ -249,7 +250,10 @@ fn streamed_note(shape: &ModelShape, knobs: &Knobs) -> Option<String> {
 /// Bytes per device, without a verdict.
 pub fn predict(shape: &ModelShape, knobs: &Knobs, req: &Request, budgets: &Budgets) -> Vec<DevicePlan> {
     let dev = knobs.device;
+    // what a component computes in (`auto` resolved), and what its weights are counted at (a
+    // GGUF's `auto`: each tensor as stored)
     let prec = |c: Component| knobs.precision.get(c).resolve(dev);
+    let wprec = |c: Component| shape.weight_precision(knobs.precision.get(c), dev);
     let mut acc: BTreeMap<DeviceKind, (BTreeMap<String, u64>, Vec<(&'static str, u64)>)> = BTreeMap::new();
     let mut add_weights = |d: DeviceKind, name: &str, bytes: u64| {
         if bytes > 0 {
@@ -260,13 +264,17 @@ pub fn predict(shape: &ModelShape, knobs: &Knobs, req: &Request, budgets: &Budge
     // Text encoder and autoencoder: whole components.
     let text_dev = knobs.offload.text.resolve(dev);
     let vae_dev = knobs.offload.vae.resolve(dev);
-    add_weights(text_dev, "text", shape.component_bytes(Component::Text, prec(Component::Text)));
-    add_weights(vae_dev, "vae", shape.component_bytes(Component::Vae, prec(Component::Vae)));
-    add_weights(dev, "other", shape.other_bytes(Precision::F16.min_with(prec(Component::Unet))));
+    add_weights(text_dev, "text", shape.component_bytes(Component::Text, wprec(Component::Text)));
+    add_weights(vae_dev, "vae", shape.component_bytes(Component::Vae, wprec(Component::Vae)));
+    let other = match wprec(Component::Unet) {
+        Precision::Auto => Precision::Auto,
+        p => Precision::F16.min_with(p),
+    };
+    add_weights(dev, "other", shape.other_bytes(other));
 
     // Denoiser: the stem and the first gpu_blocks blocks on the device; the rest on the CPU,
     // computed there (split) or copied in one at a time (stream).
-    let up = prec(Component::Unet);
+    let up = wprec(Component::Unet);
     let blocks: Vec<u64> = shape.unet_blocks.iter().map(|(_, t)| shape::bytes_at(t, up)).collect();
     let stem = shape::bytes_at(&shape.unet_stem, up);
     let unet_total = shape.component_bytes(Component::Unet, up);
@@ -305,7 +313,8 @@ pub fn predict(shape: &ModelShape, knobs: &Knobs, req: &Request, budgets: &Budge
     // Stage activations on the devices that run them.
     let slice = knobs.slicing.attention_slice;
     let text_act = activations::text_bytes(shape, req, activations::activation_elem_bytes(prec(Component::Text), text_dev));
-    let unet_act = activations::unet_bytes(shape, req, slice, dev, activations::activation_elem_bytes(up, dev));
+    let unet_act =
+        activations::unet_bytes(shape, req, slice, dev, activations::activation_elem_bytes(prec(Component::Unet), dev));
     let vae_act = activations::vae_bytes(
         shape,
         req,
@@ -318,8 +327,10 @@ pub fn predict(shape: &ModelShape, knobs: &Knobs, req: &Request, budgets: &Budge
     // call widens: on a GPU for one call, on the CPU in a buffer the worker thread keeps until the
     // stage ends (`nn::cpu::expand`); either way the stage's largest layer
     let extra = |c: Component, d: DeviceKind| {
-        let p = prec(c);
-        let widens = p.is_quantized() || (!d.is_gpu() && matches!(p, Precision::F16 | Precision::Bf16));
+        let widens = match wprec(c) {
+            Precision::Auto => shape.stores_narrow(c, d),
+            p => p.is_quantized() || (!d.is_gpu() && matches!(p, Precision::F16 | Precision::Bf16)),
+        };
         let layer = if widens { 4 * shape.largest_tensor_elements(c) } else { 0 };
         activations::kernel_scratch_bytes(d) + layer
     };

@@ -8,8 +8,9 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::formats::{Inspection, TensorInfo};
-use crate::knobs::{Component, Precision};
+use crate::error::{Error, Result};
+use crate::formats::{Format, GgmlType, Inspection, TensorInfo};
+use crate::knobs::{Component, DeviceKind, Precision};
 
 /// One weight tensor as sizing sees it (name, dtype, shape).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,9 +23,15 @@ impl WeightTensor {
     }
 
     /// Bytes this tensor takes at precision `p`, by the one storage rule
-    /// ([`crate::formats::tensor_bytes_at`]).
+    /// ([`crate::formats::tensor_bytes_at`]). `Auto` here is what [`ModelShape::weight_precision`]
+    /// leaves for a model kept as its file stores it: the tensor's stored bytes (f32 when its
+    /// type's size is unknown).
     pub fn bytes_at(&self, p: Precision) -> u64 {
-        crate::formats::tensor_bytes_at(&self.0, p)
+        match (p, self.0.bytes) {
+            (Precision::Auto, Some(stored)) => stored,
+            (Precision::Auto, None) => crate::formats::tensor_bytes_at(&self.0, Precision::F32),
+            _ => crate::formats::tensor_bytes_at(&self.0, p),
+        }
     }
 }
 
@@ -70,12 +77,42 @@ pub struct ModelShape {
     pub vae: VaeShape,
     /// Text encoder hidden size (for its small activation term).
     pub text_hidden: u64,
+    /// True when the file chose each tensor's type (a GGUF: quantized, f16 and f32 tensors side
+    /// by side), so `auto` keeps every tensor as stored instead of f16 on a GPU / f32 on the CPU.
+    pub auto_as_stored: bool,
     /// Where a number came from a default rather than the model.
     pub assumptions: Vec<String>,
 }
 
 impl ModelShape {
-    /// Builds the planner's view of an inspected model.
+    /// The planner's view of a model that a family of this build runs
+    /// ([`crate::families::recognise`]): the planner predicts what a family would hold, so a
+    /// model no family runs (a GGUF language model, SDXL) has no plan.
+    ///
+    /// # Errors
+    /// No family of this build runs the model: one line naming the file, what it is and its size
+    /// as stored.
+    pub fn runnable(insp: &Inspection) -> Result<Self> {
+        if crate::families::recognise(insp).is_some() {
+            return Ok(Self::from_inspection(insp));
+        }
+        let uncounted = match insp.uncounted_tensors() {
+            0 => String::new(),
+            1 => ", 1 tensor of an unknown type not counted".to_string(),
+            n => format!(", {n} tensors of unknown types not counted"),
+        };
+        Err(Error::file(
+            &insp.path,
+            format!(
+                "cannot be planned: no family of this build runs it ({}; {} as stored{uncounted})",
+                crate::families::not_supported(insp),
+                crate::human_bytes(insp.stored_bytes()),
+            ),
+        ))
+    }
+
+    /// Builds the planner's view of an inspected model, whether or not a family runs it (tests,
+    /// and the worker for the model it has loaded); [`ModelShape::runnable`] refuses what none does.
     pub fn from_inspection(insp: &Inspection) -> Self {
         let mut components: BTreeMap<Option<Component>, Vec<WeightTensor>> = BTreeMap::new();
         let mut blocks: BTreeMap<(u8, u32), (String, Vec<WeightTensor>)> = BTreeMap::new();
@@ -130,8 +167,28 @@ impl ModelShape {
             unet,
             vae,
             text_hidden,
+            auto_as_stored: insp.format == Format::Gguf,
             assumptions,
         }
+    }
+
+    /// The precision a component's weights are counted at when its knob says `p` on `device`:
+    /// `p` resolved for the device ([`Precision::resolve`]), except that `auto` stays `Auto` (each
+    /// tensor as stored, [`WeightTensor::bytes_at`]) in a model whose file chose its types
+    /// ([`ModelShape::auto_as_stored`]). Explicit precisions keep their meaning.
+    pub fn weight_precision(&self, p: Precision, device: DeviceKind) -> Precision {
+        if p == Precision::Auto && self.auto_as_stored { p } else { p.resolve(device) }
+    }
+
+    /// True when a component kept as stored has a layer weight that a call widens to f32: a
+    /// block-quantized one anywhere, a half-precision one on the CPU.
+    pub fn stores_narrow(&self, c: Component, device: DeviceKind) -> bool {
+        let narrow = |w: &WeightTensor| {
+            w.0.shape.len() >= 2
+                && GgmlType::from_name(&w.0.dtype)
+                    .is_some_and(|t| t.block_elements > 1 || (!device.is_gpu() && matches!(t.name, "F16" | "BF16")))
+        };
+        self.components.get(&Some(c)).is_some_and(|ts| ts.iter().any(narrow))
     }
 
     /// Bytes of a component at precision `p` (0 when the model has no such component).

@@ -27,6 +27,7 @@ pub(crate) fn sd15() -> ModelShape {
         },
         vae: VaeShape { block_channels: vec![128, 256, 512, 512], latent_channels: 4 },
         text_hidden: 768,
+        auto_as_stored: false,
         assumptions: vec![],
     }
 }
@@ -188,4 +189,100 @@ fn refusal_names_the_shortfall_and_the_fix() {
     assert_eq!(plan(&shape, &fixed, &req512(), &Budgets::single(DeviceKind::Cpu, 3 * GIB)).verdict, Verdict::Fits);
     let hopeless = plan(&shape, &k, &req512(), &Budgets::single(DeviceKind::Cpu, 1 << 20));
     assert!(hopeless.refusal().unwrap().ends_with("; no knob setting makes it fit"), "{:?}", hopeless.refusal());
+}
+
+/// A GGUF v3 file with `general.architecture = arch` and tensors (name, GGML type id, dims
+/// innermost first as GGUF stores them), their data zeros, each at a 32-byte aligned offset.
+fn gguf_bytes(arch: &str, tensors: &[(&str, u32, &[u64])]) -> Vec<u8> {
+    fn string(b: &mut Vec<u8>, s: &str) {
+        b.extend((s.len() as u64).to_le_bytes());
+        b.extend(s.as_bytes());
+    }
+    let mut b = b"GGUF".to_vec();
+    b.extend(3u32.to_le_bytes());
+    b.extend((tensors.len() as u64).to_le_bytes());
+    b.extend(1u64.to_le_bytes());
+    string(&mut b, "general.architecture");
+    b.extend(8u32.to_le_bytes()); // a string value
+    string(&mut b, arch);
+    let mut offset = 0u64;
+    for (name, type_id, ne) in tensors {
+        string(&mut b, name);
+        b.extend((ne.len() as u32).to_le_bytes());
+        for d in *ne {
+            b.extend(d.to_le_bytes());
+        }
+        b.extend(type_id.to_le_bytes());
+        b.extend(offset.to_le_bytes());
+        let t = crate::formats::GgmlType::from_id(*type_id).unwrap();
+        offset += t.bytes_for(ne.iter().product(), ne[0]).unwrap().div_ceil(32) * 32;
+    }
+    b.resize(b.len().div_ceil(32) * 32 + offset as usize, 0);
+    b
+}
+
+const F32: u32 = 0;
+const F16: u32 = 1;
+const Q8_0: u32 = 8;
+const Q4_K: u32 = 12;
+
+/// A stable-diffusion.cpp style GGUF of an SD 1.x model (LDM names, mixed types): under `auto`
+/// every tensor counts as stored, on the CPU and on a GPU, not widened to f32 or f16; explicit
+/// precisions keep their meaning. No family of this build loads it, so `runnable` refuses it.
+#[test]
+fn gguf_auto_counts_weights_as_stored() {
+    let bytes = gguf_bytes(
+        "sd1",
+        &[
+            ("model.diffusion_model.input_blocks.1.1.proj_in.weight", Q8_0, &[64, 8]),
+            ("model.diffusion_model.time_embed.0.weight", F16, &[32, 16]),
+            ("model.diffusion_model.out.2.bias", F32, &[4]),
+            ("first_stage_model.decoder.conv_out.weight", F16, &[3, 3, 8, 3]),
+            ("cond_stage_model.transformer.text_model.final_layer_norm.weight", F32, &[32]),
+            ("cond_stage_model.transformer.text_model.encoder.layers.0.mlp.fc1.weight", Q4_K, &[256, 2]),
+        ],
+    );
+    let insp = crate::formats::inspect_bytes(&bytes, std::path::Path::new("sd1.gguf")).unwrap();
+    assert_eq!(insp.family.id, "sd1");
+    let shape = ModelShape::from_inspection(&insp);
+    // as stored: q8_0 is 34 bytes per 32 values, q4_k 144 per 256, f16 2 per value, f32 4
+    let unet = 8 * 64 / 32 * 34 + 16 * 32 * 2 + 4 * 4;
+    let vae = 3 * 8 * 3 * 3 * 2;
+    let text = 32 * 4 + 2 * 256 / 256 * 144;
+    for device in [DeviceKind::Cpu, DeviceKind::Cuda(0)] {
+        let k = Knobs { device, ..Knobs::default() };
+        let p = plan(&shape, &k, &req512(), &Budgets::default());
+        let weights: BTreeMap<String, u64> = p.per_device.iter().flat_map(|d| d.components.clone()).collect();
+        let want = BTreeMap::from([("text".to_string(), text), ("unet".to_string(), unet), ("vae".to_string(), vae)]);
+        assert_eq!(weights, want, "{device}");
+        assert_eq!(p.weights_bytes, unet + vae + text, "{device}");
+    }
+    // explicit precisions count every float tensor at that precision (1-D ones f32 when quantized)
+    let mut k = Knobs { precision: crate::knobs::PrecisionKnobs::all(Precision::F32), ..Knobs::default() };
+    let p = plan(&shape, &k, &req512(), &Budgets::default());
+    assert_eq!(p.per_device[0].components["unet"], (8 * 64 + 16 * 32 + 4) * 4);
+    k.set("precision.unet", "q8_0").unwrap();
+    let p = plan(&shape, &k, &req512(), &Budgets::default());
+    assert_eq!(p.per_device[0].components["unet"], 8 * 64 / 32 * 34 + 16 * 32 / 32 * 34 + 4 * 4);
+    let e = ModelShape::runnable(&insp).unwrap_err().to_string();
+    assert!(e.contains("sd1.gguf") && e.contains("Stable Diffusion 1.x (sd1) from gguf is not supported yet"), "{e}");
+}
+
+/// A GGUF language model is not planned: `plan_model` gives one line naming the file, saying no
+/// family of this build runs it, what it is and its size as stored.
+#[test]
+fn a_model_no_family_runs_is_not_planned() {
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/formats/tiny.gguf");
+    let model = ModelRef::parse(path.to_str().unwrap());
+    let e = plan_model(&model, &Knobs::default(), &req512(), Some(8 * GIB)).unwrap_err().to_string();
+    assert!(e.starts_with(&path.display().to_string()), "{e}");
+    assert!(!e.contains('\n'), "{e}");
+    for words in [
+        "cannot be planned: no family of this build runs it",
+        "running language models (llm:llama) is not supported yet",
+        "2.96 KiB as stored", // 3032 bytes: see formats::tests::gguf_stored_bytes_per_type
+        "1 tensor of an unknown type not counted",
+    ] {
+        assert!(e.contains(words), "{words:?} not in {e}");
+    }
 }

@@ -68,7 +68,7 @@ impl EngineReader {
             return Ok(s.clone());
         }
         let insp = inspect(model)?;
-        let shape = ModelShape::from_inspection(&insp);
+        let shape = ModelShape::runnable(&insp).map_err(|e| e.to_string())?;
         self.shapes().insert(model.to_string(), shape.clone());
         Ok(shape)
     }
@@ -182,7 +182,10 @@ fn memory_point(s: &MemorySample) -> MemoryPoint {
 impl Reader for EngineReader {
     fn inspect(&self, model: &str) -> Result<ModelSummary, String> {
         let insp = inspect(model)?;
-        self.shapes().insert(model.to_string(), ModelShape::from_inspection(&insp));
+        // a model no family runs is not cached: its plan is the planner's refusal
+        if let Ok(shape) = ModelShape::runnable(&insp) {
+            self.shapes().insert(model.to_string(), shape);
+        }
         Ok(ModelSummary {
             model: model.to_string(),
             format: insp.format.name().to_string(),
