@@ -28,6 +28,15 @@ fn dropping_a_model_shows_its_summary() {
     );
 }
 
+/// The inspection's warnings show in the model card (in glyphs the app's fonts have: the test
+/// harness fails on a missing one).
+#[test]
+fn inspect_warnings_show_in_the_model_card() {
+    let mut h = harness(FakeBackend::new());
+    drop_files(&mut h, &["/models/odd.safetensors"]);
+    h.get_by_label("warning: tensor 'extra.weight' belongs to no component; it is not loaded");
+}
+
 /// Choosing q4k for all components shrinks the predicted bytes and the plan bar says so.
 #[test]
 fn changing_a_knob_updates_the_plan_bar() {

@@ -216,7 +216,7 @@ fn summary_ui(ui: &mut egui::Ui, s: &ModelSummary) {
     }
     for w in &s.warnings {
         ui.label(
-            RichText::new(format!("⚠ {w}"))
+            RichText::new(format!("warning: {w}"))
                 .small()
                 .color(ui.visuals().warn_fg_color),
         );
