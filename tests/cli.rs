@@ -690,3 +690,44 @@ fn works_the_same_without_a_network() {
     assert_eq!(json(&again)["identical"], true);
     assert!(network.is_empty(), "reproduce opened network sockets: {network:?}");
 }
+
+/// Outputs and profiles written in profile version 1 by an earlier build
+/// (`tests/fixtures/profiles/v1`: the embedded image model plain and with quantized, sliced and
+/// tiled knobs, the tiny SD 1.x fixture at q4k with streamed blocks, the embedded audio model)
+/// reproduce identically — both the TOML and the output with it embedded. On a machine whose CPU
+/// features or thread count differ from the recorded ones, bit-identical output is not promised:
+/// there the drift must be reported with its cause.
+#[test]
+fn version_1_profiles_and_outputs_reproduce() {
+    let root = fixtures().join("..").join("..");
+    let dir = fixtures().join("profiles/v1");
+    let mut runs: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    runs.sort();
+    assert_eq!(runs.len(), 4);
+    for run in runs {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&run).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        assert_eq!(files.len(), 2, "{}: an output and its profile", run.display());
+        for f in files {
+            // profiles name their model as given when they were made (relative to the repository)
+            let out = Command::new(env!("CARGO_BIN_EXE_headroom"))
+                .args(["reproduce", f.to_str().unwrap(), "--json"])
+                .current_dir(&root)
+                .env("HEADROOM_DATA", std::env::temp_dir().join("headroom-e2e-data"))
+                .output()
+                .unwrap();
+            let v = json(&out);
+            if v["identical"] == true {
+                assert!(out.status.success(), "{}: {v}", f.display());
+                continue;
+            }
+            let explained: Vec<&str> = v["drift_explained"].as_array().unwrap().iter().filter_map(|d| d.as_str()).collect();
+            assert!(
+                explained.iter().any(|d| d.contains("build.cpu_features") || d.contains("build.threads")),
+                "{}: not identical and no cause named: {v}\n{}",
+                f.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}

@@ -233,7 +233,9 @@ sha256 = "0000"
 
 def profile_cases():
     put("newer_version.toml", PROFILE.replace("version = 1", "version = 99") + RESULT, "reproduce",
-        "written by a newer Headroom (profile version 99, this build reads 1)")
+        "written by a newer Headroom (profile version 99, this build reads 2)")
+    put("unknown_component.toml", PROFILE + '\n[knobs.precision]\ntext_3 = "f16"\n' + RESULT, "reproduce",
+        "precision.text_3: builtin:shapes has no component 'text_3' (it has text, unet, vae)")
     put("seed_not_a_number.toml", PROFILE.replace("seed = 42", 'seed = "forty-two"') + RESULT, "reproduce",
         '[request] seed = "forty-two": expected a whole number from 0 to 18446744073709551615')
     put("steps_wrong_type.toml", PROFILE.replace("steps = 2", 'steps = "two"') + RESULT, "reproduce",

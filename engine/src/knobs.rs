@@ -10,6 +10,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::families::ComponentSpec;
 
 /// Where the computation runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -286,6 +287,12 @@ impl fmt::Display for Component {
     }
 }
 
+impl AsRef<str> for Component {
+    fn as_ref(&self) -> &str {
+        self.name()
+    }
+}
+
 impl FromStr for Component {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
@@ -298,39 +305,203 @@ impl FromStr for Component {
     }
 }
 
+/// A component's name as knobs key it (`text`, `unet`, `vae`, `text_2`, `lm`, …; each family
+/// declares its own): up to [`Name::MAX`] bytes of lowercase ASCII letters, digits and `_`, held
+/// inline so that knobs stay `Copy`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Name {
+    len: u8,
+    bytes: [u8; Name::MAX],
+}
+
+impl Name {
+    /// The longest name.
+    pub const MAX: usize = 15;
+
+    /// A name from text (dashes read as underscores, any case).
+    ///
+    /// # Errors
+    /// Empty, too long, or a character other than a letter, digit or `_`.
+    pub fn new(s: &str) -> Result<Name> {
+        let s = s.trim().to_ascii_lowercase().replace('-', "_");
+        let ok = !s.is_empty()
+            && s.len() <= Self::MAX
+            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !ok {
+            return Err(Error::invalid(format!(
+                "component '{s}': a component name is 1–{} letters, digits or _",
+                Self::MAX
+            )));
+        }
+        let mut bytes = [0; Self::MAX];
+        bytes[..s.len()].copy_from_slice(s.as_bytes());
+        Ok(Name { len: s.len() as u8, bytes })
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        // only ASCII is ever stored
+        std::str::from_utf8(&self.bytes[..self.len as usize]).unwrap_or("")
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.as_str())
+    }
+}
+
+impl AsRef<str> for Name {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+/// One setting per component, keyed by the family's component names: `all` for every component
+/// not named, and the named ones that differ from it. Written in profiles as a table (`all` when
+/// it is not the default, then each name), so version-1 profiles' `text`/`unet`/`vae` keys read
+/// with their meaning. Up to [`PerComponent::MAX`] names, held inline (knobs stay `Copy`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PerComponent<T> {
+    all: T,
+    /// Sorted by name; only settings that differ from `all`.
+    named: [Option<(Name, T)>; PerComponent::<()>::MAX],
+}
+
+impl PerComponent<()> {
+    /// The most components one set of knobs names.
+    pub const MAX: usize = 8;
+}
+
+impl<T: Copy + Default + PartialEq> PerComponent<T> {
+    /// The same setting for every component.
+    pub fn all(v: T) -> Self {
+        Self { all: v, named: [None; PerComponent::<()>::MAX] }
+    }
+
+    /// The setting of every component not named.
+    pub fn fallback(&self) -> T {
+        self.all
+    }
+
+    /// The setting of component `c`.
+    pub fn get(&self, c: impl AsRef<str>) -> T {
+        let c = c.as_ref();
+        self.named().find(|(n, _)| n.as_str() == c).map_or(self.all, |(_, v)| v)
+    }
+
+    /// Sets component `c`'s setting.
+    ///
+    /// # Errors
+    /// A name that is not one ([`Name::new`]), or more than [`PerComponent::MAX`] named.
+    pub fn set(&mut self, c: impl AsRef<str>, v: T) -> Result<()> {
+        let name = Name::new(c.as_ref())?;
+        let mut entries: Vec<(Name, T)> = self.named().filter(|(n, _)| *n != name).collect();
+        if v != self.all {
+            entries.push((name, v));
+        }
+        self.store(entries)
+    }
+
+    /// The settings in a few words: `q4k`, or `auto · unet q8_0 · text f16`.
+    pub fn describe(&self) -> String
+    where
+        T: fmt::Display,
+    {
+        let mut s = self.all.to_string();
+        for (n, v) in self.named() {
+            s.push_str(&format!(" · {n} {v}"));
+        }
+        s
+    }
+
+    /// Sets every component to `v` (naming none).
+    pub fn set_all(&mut self, v: T) {
+        *self = Self::all(v);
+    }
+
+    /// The components named, with their settings, by name.
+    pub fn named(&self) -> impl Iterator<Item = (Name, T)> + '_ {
+        self.named.iter().flatten().copied()
+    }
+
+    /// The names set here that are not in `components`.
+    pub fn unknown<'a>(&'a self, components: &'a [&str]) -> impl Iterator<Item = Name> + 'a {
+        self.named().map(|(n, _)| n).filter(|n| !components.contains(&n.as_str()))
+    }
+
+    /// Renames component `from` to `to` (aliases to a family's own names); `to`'s own setting,
+    /// if any, wins.
+    pub fn rename(&mut self, from: &str, to: &str) -> Result<()> {
+        let Some(v) = self.named().find(|(n, _)| n.as_str() == from).map(|(_, v)| v) else {
+            return Ok(());
+        };
+        let keep = self.named().any(|(n, _)| n.as_str() == to);
+        let entries: Vec<(Name, T)> = self.named().filter(|(n, _)| n.as_str() != from).collect();
+        self.store(entries)?;
+        if !keep { self.set(to, v) } else { Ok(()) }
+    }
+
+    /// The same settings written without `all` when every one of `components` is set alike:
+    /// `all` then holds that setting, so two ways of saying "q4k everywhere" compare equal.
+    pub fn collapsed(&self, components: &[&str]) -> Self {
+        let mut values = components.iter().map(|c| self.get(c));
+        match values.next() {
+            Some(first) if values.all(|v| v == first) && self.unknown(components).next().is_none() => Self::all(first),
+            _ => *self,
+        }
+    }
+
+    fn store(&mut self, mut entries: Vec<(Name, T)>) -> Result<()> {
+        if entries.len() > PerComponent::<()>::MAX {
+            return Err(Error::invalid(format!(
+                "more than {} components named in one knob",
+                PerComponent::<()>::MAX
+            )));
+        }
+        entries.sort_by_key(|e| e.0);
+        self.named = [None; PerComponent::<()>::MAX];
+        for (slot, e) in self.named.iter_mut().zip(entries) {
+            *slot = Some(e);
+        }
+        Ok(())
+    }
+}
+
+impl<T: Serialize + Copy + Default + PartialEq> Serialize for PerComponent<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let write_all = self.all != T::default();
+        let mut m = s.serialize_map(None)?;
+        if write_all {
+            m.serialize_entry("all", &self.all)?;
+        }
+        for (n, v) in self.named() {
+            m.serialize_entry(n.as_str(), &v)?;
+        }
+        m.end()
+    }
+}
+
+impl<'de, T: Deserialize<'de> + Copy + Default + PartialEq> Deserialize<'de> for PerComponent<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let map = std::collections::BTreeMap::<String, T>::deserialize(d)?;
+        let mut out = Self::all(map.get("all").copied().unwrap_or_default());
+        for (k, v) in map.iter().filter(|(k, _)| *k != "all") {
+            out.set(k, *v).map_err(serde::de::Error::custom)?;
+        }
+        Ok(out)
+    }
+}
+
 /// Precision per component.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(default)]
-pub struct PrecisionKnobs {
-    pub text: Precision,
-    pub unet: Precision,
-    pub vae: Precision,
-}
-
-impl PrecisionKnobs {
-    /// The same precision for every component.
-    pub fn all(p: Precision) -> Self {
-        Self { text: p, unet: p, vae: p }
-    }
-
-    /// The precision of one component.
-    pub fn get(&self, c: Component) -> Precision {
-        match c {
-            Component::Text => self.text,
-            Component::Unet => self.unet,
-            Component::Vae => self.vae,
-        }
-    }
-
-    /// Sets the precision of one component.
-    pub fn set(&mut self, c: Component, p: Precision) {
-        match c {
-            Component::Text => self.text = p,
-            Component::Unet => self.unet = p,
-            Component::Vae => self.vae = p,
-        }
-    }
-}
+pub type PrecisionKnobs = PerComponent<Precision>;
 
 /// What happens to the denoiser blocks that are not resident on the GPU.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -408,19 +579,19 @@ impl fmt::Display for Placement {
     }
 }
 
-/// Offload knobs: component placement and the denoiser's resident blocks.
+/// Offload knobs: where each component lives, and how many of the family's offloadable units
+/// (the UNet's blocks, a language model's layers) stay resident.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Offload {
-    /// How many denoiser blocks stay on the GPU; `None` means all of them.
+    /// How many offloadable units stay on the GPU; `None` means all of them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gpu_blocks: Option<u32>,
-    /// What happens to the other blocks.
+    /// What happens to the other units.
     pub mode: OffloadMode,
-    /// Where the text encoder lives.
-    pub text: Placement,
-    /// Where the autoencoder lives.
-    pub vae: Placement,
+    /// Where each component lives, by name (in profiles, beside `gpu_blocks` and `mode`).
+    #[serde(flatten)]
+    pub placement: PerComponent<Placement>,
 }
 
 /// Slicing knobs; 0 means off.
@@ -470,29 +641,65 @@ pub struct Knobs {
 }
 
 impl Knobs {
-    /// What a model loaded with `self` must read again to hold its weights as `other` says:
-    /// `None` when the whole model must be loaded again (another device or rng), else the
-    /// components whose precision or placement differ (empty: only slicing changed, which a
-    /// loaded family takes in place, [`crate::families::Family::retune`]).
-    pub fn components_to_reread(&self, other: &Knobs) -> Option<Vec<Component>> {
+    /// What a model of a family with `components` loaded with `self` must read again to hold
+    /// its weights as `other` says: `None` when the whole model must be loaded again (another
+    /// device or rng), else the components whose precision or placement differ (empty: only
+    /// slicing changed, which a loaded family takes in place, [`crate::families::Family::retune`]).
+    pub fn components_to_reread(&self, other: &Knobs, components: &[ComponentSpec]) -> Option<Vec<&'static str>> {
         if (self.device, self.rng) != (other.device, other.rng) {
             return None;
         }
         let d = self.device;
         let (a, b) = (&self.offload, &other.offload);
-        let placed_alike = |c: Component| match c {
-            Component::Text => a.text.resolve(d) == b.text.resolve(d),
-            Component::Unet => (a.gpu_blocks, a.mode) == (b.gpu_blocks, b.mode),
-            Component::Vae => a.vae.resolve(d) == b.vae.resolve(d),
+        let placed_alike = |c: &ComponentSpec| {
+            let units_alike = c.units.is_none() || (a.gpu_blocks, a.mode) == (b.gpu_blocks, b.mode);
+            units_alike && a.placement.get(c.name).resolve(d) == b.placement.get(c.name).resolve(d)
         };
         // `auto` is the precision it resolves to, except where that is f16: a family's config may
         // keep an `auto` component in f32 there (SD's VAE, `force_upcast`), so only the same
         // name counts as alike
-        let stored_alike = |c: Component| {
-            let (pa, pb) = (self.precision.get(c), other.precision.get(c));
+        let stored_alike = |c: &ComponentSpec| {
+            let (pa, pb) = (self.precision.get(c.name), other.precision.get(c.name));
             pa == pb || (pa.resolve(d) == pb.resolve(d) && pa.resolve(d) != Precision::F16)
         };
-        Some(Component::ALL.into_iter().filter(|&c| !placed_alike(c) || !stored_alike(c)).collect())
+        Some(components.iter().filter(|c| !placed_alike(c) || !stored_alike(c)).map(|c| c.name).collect())
+    }
+
+    /// These knobs in the words of a family with `components`: other names for a component
+    /// (`text_encoder`) become its own (`text`), and what every component is set to the same
+    /// way is written once (`precision = q4k`), so equal settings compare equal.
+    ///
+    /// # Errors
+    /// A component the family does not have, or a placement for one it places by its units;
+    /// one line naming the knob, `model` and the components it has.
+    pub fn for_family(&self, components: &[ComponentSpec], model: &str) -> Result<Knobs> {
+        let mut k = *self;
+        for c in components {
+            for alias in c.aliases {
+                k.precision.rename(alias, c.name)?;
+                k.offload.placement.rename(alias, c.name)?;
+            }
+        }
+        let names: Vec<&str> = components.iter().map(|c| c.name).collect();
+        let has = names.join(", ");
+        if let Some(n) = k.precision.unknown(&names).next() {
+            return Err(Error::invalid(format!("precision.{n}: {model} has no component '{n}' (it has {has})")));
+        }
+        if let Some(n) = k.offload.placement.unknown(&names).next() {
+            return Err(Error::invalid(format!("offload.{n}: {model} has no component '{n}' (it has {has})")));
+        }
+        for c in components.iter().filter(|c| !c.placeable) {
+            if k.offload.placement.named().any(|(n, _)| n.as_str() == c.name) {
+                let how = match c.units {
+                    Some(units) => format!("its {units} are placed with offload.gpu_blocks and offload.mode"),
+                    None => "it always lives on the run's device".to_string(),
+                };
+                return Err(Error::invalid(format!("offload.{}: the {} cannot be placed on its own; {how}", c.name, c.label)));
+            }
+        }
+        k.precision = k.precision.collapsed(&names);
+        k.offload.placement = k.offload.placement.collapsed(&names);
+        Ok(k)
     }
 
     /// The full-precision reference a quantized or sliced run is compared with: every component in
@@ -507,10 +714,12 @@ impl Knobs {
         }
     }
 
-    /// Sets one knob by its profile name: `device`, `rng`, `precision` (all components),
-    /// `precision.text|unet|vae`, `offload.gpu_blocks` (a number or `all`), `offload.mode`,
-    /// `offload.text`, `offload.vae`, `slicing.attention_slice`, `slicing.vae_tile`.
-    /// Dashes and underscores are interchangeable, and `text_encoder` means `text`.
+    /// Sets one knob by its profile name: `device`, `rng`, `precision` (every component),
+    /// `precision.NAME` (one component, by the family's name: `text`, `unet`, `vae`, …),
+    /// `offload.gpu_blocks` (a number or `all`), `offload.mode`, `offload.NAME` (where a component
+    /// lives), `slicing.attention_slice`, `slicing.vae_tile`. Dashes and underscores are
+    /// interchangeable. Which names a model has is checked when it is loaded or planned
+    /// ([`Knobs::for_family`]).
     ///
     /// # Errors
     /// An unknown key or a value that does not parse.
@@ -524,8 +733,8 @@ impl Knobs {
         match (section, field) {
             ("device", None) => self.device = value.parse()?,
             ("rng", None) => self.rng = value.parse()?,
-            ("precision", None) => self.precision = PrecisionKnobs::all(value.parse()?),
-            ("precision", Some(c)) => self.precision.set(c.parse()?, value.parse()?),
+            ("precision", None | Some("all")) => self.precision.set_all(value.parse()?),
+            ("precision", Some(c)) => self.precision.set(c, value.parse()?)?,
             ("offload", Some("gpu_blocks")) | ("gpu_blocks", None) => {
                 self.offload.gpu_blocks = if value.eq_ignore_ascii_case("all") {
                     None
@@ -534,15 +743,8 @@ impl Knobs {
                 }
             }
             ("offload", Some("mode")) | ("mode", None) => self.offload.mode = value.parse()?,
-            ("offload", Some(c)) => match c.parse::<Component>()? {
-                Component::Text => self.offload.text = value.parse()?,
-                Component::Vae => self.offload.vae = value.parse()?,
-                Component::Unet => {
-                    return Err(Error::invalid(
-                        "offload.unet: place the denoiser with offload.gpu_blocks and offload.mode",
-                    ));
-                }
-            },
+            ("offload", Some("all")) => self.offload.placement.set_all(value.parse()?),
+            ("offload", Some(c)) => self.offload.placement.set(c, value.parse()?)?,
             ("slicing", Some("attention_slice")) | ("attention_slice", None) => {
                 self.slicing.attention_slice = parse_count(&key, value)?
             }
@@ -551,12 +753,31 @@ impl Knobs {
             }
             _ => {
                 return Err(Error::invalid(format!(
-                    "unknown knob '{key}': expected device, rng, precision[.text|.unet|.vae], \
-                     offload.gpu_blocks|mode|text|vae, slicing.attention_slice|vae_tile"
+                    "unknown knob '{key}': expected device, rng, precision[.COMPONENT], \
+                     offload.gpu_blocks|mode|COMPONENT, slicing.attention_slice|vae_tile"
                 )));
             }
         }
         Ok(())
+    }
+
+    /// The value of one knob by its profile name, as [`Knobs::set`] takes it; `None` for a key
+    /// that is not a knob.
+    pub fn get(&self, key: &str) -> Option<String> {
+        let key = key.trim().to_ascii_lowercase().replace('-', "_");
+        Some(match key.split_once('.').unwrap_or((key.as_str(), "")) {
+            ("device", "") => self.device.to_string(),
+            ("rng", "") => self.rng.to_string(),
+            ("precision", "" | "all") => self.precision.fallback().to_string(),
+            ("precision", c) => self.precision.get(c).to_string(),
+            ("offload", "gpu_blocks") => self.offload.gpu_blocks.map_or("all".into(), |n| n.to_string()),
+            ("offload", "mode") => self.offload.mode.to_string(),
+            ("offload", "all") => self.offload.placement.fallback().to_string(),
+            ("offload", c) if !c.is_empty() => self.offload.placement.get(c).to_string(),
+            ("slicing", "attention_slice") => self.slicing.attention_slice.to_string(),
+            ("slicing", "vae_tile") => self.slicing.vae_tile.to_string(),
+            _ => return None,
+        })
     }
 
     /// Applies a comma-separated list of `key=value` pairs with [`Knobs::set`], in order.
@@ -579,32 +800,44 @@ impl Knobs {
         Ok(())
     }
 
-    /// The knobs as `key=value` pairs with profile names, the inverse of [`Knobs::set`].
+    /// The knobs as `key=value` pairs with profile names, the inverse of [`Knobs::set`] (applied
+    /// in order): every component's setting first, then the components named apart.
     pub fn to_pairs(&self) -> Vec<(String, String)> {
-        let mut v = vec![("device".into(), self.device.to_string()), ("rng".into(), self.rng.to_string())];
-        for c in Component::ALL {
-            v.push((format!("precision.{c}"), self.precision.get(c).to_string()));
+        let mut v = vec![
+            ("device".into(), self.device.to_string()),
+            ("rng".into(), self.rng.to_string()),
+            ("precision".into(), self.precision.fallback().to_string()),
+        ];
+        for (c, p) in self.precision.named() {
+            v.push((format!("precision.{c}"), p.to_string()));
         }
         v.push((
             "offload.gpu_blocks".into(),
             self.offload.gpu_blocks.map_or("all".into(), |n| n.to_string()),
         ));
         v.push(("offload.mode".into(), self.offload.mode.to_string()));
-        v.push(("offload.text".into(), self.offload.text.to_string()));
-        v.push(("offload.vae".into(), self.offload.vae.to_string()));
+        v.push(("offload.all".into(), self.offload.placement.fallback().to_string()));
+        for (c, p) in self.offload.placement.named() {
+            v.push((format!("offload.{c}"), p.to_string()));
+        }
         v.push(("slicing.attention_slice".into(), self.slicing.attention_slice.to_string()));
         v.push(("slicing.vae_tile".into(), self.slicing.vae_tile.to_string()));
         v
     }
 
-    /// The keys whose values differ between two sets of knobs, by profile name.
+    /// The keys whose values differ between two sets of knobs, by profile name (a component
+    /// named in either is compared by its setting in both).
     pub fn diff(&self, other: &Knobs) -> Vec<String> {
-        self.to_pairs()
-            .into_iter()
-            .zip(other.to_pairs())
-            .filter(|(a, b)| a.1 != b.1)
-            .map(|(a, _)| a.0)
-            .collect()
+        // in `to_pairs` order: a name only one side has goes after the other names of its section
+        let mut keys: Vec<String> = self.to_pairs().into_iter().map(|p| p.0).collect();
+        for (k, _) in other.to_pairs() {
+            if !keys.contains(&k) {
+                let section = k.split('.').next().unwrap_or("");
+                let at = keys.iter().rposition(|x| x.split('.').next() == Some(section)).map_or(keys.len(), |i| i + 1);
+                keys.insert(at, k);
+            }
+        }
+        keys.into_iter().filter(|k| self.get(k) != other.get(k)).collect()
     }
 }
 
@@ -631,12 +864,63 @@ mod tests {
         }
         assert_eq!(k, back);
         assert_eq!(k.device, DeviceKind::Cuda(1));
-        assert_eq!(k.precision.unet, Precision::Q4K);
-        assert_eq!(k.precision.vae, Precision::F32);
+        assert_eq!(k.precision.get("unet"), Precision::Q4K);
+        assert_eq!(k.precision.get("vae"), Precision::F32);
         assert_eq!(k.offload.gpu_blocks, Some(4));
         assert_eq!(k.offload.mode, OffloadMode::Stream);
         assert_eq!(k.slicing.vae_tile, 32);
-        assert_eq!(Knobs::default().diff(&k).len(), 9);
+        assert_eq!(
+            Knobs::default().diff(&k),
+            [
+                "device",
+                "precision",
+                "precision.vae",
+                "offload.gpu_blocks",
+                "offload.mode",
+                "offload.text",
+                "slicing.attention_slice",
+                "slicing.vae_tile"
+            ]
+        );
+    }
+
+    /// Per-component knobs by the family's names: `precision` sets every component and names
+    /// none; one set like the rest is not named; TOML writes `all` (when set) and the names, and
+    /// reads version 1's `text`/`unet`/`vae` keys with their meaning; aliases and collapsing
+    /// follow the family's declaration, and a name it does not have is one line naming it.
+    #[test]
+    fn per_component_knobs_by_name() {
+        let mut k = Knobs::default();
+        k.set("precision", "q4k").unwrap();
+        k.set("precision.text_encoder", "f16").unwrap();
+        k.set("precision.unet", "q4k").unwrap();
+        assert_eq!(k.precision.named().map(|(n, p)| (n.to_string(), p)).collect::<Vec<_>>(), [("text_encoder".to_string(), Precision::F16)]);
+        let toml = toml::to_string(&k).unwrap();
+        assert!(toml.contains("[precision]\nall = \"q4k\"\ntext_encoder = \"f16\""), "{toml}");
+        let sd = crate::families::latent_diffusion::COMPONENTS;
+        let canonical = k.for_family(&sd, "m").unwrap();
+        assert_eq!((canonical.precision.get("text"), canonical.precision.get("vae")), (Precision::F16, Precision::Q4K));
+        assert!(canonical.precision.named().all(|(n, _)| n.as_str() == "text"));
+
+        let v1: Knobs = toml::from_str("[precision]\ntext = \"f32\"\nunet = \"f32\"\nvae = \"f32\"\n[offload]\nmode = \"split\"\ntext = \"cpu\"\nvae = \"auto\"\n").unwrap();
+        assert_eq!(v1.precision.get("unet"), Precision::F32);
+        assert_eq!(v1.offload.placement.get("text"), Placement::Cpu);
+        assert_eq!(v1.for_family(&sd, "m").unwrap().precision, Knobs::default().reference().precision, "all three f32 is the reference's f32");
+
+        let mut odd = Knobs::default();
+        odd.set("precision.text_3", "f16").unwrap();
+        let e = odd.for_family(&sd, "builtin:shapes").unwrap_err().to_string();
+        assert_eq!(e, "precision.text_3: builtin:shapes has no component 'text_3' (it has text, unet, vae)");
+        let mut placed = Knobs::default();
+        placed.set("offload.unet", "cpu").unwrap();
+        let e = placed.for_family(&sd, "m").unwrap_err().to_string();
+        assert!(e.starts_with("offload.unet: the UNet cannot be placed on its own; its blocks are placed with offload.gpu_blocks"), "{e}");
+        assert!(Knobs::default().set("precision.no way", "f16").is_err());
+        let mut full = Knobs::default();
+        for i in 0..PerComponent::<()>::MAX {
+            full.set(&format!("precision.c{i}"), "f16").unwrap();
+        }
+        assert!(full.set("precision.one_more", "f16").is_err());
     }
 
     /// The per-tensor storage rule: block fallbacks, f32 vectors, f16 embedding tables.
@@ -710,7 +994,8 @@ mod tests {
             k
         };
         let cpu = Knobs::default();
-        let again = |a: &Knobs, b: &Knobs| a.components_to_reread(b).map(|c| c.iter().map(|c| c.name()).collect::<Vec<_>>());
+        let sd = crate::families::latent_diffusion::COMPONENTS;
+        let again = |a: &Knobs, b: &Knobs| a.components_to_reread(b, &sd);
         assert_eq!(again(&cpu, &with(cpu, "slicing.vae_tile=32,slicing.attention_slice=64")), Some(vec![]));
         assert_eq!(again(&cpu, &with(cpu, "precision=f32,offload.vae=gpu")), Some(vec![]));
         assert_eq!(again(&cpu, &with(cpu, "precision.unet=q8_0")), Some(vec!["unet"]));

@@ -58,7 +58,7 @@ fn changing_a_knob_updates_the_plan_bar() {
         "the old figure is gone"
     );
     assert_eq!(
-        h.state().state.knobs.precision.unet,
+        h.state().state.knobs.precision.get("unet"),
         headroom_engine::knobs::Precision::Q4K
     );
 }
@@ -99,7 +99,7 @@ fn a_plan_fix_is_one_click() {
     h.get_by_label_contains("precision=q4k:").click();
     h.run_steps(3);
     assert_eq!(
-        h.state().state.knobs.precision.unet,
+        h.state().state.knobs.precision.get("unet"),
         headroom_engine::knobs::Precision::Q4K
     );
     h.get_by_label("Plan: fits");
@@ -146,7 +146,7 @@ fn knob_changes_reload_only_what_they_touch() {
     let loaded = h.state().rt.loaded.clone().expect("still loaded");
     assert_eq!((loaded.knobs.slicing.vae_tile, loaded.load_ms), (32, 12));
     assert!(h.query_by_label("Knobs changed: the next run applies them without reloading").is_none());
-    h.state_mut().state.knobs.precision.unet = headroom_engine::knobs::Precision::Q8_0;
+    h.state_mut().state.knobs.precision.set("unet", headroom_engine::knobs::Precision::Q8_0).unwrap();
     h.run_steps(2);
     h.get_by_label("Knobs changed: the next run reads the unet again");
     h.get_by_label("Generate").click();
@@ -159,7 +159,7 @@ fn knob_changes_reload_only_what_they_touch() {
         h.state().rt.notices
     );
     let loaded = h.state().rt.loaded.clone().expect("still loaded");
-    assert_eq!(loaded.knobs.precision.unet, headroom_engine::knobs::Precision::Q8_0);
+    assert_eq!(loaded.knobs.precision.get("unet"), headroom_engine::knobs::Precision::Q8_0);
     h.state_mut().state.knobs.device = headroom_engine::knobs::DeviceKind::Cuda(0);
     h.run_steps(2);
     h.get_by_label("Knobs changed: the next run loads the model again with them");
@@ -181,7 +181,7 @@ fn compare_with_f32_is_one_click() {
     h.get_by_label("Generate").click();
     h.run_steps(6);
     let first = h.state().rt.outputs[0].record.clone();
-    assert_eq!(first.knobs.precision.unet, Precision::Q8_0);
+    assert_eq!(first.knobs.precision.get("unet"), Precision::Q8_0);
     // the run's notes explain how it computed: on its card and in the plan bar
     h.get_by_label("Run notes (1)");
     h.get_by_label("1 run note");
@@ -191,12 +191,12 @@ fn compare_with_f32_is_one_click() {
     assert_eq!(rt.outputs.len(), 2);
     let reference = &rt.outputs[1].record;
     assert_eq!(reference.knobs, first.knobs.reference());
-    assert_eq!((reference.knobs.precision.unet, reference.knobs.slicing.vae_tile), (Precision::F32, 0));
+    assert_eq!((reference.knobs.precision.get("unet"), reference.knobs.slicing.vae_tile), (Precision::F32, 0));
     assert_eq!(reference.request, first.request, "the same request and seed");
     assert_eq!((rt.ab.a, rt.ab.b, rt.tab), (Some(0), Some(1), CenterTab::Ab));
     assert!(rt.ab.comparison.is_some(), "the pair is compared");
     let knobs = h.state().state.knobs;
-    assert_eq!((knobs.precision.unet, knobs.slicing.vae_tile), (Precision::Q8_0, 32), "the chosen knobs came back");
+    assert_eq!((knobs.precision.get("unet"), knobs.slicing.vae_tile), (Precision::Q8_0, 32), "the chosen knobs came back");
 }
 
 /// A sweep over the UNet's precision runs the f32 reference and then each value in order (the
@@ -220,7 +220,7 @@ fn sweep_runs_each_value_after_the_reference() {
     assert!(!rt.sweep.running(), "the sweep ended");
     let values: Vec<&str> = rt.sweep.rows.iter().map(|r| r.value.as_str()).collect();
     assert_eq!(values, [SWEEP_REFERENCE, "f32", "f16", "q8_0", "q4k"]);
-    let unet = |i: usize| rt.outputs[rt.sweep.rows[i].output].record.knobs.precision.unet;
+    let unet = |i: usize| rt.outputs[rt.sweep.rows[i].output].record.knobs.precision.get("unet");
     assert_eq!((unet(0), unet(2), unet(4)), (Precision::F32, Precision::F16, Precision::Q4K));
     // the reference has no slicing; the swept runs keep the chosen vae_tile
     assert_eq!(rt.outputs[rt.sweep.rows[0].output].record.knobs.slicing.vae_tile, 0);
@@ -228,7 +228,7 @@ fn sweep_runs_each_value_after_the_reference() {
     assert!(rt.sweep.rows[1..].iter().all(|r| r.quality.first().is_some_and(|q| q.0 == "PSNR dB")));
     assert_eq!(rt.tab, CenterTab::Sweep);
     let knobs = h.state().state.knobs;
-    assert_eq!((knobs.precision.unet, knobs.slicing.vae_tile), (Precision::Auto, 32), "the chosen knobs came back");
+    assert_eq!((knobs.precision.get("unet"), knobs.slicing.vae_tile), (Precision::Auto, 32), "the chosen knobs came back");
     h.get_by_label("Frontier:");
     h.get_all_by_label("Open").nth(2).expect("a row's Open").click();
     h.run_steps(2);

@@ -41,6 +41,11 @@ pub trait RunObserver {
 pub trait Family: Send {
     /// The family's name as written in profiles, e.g. `latent-diffusion`.
     fn name(&self) -> &str;
+    /// Its components as the knobs name them, in pipeline order (profiles list them; none for
+    /// a family with no per-component knobs).
+    fn components(&self) -> Vec<ComponentSpec> {
+        Vec::new()
+    }
     /// Resident weight bytes per device name (`cpu`, `cuda:0`), counted from the loaded tensors.
     fn weight_bytes(&self) -> Vec<(String, u64)>;
     /// Runs a request to the end, or returns [`crate::Error::Cancelled`] between steps.
@@ -71,6 +76,25 @@ pub enum Retuned {
     Read(Vec<String>),
 }
 
+/// One component of a model as its family declares it: what the knobs call it, what people call
+/// it, and which knobs it honours. The knobs panel, the CLI's checks, the planner and the profile
+/// read these; nothing outside the family names a component itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ComponentSpec {
+    /// Its name in knobs and profiles (`text`, `unet`, `vae`, `text_2`): `precision.NAME`.
+    pub name: &'static str,
+    /// Other names read as this one (`text_encoder`).
+    #[serde(skip)]
+    pub aliases: &'static [&'static str],
+    /// For people: "Text encoder", "UNet".
+    pub label: &'static str,
+    /// Whether `offload.NAME` may place it apart from the run's device.
+    pub placeable: bool,
+    /// Its offloadable units (`blocks`, `layers`), placed with `offload.gpu_blocks` and
+    /// `offload.mode`; the count comes from the model (the plan's `unet_blocks`).
+    pub units: Option<&'static str>,
+}
+
 /// How sure a family is that it runs a model, and on what evidence.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Recognition {
@@ -81,6 +105,8 @@ pub struct Recognition {
     pub confidence: f32,
     /// The evidence, for people ("a diffusers folder of Stable Diffusion 1.x: …").
     pub reason: String,
+    /// The model's components as this family runs them, in pipeline order.
+    pub components: Vec<ComponentSpec>,
 }
 
 /// A family this build runs: how it recognises a model from its inspection (`None`: it cannot
@@ -117,6 +143,21 @@ pub fn not_supported(insp: &Inspection) -> String {
         (id, label) => format!("{label} ({id})"),
     };
     format!("running {what} from {} is not supported yet", insp.format.name())
+}
+
+/// `knobs` in the words of the family that runs `model` ([`Knobs::for_family`]): aliases made
+/// its component names, settings alike written once; unchanged when no family runs it (its load
+/// or plan says so).
+///
+/// # Errors
+/// The model cannot be read, or the knobs name a component it does not have (one line naming the
+/// knob, the model and its components).
+pub fn knobs_for(model: &ModelRef, knobs: &Knobs) -> Result<Knobs> {
+    let insp = crate::formats::inspect(&model.resolve()?)?;
+    match recognise(&insp) {
+        Some((r, _)) => knobs.for_family(&r.components, &model.to_string()),
+        None => Ok(*knobs),
+    }
 }
 
 /// Opens `model` with the family that recognises it most surely ([`recognise`]), placing its

@@ -28,6 +28,7 @@ fn profile() -> Profile {
         sha256: "0123456789abcdef".into(),
         family: "latent-diffusion".into(),
         name: "shapes".into(),
+        components: vec!["text".into(), "unet".into(), "vae".into()],
     };
     let request = Request {
         prompt: "a red circle, on blue".into(),

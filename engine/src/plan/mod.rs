@@ -199,7 +199,12 @@ pub fn default_budgets(knobs: &Knobs, given: Option<u64>) -> Budgets {
 pub fn plan_model(model: &ModelRef, knobs: &Knobs, request: &Request, budget: Option<u64>) -> crate::Result<Plan> {
     let insp = crate::formats::inspect(&model.resolve()?)?;
     let shape = ModelShape::runnable(&insp)?;
-    Ok(plan(&shape, knobs, request, &default_budgets(knobs, budget)))
+    // the knobs in the family's words: `text_encoder` is `text`, a component it lacks an error
+    let knobs = match crate::families::recognise(&insp) {
+        Some((r, _)) => knobs.for_family(&r.components, &model.to_string())?,
+        None => *knobs,
+    };
+    Ok(plan(&shape, &knobs, request, &default_budgets(&knobs, budget)))
 }
 
 /// Predicts memory per device for `shape` run with `knobs` on `request`, checks it against
@@ -262,8 +267,8 @@ pub fn predict(shape: &ModelShape, knobs: &Knobs, req: &Request, budgets: &Budge
     };
 
     // Text encoder and autoencoder: whole components.
-    let text_dev = knobs.offload.text.resolve(dev);
-    let vae_dev = knobs.offload.vae.resolve(dev);
+    let text_dev = knobs.offload.placement.get(Component::Text).resolve(dev);
+    let vae_dev = knobs.offload.placement.get(Component::Vae).resolve(dev);
     add_weights(text_dev, "text", shape.component_bytes(Component::Text, wprec(Component::Text)));
     add_weights(vae_dev, "vae", shape.component_bytes(Component::Vae, wprec(Component::Vae)));
     let other = match wprec(Component::Unet) {
@@ -428,7 +433,7 @@ fn moves(knobs: &Knobs, req: &Request) -> Vec<Move> {
             cost: "lossless, weights read from the file per block each step",
         });
     }
-    let unet = knobs.precision.unet.resolve(knobs.device);
+    let unet = knobs.precision.get(Component::Unet).resolve(knobs.device);
     for (p, loss) in [
         (Precision::F16, 0.5),
         (Precision::Q8_0, 1.0),
@@ -441,7 +446,7 @@ fn moves(knobs: &Knobs, req: &Request) -> Vec<Move> {
         }
     }
     for c in ["precision.text", "precision.vae"] {
-        let cur = if c.ends_with("text") { knobs.precision.text } else { knobs.precision.vae };
+        let cur = knobs.precision.get(c.trim_start_matches("precision."));
         if Precision::F16.bits_per_weight() < cur.resolve(knobs.device).bits_per_weight() {
             m.push(mv(c, "f16".into(), 0.3, "half-size weights, tiny quality loss"));
         }

@@ -59,6 +59,14 @@ pub(super) fn parse(s: &str, origin: &Path) -> Result<Profile> {
     let mut p = Profile { version: version as u32, model, request, knobs, build, result, extra: Table::new() };
     let mut extra = raw;
     subtract(&mut extra, &typed(&p));
+    // every key of the per-component tables was read (as a component's setting)
+    if let Some(Value::Table(k)) = extra.get_mut("knobs") {
+        k.remove("precision");
+        k.remove("offload");
+        if k.is_empty() {
+            extra.remove("knobs");
+        }
+    }
     p.extra = extra;
     Ok(p)
 }
@@ -76,7 +84,18 @@ fn typed(p: &Profile) -> Table {
     t.insert("version".into(), Value::Integer(i64::from(p.version)));
     t.insert("model".into(), to_value(&p.model));
     t.insert("request".into(), Value::Table(request_table(&p.request)));
-    t.insert("knobs".into(), to_value(&p.knobs));
+    let mut knobs = to_value(&p.knobs);
+    // every component's precision written out, so the file says what each one ran at
+    if let Value::Table(k) = &mut knobs
+        && let Some(Value::Table(precision)) = k.get_mut("precision")
+    {
+        for c in &p.model.components {
+            precision
+                .entry(c.clone())
+                .or_insert_with(|| Value::String(p.knobs.precision.get(c).to_string()));
+        }
+    }
+    t.insert("knobs".into(), knobs);
     t.insert("build".into(), to_value(&p.build));
     if let Some(r) = &p.result {
         t.insert("result".into(), Value::Table(result_table(r)));

@@ -21,8 +21,11 @@ use crate::request::Request;
 
 pub use crate::fsutil::{sha256_file, write_atomic};
 
-/// The profile format version this build writes and the newest it reads.
-pub const PROFILE_VERSION: u32 = 1;
+/// The profile format version this build writes and the newest it reads. Version 2 keys the
+/// knobs by the family's component names (`[knobs.precision]` may hold `all` and any component,
+/// `[knobs.offload]` places any component) and lists the components in `[model]`; version 1's
+/// `text`/`unet`/`vae` keys read with the same meaning.
+pub const PROFILE_VERSION: u32 = 2;
 
 /// Which model a run used.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +39,10 @@ pub struct ModelInfo {
     pub family: String,
     /// A name for people (file stem or the builtin's name).
     pub name: String,
+    /// The model's components as its family names them (`text`, `unet`, `vae`), in pipeline
+    /// order: the keys of `[knobs.precision]`, which lists each (version 2; empty in version 1).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub components: Vec<String>,
 }
 
 /// Which build of Headroom made a run, and the machine facts bit-exact output depends on (the

@@ -85,7 +85,7 @@ fn reads_typed_fields() {
     assert_eq!(p.request.prompt, "a red circle");
     assert_eq!(p.request.seed, 7);
     assert_eq!(p.request.scheduler, Scheduler::EulerAncestral);
-    assert_eq!(p.knobs.precision.unet, Precision::Q4K);
+    assert_eq!(p.knobs.precision.get("unet"), Precision::Q4K);
     assert_eq!(p.knobs.offload.gpu_blocks, Some(0));
     assert_eq!(p.build.commit, "deadbeef");
     let r = p.result.as_ref().unwrap();
@@ -152,7 +152,7 @@ fn huge_seed_round_trips() {
 #[test]
 fn newer_version_is_refused() {
     let e = err(&FULL.replacen("version = 1", "version = 99", 1));
-    assert!(e.contains("written by a newer Headroom (profile version 99, this build reads 1)"), "{e}");
+    assert!(e.contains("written by a newer Headroom (profile version 99, this build reads 2)"), "{e}");
 }
 
 /// A missing [request] section is named.
@@ -200,7 +200,7 @@ fn drift_names_differences() {
     let mut b = a.clone();
     assert!(a.drift(&b).is_empty());
     b.request.seed = 8;
-    b.knobs.precision.unet = Precision::F32;
+    b.knobs.precision.set("unet", Precision::F32).unwrap();
     b.knobs.device = crate::knobs::DeviceKind::Cuda(0);
     b.model.sha256 = "other".into();
     b.build.commit = "cafe".into();
@@ -300,3 +300,55 @@ fn save_and_load() {
     assert!(e.contains("bad.toml") && e.contains("not a profile"), "{e}");
 }
 
+
+/// Version-1 profiles written by an earlier build (`tests/fixtures/profiles/v1`, one per kind of
+/// run) load with their meaning: their knobs by component name, nothing left over as an unknown
+/// field. Written again as version 2 (components listed, each one's precision written out) they
+/// read back the same.
+#[test]
+fn version_1_profiles_load_with_their_meaning() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/profiles/v1");
+    let mut seen = 0;
+    for run in std::fs::read_dir(&dir).unwrap() {
+        let run = run.unwrap().path();
+        for f in std::fs::read_dir(&run).unwrap() {
+            let f = f.unwrap().path();
+            if f.extension().is_none_or(|e| e != "toml") {
+                continue;
+            }
+            seen += 1;
+            let p = Profile::load(&f).unwrap();
+            assert_eq!(p.version, 1, "{}", f.display());
+            assert!(p.extra.is_empty(), "{}: read as unknown: {:?}", f.display(), p.extra);
+            let name = run.file_name().unwrap().to_string_lossy().into_owned();
+            let k = &p.knobs;
+            match name.as_str() {
+                "shapes-knobs" => {
+                    assert_eq!(
+                        (k.precision.get("text"), k.precision.get("unet"), k.precision.get("vae")),
+                        (Precision::F16, Precision::Q8_0, Precision::Auto)
+                    );
+                    assert_eq!((k.slicing.vae_tile, k.slicing.attention_slice), (4, 8));
+                }
+                "tiny-sd1-q4k-stream" => {
+                    assert!(["text", "unet", "vae"].iter().all(|c| k.precision.get(c) == Precision::Q4K));
+                    assert_eq!((k.offload.gpu_blocks, k.offload.mode), (Some(2), crate::knobs::OffloadMode::Stream));
+                }
+                _ => assert_eq!(*k, Knobs::default(), "{name}"),
+            }
+            let mut v2 = p.clone();
+            v2.version = PROFILE_VERSION;
+            v2.model.components = vec!["text".into(), "unet".into(), "vae".into()];
+            let text = v2.to_toml_string();
+            assert!(text.starts_with("version = 2\n"), "{text}");
+            assert!(text.contains("components = [\"text\", \"unet\", \"vae\"]"), "{text}");
+            let back = Profile::from_toml_str(&text, &f).unwrap();
+            assert_eq!((&back.knobs, &back.request, &back.model), (&p.knobs, &p.request, &v2.model));
+            assert!(back.extra.is_empty(), "{:?}", back.extra);
+            for c in ["text", "unet", "vae"] {
+                assert!(text.contains(&format!("{c} = \"{}\"", p.knobs.precision.get(c))), "{c} not written out: {text}");
+            }
+        }
+    }
+    assert_eq!(seen, 4, "the four version-1 fixtures");
+}

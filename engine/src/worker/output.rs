@@ -192,7 +192,7 @@ mod tests {
                 .map(|i| {
                     let (barrier, dir) = (&barrier, dir.path());
                     scope.spawn(move || {
-                        let model = ModelInfo { source: "m".into(), sha256: "0".into(), family: "f".into(), name: format!("run{i}") };
+                        let model = ModelInfo { source: "m".into(), sha256: "0".into(), family: "f".into(), name: format!("run{i}"), ..ModelInfo::default() };
                         let mut profile = Profile::new(model, crate::Request::default(), Knobs::default());
                         let image = Image { width: 8, height: 8, rgb: vec![i as u8; 192] };
                         barrier.wait();

@@ -78,7 +78,15 @@ pub enum Event {
     /// A model finished loading, or the loaded one took new knobs (`Family::retune`): `reread`
     /// is `None` when the whole model was read, else the components read again (empty when the
     /// knobs changed no weight, e.g. slicing).
-    Loaded { model: ModelRef, family: String, weight_bytes: u64, load_ms: u64, reread: Option<Vec<String>> },
+    Loaded {
+        model: ModelRef,
+        family: String,
+        weight_bytes: u64,
+        load_ms: u64,
+        reread: Option<Vec<String>>,
+        /// The model's components as its family declares them (what the knobs panel offers).
+        components: Vec<crate::families::ComponentSpec>,
+    },
     /// The model was unloaded.
     Unloaded,
     /// Work in progress: step `step` of `total` in `stage`.

@@ -158,17 +158,19 @@ impl Worker {
             let weight_bytes = family.weight_bytes().iter().map(|(_, b)| b).sum::<u64>();
             let shape = model.resolve().ok().and_then(|p| crate::formats::inspect(&p).ok());
             let shape = shape.map(|i| crate::plan::ModelShape::from_inspection(&i));
-            Ok::<_, Error>((family, name, weight_bytes, sha256, shape))
+            let components = family.components();
+            Ok::<_, Error>((family, name, weight_bytes, sha256, shape, components))
         }));
         let telemetry = recorder.finish();
         let load_ms = telemetry.timings_ms.get(Stage::Load.name()).copied().unwrap_or(0);
         let mut closing = vec![Event::Telemetry(telemetry.clone())];
         closing.push(match result {
-            Ok(Ok((family, name, weight_bytes, sha256, shape))) => {
+            Ok(Ok((family, name, weight_bytes, sha256, shape, components))) => {
                 let load_telemetry = Some(telemetry);
-                let info = ModelInfo { source: model.to_string(), sha256, family: name.clone(), name: model.display_name() };
+                let names = components.iter().map(|c| c.name.to_string()).collect();
+                let info = ModelInfo { source: model.to_string(), sha256, family: name.clone(), name: model.display_name(), components: names };
                 self.loaded = Some(Loaded { family, knobs, info, load_telemetry, shape });
-                Event::Loaded { model, family: name, weight_bytes, load_ms, reread: None }
+                Event::Loaded { model, family: name, weight_bytes, load_ms, reread: None, components }
             }
             Ok(Err(Error::Cancelled)) => Event::Cancelled,
             Ok(Err(e)) => {
@@ -215,7 +217,14 @@ impl Worker {
                 }
                 Some(vec![
                     Event::Telemetry(telemetry),
-                    Event::Loaded { model: model.clone(), family, weight_bytes, load_ms, reread: Some(components) },
+                    Event::Loaded {
+                        model: model.clone(),
+                        family,
+                        weight_bytes,
+                        load_ms,
+                        reread: Some(components),
+                        components: l.family.components(),
+                    },
                 ])
             }
             failed => {

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use headroom_engine::media::{Audio, Image};
+use headroom_engine::families::ComponentSpec;
 use headroom_engine::worker::protocol::Preview;
 use headroom_engine::{Knobs, Request};
 
@@ -29,6 +30,9 @@ pub struct ModelSummary {
     pub bytes_by_precision: BTreeMap<String, u64>,
     /// Per component: name and parameters.
     pub components: Vec<(String, u64)>,
+    /// The components as the family that runs it declares them (their knobs); empty when no
+    /// family of this build runs it.
+    pub knob_components: Vec<ComponentSpec>,
     /// Things a person should know (unknown tensors, odd dtypes).
     pub warnings: Vec<String>,
     /// The model makes audio (a mel-spectrogram model, by its manifest).
@@ -86,8 +90,9 @@ pub struct PlanView {
     pub per_device: Vec<DeviceUse>,
     /// Knob changes that would make it fit, best first.
     pub suggestions: Vec<Fix>,
-    /// The denoiser's offloadable blocks, where the model has them (the GPU-blocks slider's end).
-    pub unet_blocks: Option<u32>,
+    /// How many offloadable units (the UNet's blocks) the model has, where it has them (the
+    /// resident-units slider's end).
+    pub units: Option<u32>,
 }
 
 /// One reading of the memory sampler.
@@ -185,6 +190,8 @@ pub enum EngineEvent {
         weight_bytes: u64,
         load_ms: u64,
         reread: Option<Vec<String>>,
+        /// Its components as its family declares them.
+        components: Vec<ComponentSpec>,
     },
     /// The model was unloaded.
     Unloaded,

@@ -134,7 +134,7 @@ fn plan_view(p: &Plan) -> PlanView {
                 changes: s.changes_text(),
             })
             .collect(),
-        unet_blocks: (p.unet_blocks > 0).then_some(p.unet_blocks),
+        units: (p.unet_blocks > 0).then_some(p.unet_blocks),
     }
 }
 
@@ -199,6 +199,9 @@ impl Reader for EngineReader {
                 .map(|c| (c.name.clone(), c.parameters))
                 .collect(),
             warnings: insp.warnings.clone(),
+            knob_components: headroom_engine::families::recognise(&insp)
+                .map(|(r, _)| r.components)
+                .unwrap_or_default(),
             audio: headroom_engine::model::makes_audio(&ModelRef::parse(model)),
         })
     }
@@ -348,12 +351,14 @@ impl Backend for EngineBackend {
                     weight_bytes,
                     load_ms,
                     reread,
+                    components,
                 } => EngineEvent::Loaded {
                     model: model.to_string(),
                     family,
                     weight_bytes,
                     load_ms,
                     reread,
+                    components,
                 },
                 Event::Unloaded => EngineEvent::Unloaded,
                 Event::Progress { stage, step, total } => EngineEvent::Progress {

@@ -89,6 +89,7 @@ impl HeadroomApp {
                 weight_bytes,
                 load_ms,
                 reread,
+                components,
             } => {
                 rt.loading = None;
                 // the loaded model took the knobs, reading again only the components they touch
@@ -97,6 +98,7 @@ impl HeadroomApp {
                 {
                     l.knobs = self.state.knobs;
                     l.weight_bytes = weight_bytes;
+                    l.components = components;
                     rt.notify(if reread.is_empty() {
                         format!("Knobs applied to {model} without reloading")
                     } else {
@@ -119,6 +121,7 @@ impl HeadroomApp {
                     weight_bytes,
                     load_ms,
                     knobs: self.state.knobs,
+                    components,
                 });
             }
             EngineEvent::Unloaded => rt.loaded = None,

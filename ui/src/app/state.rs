@@ -113,6 +113,8 @@ pub struct LoadedModel {
     pub load_ms: u64,
     /// The knobs it was loaded with (a change means reloading before the next run).
     pub knobs: Knobs,
+    /// Its components as its family declares them.
+    pub components: Vec<headroom_engine::families::ComponentSpec>,
 }
 
 /// A run in progress.
@@ -382,6 +384,16 @@ impl Runtime {
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
+    }
+
+    /// The components of the model the knobs are for (the loaded one, else the candidate), as
+    /// its family declares them; empty before a model is known.
+    pub fn components(&self) -> &[headroom_engine::families::ComponentSpec] {
+        match (&self.loaded, &self.candidate) {
+            (Some(l), _) => &l.components,
+            (None, Some(Candidate { summary: Some(Ok(s)), .. })) => &s.knob_components,
+            _ => &[],
+        }
     }
 
     /// The model the plan and Generate are about: the loaded one, else the candidate.

@@ -34,10 +34,10 @@ impl HeadroomApp {
                     .show_ui(ui, |ui| {
                         for (i, o) in self.rt.outputs.iter().enumerate() {
                             let text = format!(
-                                "#{} seed {} · unet {}",
+                                "#{} seed {} · {}",
                                 i + 1,
                                 o.record.request.seed,
-                                o.record.knobs.precision.unet
+                                o.record.knobs.precision.describe()
                             );
                             if ui.selectable_label(cur == Some(i), text).clicked() {
                                 self.rt

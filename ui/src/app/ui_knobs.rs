@@ -2,16 +2,12 @@
 //! copy and push [`AppCommand::SetKnobs`]; knobs that cannot act here are disabled with the reason.
 
 use egui::RichText;
-use headroom_engine::knobs::{Component, DeviceKind, OffloadMode, Placement, Precision};
+use headroom_engine::knobs::{DeviceKind, OffloadMode, Placement, Precision};
 
 use super::HeadroomApp;
 use super::backend::GpuInfo;
 use super::command::AppCommand;
 use super::widgets::section_ui;
-
-/// Largest `gpu_blocks` the slider offers when no plan says how many blocks the model has (SD's
-/// UNet has 9: four down, the middle one, four up).
-const DEFAULT_GPU_BLOCKS: u32 = 9;
 
 impl HeadroomApp {
     /// The knobs section of the left panel.
@@ -61,32 +57,37 @@ impl HeadroomApp {
                 ui.end_row();
             });
 
+        // the components of the model at hand, as its family declares them
+        let components = self.rt.components().to_vec();
         ui.add_space(4.0);
         ui.label(RichText::new("Precision").strong());
         ui.horizontal_wrapped(|ui| {
             ui.spacing_mut().item_spacing.x = 1.0;
             ui.spacing_mut().button_padding.x = 3.0;
             ui.label(RichText::new("all").weak());
-            let all = [k.precision.text, k.precision.unet, k.precision.vae];
+            let every = k.precision.named().next().is_none();
             for p in std::iter::once(Precision::Auto).chain(Precision::CONCRETE) {
-                let on = all.iter().all(|&x| x == p);
+                let on = every && k.precision.fallback() == p;
                 if ui
                     .selectable_label(on, p.name())
                     .on_hover_text(precision_hint(p))
                     .clicked()
                 {
-                    k.precision = headroom_engine::knobs::PrecisionKnobs::all(p);
+                    k.precision.set_all(p);
                 }
             }
         });
+        if components.is_empty() {
+            ui.label(RichText::new("Drop or pick a model to set its components apart").small().weak());
+        }
         egui::Grid::new("precision_knobs")
             .num_columns(2)
             .spacing([8.0, 3.0])
             .show(ui, |ui| {
-                for c in Component::ALL {
-                    let label = ui.label(component_label(c));
-                    let mut p = k.precision.get(c);
-                    egui::ComboBox::from_id_salt(("precision", c.name()))
+                for c in &components {
+                    let label = ui.label(c.label);
+                    let mut p = k.precision.get(c.name);
+                    egui::ComboBox::from_id_salt(("precision", c.name))
                         .selected_text(p.name())
                         .show_ui(ui, |ui| {
                             for q in std::iter::once(Precision::Auto).chain(Precision::CONCRETE) {
@@ -96,7 +97,10 @@ impl HeadroomApp {
                         })
                         .response
                         .labelled_by(label.id);
-                    k.precision.set(c, p);
+                    if p != k.precision.get(c.name) {
+                        // a declared name always fits
+                        let _ = k.precision.set(c.name, p);
+                    }
                     ui.end_row();
                 }
             });
@@ -104,25 +108,25 @@ impl HeadroomApp {
         ui.add_space(4.0);
         ui.label(RichText::new("Offload").strong());
         let on_gpu = k.device.is_gpu();
-        let max_blocks = match &self.rt.plan {
-            Some(Ok(p)) => p.unet_blocks.unwrap_or(DEFAULT_GPU_BLOCKS),
-            _ => DEFAULT_GPU_BLOCKS,
+        // the component with offloadable units (the UNet's blocks) and how many the plan counts
+        let units = components.iter().find_map(|c| c.units.map(|u| (c.label, u)));
+        let max_units = match &self.rt.plan {
+            Some(Ok(p)) => p.units,
+            _ => None,
         };
         egui::Grid::new("offload_grid")
             .num_columns(2)
             .spacing([8.0, 3.0])
             .show(ui, |ui| {
-                for (label, place) in [
-                    ("Text encoder", &mut k.offload.text),
-                    ("VAE", &mut k.offload.vae),
-                ] {
-                    let l = ui.label(label);
+                for c in components.iter().filter(|c| c.placeable) {
+                    let l = ui.label(c.label);
+                    let mut place = k.offload.placement.get(c.name);
                     ui.add_enabled_ui(on_gpu, |ui| {
-                        egui::ComboBox::from_id_salt(("place", label))
+                        egui::ComboBox::from_id_salt(("place", c.name))
                             .selected_text(place.to_string())
                             .show_ui(ui, |ui| {
                                 for p in [Placement::Auto, Placement::Cpu, Placement::Gpu] {
-                                    ui.selectable_value(place, p, p.to_string());
+                                    ui.selectable_value(&mut place, p, p.to_string());
                                 }
                             })
                             .response
@@ -130,32 +134,41 @@ impl HeadroomApp {
                     })
                     .response
                     .on_disabled_hover_text("placement moves a component off the GPU; the device is the CPU");
+                    if place != k.offload.placement.get(c.name) {
+                        let _ = k.offload.placement.set(c.name, place);
+                    }
                     ui.end_row();
                 }
-                ui.label(if on_gpu { "GPU blocks" } else { "Resident blocks" });
+                let Some((owner, unit)) = units else { return };
+                let max = max_units.unwrap_or(0);
+                ui.label(if on_gpu { format!("GPU {unit}") } else { format!("Resident {unit}") })
+                    .on_hover_text(format!("How many of the {owner}'s {unit} stay on the device"));
                 ui.horizontal(|ui| {
                     let mut all = k.offload.gpu_blocks.is_none();
-                    if ui.checkbox(&mut all, "all").changed() {
-                        k.offload.gpu_blocks = if all { None } else { Some(max_blocks / 2) };
+                    if ui.add_enabled(max > 0, egui::Checkbox::new(&mut all, "all")).changed() {
+                        k.offload.gpu_blocks = if all { None } else { Some(max / 2) };
                     }
-                    let mut n = k.offload.gpu_blocks.unwrap_or(max_blocks).min(max_blocks);
-                    let r = ui.add_enabled(
-                        !all,
-                        egui::Slider::new(&mut n, 0..=max_blocks).text("blocks"),
-                    );
+                    let mut n = k.offload.gpu_blocks.unwrap_or(max).min(max);
+                    let r = ui
+                        .add_enabled(!all && max > 0, egui::Slider::new(&mut n, 0..=max).text(unit))
+                        .on_disabled_hover_text(if max == 0 {
+                            "the plan has not counted them yet"
+                        } else {
+                            "untick all to choose"
+                        });
                     if r.changed() {
                         k.offload.gpu_blocks = Some(n);
                     }
                 });
                 ui.end_row();
-                ui.label("Other blocks");
+                ui.label(format!("Other {unit}"));
                 ui.horizontal(|ui| {
                     let (split, stream) = if on_gpu {
                         ("computed on the CPU", "held in the weight file, copied to the GPU just before use")
                     } else {
                         (
                             "kept in RAM (on a CPU run the same as resident)",
-                            "left in the memory-mapped weight file, read in per block at each step",
+                            "left in the memory-mapped weight file, read in one at a time at each use",
                         )
                     };
                     ui.selectable_value(&mut k.offload.mode, OffloadMode::Split, "split")
@@ -191,14 +204,6 @@ impl HeadroomApp {
         if k != self.state.knobs {
             self.rt.commands.push(AppCommand::SetKnobs(k));
         }
-    }
-}
-
-fn component_label(c: Component) -> &'static str {
-    match c {
-        Component::Text => "Text encoder",
-        Component::Unet => "UNet",
-        Component::Vae => "VAE",
     }
 }
 

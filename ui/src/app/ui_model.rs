@@ -67,7 +67,7 @@ impl HeadroomApp {
                         kv_ui(ui, "load", format!("{} ms", l.load_ms));
                     });
                 if l.knobs != self.state.knobs {
-                    let what = match l.knobs.components_to_reread(&self.state.knobs) {
+                    let what = match l.knobs.components_to_reread(&self.state.knobs, &l.components) {
                         Some(c) if c.is_empty() => "Knobs changed: the next run applies them without reloading".to_string(),
                         Some(c) => format!(
                             "Knobs changed: the next run reads the {} again",

@@ -376,12 +376,12 @@ pub fn history_matches(r: &RunRecord, filter: &str) -> bool {
 /// One line about a run: steps, scheduler, size, precision, time, peak memory.
 pub fn run_line(r: &RunRecord) -> String {
     format!(
-        "{} steps {} · {}×{} · unet {} · {:.1} s · peak RAM {} · VRAM {}",
+        "{} steps {} · {}×{} · {} · {:.1} s · peak RAM {} · VRAM {}",
         r.request.steps,
         r.request.scheduler.name(),
         r.request.width,
         r.request.height,
-        r.knobs.precision.unet,
+        r.knobs.precision.describe(),
         r.total_ms() as f64 / 1000.0,
         fmt_bytes(r.peak_ram_bytes),
         fmt_bytes(r.peak_vram_bytes)

@@ -4,18 +4,23 @@
 
 use egui::RichText;
 use egui_plot::{Legend, Line, Plot, PlotPoints, Points, Text};
-use headroom_engine::knobs::Component;
+use headroom_engine::families::ComponentSpec;
 
 use super::HeadroomApp;
 use super::command::AppCommand;
 use super::state::{CenterTab, SWEEP_REFERENCE};
 use super::widgets::fmt_bytes;
 
-/// The knobs a sweep can turn, by profile key, with the values offered first.
-fn sweepable() -> Vec<(String, &'static str)> {
-    let mut knobs: Vec<(String, &'static str)> =
-        Component::ALL.iter().map(|c| (format!("precision.{c}"), "f32,f16,q8_0,q4k")).collect();
-    knobs.push(("offload.gpu_blocks".into(), "all,4,2,0"));
+/// The knobs a sweep can turn on a model with `components`, by profile key, with the values
+/// offered first: every component's precision together and each one's apart, the offloadable
+/// units where the model has them, and slicing.
+fn sweepable(components: &[ComponentSpec]) -> Vec<(String, &'static str)> {
+    let precisions = "f32,f16,q8_0,q4k";
+    let mut knobs = vec![("precision".to_string(), precisions)];
+    knobs.extend(components.iter().map(|c| (format!("precision.{}", c.name), precisions)));
+    if components.iter().any(|c| c.units.is_some()) {
+        knobs.push(("offload.gpu_blocks".into(), "all,4,2,0"));
+    }
     knobs.push(("slicing.attention_slice".into(), "0,1024,256"));
     knobs.push(("slicing.vae_tile".into(), "0,64,32"));
     knobs
@@ -23,11 +28,18 @@ fn sweepable() -> Vec<(String, &'static str)> {
 
 impl HeadroomApp {
     pub(super) fn sweep_ui(&mut self, ui: &mut egui::Ui) {
-        let knobs = sweepable();
+        let components = self.rt.components().to_vec();
+        let knobs = sweepable(&components);
         let sweep = &mut self.rt.sweep;
         if sweep.knob.is_empty() {
-            sweep.knob = knobs[1.min(knobs.len() - 1)].0.clone();
-            sweep.values = knobs[1.min(knobs.len() - 1)].1.to_string();
+            // the largest component's precision first: the denoiser, the one with offloadable units
+            let first = components
+                .iter()
+                .find(|c| c.units.is_some())
+                .and_then(|c| knobs.iter().find(|k| k.0 == format!("precision.{}", c.name)))
+                .unwrap_or(&knobs[0]);
+            sweep.knob = first.0.clone();
+            sweep.values = first.1.to_string();
         }
         let running = sweep.running();
         ui.horizontal_wrapped(|ui| {

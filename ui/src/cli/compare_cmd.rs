@@ -58,7 +58,7 @@ pub fn run(args: &AbArgs) -> Result<ExitCode> {
         None => ka.reference(),
     };
     if ka == kb {
-        bail!("ab: --a and --b give the same knobs; name what differs, e.g. --a precision.unet=q4k (B: its f32 reference)");
+        bail!("ab: --a and --b give the same knobs; name what differs, e.g. --a precision=q4k (B: its f32 reference)");
     }
     request.validate()?;
     args.preflight.check(&format!("{} (A)", args.model), &model, &request, &ka)?;
@@ -81,7 +81,7 @@ pub fn run(args: &AbArgs) -> Result<ExitCode> {
 }
 
 fn value_of(k: &Knobs, key: &str) -> String {
-    k.to_pairs().into_iter().find(|p| p.0 == key).map(|p| p.1).unwrap_or_default()
+    k.get(key).unwrap_or_default()
 }
 
 /// Quality of output `b` against output `a`, the numbers `ab` and `sweep` share: images `psnr_db`,

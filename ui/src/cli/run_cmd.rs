@@ -195,6 +195,9 @@ pub fn reproduce(a: &ReproduceArgs) -> Result<ExitCode> {
     let temp = a.out.is_none().then(|| std::env::temp_dir().join(format!("headroom-reproduce-{}", std::process::id())));
     let out = a.out.clone().or(temp.clone()).unwrap_or_default();
     let model = ModelRef::parse(&recorded.model.source);
+    // knobs naming a component the model does not have: the profile's fault, said before running
+    headroom_engine::families::knobs_for(&model, &recorded.knobs)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", a.file.display()))?;
     a.preflight.check(&recorded.model.source, &model, &recorded.request, &recorded.knobs)?;
     let outcome = execute(&model, &recorded.request, &recorded.knobs, &out, !a.json);
     if let Some(t) = &temp {

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use egui_kittest::Harness;
+use headroom_engine::families::ComponentSpec;
 use headroom_engine::knobs::{Component, Precision};
 use headroom_engine::media::Image;
 use headroom_engine::worker::protocol::Preview;
@@ -44,6 +45,9 @@ pub struct FakeBackend {
     pub loads: std::rc::Rc<RefCell<u32>>,
     /// When set, `inspect` waits (on the chores thread) until the gate opens.
     pub inspect_gate: Option<Arc<Gate>>,
+    /// The model's components as its (fake) family declares them: SD's unless a test plugs in
+    /// another family's.
+    pub components: Vec<ComponentSpec>,
 }
 
 /// A gate a slow read waits at until the test opens it (or 10 s pass).
@@ -72,6 +76,7 @@ impl FakeBackend {
     pub fn new() -> Self {
         Self {
             budget_bytes: 8 << 30,
+            components: headroom_engine::families::latent_diffusion::COMPONENTS.to_vec(),
             ..Default::default()
         }
     }
@@ -80,6 +85,7 @@ impl FakeBackend {
 /// What the fake answers off the UI thread (a snapshot of the fake's tables).
 pub struct FakeReader {
     inspect_gate: Option<Arc<Gate>>,
+    components: Vec<ComponentSpec>,
     restorable: HashMap<PathBuf, RestoredView>,
     budget_bytes: u64,
     media: Option<Media>,
@@ -114,6 +120,7 @@ impl Reader for FakeReader {
                 .iter()
                 .map(|(c, n)| (c.name().to_string(), *n))
                 .collect(),
+            knob_components: self.components.clone(),
             warnings: if model.contains("odd") {
                 vec!["tensor 'extra.weight' belongs to no component; it is not loaded".into()]
             } else {
@@ -170,7 +177,7 @@ impl Reader for FakeReader {
                 budget_bytes,
             }],
             suggestions,
-            unet_blocks: Some(5),
+            units: Some(5),
         })
     }
 
@@ -216,6 +223,7 @@ impl Backend for FakeBackend {
     fn reader(&self) -> Arc<dyn Reader> {
         Arc::new(FakeReader {
             inspect_gate: self.inspect_gate.clone(),
+            components: self.components.clone(),
             restorable: self.restorable.clone(),
             budget_bytes: self.budget_bytes,
             media: self.media.clone(),
@@ -229,7 +237,7 @@ impl Backend for FakeBackend {
             .borrow()
             .as_ref()
             .filter(|(m, _)| m == model)
-            .and_then(|(_, k)| k.components_to_reread(knobs))
+            .and_then(|(_, k)| k.components_to_reread(knobs, &self.components))
             .map(|c| c.iter().map(|c| c.to_string()).collect::<Vec<_>>());
         if reread.is_none() {
             *self.loads.borrow_mut() += 1;
@@ -244,6 +252,7 @@ impl Backend for FakeBackend {
                 Some(c) => 4 * c.len() as u64,
             },
             reread,
+            components: self.components.clone(),
         });
         Ok(())
     }
@@ -283,7 +292,7 @@ impl Backend for FakeBackend {
             peak_ram_bytes: 2 << 30,
             peak_vram_bytes: 0,
             peak_heap_bytes: 1 << 30,
-            notes: if knobs.precision.unet.is_quantized() {
+            notes: if knobs.precision.get("unet").is_quantized() {
                 vec!["unet: q8_0 weights are expanded to f32 one layer at a time".into()]
             } else {
                 Vec::new()

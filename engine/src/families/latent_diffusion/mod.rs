@@ -40,7 +40,7 @@ mod quant_tests;
 
 pub use pipeline::{LatentDiffusion, load, load_checked};
 
-use crate::families::{FamilyEntry, Recognition};
+use crate::families::{ComponentSpec, FamilyEntry, Recognition};
 use crate::formats::{Format, Inspection};
 
 /// This family in the registry ([`crate::families::FAMILIES`]).
@@ -49,6 +49,14 @@ pub const ENTRY: FamilyEntry = FamilyEntry {
     recognise,
     load: |path, knobs, cancel| Ok(Box::new(load_checked(path, knobs, cancel)?)),
 };
+
+/// The components of Stable Diffusion 1.x/2.x, in pipeline order: their names keep the meaning
+/// knob keys (`precision.unet=q4k`) and profiles have always given them.
+pub const COMPONENTS: [ComponentSpec; 3] = [
+    ComponentSpec { name: "text", aliases: &["text_encoder", "clip"], label: "Text encoder", placeable: true, units: None },
+    ComponentSpec { name: "unet", aliases: &["denoiser"], label: "UNet", placeable: false, units: Some("blocks") },
+    ComponentSpec { name: "vae", aliases: &["autoencoder"], label: "VAE", placeable: true, units: None },
+];
 
 /// Stable Diffusion 1.x/2.x by the inspection's family guess: surely when the headers say so; a
 /// diffusers folder or single checkpoint file whose family cannot be told is tried, less surely
@@ -66,5 +74,5 @@ fn recognise(insp: &Inspection) -> Option<Recognition> {
         "unknown" => (0.3, format!("{layout} whose family cannot be told ({}); tried as Stable Diffusion 1.x/2.x", insp.family.reason)),
         _ => return None,
     };
-    Some(Recognition { family: ENTRY.name, confidence, reason })
+    Some(Recognition { family: ENTRY.name, confidence, reason, components: COMPONENTS.to_vec() })
 }

@@ -105,6 +105,7 @@ pub fn load(path: &Path, knobs: &Knobs) -> Result<LatentDiffusion> {
 /// As [`load`]; [`Error::Cancelled`] once `cancel` says so.
 pub fn load_checked(path: &Path, knobs: &Knobs, cancel: &CancelCheck) -> Result<LatentDiffusion> {
     cancel.stop()?;
+    let knobs = &knobs.for_family(&super::COMPONENTS, &path.display().to_string())?;
     let device = candle_device(knobs.device)?;
     let source = Checkpoint::open(path)?;
     let tokenizer = source.tokenizer()?;
@@ -146,8 +147,8 @@ impl LatentDiffusion {
         // a component placed on the CPU gets the CPU; otherwise the run's one device (two
         // handles to one GPU would count as different devices)
         let device = match c {
-            Component::Text if !knobs.offload.text.resolve(knobs.device).is_gpu() => Device::Cpu,
-            Component::Vae if !knobs.offload.vae.resolve(knobs.device).is_gpu() => Device::Cpu,
+            Component::Text if !knobs.offload.placement.get(c).resolve(knobs.device).is_gpu() => Device::Cpu,
+            Component::Vae if !knobs.offload.placement.get(c).resolve(knobs.device).is_gpu() => Device::Cpu,
             _ => self.device.clone(),
         };
         let mut notes = Vec::new();
@@ -215,7 +216,7 @@ impl LatentDiffusion {
                 let cfg = source.vae_config()?;
                 // as diffusers: an autoencoder marked `force_upcast` (SD 1.x/2.x's overflows in
                 // f16) decodes in f32 unless the user asked for f16 by name
-                if cfg.force_upcast && dtype == DType::F16 && knobs.precision.vae == Precision::Auto {
+                if cfg.force_upcast && dtype == DType::F16 && knobs.precision.get(c) == Precision::Auto {
                     notes.push("vae: the config asks for f32 (force_upcast); precision auto gives f32 here".into());
                     dtype = DType::F32;
                 }
@@ -556,6 +557,10 @@ impl Family for LatentDiffusion {
         "latent-diffusion"
     }
 
+    fn components(&self) -> Vec<crate::families::ComponentSpec> {
+        super::COMPONENTS.to_vec()
+    }
+
     fn weight_bytes(&self) -> Vec<(String, u64)> {
         let mut resident = Resident::default();
         for h in &self.held {
@@ -568,17 +573,18 @@ impl Family for LatentDiffusion {
     }
 
     fn retune(&mut self, loaded_with: &Knobs, knobs: &Knobs, cancel: &CancelCheck) -> Result<Retuned> {
-        let Some(changed) = loaded_with.components_to_reread(knobs) else {
+        let knobs = &knobs.for_family(&super::COMPONENTS, &self.path.display().to_string())?;
+        let Some(changed) = loaded_with.components_to_reread(knobs, &super::COMPONENTS) else {
             return Ok(Retuned::No);
         };
         if !changed.is_empty() {
             let source = Checkpoint::open(&self.path)?;
-            for &c in &changed {
-                self.read_component(&source, c, knobs, cancel)?;
+            for c in &changed {
+                self.read_component(&source, c.parse()?, knobs, cancel)?;
             }
         }
         self.set_slicing(knobs);
-        Ok(Retuned::Read(changed.iter().map(|c| c.name().to_string()).collect()))
+        Ok(Retuned::Read(changed.iter().map(|c| c.to_string()).collect()))
     }
 
     fn generate(&mut self, request: &Request, observer: &mut dyn RunObserver) -> Result<Vec<Artifact>> {
