@@ -268,6 +268,21 @@ fn resident_bytes_by_precision() {
     assert!(unet[1] < unet[0] && unet[2] < unet[0] && unet[3] <= unet[2], "{unet:?}");
 }
 
+/// `addition_embed_type` other than SDXL's `text_time` is still refused by name, and `text_time`
+/// without its sizes too, naming the fields.
+#[test]
+fn other_addition_kinds_are_refused() {
+    let cfg: UnetConfig = read_config(&fixture().join("unet")).unwrap();
+    assert!(cfg.validate().is_ok());
+    for kind in ["text_image", "image", "text"] {
+        let bad = UnetConfig { addition_embed_type: Some(kind.into()), ..cfg.clone() };
+        let e = bad.validate().unwrap_err();
+        assert!(e.contains(&format!("addition_embed_type = {kind} is not supported")), "{e}");
+    }
+    let bad = UnetConfig { addition_time_embed_dim: None, ..cfg.clone() };
+    assert!(bad.validate().unwrap_err().contains("addition_time_embed_dim"));
+}
+
 /// An SDXL folder without text_encoder_2/ is refused at load in one line naming that folder and
 /// what is missing; so is one whose model_index.json no longer names it (the UNet still takes
 /// SDXL's conditioning).
