@@ -130,16 +130,15 @@ impl UnetConfig {
         if let Some(v) = &self.class_embed_type {
             return Err(format!("class_embed_type = {v} is not supported"));
         }
+        let sized = |d: Option<usize>| d.is_some_and(|d| d > 0);
         match self.addition_embed_type.as_deref() {
             None => {}
+            Some("text_time")
+                if sized(self.addition_time_embed_dim) && sized(self.projection_class_embeddings_input_dim) => {}
             Some("text_time") => {
-                if self.addition_time_embed_dim.is_none_or(|d| d == 0)
-                    || self.projection_class_embeddings_input_dim.is_none_or(|d| d == 0)
-                {
-                    return Err("addition_embed_type = text_time needs addition_time_embed_dim and \
-                                projection_class_embeddings_input_dim (both at least 1)"
-                        .into());
-                }
+                return Err("addition_embed_type = text_time needs addition_time_embed_dim and \
+                            projection_class_embeddings_input_dim (both at least 1)"
+                    .into());
             }
             Some(other) => {
                 return Err(format!("addition_embed_type = {other} is not supported (only SDXL's text_time)"));
