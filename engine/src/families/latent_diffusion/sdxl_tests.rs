@@ -304,3 +304,20 @@ fn missing_text_encoder_2_is_named() {
     println!("{e}");
     assert!(e.contains("text_encoder_2") && e.contains("text_time") && !e.contains('\n'), "{e}");
 }
+
+/// A text precision change on a loaded SDXL model reads both text encoders again (the second
+/// follows the `text` knobs): the text bytes equal a fresh load's at that precision, the other
+/// components are not read, and the image equals the fresh load's.
+#[test]
+fn retune_text_reads_both_encoders() {
+    let mut model = load(&fixture(), &Knobs::default()).unwrap();
+    let before = model.component_weight_bytes();
+    let q8 = Knobs { precision: PrecisionKnobs { text: Precision::Q8_0, ..PrecisionKnobs::default() }, ..Knobs::default() };
+    let read = model.retune(&Knobs::default(), &q8, &crate::CancelCheck::never()).unwrap();
+    assert_eq!(read, crate::families::Retuned::Read(vec!["text".into()]));
+    let mut fresh = load(&fixture(), &q8).unwrap();
+    let after = model.component_weight_bytes();
+    assert_eq!(after, fresh.component_weight_bytes());
+    assert!(after[0] < before[0] && after[1] == before[1], "{before:?} {after:?}");
+    assert_eq!(run(&mut model).0, run(&mut fresh).0);
+}
