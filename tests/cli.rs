@@ -572,6 +572,31 @@ fn single_file_checkpoints_run_and_reproduce() {
     }
 }
 
+/// An SDXL diffusers folder is planned (its 7 UNet blocks), runs from the command line at 64×64
+/// and writes a PNG whose `reproduce` is identical; the profile names the family.
+#[test]
+fn sdxl_folder_runs_and_reproduces() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = fixtures().join("sdxl/tiny-sdxl");
+    let m = m.to_str().unwrap();
+    let plan = headroom(&["plan", m, "--width", "64", "--height", "64", "--json"]);
+    assert!(plan.status.success(), "{}", String::from_utf8_lossy(&plan.stderr));
+    let p = json(&plan);
+    assert_eq!(p["verdict"], "fits", "{p}");
+    assert_eq!(p["unet_blocks"], 7, "{p}");
+    let out = dir.path().to_str().unwrap();
+    let res = headroom(&["run", m, "--prompt", "a photo of an astronaut", "--steps", "2", "--width", "64", "--height", "64", "--out", out, "--json"]);
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    let v = json(&res);
+    let png = v["outputs"][0].as_str().unwrap().to_string();
+    assert!(png.ends_with(".png") && Path::new(&png).is_file());
+    let profile = std::fs::read_to_string(v["profile"].as_str().unwrap()).unwrap();
+    assert!(profile.contains("latent-diffusion") && profile.contains("width = 64"), "{profile}");
+    let again = headroom(&["reproduce", &png, "--json"]);
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    assert_eq!(json(&again)["identical"], true);
+}
+
 /// `bench` runs each setting and reports times, peaks and weight bytes per row.
 #[test]
 fn bench_reports_each_setting() {

@@ -178,7 +178,7 @@ pub fn load(model: &ModelRef, knobs: &Knobs, obs: &mut dyn RunObserver) -> Resul
     Err(Error::file(
         &path,
         format!(
-            "a {} {} cannot be run yet: this build runs {} (Stable Diffusion 1.x/2.x diffusers folders and single-file checkpoints)",
+            "a {} {} cannot be run yet: this build runs {} (Stable Diffusion 1.x/2.x diffusers folders and single-file checkpoints, SDXL diffusers folders)",
             insp.family.label,
             insp.format.name(),
             runs.join(", ")
@@ -190,9 +190,9 @@ pub fn load(model: &ModelRef, knobs: &Knobs, obs: &mut dyn RunObserver) -> Resul
 mod tests {
     use super::*;
 
-    /// Stable Diffusion folders and single files are recognised surely, with the evidence; a GGUF
-    /// language model and an SDXL model by no family of this build; a single file whose family
-    /// cannot be told is only tried.
+    /// Stable Diffusion folders and single files and SDXL folders are recognised surely, with the
+    /// evidence; a GGUF language model and an SDXL single file by no family of this build; a
+    /// single file whose family cannot be told is only tried.
     #[test]
     fn recognisers_choose_and_say_why() {
         let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
@@ -208,10 +208,13 @@ mod tests {
         let mut unknown = insp("formats/tiny.safetensors");
         unknown.family.id = "unknown".into();
         assert!(recognise(&unknown).is_some_and(|(r, _)| r.confidence < 0.5));
-        let mut xl = insp("sd/tiny-sd1");
+        let (r, f) = recognise(&insp("sdxl/tiny-sdxl")).unwrap();
+        assert_eq!((r.family, f.name, r.confidence), ("latent-diffusion", "latent-diffusion", 1.0));
+        assert!(r.reason.starts_with("a diffusers folder of Stable Diffusion XL: "), "{}", r.reason);
+        let mut xl = insp("formats/tiny.safetensors");
         xl.family.id = "sdxl".into();
         xl.family.label = "Stable Diffusion XL".into();
         assert!(recognise(&xl).is_none());
-        assert_eq!(not_supported(&xl), "running Stable Diffusion XL (sdxl) from diffusers is not supported yet");
+        assert_eq!(not_supported(&xl), "running Stable Diffusion XL (sdxl) from safetensors is not supported yet");
     }
 }

@@ -1,7 +1,8 @@
 //! What a Stable Diffusion model is loaded from: a diffusers folder (configs and weights per
 //! component) or a single-file LDM checkpoint (configs inferred, the standard CLIP vocabulary
 //! from `assets/clip`). Both give the pipeline the same things: a tokenizer, a config and a
-//! memory-mapped weight builder per component, and the scheduler config.
+//! memory-mapped weight builder per component, and the scheduler config. An SDXL folder also has
+//! a second tokenizer and text encoder ([`Checkpoint::text_2`]).
 
 use std::path::{Path, PathBuf};
 
@@ -18,6 +19,29 @@ use super::unet::UnetConfig;
 use super::vae::VaeConfig;
 use crate::error::{Error, Result};
 use crate::knobs::Component;
+
+/// SDXL's second text encoder as a folder holds it.
+pub struct TextEncoder2 {
+    /// `tokenizer_2/`.
+    pub tokenizer: ClipTokenizer,
+    /// `text_encoder_2/config.json`, checked.
+    pub config: ClipConfig,
+    /// `text_encoder_2/`, what errors about it name.
+    pub dir: PathBuf,
+    /// `model_index.json`'s `force_zeros_for_empty_prompt` (true when absent, as diffusers):
+    /// an empty negative prompt is then all zeros, embeddings and pooled.
+    pub force_zeros: bool,
+}
+
+impl TextEncoder2 {
+    /// A memory-mapped weight builder for the encoder in `dtype` on `device`.
+    ///
+    /// # Errors
+    /// A missing or unreadable weight file.
+    pub fn weights(&self, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
+        Ok(var_builder(&self.dir, dtype, device)?.0)
+    }
+}
 
 /// A model's source of configs and weights.
 pub enum Checkpoint {
@@ -147,6 +171,43 @@ impl Checkpoint {
                 Ok(cfg)
             }
         }
+    }
+
+    /// SDXL's second text encoder: present when `model_index.json` names `text_encoder_2` (a
+    /// single file never has one here). Its folder (with `config.json` and weights) and
+    /// `tokenizer_2/` must then exist.
+    ///
+    /// # Errors
+    /// An unreadable `model_index.json`; `text_encoder_2/` or `tokenizer_2/` named but missing,
+    /// as one line naming the folder and what is missing.
+    pub fn text_2(&self) -> Result<Option<TextEncoder2>> {
+        let Checkpoint::Folder(p) = self else { return Ok(None) };
+        let index_path = p.join("model_index.json");
+        let index: serde_json::Value = read_json(&index_path)?;
+        let named = |key: &str| index.get(key).and_then(|v| v.as_array()).is_some_and(|a| a.iter().any(|x| !x.is_null()));
+        if !named("text_encoder_2") {
+            return Ok(None);
+        }
+        let dir = p.join("text_encoder_2");
+        if !dir.join("config.json").is_file() {
+            return Err(Error::file(
+                &dir,
+                "missing: model_index.json names text_encoder_2 (SDXL's second text encoder, a folder with config.json and model.safetensors)",
+            ));
+        }
+        let tokenizer_dir = p.join("tokenizer_2");
+        if !tokenizer_dir.is_dir() {
+            return Err(Error::file(
+                &tokenizer_dir,
+                "missing: model_index.json names text_encoder_2, whose tokenizer is tokenizer_2 (vocab.json and merges.txt, or tokenizer.json)",
+            ));
+        }
+        let config: ClipConfig = read_config(&dir)?;
+        config.validate().map_err(|m| Error::file(dir.join("config.json"), m))?;
+        // diffusers' SDXL pipelines default to true when the key is absent
+        let force_zeros =
+            index.get("force_zeros_for_empty_prompt").and_then(serde_json::Value::as_bool).unwrap_or(true);
+        Ok(Some(TextEncoder2 { tokenizer: ClipTokenizer::from_dir(&tokenizer_dir)?, config, dir, force_zeros }))
     }
 
     /// The scheduler config, checked.

@@ -375,6 +375,7 @@ pub fn layout(shapes: &Shapes, hints: &LdmHints, metadata: &BTreeMap<String, Str
                 max_position_embeddings: dim(shapes, &format!("{p}embeddings.position_embedding.weight"), 0)?,
                 hidden_act: "quick_gelu".into(),
                 layer_norm_eps: 1e-5,
+                ..ClipConfig::default()
             }
         }
         TextTower::OpenClip => {
@@ -395,6 +396,7 @@ pub fn layout(shapes: &Shapes, hints: &LdmHints, metadata: &BTreeMap<String, Str
                 max_position_embeddings: dim(shapes, &format!("{p}positional_embedding"), 0)?,
                 hidden_act: "gelu".into(),
                 layer_norm_eps: 1e-5,
+                ..ClipConfig::default()
             }
         }
     };

@@ -1,5 +1,6 @@
-//! Latent diffusion: Stable Diffusion 1.x and 2.x. One file per module: [`tokenizer`] (CLIP BPE),
-//! [`clip`] (text encoder), [`blocks`] and [`unet`] (denoiser, its blocks placed by [`offload`]), [`vae`] and [`vae_tiling`] (autoencoder),
+//! Latent diffusion: Stable Diffusion 1.x, 2.x and XL (SDXL base from diffusers folders: two text
+//! encoders, the UNet's `text_time` conditioning). One file per module: [`tokenizer`] (CLIP BPE),
+//! [`clip`] (text encoders), [`blocks`] and [`unet`] (denoiser, its blocks placed by [`offload`]), [`vae`] and [`vae_tiling`] (autoencoder),
 //! [`schedulers`] (DDIM, Euler, Euler ancestral, DPM++ 2M), [`noise`] (a batch's noise, drawn for
 //! the whole batch or per image), [`preview`] (latents → RGB) and
 //! [`pipeline`] (prompt → image, the [`crate::families::Family`] implementation), [`spectrogram`]
@@ -37,6 +38,8 @@ mod parity_tests;
 mod pipeline_tests;
 #[cfg(test)]
 mod quant_tests;
+#[cfg(test)]
+mod sdxl_tests;
 
 pub use pipeline::{LatentDiffusion, load, load_checked};
 
@@ -60,8 +63,8 @@ pub const COMPONENTS: [ComponentSpec; 3] = [
 
 /// Stable Diffusion 1.x/2.x by the inspection's family guess: surely when the headers say so; a
 /// diffusers folder or single checkpoint file whose family cannot be told is tried, less surely
-/// (the load then names the keys or files it misses). SDXL, language models and other formats
-/// are not run by this family.
+/// (the load then names the keys or files it misses). SDXL surely from a diffusers folder (its
+/// single files are not run yet). Language models and other formats are not run by this family.
 fn recognise(insp: &Inspection) -> Option<Recognition> {
     let single = matches!(insp.format, Format::Safetensors | Format::Ckpt) && insp.path.is_file();
     let layout = match insp.format {
@@ -71,6 +74,9 @@ fn recognise(insp: &Inspection) -> Option<Recognition> {
     };
     let (confidence, reason) = match insp.family.id.as_str() {
         "sd1" | "sd2" => (1.0, format!("{layout} of {}: {}", insp.family.label, insp.family.reason)),
+        "sdxl" if insp.format == Format::Diffusers => {
+            (1.0, format!("{layout} of {}: {}", insp.family.label, insp.family.reason))
+        }
         "unknown" => (0.3, format!("{layout} whose family cannot be told ({}); tried as Stable Diffusion 1.x/2.x", insp.family.reason)),
         _ => return None,
     };

@@ -1,11 +1,14 @@
-//! Prompt → image for Stable Diffusion 1.x/2.x: tokenize, encode, denoise with classifier-free
-//! guidance (batch `[uncond, cond]`), decode, and the [`Family`] the worker drives.
+//! Prompt → image for Stable Diffusion 1.x/2.x and XL: tokenize, encode, denoise with
+//! classifier-free guidance (batch `[uncond, cond]`), decode, and the [`Family`] the worker
+//! drives. SDXL encodes with both text encoders (their penultimate hidden states concatenated,
+//! the second's pooled projection) and passes the pooled embedding and the size/crop ids to the
+//! UNet as diffusers' `StableDiffusionXLPipeline` does.
 
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
-use super::checkpoint::Checkpoint;
+use super::checkpoint::{Checkpoint, TextEncoder2};
 use super::clip::ClipTextModel;
 use super::folder::build;
 use super::noise::{BatchNoise, NoiseFactory, default_noise};
@@ -14,7 +17,7 @@ use super::preview::latents_to_rgb;
 use super::schedulers::{Sampler, SchedulerConfig};
 use super::spectrogram::SpectrogramParams;
 use super::tokenizer::ClipTokenizer;
-use super::unet::Unet;
+use super::unet::{AddedCond, Unet};
 use super::vae::AutoencoderKl;
 use crate::cancel::CancelCheck;
 use crate::error::{Error, Result};
@@ -26,14 +29,19 @@ use crate::nn::Weights;
 use crate::request::Request;
 use crate::worker::protocol::{Artifact, Preview, Stage};
 
-/// A loaded Stable Diffusion 1.x/2.x model.
+/// A loaded Stable Diffusion 1.x/2.x or XL model.
 pub struct LatentDiffusion {
     /// Where it was loaded from (a component is read again from here when its knobs change).
     path: PathBuf,
     tokenizer: ClipTokenizer,
+    /// SDXL's second tokenizer and encoder config, and whether an empty negative prompt is
+    /// zeros; `None` for SD 1.x/2.x.
+    xl: Option<TextEncoder2>,
     /// The components; `None` only while one is being read again ([`Family::retune`]), so its
     /// old weights are freed before the new ones are read.
     text: Option<ClipTextModel>,
+    /// SDXL's second text encoder (with projection), read and held with `text`.
+    text_2: Option<ClipTextModel>,
     unet: Option<Unet>,
     vae: Option<AutoencoderKl>,
     scheduler: SchedulerConfig,
@@ -109,10 +117,14 @@ pub fn load_checked(path: &Path, knobs: &Knobs, cancel: &CancelCheck) -> Result<
     let device = candle_device(knobs.device)?;
     let source = Checkpoint::open(path)?;
     let tokenizer = source.tokenizer()?;
+    let xl = source.text_2()?;
+    check_xl(&source, xl.as_ref())?;
     let mut model = LatentDiffusion {
         path: path.to_path_buf(),
         tokenizer,
+        xl,
         text: None,
+        text_2: None,
         unet: None,
         vae: None,
         scheduler: SchedulerConfig::default(),
@@ -132,6 +144,63 @@ pub fn load_checked(path: &Path, knobs: &Knobs, cancel: &CancelCheck) -> Result<
     Ok(model)
 }
 
+/// Refuses a UNet and text encoders that do not fit together, naming the file: SDXL's
+/// `text_time` UNet without a second text encoder (or the reverse), a pooled width or a context
+/// width that is not what the encoders give.
+///
+/// # Errors
+/// The first mismatch, as one line naming the file.
+fn check_xl(source: &Checkpoint, xl: Option<&TextEncoder2>) -> Result<()> {
+    let unet = source.unet_config()?;
+    let unet_file = source.label(Component::Unet).join("config.json");
+    let Some(xl) = xl else {
+        if unet.is_text_time() {
+            return Err(Error::file(
+                source.label(Component::Text).with_file_name("text_encoder_2"),
+                "missing: the UNet takes SDXL's conditioning (addition_embed_type = text_time), which needs a second text encoder, text_encoder_2",
+            ));
+        }
+        return Ok(());
+    };
+    if !unet.is_text_time() {
+        return Err(Error::file(
+            &unet_file,
+            "the folder has a second text encoder (text_encoder_2) but the UNet does not take SDXL's conditioning (addition_embed_type = text_time)",
+        ));
+    }
+    let text = source.text_config()?;
+    let width = text.hidden_size + xl.config.hidden_size;
+    if unet.cross_attention_dim != width {
+        return Err(Error::file(
+            &unet_file,
+            format!(
+                "cross_attention_dim = {} but the two text encoders give {} + {} = {width}",
+                unet.cross_attention_dim, text.hidden_size, xl.config.hidden_size
+            ),
+        ));
+    }
+    if unet.pooled_width() != Some(xl.config.projection_dim) {
+        return Err(Error::file(
+            &unet_file,
+            format!(
+                "projection_class_embeddings_input_dim = {:?} does not take text_encoder_2's pooled {} plus 6 × addition_time_embed_dim = {:?}",
+                unet.projection_class_embeddings_input_dim, xl.config.projection_dim, unet.addition_time_embed_dim
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `b`'s bytes and tensor counts added to `a`'s.
+fn merge_ledgers(mut a: crate::nn::Ledger, b: crate::nn::Ledger) -> crate::nn::Ledger {
+    a.bytes += b.bytes;
+    for (k, n) in b.tensors {
+        *a.tensors.entry(k).or_insert(0) += n;
+    }
+    a.non_finite.extend(b.non_finite);
+    a
+}
+
 impl LatentDiffusion {
     /// Reads component `c` from `source` as `knobs` say (its precision and placement), freeing
     /// the one held before first; records how it is held.
@@ -139,7 +208,10 @@ impl LatentDiffusion {
         cancel.stop()?;
         let i = c as usize;
         match c {
-            Component::Text => self.text = None,
+            Component::Text => {
+                self.text = None;
+                self.text_2 = None;
+            }
             Component::Unet => self.unet = None,
             Component::Vae => self.vae = None,
         }
@@ -189,7 +261,17 @@ impl LatentDiffusion {
                 let mut text = build_checked(cancel, &label, || ClipTextModel::new(&cfg, w.clone()))?;
                 text.attention_slice = slice;
                 self.text = Some(text);
-                (w.ledger(), 0)
+                let mut ledger = w.ledger();
+                // text_2: its own knobs once they are keyed by name
+                if let Some(xl) = &self.xl {
+                    let w2 = weights(xl.weights(dtype, &device)?);
+                    let mut text_2 =
+                        build_checked(cancel, &xl.dir, || ClipTextModel::with_projection(&xl.config, w2.clone()))?;
+                    text_2.attention_slice = slice;
+                    self.text_2 = Some(text_2);
+                    ledger = merge_ledgers(ledger, w2.ledger());
+                }
+                (ledger, 0)
             }
             Component::Unet => {
                 let cfg = source.unet_config()?;
@@ -242,7 +324,7 @@ impl LatentDiffusion {
     /// Applies the slicing knobs, which change how the next run computes and no weight.
     fn set_slicing(&mut self, knobs: &Knobs) {
         let slice = knobs.slicing.attention_slice as usize;
-        if let Some(t) = self.text.as_mut() {
+        for t in [self.text.as_mut(), self.text_2.as_mut()].into_iter().flatten() {
             t.attention_slice = slice;
         }
         if let Some(u) = self.unet.as_mut() {
@@ -354,6 +436,73 @@ impl LatentDiffusion {
         Ok((self.text().forward(&ids, self.clip_skip)?, tokens.warning))
     }
 
+    /// SDXL: encodes a prompt with both encoders to `(1, 77, D₁ + D₂)` embeddings (each
+    /// encoder's penultimate hidden state, concatenated) and the second encoder's pooled
+    /// projection `(1, P)`; the string is set when the prompt was cut.
+    ///
+    /// # Errors
+    /// Not an SDXL model; tokenizer or tensor errors.
+    pub fn encode_prompt_xl(&self, text: &str) -> Result<(Tensor, Tensor, Option<String>)> {
+        let (Some(xl), Some(text_2)) = (&self.xl, &self.text_2) else {
+            return Err(Error::invalid("this model has one text encoder (not SDXL)"));
+        };
+        let device = &self.held[0].device;
+        let tokens = self.tokenizer.encode(text)?;
+        let tokens_2 = xl.tokenizer.encode(text)?;
+        let ids = Tensor::from_vec(tokens.ids.clone(), (1, tokens.ids.len()), device)?;
+        let ids_2 = Tensor::from_vec(tokens_2.ids.clone(), (1, tokens_2.ids.len()), device)?;
+        let (h1, _) = self.text().forward_xl(&ids, self.clip_skip)?;
+        let (h2, pooled) = text_2.forward_xl(&ids_2, self.clip_skip)?;
+        let pooled = pooled.ok_or_else(|| Error::invalid("text_encoder_2 has no projection"))?;
+        let emb = Tensor::cat(&[&h1, &h2.to_dtype(h1.dtype())?], 2)?;
+        Ok((emb, pooled, tokens.warning.or(tokens_2.warning)))
+    }
+
+    /// The text conditioning of a run: the context `(n, 77, D)` for the UNet (`[uncond…,
+    /// cond…]` when guided) and, for SDXL, the pooled embeddings `(n, P)` in the same order.
+    /// SDXL with an empty negative prompt and `force_zeros_for_empty_prompt` gives zeros for
+    /// the unconditional half, as diffusers does when no negative prompt is passed.
+    pub(crate) fn conditioning(&self, request: &Request, observer: &mut dyn RunObserver) -> Result<(Tensor, Option<Tensor>)> {
+        let batch = request.batch as usize;
+        let guided = request.guidance > 1.0;
+        let encode = |text: &str| -> Result<(Tensor, Option<Tensor>, Option<String>)> {
+            if self.xl.is_some() {
+                let (e, p, w) = self.encode_prompt_xl(text)?;
+                Ok((e, Some(p), w))
+            } else {
+                let (e, w) = self.encode_prompt(text)?;
+                Ok((e, None, w))
+            }
+        };
+        let (cond, pooled, warning) = encode(&request.prompt)?;
+        if let Some(w) = warning {
+            observer.note(format!("prompt: {w}"));
+        }
+        // asked between the two prompts' encodings and after them
+        if observer.cancelled() {
+            return Err(Error::Cancelled);
+        }
+        if !guided {
+            return Ok((cond.repeat((batch, 1, 1))?, pooled.map(|p| p.repeat((batch, 1))).transpose()?));
+        }
+        let zeros = self.xl.as_ref().is_some_and(|xl| xl.force_zeros) && request.negative.is_empty();
+        let (uncond, uncond_pooled) = if zeros {
+            (cond.zeros_like()?, pooled.as_ref().map(Tensor::zeros_like).transpose()?)
+        } else {
+            let (u, p, warning) = encode(&request.negative)?;
+            if let Some(w) = warning {
+                observer.note(format!("negative prompt: {w}"));
+            }
+            (u, p)
+        };
+        let context = Tensor::cat(&[uncond.repeat((batch, 1, 1))?, cond.repeat((batch, 1, 1))?], 0)?;
+        let pooled = match (uncond_pooled, pooled) {
+            (Some(u), Some(c)) => Some(Tensor::cat(&[u.repeat((batch, 1))?, c.repeat((batch, 1))?], 0)?),
+            _ => None,
+        };
+        Ok((context, pooled))
+    }
+
     /// The next `(batch, c, h, w)` noise tensor on the UNet's device.
     fn noise_tensor(&self, noise: &mut BatchNoise, shape: (usize, usize, usize)) -> Result<Tensor> {
         let (c, h, w) = shape;
@@ -380,26 +529,22 @@ impl LatentDiffusion {
         let guided = request.guidance > 1.0;
 
         observer.stage(Stage::Text)?;
-        let (cond, warning) = self.encode_prompt(&request.prompt)?;
-        if let Some(w) = warning {
-            observer.note(format!("prompt: {w}"));
-        }
-        // asked between the two prompts' encodings and after them
-        if observer.cancelled() {
-            return Err(Error::Cancelled);
-        }
-        let context = if guided {
-            let (uncond, warning) = self.encode_prompt(&request.negative)?;
-            if let Some(w) = warning {
-                observer.note(format!("negative prompt: {w}"));
-            }
-            Tensor::cat(&[uncond.repeat((batch, 1, 1))?, cond.repeat((batch, 1, 1))?], 0)?
-        } else {
-            cond.repeat((batch, 1, 1))?
-        };
+        let (context, pooled) = self.conditioning(request, observer)?;
         // latents and sampler arithmetic stay f32 (as diffusers upcasts in its schedulers); each
         // component computes in its own dtype
-        let context = context.to_device(&self.device)?.to_dtype(self.held[1].dtype)?;
+        let unet_dtype = self.held[1].dtype;
+        let context = context.to_device(&self.device)?.to_dtype(unet_dtype)?;
+        // SDXL's size/crop ids: original size, crop top-left (0, 0), target size, each (h, w)
+        let added = match pooled {
+            Some(p) => {
+                let n = p.dim(0)?;
+                let (h, w) = (request.height as f32, request.width as f32);
+                let ids = [h, w, 0.0, 0.0, h, w].repeat(n);
+                let time_ids = Tensor::from_vec(ids, (n, 6), &self.device)?.to_dtype(unet_dtype)?;
+                Some((p.to_device(&self.device)?.to_dtype(unet_dtype)?, time_ids))
+            }
+            None => None,
+        };
         if observer.cancelled() {
             return Err(Error::Cancelled);
         }
@@ -423,7 +568,9 @@ impl LatentDiffusion {
             let x = if guided { Tensor::cat(&[&x, &x], 0)? } else { x };
             // asked before each resnet, so a cancel ends a long CPU step within one of them
             let x = x.to_dtype(self.held[1].dtype)?;
-            let out = checked(&*observer, |check| self.unet().forward_checked(&x, t, &context, check))?.to_dtype(DType::F32)?;
+            let added = added.as_ref().map(|(text_embeds, time_ids)| AddedCond { text_embeds, time_ids });
+            let out = checked(&*observer, |check| self.unet().forward_added(&x, t, &context, added.as_ref(), check))?
+                .to_dtype(DType::F32)?;
             let out = if guided {
                 let u = out.narrow(0, 0, batch)?;
                 let c = out.narrow(0, batch, batch)?;

@@ -1,6 +1,7 @@
 //! The CLIP BPE tokenizer, built with the `tokenizers` crate from a diffusers folder's
-//! `tokenizer/vocab.json` and `merges.txt` the way transformers' `CLIPTokenizer` builds it, with
-//! the pad token and length from `tokenizer_config.json` / `special_tokens_map.json`.
+//! `tokenizer/vocab.json` and `merges.txt` the way transformers' `CLIPTokenizer` builds it, or
+//! read from a `tokenizer.json` alone (as transformers 5 saves a tokenizer), with the pad token
+//! and length from `tokenizer_config.json` / `special_tokens_map.json`.
 
 use std::path::Path;
 
@@ -56,18 +57,26 @@ fn token_name(v: Option<&serde_json::Value>) -> Option<String> {
 }
 
 impl ClipTokenizer {
-    /// Loads `dir/vocab.json` and `dir/merges.txt`; the pad token and `model_max_length` come from
-    /// `special_tokens_map.json` / `tokenizer_config.json` when present (SD 1.x pads with
-    /// `<|endoftext|>`, SD 2.x with `!`).
+    /// Loads `dir/vocab.json` and `dir/merges.txt`, or else `dir/tokenizer.json`; the pad token
+    /// and `model_max_length` come from `special_tokens_map.json` / `tokenizer_config.json` when
+    /// present (SD 1.x pads with `<|endoftext|>`, SD 2.x and SDXL's second tokenizer with `!`).
     ///
     /// # Errors
     /// Missing or malformed files, or special tokens absent from the vocabulary, naming the file.
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let vocab = dir.join("vocab.json");
         let merges = dir.join("merges.txt");
+        let json = dir.join("tokenizer.json");
+        if !vocab.is_file() && !merges.is_file() && json.is_file() {
+            // transformers' own serialization: normalizer, pre-tokenizer and BPE as it runs them;
+            // the special tokens are added here, as for the vocabulary files
+            let tokenizer = Tokenizer::from_file(&json)
+                .map_err(|e| Error::file(&json, format!("not a tokenizer file: {}", e.to_string().lines().next().unwrap_or(""))))?;
+            return Self::with_config(tokenizer, dir, &json);
+        }
         for p in [&vocab, &merges] {
             if !p.is_file() {
-                return Err(Error::file(p, "missing (a CLIP tokenizer needs vocab.json and merges.txt)"));
+                return Err(Error::file(p, "missing (a CLIP tokenizer needs vocab.json and merges.txt, or tokenizer.json)"));
             }
         }
         let bpe = BPE::from_file(&vocab.to_string_lossy(), &merges.to_string_lossy())
@@ -89,7 +98,12 @@ impl ClipTokenizer {
             Split::new(SplitPattern::Regex(CLIP_SPLIT.into()), SplitDelimiterBehavior::Removed, true).map_err(bad)?;
         tokenizer
             .with_pre_tokenizer(Some(PreTokenizers::new(vec![split.into(), ByteLevel::new(false, true, true).into()])));
+        Self::with_config(tokenizer, dir, &vocab)
+    }
 
+    /// Reads the special tokens and length of the tokenizer in `dir` from its configs; `vocab`
+    /// is the file an unknown token is blamed on.
+    fn with_config(tokenizer: Tokenizer, dir: &Path, vocab: &Path) -> Result<Self> {
         let mut config = serde_json::Map::new();
         for name in ["tokenizer_config.json", "special_tokens_map.json"] {
             let p = dir.join(name);
@@ -104,7 +118,7 @@ impl ClipTokenizer {
             let name = token_name(config.get(key)).unwrap_or_else(|| default.to_string());
             tokenizer
                 .token_to_id(&name)
-                .ok_or_else(|| Error::file(&vocab, format!("{key} '{name}' is not in the vocabulary")))
+                .ok_or_else(|| Error::file(vocab, format!("{key} '{name}' is not in the vocabulary")))
         };
         let bos = id("bos_token", "<|startoftext|>")?;
         let eos = id("eos_token", "<|endoftext|>")?;

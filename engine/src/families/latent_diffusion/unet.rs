@@ -1,7 +1,9 @@
-//! The conditional denoiser (diffusers' `UNet2DConditionModel`) as SD 1.x and 2.x configure it,
-//! built from the folder's `unet/config.json`: `CrossAttnDownBlock2D`/`DownBlock2D` down blocks,
-//! a `UNetMidBlock2DCrossAttn`, `CrossAttnUpBlock2D`/`UpBlock2D` up blocks, conv or linear
-//! projections, `attention_head_dim` as one number or one per block.
+//! The conditional denoiser (diffusers' `UNet2DConditionModel`) as SD 1.x, 2.x and XL configure
+//! it, built from the folder's `unet/config.json`: `CrossAttnDownBlock2D`/`DownBlock2D` down
+//! blocks, a `UNetMidBlock2DCrossAttn`, `CrossAttnUpBlock2D`/`UpBlock2D` up blocks, conv or linear
+//! projections, `attention_head_dim` and `transformer_layers_per_block` as one number or one per
+//! block, and SDXL's `addition_embed_type = "text_time"` (pooled text embedding and size/crop
+//! ids through `add_time_proj` and `add_embedding`, added to the time embedding).
 
 use candle_core::{Module, Result, Tensor};
 use serde::Deserialize;
@@ -59,6 +61,11 @@ pub struct UnetConfig {
     pub time_embedding_type: String,
     pub class_embed_type: Option<String>,
     pub addition_embed_type: Option<String>,
+    /// SDXL (`text_time`): width of the sinusoidal features of each of the six size/crop ids.
+    pub addition_time_embed_dim: Option<usize>,
+    /// SDXL (`text_time`): input width of `add_embedding` (pooled text width + 6 ×
+    /// `addition_time_embed_dim`).
+    pub projection_class_embeddings_input_dim: Option<usize>,
     pub time_cond_proj_dim: Option<usize>,
     pub sample_size: Option<usize>,
 }
@@ -98,6 +105,8 @@ impl Default for UnetConfig {
             time_embedding_type: "positional".into(),
             class_embed_type: None,
             addition_embed_type: None,
+            addition_time_embed_dim: None,
+            projection_class_embeddings_input_dim: None,
             time_cond_proj_dim: None,
             sample_size: Some(64),
         }
@@ -118,12 +127,21 @@ impl UnetConfig {
                 self.up_block_types.len()
             ));
         }
-        for (field, v) in [
-            ("class_embed_type", &self.class_embed_type),
-            ("addition_embed_type (SDXL-style conditioning)", &self.addition_embed_type),
-        ] {
-            if let Some(v) = v {
-                return Err(format!("{field} = {v} is not supported"));
+        if let Some(v) = &self.class_embed_type {
+            return Err(format!("class_embed_type = {v} is not supported"));
+        }
+        let sized = |d: Option<usize>| d.is_some_and(|d| d > 0);
+        match self.addition_embed_type.as_deref() {
+            None => {}
+            Some("text_time")
+                if sized(self.addition_time_embed_dim) && sized(self.projection_class_embeddings_input_dim) => {}
+            Some("text_time") => {
+                return Err("addition_embed_type = text_time needs addition_time_embed_dim and \
+                            projection_class_embeddings_input_dim (both at least 1)"
+                    .into());
+            }
+            Some(other) => {
+                return Err(format!("addition_embed_type = {other} is not supported (only SDXL's text_time)"));
             }
         }
         if self.time_cond_proj_dim.is_some() {
@@ -271,6 +289,19 @@ impl UnetBlock {
 }
 
 impl UnetConfig {
+    /// True for SDXL-style UNets, which take a pooled text embedding and size/crop ids
+    /// ([`AddedCond`]) besides the text context.
+    pub fn is_text_time(&self) -> bool {
+        self.addition_embed_type.as_deref() == Some("text_time")
+    }
+
+    /// Width of the pooled text embedding a `text_time` UNet expects: `add_embedding`'s input
+    /// less the six size/crop ids' features.
+    pub fn pooled_width(&self) -> Option<usize> {
+        let ids = 6 * self.addition_time_embed_dim?;
+        self.projection_class_embeddings_input_dim?.checked_sub(ids)
+    }
+
     /// The offloadable blocks in execution order.
     pub fn block_ids(&self) -> Vec<BlockId> {
         let n = self.block_out_channels.len();
@@ -368,12 +399,29 @@ impl UnetConfig {
     }
 }
 
-/// The UNet: a resident stem (input conv, time embedding, output norm and conv) and its blocks,
-/// each held as its [`Slot`] says.
+/// SDXL's extra conditioning for one UNet call (diffusers' `added_cond_kwargs`).
+pub struct AddedCond<'a> {
+    /// The pooled, projected text embedding of the second text encoder, `(B, P)`.
+    pub text_embeds: &'a Tensor,
+    /// Original size, crop top-left and target size, `(B, 6)` (height before width).
+    pub time_ids: &'a Tensor,
+}
+
+/// SDXL's `add_time_proj` (sinusoidal features of each id) and `add_embedding` (linear, SiLU,
+/// linear), whose output is added to the time embedding.
+struct AddEmbedding {
+    time_dim: usize,
+    linear_1: Linear,
+    linear_2: Linear,
+}
+
+/// The UNet: a resident stem (input conv, time embedding, SDXL's added embedding, output norm
+/// and conv) and its blocks, each held as its [`Slot`] says.
 pub struct Unet {
     conv_in: Conv2d,
     time_linear_1: Linear,
     time_linear_2: Linear,
+    add_embedding: Option<AddEmbedding>,
     time_channels: usize,
     flip_sin_to_cos: bool,
     freq_shift: f64,
@@ -413,10 +461,19 @@ impl Unet {
             .enumerate()
             .map(|(k, id)| Ok((id, Slot::new(cfg, id, k, &vb, placement)?)))
             .collect::<Result<Vec<_>>>()?;
+        let add_embedding = match (cfg.is_text_time(), cfg.addition_time_embed_dim, cfg.projection_class_embeddings_input_dim) {
+            (true, Some(time_dim), Some(input)) => Some(AddEmbedding {
+                time_dim,
+                linear_1: Linear::new(input, temb, true, vb.pp("add_embedding").pp("linear_1"))?,
+                linear_2: Linear::new(temb, temb, true, vb.pp("add_embedding").pp("linear_2"))?,
+            }),
+            _ => None,
+        };
         Ok(Self {
             conv_in: Conv2d::new(cfg.in_channels, boc[0], 3, 1, 1, vb.pp("conv_in"))?,
             time_linear_1: Linear::new(boc[0], temb, true, vb.pp("time_embedding").pp("linear_1"))?,
             time_linear_2: Linear::new(temb, temb, true, vb.pp("time_embedding").pp("linear_2"))?,
+            add_embedding,
             time_channels: boc[0],
             flip_sin_to_cos: cfg.flip_sin_to_cos,
             freq_shift: cfg.freq_shift,
@@ -441,9 +498,14 @@ impl Unet {
     /// Sinusoidal timestep features `(B, C)` as diffusers' `get_timestep_embedding` computes
     /// them in f32.
     fn time_features(&self, timestep: f64, batch: usize, device: &candle_core::Device) -> Result<Tensor> {
-        let half = self.time_channels / 2;
-        let t = timestep as f32;
-        let mut v = Vec::with_capacity(self.time_channels);
+        let v = self.sinusoid(timestep as f32, self.time_channels);
+        Tensor::from_vec(v, (1, self.time_channels), device)?.repeat((batch, 1))
+    }
+
+    /// diffusers' `get_timestep_embedding` of one value `t` at `width` channels, in f32.
+    fn sinusoid(&self, t: f32, width: usize) -> Vec<f32> {
+        let half = width / 2;
+        let mut v = Vec::with_capacity(width);
         let freqs: Vec<f32> = (0..half)
             .map(|i| (-(10000f32.ln()) * i as f32 / (half as f32 - self.freq_shift as f32)).exp() * t)
             .collect();
@@ -454,8 +516,21 @@ impl Unet {
         };
         v.extend(first);
         v.extend(second);
-        v.resize(self.time_channels, 0.0); // odd widths are zero-padded
-        Tensor::from_vec(v, (1, self.time_channels), device)?.repeat((batch, 1))
+        v.resize(width, 0.0); // odd widths are zero-padded
+        v
+    }
+
+    /// SDXL's added embedding `(B, T)`: each of the six ids as sinusoidal features, after the
+    /// pooled text embedding, through `add_embedding`.
+    fn added_embedding(&self, add: &AddEmbedding, added: &AddedCond, dtype: candle_core::DType) -> Result<Tensor> {
+        let (b, n) = added.time_ids.dims2()?;
+        let ids = added.time_ids.to_dtype(candle_core::DType::F32)?.to_device(&candle_core::Device::Cpu)?;
+        let ids = ids.flatten_all()?.to_vec1::<f32>()?;
+        let feats: Vec<f32> = ids.iter().flat_map(|&t| self.sinusoid(t, add.time_dim)).collect();
+        let device = added.text_embeds.device();
+        let time = Tensor::from_vec(feats, (b, n * add.time_dim), device)?.to_dtype(dtype)?;
+        let x = Tensor::cat(&[&added.text_embeds.to_dtype(dtype)?, &time], 1)?;
+        add.linear_2.forward(&add.linear_1.forward(&x)?.silu()?)
     }
 
     /// Predicts noise (or v) for `x` `(B, C, H, W)` at `timestep`, conditioned on `context`
@@ -479,10 +554,33 @@ impl Unet {
         context: &Tensor,
         check: &dyn Fn() -> Result<()>,
     ) -> Result<Tensor> {
+        self.forward_added(x, timestep, context, None, check)
+    }
+
+    /// [`Self::forward_checked`] with SDXL's extra conditioning, which a `text_time` UNet needs
+    /// and others refuse.
+    ///
+    /// # Errors
+    /// As [`Self::forward`]; `added` missing for a UNet that needs it, or given to one that
+    /// takes none.
+    pub fn forward_added(
+        &self,
+        x: &Tensor,
+        timestep: f64,
+        context: &Tensor,
+        added: Option<&AddedCond>,
+        check: &dyn Fn() -> Result<()>,
+    ) -> Result<Tensor> {
         let slice = self.attention_slice;
         let b = x.dim(0)?;
         let t = self.time_features(timestep, b, x.device())?.to_dtype(x.dtype())?;
-        let emb = self.time_linear_2.forward(&self.time_linear_1.forward(&t)?.silu()?)?;
+        let mut emb = self.time_linear_2.forward(&self.time_linear_1.forward(&t)?.silu()?)?;
+        match (&self.add_embedding, added) {
+            (Some(add), Some(added)) => emb = (emb + self.added_embedding(add, added, x.dtype())?)?,
+            (None, None) => {}
+            (Some(_), None) => candle_core::bail!("unet: addition_embed_type = text_time needs text_embeds and time_ids"),
+            (None, Some(_)) => candle_core::bail!("unet: text_embeds and time_ids given to a UNet that takes none"),
+        }
 
         let mut h = self.conv_in.forward(x)?;
         let mut skips = vec![h.clone()];
