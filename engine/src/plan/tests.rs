@@ -159,7 +159,7 @@ fn cpu_widening_buffer_ends_with_its_stage() {
     let plan_with = |unet: Precision| {
         let mut k = Knobs::default();
         k.precision = crate::knobs::PrecisionKnobs::all(Precision::F32);
-        k.precision.set(Component::Unet, unet);
+        k.precision.set(Component::Unet, unet).unwrap();
         plan(&shape, &k, &req512(), &Budgets::default())
     };
     let (f32_plan, q4k_plan) = (plan_with(Precision::F32), plan_with(Precision::Q4K));

@@ -61,6 +61,15 @@ pub const COMPONENTS: [ComponentSpec; 3] = [
     ComponentSpec { name: "vae", aliases: &["autoencoder"], label: "VAE", placeable: true, units: None },
 ];
 
+/// SDXL's components: the two text encoders apart (`text` is CLIP ViT-L, `text_2` OpenCLIP
+/// ViT-bigG with its projection), then the UNet and the VAE.
+pub const COMPONENTS_XL: [ComponentSpec; 4] = [
+    COMPONENTS[0],
+    ComponentSpec { name: "text_2", aliases: &["text_encoder_2", "clip_g"], label: "Text encoder 2", placeable: true, units: None },
+    COMPONENTS[1],
+    COMPONENTS[2],
+];
+
 /// Stable Diffusion 1.x/2.x by the inspection's family guess: surely when the headers say so; a
 /// diffusers folder or single checkpoint file whose family cannot be told is tried, less surely
 /// (the load then names the keys or files it misses). SDXL surely from a diffusers folder (its
@@ -80,5 +89,6 @@ fn recognise(insp: &Inspection) -> Option<Recognition> {
         "unknown" => (0.3, format!("{layout} whose family cannot be told ({}); tried as Stable Diffusion 1.x/2.x", insp.family.reason)),
         _ => return None,
     };
-    Some(Recognition { family: ENTRY.name, confidence, reason, components: COMPONENTS.to_vec() })
+    let components = if insp.family.id == "sdxl" { COMPONENTS_XL.to_vec() } else { COMPONENTS.to_vec() };
+    Some(Recognition { family: ENTRY.name, confidence, reason, components })
 }

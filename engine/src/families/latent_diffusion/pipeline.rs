@@ -40,15 +40,15 @@ pub struct LatentDiffusion {
     /// The components; `None` only while one is being read again ([`Family::retune`]), so its
     /// old weights are freed before the new ones are read.
     text: Option<ClipTextModel>,
-    /// SDXL's second text encoder (with projection), read and held with `text`.
+    /// SDXL's second text encoder (with projection), the component `text_2`.
     text_2: Option<ClipTextModel>,
     unet: Option<Unet>,
     vae: Option<AutoencoderKl>,
     scheduler: SchedulerConfig,
     /// The run's device (the UNet's and the latents'; a component may be placed on the CPU).
     device: Device,
-    /// How each component is held (text encoder, UNet, VAE).
-    held: [Held; 3],
+    /// How each component is held: text encoder, UNet, VAE, and SDXL's second text encoder.
+    held: [Held; 4],
     /// What the checkpoint itself had to say (key mapping, inferred configs).
     source_notes: Vec<String>,
     noise: NoiseFactory,
@@ -113,12 +113,12 @@ pub fn load(path: &Path, knobs: &Knobs) -> Result<LatentDiffusion> {
 /// As [`load`]; [`Error::Cancelled`] once `cancel` says so.
 pub fn load_checked(path: &Path, knobs: &Knobs, cancel: &CancelCheck) -> Result<LatentDiffusion> {
     cancel.stop()?;
-    let knobs = &knobs.for_family(&super::COMPONENTS, &path.display().to_string())?;
     let device = candle_device(knobs.device)?;
     let source = Checkpoint::open(path)?;
     let tokenizer = source.tokenizer()?;
     let xl = source.text_2()?;
     check_xl(&source, xl.as_ref())?;
+    let knobs = &knobs.for_family(components(xl.is_some()), &path.display().to_string())?;
     let mut model = LatentDiffusion {
         path: path.to_path_buf(),
         tokenizer,
@@ -135,8 +135,8 @@ pub fn load_checked(path: &Path, knobs: &Knobs, cancel: &CancelCheck) -> Result<
         clip_skip: 0,
         spectrogram: None,
     };
-    for c in Component::ALL {
-        model.read_component(&source, c, knobs, cancel)?;
+    for c in components(model.xl.is_some()) {
+        model.read_component(&source, c.name, knobs, cancel)?;
     }
     model.set_slicing(knobs);
     model.spectrogram = SpectrogramParams::from_manifest(path)?;
@@ -191,37 +191,31 @@ fn check_xl(source: &Checkpoint, xl: Option<&TextEncoder2>) -> Result<()> {
     Ok(())
 }
 
-/// `b`'s bytes and tensor counts added to `a`'s.
-fn merge_ledgers(mut a: crate::nn::Ledger, b: crate::nn::Ledger) -> crate::nn::Ledger {
-    a.bytes += b.bytes;
-    for (k, n) in b.tensors {
-        *a.tensors.entry(k).or_insert(0) += n;
-    }
-    a.non_finite.extend(b.non_finite);
-    a
-}
-
 impl LatentDiffusion {
-    /// Reads component `c` from `source` as `knobs` say (its precision and placement), freeing
-    /// the one held before first; records how it is held.
-    fn read_component(&mut self, source: &Checkpoint, c: Component, knobs: &Knobs, cancel: &CancelCheck) -> Result<()> {
+    /// Reads component `c` (by its knob name, [`components`]) from `source` as `knobs` say (its
+    /// precision and placement), freeing the one held before first; records how it is held.
+    fn read_component(&mut self, source: &Checkpoint, c: &str, knobs: &Knobs, cancel: &CancelCheck) -> Result<()> {
         cancel.stop()?;
-        let i = c as usize;
-        match c {
-            Component::Text => {
-                self.text = None;
-                self.text_2 = None;
-            }
-            Component::Unet => self.unet = None,
-            Component::Vae => self.vae = None,
+        let i = match c {
+            "text" => 0,
+            "unet" => 1,
+            "vae" => 2,
+            "text_2" if self.xl.is_some() => 3,
+            _ => return Err(Error::invalid(format!("{}: this model has no component '{c}'", self.path.display()))),
+        };
+        match i {
+            0 => self.text = None,
+            1 => self.unet = None,
+            2 => self.vae = None,
+            _ => self.text_2 = None,
         }
         self.held[i] = Held::default();
         // a component placed on the CPU gets the CPU; otherwise the run's one device (two
         // handles to one GPU would count as different devices)
-        let device = match c {
-            Component::Text if !knobs.offload.placement.get(c).resolve(knobs.device).is_gpu() => Device::Cpu,
-            Component::Vae if !knobs.offload.placement.get(c).resolve(knobs.device).is_gpu() => Device::Cpu,
-            _ => self.device.clone(),
+        let device = if c != "unet" && !knobs.offload.placement.get(c).resolve(knobs.device).is_gpu() {
+            Device::Cpu
+        } else {
+            self.device.clone()
         };
         let mut notes = Vec::new();
         let p = knobs.precision.get(c).resolve(knobs.device);
@@ -252,28 +246,28 @@ impl LatentDiffusion {
             w.with_cancel(cancel.clone())
         };
         let slice = knobs.slicing.attention_slice as usize;
-        let label = source.label(c);
-        let (ledger, cpu_bytes) = match c {
-            Component::Text => {
+        let (ledger, cpu_bytes) = match i {
+            0 => {
+                let c = Component::Text;
                 let cfg = source.text_config()?;
                 let (vb, _) = source.weights(c, dtype, &device)?;
                 let w = weights(vb);
-                let mut text = build_checked(cancel, &label, || ClipTextModel::new(&cfg, w.clone()))?;
+                let mut text = build_checked(cancel, &source.label(c), || ClipTextModel::new(&cfg, w.clone()))?;
                 text.attention_slice = slice;
                 self.text = Some(text);
-                let mut ledger = w.ledger();
-                // text_2: its own knobs once they are keyed by name
-                if let Some(xl) = &self.xl {
-                    let w2 = weights(xl.weights(dtype, &device)?);
-                    let mut text_2 =
-                        build_checked(cancel, &xl.dir, || ClipTextModel::with_projection(&xl.config, w2.clone()))?;
-                    text_2.attention_slice = slice;
-                    self.text_2 = Some(text_2);
-                    ledger = merge_ledgers(ledger, w2.ledger());
-                }
-                (ledger, 0)
+                (w.ledger(), 0)
             }
-            Component::Unet => {
+            3 => {
+                let xl = self.xl.as_ref().expect("text_2 is only read for SDXL");
+                let w = weights(xl.weights(dtype, &device)?);
+                let mut text_2 = build_checked(cancel, &xl.dir, || ClipTextModel::with_projection(&xl.config, w.clone()))?;
+                text_2.attention_slice = slice;
+                self.text_2 = Some(text_2);
+                (w.ledger(), 0)
+            }
+            1 => {
+                let c = Component::Unet;
+                let label = source.label(c);
                 let cfg = source.unet_config()?;
                 let (vb, _) = source.weights(c, dtype, &device)?;
                 let split_on_cpu = device.is_cpu() && knobs.offload.mode == OffloadMode::Split;
@@ -294,11 +288,13 @@ impl LatentDiffusion {
                 self.unet = Some(unet);
                 (w.ledger(), split)
             }
-            Component::Vae => {
+            _ => {
+                let c = Component::Vae;
+                let label = source.label(c);
                 let cfg = source.vae_config()?;
                 // as diffusers: an autoencoder marked `force_upcast` (SD 1.x/2.x's overflows in
                 // f16) decodes in f32 unless the user asked for f16 by name
-                if cfg.force_upcast && dtype == DType::F16 && knobs.precision.get(c) == Precision::Auto {
+                if cfg.force_upcast && dtype == DType::F16 && knobs.precision.get("vae") == Precision::Auto {
                     notes.push("vae: the config asks for f32 (force_upcast); precision auto gives f32 here".into());
                     dtype = DType::F32;
                 }
@@ -352,6 +348,12 @@ impl LatentDiffusion {
     fn all_load_notes(&self) -> Vec<String> {
         self.source_notes.iter().chain(self.held.iter().flat_map(|h| &h.notes)).cloned().collect()
     }
+}
+
+/// The components a model of this family has, in the order they are read: SD 1.x/2.x's three,
+/// or SDXL's four.
+fn components(xl: bool) -> &'static [crate::families::ComponentSpec] {
+    if xl { &super::COMPONENTS_XL } else { &super::COMPONENTS }
 }
 
 /// Weight bytes per device name, in the order devices were first seen.
@@ -414,9 +416,10 @@ impl LatentDiffusion {
         self.unet().slots()
     }
 
-    /// Resident weight bytes per component (text encoder, UNet, VAE) as the loaders counted them.
+    /// Resident weight bytes per component (text encoders, UNet, VAE) as the loaders counted them.
     pub fn component_weight_bytes(&self) -> [u64; 3] {
-        self.held.each_ref().map(|h| h.bytes)
+        let h = &self.held;
+        [h[0].bytes + h[3].bytes, h[1].bytes, h[2].bytes]
     }
 
     /// The scheduler config read from the folder.
@@ -446,15 +449,15 @@ impl LatentDiffusion {
         let (Some(xl), Some(text_2)) = (&self.xl, &self.text_2) else {
             return Err(Error::invalid("this model has one text encoder (not SDXL)"));
         };
-        let device = &self.held[0].device;
         let tokens = self.tokenizer.encode(text)?;
         let tokens_2 = xl.tokenizer.encode(text)?;
-        let ids = Tensor::from_vec(tokens.ids.clone(), (1, tokens.ids.len()), device)?;
-        let ids_2 = Tensor::from_vec(tokens_2.ids.clone(), (1, tokens_2.ids.len()), device)?;
+        let ids = Tensor::from_vec(tokens.ids.clone(), (1, tokens.ids.len()), &self.held[0].device)?;
+        let ids_2 = Tensor::from_vec(tokens_2.ids.clone(), (1, tokens_2.ids.len()), &self.held[3].device)?;
         let (h1, _) = self.text().forward_xl(&ids, self.clip_skip)?;
         let (h2, pooled) = text_2.forward_xl(&ids_2, self.clip_skip)?;
         let pooled = pooled.ok_or_else(|| Error::invalid("text_encoder_2 has no projection"))?;
-        let emb = Tensor::cat(&[&h1, &h2.to_dtype(h1.dtype())?], 2)?;
+        // each encoder computes where it is placed and in its own dtype; they meet in the first's
+        let emb = Tensor::cat(&[&h1, &h2.to_device(h1.device())?.to_dtype(h1.dtype())?], 2)?;
         Ok((emb, pooled, tokens.warning.or(tokens_2.warning)))
     }
 
@@ -705,7 +708,7 @@ impl Family for LatentDiffusion {
     }
 
     fn components(&self) -> Vec<crate::families::ComponentSpec> {
-        super::COMPONENTS.to_vec()
+        components(self.xl.is_some()).to_vec()
     }
 
     fn weight_bytes(&self) -> Vec<(String, u64)> {
@@ -720,14 +723,15 @@ impl Family for LatentDiffusion {
     }
 
     fn retune(&mut self, loaded_with: &Knobs, knobs: &Knobs, cancel: &CancelCheck) -> Result<Retuned> {
-        let knobs = &knobs.for_family(&super::COMPONENTS, &self.path.display().to_string())?;
-        let Some(changed) = loaded_with.components_to_reread(knobs, &super::COMPONENTS) else {
+        let components = components(self.xl.is_some());
+        let knobs = &knobs.for_family(components, &self.path.display().to_string())?;
+        let Some(changed) = loaded_with.components_to_reread(knobs, components) else {
             return Ok(Retuned::No);
         };
         if !changed.is_empty() {
             let source = Checkpoint::open(&self.path)?;
             for c in &changed {
-                self.read_component(&source, c.parse()?, knobs, cancel)?;
+                self.read_component(&source, c, knobs, cancel)?;
             }
         }
         self.set_slicing(knobs);

@@ -305,19 +305,33 @@ fn missing_text_encoder_2_is_named() {
     assert!(e.contains("text_encoder_2") && e.contains("text_time") && !e.contains('\n'), "{e}");
 }
 
-/// A text precision change on a loaded SDXL model reads both text encoders again (the second
-/// follows the `text` knobs): the text bytes equal a fresh load's at that precision, the other
-/// components are not read, and the image equals the fresh load's.
+/// SDXL's two text encoders are two components with their own knobs (`text`, `text_2`): a
+/// precision change on one reads only that one again on a loaded model, the bytes and the
+/// image equal a fresh load's with the same knobs, and a profile naming `text_2` on an SD 1.x
+/// model is refused by name.
 #[test]
-fn retune_text_reads_both_encoders() {
+fn retune_reads_each_text_encoder_apart() {
     let mut model = load(&fixture(), &Knobs::default()).unwrap();
     let before = model.component_weight_bytes();
-    let q8 = Knobs { precision: PrecisionKnobs { text: Precision::Q8_0, ..PrecisionKnobs::default() }, ..Knobs::default() };
+    let mut q8 = Knobs::default();
+    q8.set("precision.text", "q8_0").unwrap();
     let read = model.retune(&Knobs::default(), &q8, &crate::CancelCheck::never()).unwrap();
     assert_eq!(read, crate::families::Retuned::Read(vec!["text".into()]));
-    let mut fresh = load(&fixture(), &q8).unwrap();
+    let mut both = q8;
+    both.set("precision.text_encoder_2", "f16").unwrap();
+    let read = model.retune(&q8, &both, &crate::CancelCheck::never()).unwrap();
+    assert_eq!(read, crate::families::Retuned::Read(vec!["text_2".into()]));
+    let mut fresh = load(&fixture(), &both).unwrap();
     let after = model.component_weight_bytes();
     assert_eq!(after, fresh.component_weight_bytes());
     assert!(after[0] < before[0] && after[1] == before[1], "{before:?} {after:?}");
     assert_eq!(run(&mut model).0, run(&mut fresh).0);
+    let names: Vec<&str> = model.components().iter().map(|c| c.name).collect();
+    assert_eq!(names, ["text", "text_2", "unet", "vae"]);
+
+    let sd1 = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/sd/tiny-sd1");
+    let mut xl_only = Knobs::default();
+    xl_only.set("precision.text_2", "f16").unwrap();
+    let e = crate::families::latent_diffusion::load(&sd1, &xl_only).map(|_| ()).unwrap_err().to_string();
+    assert!(e.starts_with("precision.text_2: ") && e.ends_with("has no component 'text_2' (it has text, unet, vae)"), "{e}");
 }
