@@ -1,9 +1,11 @@
 //! What a Stable Diffusion model is loaded from: a diffusers folder (configs and weights per
 //! component) or a single-file LDM checkpoint (configs inferred, the standard CLIP vocabulary
 //! from `assets/clip`). Both give the pipeline the same things: a tokenizer, a config and a
-//! memory-mapped weight builder per component, and the scheduler config.
+//! memory-mapped weight builder per component, and the scheduler config. A stable-diffusion.cpp
+//! GGUF is a single file whose tensors precision `auto` keeps as stored ([`Checkpoint::stored_source`]).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
@@ -17,7 +19,9 @@ use super::tokenizer::ClipTokenizer;
 use super::unet::UnetConfig;
 use super::vae::VaeConfig;
 use crate::error::{Error, Result};
-use crate::knobs::Component;
+use crate::formats::human_bytes;
+use crate::knobs::{Component, Precision};
+use crate::nn::{Ledger, StoredSource};
 
 /// A model's source of configs and weights.
 pub enum Checkpoint {
@@ -165,6 +169,51 @@ impl Checkpoint {
         c.prediction().map_err(|e| Error::file(&file, e))?;
         c.alphas_cumprod().map_err(|e| Error::file(&file, e))?;
         Ok(config)
+    }
+
+    /// Whether the model is a GGUF (whose types the file chose: precision `auto` keeps them).
+    pub fn is_gguf(&self) -> bool {
+        matches!(self, Checkpoint::Single(s) if s.is_gguf())
+    }
+
+    /// `component`'s tensors as its file stores them, when precision `knob` keeps them so: `auto`
+    /// on a GGUF. `None` otherwise (the weights are converted to the knob's precision).
+    pub fn stored_source(&self, component: Component, knob: Precision) -> Option<Arc<dyn StoredSource>> {
+        match self {
+            Checkpoint::Single(s) if knob == Precision::Auto => s.stored_source(component),
+            _ => None,
+        }
+    }
+
+    /// What a GGUF's load of `component` at precision `knob` says in the run's notes: the types
+    /// kept as stored and their resident bytes, what a layer had to widen, and how the CPU
+    /// computes; or that an explicit precision converted the stored tensors. Nothing for other
+    /// formats.
+    pub fn stored_notes(&self, c: Component, knob: Precision, ledger: &Ledger, on_cpu: bool) -> Vec<String> {
+        if !self.is_gguf() {
+            return Vec::new();
+        }
+        if knob != Precision::Auto {
+            return vec![format!(
+                "{c}: precision {knob} set: the GGUF's tensors were dequantized once at load and stored again as {knob} \
+                 (precision auto keeps them as the file stores them)"
+            )];
+        }
+        let mut notes = vec![format!(
+            "{c}: kept as the GGUF stores it (precision auto): {}; {} resident",
+            ledger.summary(),
+            human_bytes(ledger.bytes)
+        )];
+        if on_cpu && ledger.tensors.keys().any(|k| *k != "f32") {
+            notes.push(format!(
+                "{c}: quantized, f16 and bf16 weights stay so in memory and are expanded to f32 one layer at a time \
+                 to multiply in f32 on the CPU"
+            ));
+        }
+        if let Some(w) = ledger.widened_summary() {
+            notes.push(format!("{c}: {w}"));
+        }
+        notes
     }
 
     /// A memory-mapped weight builder for `component` in `dtype` on `device`, and its number of

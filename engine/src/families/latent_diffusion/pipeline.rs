@@ -174,8 +174,14 @@ impl LatentDiffusion {
             Precision::Bf16 => DType::BF16,
             _ => DType::F32,
         };
+        // a GGUF under precision auto: every tensor as the file stores it
+        let stored = source.stored_source(c, knobs.precision.get(c));
         let weights = |vb| {
-            let w = if storage == Precision::F32 { Weights::new(vb) } else { Weights::with_precision(vb, storage) };
+            let w = match &stored {
+                Some(src) => Weights::as_stored(vb, src.clone()),
+                None if storage == Precision::F32 => Weights::new(vb),
+                None => Weights::with_precision(vb, storage),
+            };
             w.with_cancel(cancel.clone())
         };
         let slice = knobs.slicing.attention_slice as usize;
@@ -234,6 +240,7 @@ impl LatentDiffusion {
         if storage.is_quantized() {
             notes.push(format!("{c}: precision {storage}: {}; {} resident", ledger.summary(), human_bytes(ledger.bytes)));
         }
+        notes.extend(source.stored_notes(c, knobs.precision.get(c), &ledger, device.is_cpu()));
         self.held[i] = Held { device, dtype, bytes: ledger.bytes, cpu_bytes, notes };
         Ok(())
     }

@@ -1,7 +1,9 @@
-//! Single-file checkpoints (`.safetensors`, or `.ckpt` torch zips read by our own pickle reader)
-//! in the original LDM layout, served to the modules under diffusers names: a candle
-//! `SimpleBackend` per component that finds each tensor through [`super::ldm_keys`], reads it from
-//! the memory map (or the zip entry) only when a module asks for it, and reshapes or splits it.
+//! Single-file checkpoints (`.safetensors`, `.ckpt` torch zips read by our own pickle reader, or
+//! stable-diffusion.cpp's `.gguf`) in the original LDM layout, served to the modules under
+//! diffusers names: a candle `SimpleBackend` per component that finds each tensor through
+//! [`super::ldm_keys`], reads it from the memory map (or the zip entry) only when a module asks
+//! for it, and reshapes or splits it. A GGUF's tensors can also be handed over as stored
+//! ([`SingleFile::stored_source`]: GGML blocks and f16 kept as they are).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -17,10 +19,13 @@ use crate::error::{Error, Result};
 use crate::formats::ckpt::{self, CkptTensor};
 use crate::knobs::Component;
 use crate::nn::mapped::MappedSafetensors;
+use crate::nn::mapped_gguf::MappedGguf;
+use crate::nn::{StoredSource, StoredWeight};
 
 /// Where the tensors' bytes are.
 enum Storage {
     Safetensors(MappedSafetensors),
+    Gguf(MappedGguf),
     Ckpt { tensors: HashMap<String, CkptTensor>, zip: Mutex<zip::ZipArchive<File>> },
 }
 
@@ -53,12 +58,17 @@ impl SingleFile {
     /// An unreadable file, a format other than safetensors or a torch zip, or a key layout that
     /// is not SD 1.x/2.x LDM (the message names a few keys).
     pub fn open(path: &Path) -> Result<Self> {
-        let is_zip = {
+        let magic = {
             let mut magic = [0u8; 4];
             let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
-            std::io::Read::read(&mut f, &mut magic).map_err(|e| Error::io(path, e))? == 4 && &magic == b"PK\x03\x04"
+            let n = std::io::Read::read(&mut f, &mut magic).map_err(|e| Error::io(path, e))?;
+            magic[..n].to_vec()
         };
-        let (storage, shapes, metadata) = if is_zip {
+        let (storage, shapes, metadata) = if magic == b"GGUF" || magic == b"FUGG" {
+            let g = MappedGguf::open(path)?;
+            let shapes: Shapes = g.entries().map(|(n, e)| (n.to_string(), e.shape.iter().map(|&d| d as u64).collect())).collect();
+            (Storage::Gguf(g), shapes, BTreeMap::new())
+        } else if magic == b"PK\x03\x04" {
             let (located, metadata, _) = ckpt::locate(path)?;
             let shapes: Shapes = located.iter().map(|t| (t.name.clone(), t.shape.clone())).collect();
             let tensors = located.into_iter().map(|t| (t.name.clone(), t)).collect();
@@ -76,7 +86,28 @@ impl SingleFile {
             Err(_) => LdmHints::default(),
         };
         let layout = ldm_keys::layout(&shapes, &hints, &metadata).map_err(|e| Error::file(path, e))?;
+        if let Storage::Gguf(g) = &storage {
+            let used = layout.names.iter().flat_map(|m| m.values()).map(|s| s.key.as_str());
+            if let Some(message) = g.unrunnable(used) {
+                return Err(Error::file(path, message));
+            }
+        }
         Ok(Self { path: path.to_path_buf(), storage: Arc::new(storage), layout })
+    }
+
+    /// Whether the file is a GGUF, whose tensors [`SingleFile::stored_source`] hands over as stored.
+    pub fn is_gguf(&self) -> bool {
+        matches!(*self.storage, Storage::Gguf(_))
+    }
+
+    /// For a GGUF, one component's tensors under their diffusers names as the file stores them
+    /// (blocks, f16, f32), for [`crate::nn::Weights::as_stored`]; `None` for other formats.
+    pub fn stored_source(&self, component: Component) -> Option<Arc<dyn StoredSource>> {
+        if !self.is_gguf() {
+            return None;
+        }
+        let names = self.layout.names[component_index(component)].clone();
+        Some(Arc::new(ComponentBackend { path: self.path.clone(), storage: Arc::clone(&self.storage), names }))
     }
 
     /// The checkpoint file.
@@ -96,6 +127,7 @@ impl SingleFile {
     fn elements(&self, s: &Source) -> u64 {
         let n = match &*self.storage {
             Storage::Safetensors(st) => st.elements(&s.key).unwrap_or(0) as u64,
+            Storage::Gguf(g) => g.entry(&s.key).map_or(0, |e| e.elements() as u64),
             Storage::Ckpt { tensors, .. } => tensors.get(&s.key).map(CkptTensor::elements).unwrap_or(0),
         };
         if matches!(s.take, Take::Third(_)) { n / 3 } else { n }
@@ -138,6 +170,8 @@ impl ComponentBackend {
     fn raw(&self, key: &str) -> candle_core::Result<Tensor> {
         match &*self.storage {
             Storage::Safetensors(st) => st.load(key),
+            // blocks expanded to f32 once: a precision knob then stores the tensor its own way
+            Storage::Gguf(g) => g.dense(key, None),
             Storage::Ckpt { tensors, zip } => {
                 let t = tensors.get(key).ok_or_else(|| candle_core::Error::Msg(format!("'{key}' is not in the file")))?;
                 let dtype = dtype_of(t.dtype)
@@ -170,6 +204,28 @@ impl ComponentBackend {
             }
         };
         t.to_dtype(dtype)?.to_device(dev)
+    }
+}
+
+impl StoredSource for ComponentBackend {
+    fn stored(&self, name: &str, device: &Device) -> candle_core::Result<StoredWeight> {
+        let src = self
+            .names
+            .get(name)
+            .ok_or_else(|| candle_core::Error::Msg(format!("no tensor maps to '{name}' in the LDM checkpoint")))?;
+        let Storage::Gguf(g) = &*self.storage else {
+            candle_core::bail!("{}: only a GGUF's tensors are read as stored", self.path.display());
+        };
+        let rows = match src.take {
+            Take::Third(k) => {
+                let first = g.entry(&src.key).and_then(|e| e.shape.first().copied()).unwrap_or(0);
+                Some((k * (first / 3), first / 3))
+            }
+            // a 1×1 kernel's rows are its input channels whatever its shape says; the weight
+            // reader takes dense tensors to the shape it expects, and blocks are already rows
+            Take::Whole | Take::Squeeze1x1 => None,
+        };
+        g.stored(&src.key, rows, device)
     }
 }
 
