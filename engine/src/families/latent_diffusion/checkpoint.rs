@@ -228,3 +228,28 @@ impl Checkpoint {
         }
     }
 }
+
+/// The components of the model at `path` that a change from `was` to `now` must read again
+/// beyond `already`: on a GGUF, those whose precision changed to or from `auto` (kept as stored),
+/// which [`crate::knobs::Knobs::components_to_reread`] may take for the same precision (auto
+/// is f32 on the CPU).
+pub fn as_stored_changes(path: &Path, was: &crate::knobs::Knobs, now: &crate::knobs::Knobs, already: &[Component]) -> Vec<Component> {
+    let gguf = path.is_file()
+        && std::fs::File::open(path)
+            .and_then(|mut f| {
+                let mut magic = [0u8; 4];
+                std::io::Read::read_exact(&mut f, &mut magic).map(|()| magic)
+            })
+            .is_ok_and(|m| &m == b"GGUF" || &m == b"FUGG");
+    if !gguf {
+        return Vec::new();
+    }
+    Component::ALL
+        .into_iter()
+        .filter(|c| !already.contains(c))
+        .filter(|&c| {
+            let (a, b) = (was.precision.get(c), now.precision.get(c));
+            a != b && (a == Precision::Auto || b == Precision::Auto)
+        })
+        .collect()
+}

@@ -238,3 +238,23 @@ fn unrunnable_type_is_one_line() {
         assert_eq!(e.lines().count(), 1, "{e}");
     }
 }
+
+/// Changing a loaded GGUF's precision between auto (as stored) and f32 reads the component
+/// again, though auto is f32 on the CPU for other files: its bytes follow.
+#[test]
+fn retune_between_auto_and_f32_rereads() {
+    use crate::families::{Family, Retuned};
+    let path = gguf("tiny-sd1-q8_0.gguf");
+    let auto = Knobs::default();
+    let mut f32 = Knobs::default();
+    f32.precision.unet = Precision::F32;
+    let mut model = load(&path, &auto).unwrap();
+    let stored = model.component_weight_bytes()[1];
+    let r = model.retune(&auto, &f32, &crate::CancelCheck::never()).unwrap();
+    assert_eq!(r, Retuned::Read(vec!["unet".to_string()]));
+    let widened = model.component_weight_bytes()[1];
+    assert_eq!(widened, inspect(&path).unwrap().component_bytes(Component::Unet, Precision::F32));
+    model.retune(&f32, &auto, &crate::CancelCheck::never()).unwrap();
+    assert_eq!(model.component_weight_bytes()[1], stored);
+    assert!(stored < widened);
+}

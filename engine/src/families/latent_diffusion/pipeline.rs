@@ -575,9 +575,11 @@ impl Family for LatentDiffusion {
     }
 
     fn retune(&mut self, loaded_with: &Knobs, knobs: &Knobs, cancel: &CancelCheck) -> Result<Retuned> {
-        let Some(changed) = loaded_with.components_to_reread(knobs) else {
+        let Some(mut changed) = loaded_with.components_to_reread(knobs) else {
             return Ok(Retuned::No);
         };
+        // a GGUF under auto holds its tensors as stored, which no explicit precision does
+        changed.extend(super::checkpoint::as_stored_changes(&self.path, loaded_with, knobs, &changed));
         if !changed.is_empty() {
             let source = Checkpoint::open(&self.path)?;
             for &c in &changed {
