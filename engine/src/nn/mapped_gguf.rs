@@ -50,22 +50,22 @@ impl GgufEntry {
 /// candle's type for GGUF type id `id`, when this engine runs it as a weight (see
 /// [`GgufEntry::runnable`]).
 pub fn runnable_type(id: u32) -> Option<GgmlDType> {
-        Some(match id {
-            0 => GgmlDType::F32,
-            1 => GgmlDType::F16,
-            30 => GgmlDType::BF16,
-            2 => GgmlDType::Q4_0,
-            3 => GgmlDType::Q4_1,
-            6 => GgmlDType::Q5_0,
-            7 => GgmlDType::Q5_1,
-            8 => GgmlDType::Q8_0,
-            10 => GgmlDType::Q2K,
-            11 => GgmlDType::Q3K,
-            12 => GgmlDType::Q4K,
-            13 => GgmlDType::Q5K,
-            14 => GgmlDType::Q6K,
-            _ => return None,
-        })
+    Some(match id {
+        0 => GgmlDType::F32,
+        1 => GgmlDType::F16,
+        30 => GgmlDType::BF16,
+        2 => GgmlDType::Q4_0,
+        3 => GgmlDType::Q4_1,
+        6 => GgmlDType::Q5_0,
+        7 => GgmlDType::Q5_1,
+        8 => GgmlDType::Q8_0,
+        10 => GgmlDType::Q2K,
+        11 => GgmlDType::Q3K,
+        12 => GgmlDType::Q4K,
+        13 => GgmlDType::Q5K,
+        14 => GgmlDType::Q6K,
+        _ => return None,
+    })
 }
 
 /// Whether a tensor of this stored type name (`Q4_K`, `IQ2_XXS`, `I32` …, as inspect names
