@@ -12,6 +12,12 @@ Writes tests/fixtures/gguf/:
       3×3 convolutions f16, and q4_k holds no Q4_K tensor at all: this model's rows are at most
       128 long, shorter than one 256-element K block (q5_k and q6_k are the same bytes, so they
       are not kept). sd.cpp writes no metadata: the tensor names are the only evidence.
+  tiny-sd1-unet-q8_0.gguf
+      a denoiser-only GGUF as ComfyUI-GGUF users have them: the q8_0 file's
+      `model.diffusion_model.*` tensors, their blocks copied byte for byte, under the names with
+      that prefix stripped and `general.architecture = sd1`, as ComfyUI-GGUF's convert.py names
+      them (written with the `gguf` package; its own converter quantizes through a patched
+      llama.cpp and reshapes rows that are not multiples of 256, which this file does not).
   unknown-names.gguf
       two small f32 tensors under names no layout uses (written with the `gguf` package).
   SOURCE.txt
@@ -68,6 +74,22 @@ def unknown_names(out):
     w.close()
 
 
+def denoiser_only(src, out):
+    """The denoiser's tensors of sd.cpp's file `src`, as stored, prefix stripped, arch sd1."""
+    import gguf
+
+    prefix = "model.diffusion_model."
+    r = gguf.GGUFReader(str(src))
+    w = gguf.GGUFWriter(str(out), arch="sd1")
+    for t in r.tensors:
+        if t.name.startswith(prefix):
+            w.add_tensor(t.name[len(prefix):], t.data, raw_dtype=t.tensor_type)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
     lines = [
@@ -82,6 +104,10 @@ def main():
         counts, kv = types_of(out)
         lines.append(f"{out.name}: {out.stat().st_size} bytes, {kv} metadata keys, tensors "
                      + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    denoiser_only(OUT / "tiny-sd1-q8_0.gguf", OUT / "tiny-sd1-unet-q8_0.gguf")
+    counts, kv = types_of(OUT / "tiny-sd1-unet-q8_0.gguf")
+    lines.append(f"tiny-sd1-unet-q8_0.gguf: {(OUT / 'tiny-sd1-unet-q8_0.gguf').stat().st_size} bytes, {kv} metadata keys, "
+                 "tensors " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     unknown_names(OUT / "unknown-names.gguf")
     (OUT / "SOURCE.txt").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -116,7 +116,11 @@ pub fn not_supported(insp: &Inspection) -> String {
         && !insp.family.label.starts_with("Diffusion model")
         && let Some(problem) = latent_diffusion::gguf_problem(insp)
     {
-        return format!("a GGUF Headroom cannot run: {problem}");
+        return if problem.starts_with("holds only a denoiser") {
+            format!("a GGUF that {problem}")
+        } else {
+            format!("a GGUF Headroom cannot run: {problem}")
+        };
     }
     let what = match (id, insp.family.label.as_str()) {
         (_, "Unknown") => "this model".to_string(),

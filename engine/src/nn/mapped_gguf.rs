@@ -87,6 +87,9 @@ pub struct MappedGguf {
     path: PathBuf,
     map: Mmap,
     entries: HashMap<String, GgufEntry>,
+    /// Tensors ComfyUI-GGUF's converter stored reshaped to rows of 256 (their shape before is in
+    /// `comfy.gguf.orig_shape.NAME`).
+    reshaped: std::collections::BTreeSet<String>,
 }
 
 impl MappedGguf {
@@ -98,13 +101,15 @@ impl MappedGguf {
         let map = crate::formats::bin::map(path)?;
         let (loaded, data) = crate::formats::gguf::parse_with_data(&map, path)?;
         let mut entries = HashMap::new();
-        for (t, d) in loaded.tensors.into_iter().zip(data) {
+        for (t, d) in loaded.tensors.iter().cloned().zip(data) {
             let start = d.start as usize;
             let end = start + d.bytes.unwrap_or(0) as usize;
             let shape = t.shape.iter().map(|&s| s as usize).collect();
             entries.insert(t.name, GgufEntry { ggml: GgmlType::from_id(d.type_id), type_id: d.type_id, shape, start, end });
         }
-        Ok(Self { path: path.to_path_buf(), map, entries })
+        let reshaped =
+            loaded.metadata.keys().filter_map(|k| k.strip_prefix("comfy.gguf.orig_shape.")).map(String::from).collect();
+        Ok(Self { path: path.to_path_buf(), map, entries, reshaped })
     }
 
     /// The file.
@@ -138,6 +143,19 @@ impl MappedGguf {
         Some(format!(
             "tensor '{name}' is stored as {}, a GGML type this build cannot run{more}; it runs {RUNNABLE_TYPES}",
             e.type_name()
+        ))
+    }
+
+    /// The first of `names` (sorted) that ComfyUI-GGUF's converter stored reshaped, as a one-line
+    /// message: such a tensor's rows are not the layer's rows, which quantized layers need.
+    pub fn reshaped<'a>(&self, names: impl Iterator<Item = &'a str>) -> Option<String> {
+        let mut bad: Vec<&str> = names.filter(|n| self.reshaped.contains(*n)).collect();
+        bad.sort_unstable();
+        let first = bad.first()?;
+        Some(format!(
+            "tensor '{first}' is stored reshaped to rows of 256 (comfy.gguf.orig_shape, ComfyUI-GGUF's converter; {} tensors), \
+             which this build does not run yet",
+            bad.len()
         ))
     }
 

@@ -27,8 +27,32 @@ use crate::nn::{Ledger, StoredSource};
 pub enum Checkpoint {
     /// A diffusers folder (`model_index.json`).
     Folder(PathBuf),
-    /// A single `.safetensors` / `.ckpt` file in the original LDM layout.
+    /// A single `.safetensors` / `.ckpt` / `.gguf` file in the original LDM layout.
     Single(Box<SingleFile>),
+    /// A file that holds only the denoiser, and the model its other components come from.
+    Denoiser { unet: Box<SingleFile>, base: Box<Checkpoint> },
+    /// A diffusers `vae/` and `text_encoder/` folder given apart (a denoiser's companions).
+    Parts { vae: PathBuf, text: PathBuf },
+}
+
+/// Where a denoiser-only model's other components (text encoder, VAE, tokenizer, scheduler)
+/// come from; what the CLI's `--base`, `--vae` and `--text-encoder` name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Companions {
+    /// A whole Stable Diffusion 1.x/2.x model (diffusers folder or single file).
+    pub base: Option<PathBuf>,
+    /// A diffusers `vae/` folder (`config.json` and weights).
+    pub vae: Option<PathBuf>,
+    /// A diffusers `text_encoder/` folder; the tokenizer is its sibling `tokenizer/` when there is
+    /// one, else the standard CLIP vocabulary.
+    pub text_encoder: Option<PathBuf>,
+}
+
+impl Companions {
+    /// True when none is given.
+    pub fn is_empty(&self) -> bool {
+        self.base.is_none() && self.vae.is_none() && self.text_encoder.is_none()
+    }
 }
 
 impl Checkpoint {
@@ -37,6 +61,61 @@ impl Checkpoint {
     /// # Errors
     /// A folder without `model_index.json`, or a file that is not an SD 1.x/2.x LDM checkpoint.
     pub fn open(path: &Path) -> Result<Self> {
+        Self::open_with(path, &Companions::default())
+    }
+
+    /// Opens a model as [`Checkpoint::open`] does, or, with companions, a denoiser-only file
+    /// (stable-diffusion.cpp's or ComfyUI-GGUF's) whose text encoder, VAE, tokenizer and scheduler
+    /// come from them.
+    ///
+    /// # Errors
+    /// As [`Checkpoint::open`]; companions for a whole model, a base that is itself only a
+    /// denoiser, `--vae` without `--text-encoder` (or the other way), or a denoiser whose
+    /// cross-attention width is not the companion text encoder's; each one line naming the file.
+    pub fn open_with(path: &Path, companions: &Companions) -> Result<Self> {
+        if companions.is_empty() {
+            return Self::open_whole(path);
+        }
+        if path.is_dir() {
+            return Err(Error::file(path, "a diffusers folder is a whole model: it takes no --base, --vae or --text-encoder"));
+        }
+        let unet = SingleFile::open_denoiser(path).map_err(|e| {
+            if SingleFile::open(path).is_ok() {
+                Error::file(path, "is a whole model: it takes no --base, --vae or --text-encoder")
+            } else {
+                e
+            }
+        })?;
+        let base = match (&companions.base, &companions.vae, &companions.text_encoder) {
+            (Some(b), None, None) => Self::open_whole(b)?,
+            (None, Some(v), Some(t)) => Self::parts(v, t)?,
+            (Some(_), _, _) => {
+                return Err(Error::file(path, "give --base PATH, or --vae PATH with --text-encoder PATH, not both"));
+            }
+            _ => return Err(Error::file(path, "--vae PATH and --text-encoder PATH go together (or give --base PATH)")),
+        };
+        let context = unet.layout.unet.cross_attention_dim;
+        let hidden = base.text_config()?.hidden_size;
+        if context != hidden {
+            return Err(Error::file(
+                path,
+                format!("the denoiser's cross-attention takes text {context} wide, but the companion text encoder gives {hidden}"),
+            ));
+        }
+        Ok(Checkpoint::Denoiser { unet: Box::new(unet), base: Box::new(base) })
+    }
+
+    /// A `vae/` and a `text_encoder/` folder (each with its `config.json` and weights), checked.
+    fn parts(vae: &Path, text: &Path) -> Result<Self> {
+        for (dir, what) in [(vae, "--vae"), (text, "--text-encoder")] {
+            if !dir.join("config.json").is_file() {
+                return Err(Error::file(dir, format!("{what} needs a diffusers component folder (config.json and its weights)")));
+            }
+        }
+        Ok(Checkpoint::Parts { vae: vae.to_path_buf(), text: text.to_path_buf() })
+    }
+
+    fn open_whole(path: &Path) -> Result<Self> {
         if path.is_dir() {
             if !path.join("model_index.json").is_file() {
                 return Err(Error::file(path, "not a diffusers folder (no model_index.json)"));
@@ -52,6 +131,26 @@ impl Checkpoint {
         match self {
             Checkpoint::Folder(_) => Vec::new(),
             Checkpoint::Single(s) => s.layout.notes.clone(),
+            Checkpoint::Denoiser { unet, base } => {
+                let mut notes = unet.layout.notes.clone();
+                notes.push(format!(
+                    "unet from {}; text encoder, VAE, tokenizer and scheduler from {}",
+                    unet.path().display(),
+                    base.path().display()
+                ));
+                notes.extend(base.notes());
+                notes
+            }
+            Checkpoint::Parts { text, .. } => {
+                let mut notes = Vec::new();
+                if !text.with_file_name("tokenizer").is_dir() {
+                    notes.push("tokenizer: none beside the text encoder; the standard CLIP vocabulary".into());
+                }
+                if !text.with_file_name("scheduler").join("scheduler_config.json").is_file() {
+                    notes.push("scheduler: none beside the text encoder; Stable Diffusion's (epsilon prediction)".into());
+                }
+                notes
+            }
         }
     }
 
@@ -64,6 +163,10 @@ impl Checkpoint {
                 Component::Vae => "vae",
             }),
             Checkpoint::Single(_) => self.path(),
+            Checkpoint::Denoiser { unet, .. } if component == Component::Unet => unet.path().to_path_buf(),
+            Checkpoint::Denoiser { base, .. } => base.label(component),
+            Checkpoint::Parts { vae, .. } if component == Component::Vae => vae.clone(),
+            Checkpoint::Parts { text, .. } => text.clone(),
         }
     }
 
@@ -71,6 +174,8 @@ impl Checkpoint {
         match self {
             Checkpoint::Folder(p) => p.clone(),
             Checkpoint::Single(s) => s.path().to_path_buf(),
+            Checkpoint::Denoiser { unet, .. } => unet.path().to_path_buf(),
+            Checkpoint::Parts { text, .. } => text.clone(),
         }
     }
 
@@ -86,6 +191,20 @@ impl Checkpoint {
                 let dir = crate::paths::clip_vocabulary_dir()?;
                 let mut t = ClipTokenizer::from_dir(&dir)?;
                 if s.layout.tower == TextTower::OpenClip {
+                    t.set_pad_token("!").map_err(|e| Error::file(&dir, e))?;
+                }
+                Ok(t)
+            }
+            Checkpoint::Denoiser { base, .. } => base.tokenizer(),
+            Checkpoint::Parts { text, .. } => {
+                let beside = text.with_file_name("tokenizer");
+                if beside.is_dir() {
+                    return ClipTokenizer::from_dir(&beside);
+                }
+                let dir = crate::paths::clip_vocabulary_dir()?;
+                let mut t = ClipTokenizer::from_dir(&dir)?;
+                // OpenCLIP (SD 2.x, gelu) pads with `!`, as its tokenizer does
+                if self.text_config()?.hidden_act == "gelu" {
                     t.set_pad_token("!").map_err(|e| Error::file(&dir, e))?;
                 }
                 Ok(t)
@@ -110,6 +229,12 @@ impl Checkpoint {
                 cfg.validate().map_err(|m| Error::file(s.path(), format!("text config: {m}")))?;
                 Ok(cfg)
             }
+            Checkpoint::Denoiser { base, .. } => base.text_config(),
+            Checkpoint::Parts { text, .. } => {
+                let cfg: ClipConfig = read_config(text)?;
+                cfg.validate().map_err(|m| Error::file(text.join("config.json"), m))?;
+                Ok(cfg)
+            }
         }
     }
 
@@ -125,11 +250,12 @@ impl Checkpoint {
                 cfg.validate().map_err(|m| Error::file(p.join("unet").join("config.json"), m))?;
                 Ok(cfg)
             }
-            Checkpoint::Single(s) => {
+            Checkpoint::Single(s) | Checkpoint::Denoiser { unet: s, .. } => {
                 let cfg = s.layout.unet.clone();
                 cfg.validate().map_err(|m| Error::file(s.path(), format!("unet config: {m}")))?;
                 Ok(cfg)
             }
+            Checkpoint::Parts { .. } => Err(Error::file(self.path(), "companion folders hold no denoiser")),
         }
     }
 
@@ -150,6 +276,12 @@ impl Checkpoint {
                 cfg.validate().map_err(|m| Error::file(s.path(), format!("vae config: {m}")))?;
                 Ok(cfg)
             }
+            Checkpoint::Denoiser { base, .. } => base.vae_config(),
+            Checkpoint::Parts { vae, .. } => {
+                let cfg: VaeConfig = read_config(vae)?;
+                cfg.validate().map_err(|m| Error::file(vae.join("config.json"), m))?;
+                Ok(cfg)
+            }
         }
     }
 
@@ -164,6 +296,11 @@ impl Checkpoint {
                 (read_json(&f)?, f)
             }
             Checkpoint::Single(s) => (s.layout.scheduler.clone(), self.path()),
+            Checkpoint::Denoiser { base, .. } => return base.scheduler_config(),
+            Checkpoint::Parts { text, .. } => {
+                let f = text.with_file_name("scheduler").join("scheduler_config.json");
+                if f.is_file() { (read_json(&f)?, f) } else { (super::ldm_keys::sd_scheduler(false), text.clone()) }
+            }
         };
         let c: &SchedulerConfig = &config;
         c.prediction().map_err(|e| Error::file(&file, e))?;
@@ -171,18 +308,26 @@ impl Checkpoint {
         Ok(config)
     }
 
-    /// Whether the model is a GGUF (whose types the file chose: precision `auto` keeps them).
-    pub fn is_gguf(&self) -> bool {
-        matches!(self, Checkpoint::Single(s) if s.is_gguf())
+    /// The single file `component` is read from, if it is one.
+    fn single_for(&self, component: Component) -> Option<&SingleFile> {
+        match self {
+            Checkpoint::Folder(_) | Checkpoint::Parts { .. } => None,
+            Checkpoint::Single(s) => Some(s),
+            Checkpoint::Denoiser { unet, .. } if component == Component::Unet => Some(unet),
+            Checkpoint::Denoiser { base, .. } => base.single_for(component),
+        }
+    }
+
+    /// Whether `component` is read from a GGUF (whose types the file chose: precision `auto`
+    /// keeps them).
+    pub fn is_gguf(&self, component: Component) -> bool {
+        self.single_for(component).is_some_and(SingleFile::is_gguf)
     }
 
     /// `component`'s tensors as its file stores them, when precision `knob` keeps them so: `auto`
     /// on a GGUF. `None` otherwise (the weights are converted to the knob's precision).
     pub fn stored_source(&self, component: Component, knob: Precision) -> Option<Arc<dyn StoredSource>> {
-        match self {
-            Checkpoint::Single(s) if knob == Precision::Auto => s.stored_source(component),
-            _ => None,
-        }
+        self.single_for(component).filter(|_| knob == Precision::Auto).and_then(|s| s.stored_source(component))
     }
 
     /// What a GGUF's load of `component` at precision `knob` says in the run's notes: the types
@@ -190,7 +335,7 @@ impl Checkpoint {
     /// computes; or that an explicit precision converted the stored tensors. Nothing for other
     /// formats.
     pub fn stored_notes(&self, c: Component, knob: Precision, ledger: &Ledger, on_cpu: bool) -> Vec<String> {
-        if !self.is_gguf() {
+        if !self.is_gguf(c) {
             return Vec::new();
         }
         if knob != Precision::Auto {
@@ -225,6 +370,12 @@ impl Checkpoint {
         match self {
             Checkpoint::Folder(_) => var_builder(&self.label(component), dtype, device),
             Checkpoint::Single(s) => Ok(s.weights(component, dtype, device)),
+            Checkpoint::Denoiser { unet, .. } if component == Component::Unet => Ok(unet.weights(component, dtype, device)),
+            Checkpoint::Denoiser { base, .. } => base.weights(component, dtype, device),
+            Checkpoint::Parts { .. } if component == Component::Unet => {
+                Err(Error::file(self.path(), "companion folders hold no denoiser"))
+            }
+            Checkpoint::Parts { .. } => var_builder(&self.label(component), dtype, device),
         }
     }
 }

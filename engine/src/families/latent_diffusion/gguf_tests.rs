@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 
+use super::checkpoint::Companions;
 use super::parity_tests::max_diff;
 use super::pipeline::{LatentDiffusion, load, to_images};
 use crate::compare::psnr_db;
@@ -257,4 +258,164 @@ fn retune_between_auto_and_f32_rereads() {
     model.retune(&f32, &auto, &crate::CancelCheck::never()).unwrap();
     assert_eq!(model.component_weight_bytes()[1], stored);
     assert!(stored < widened);
+}
+
+/// A denoiser-only GGUF (ComfyUI-GGUF's names) is not run alone: inspect's verdict, the planner
+/// and a load each say in one line what to add.
+#[test]
+fn denoiser_only_asks_for_a_companion() {
+    let path = gguf("tiny-sd1-unet-q8_0.gguf");
+    let insp = inspect(&path).unwrap();
+    assert!(crate::families::recognise(&insp).is_none());
+    let why = crate::families::not_supported(&insp);
+    assert!(why.contains("only a denoiser") && why.contains("--base PATH") && why.contains("--vae PATH --text-encoder PATH"), "{why}");
+    let e = crate::plan::ModelShape::runnable(&insp).unwrap_err().to_string();
+    assert!(e.contains("tiny-sd1-unet-q8_0.gguf") && e.contains("--base PATH"), "{e}");
+    for e in [
+        crate::families::load(&crate::model::ModelRef::Path(path.clone()), &Knobs::default(), &mut Notes::default())
+            .err()
+            .unwrap()
+            .to_string(),
+        load(&path, &Knobs::default()).err().unwrap().to_string(),
+    ] {
+        assert!(e.contains("tiny-sd1-unet-q8_0.gguf") && e.contains("--base PATH"), "{e}");
+        assert_eq!(e.lines().count(), 1, "{e}");
+    }
+}
+
+fn with_companions(path: &Path, companions: &Companions) -> crate::Result<LatentDiffusion> {
+    super::pipeline::load_with_companions(path, companions, &Knobs::default(), &crate::CancelCheck::never())
+}
+
+/// The denoiser-only GGUF with the whole q8_0 GGUF as its base is that model: the same image
+/// bit for bit, its UNet as stored from the denoiser file (the same bytes), the notes say where
+/// each part came from. Retuning reads the denoiser again from its own file.
+#[test]
+fn denoiser_with_base_is_the_whole_model() {
+    let whole = gguf("tiny-sd1-q8_0.gguf");
+    let mut reference = load(&whole, &Knobs::default()).unwrap();
+    let (want, _) = run(&mut reference);
+    let companions = Companions { base: Some(whole.clone()), ..Companions::default() };
+    let mut model = with_companions(&gguf("tiny-sd1-unet-q8_0.gguf"), &companions).unwrap();
+    assert_eq!(model.component_weight_bytes(), reference.component_weight_bytes());
+    let (img, notes) = run(&mut model);
+    assert_eq!(max_diff(&img, &want), 0.0);
+    assert!(notes.iter().any(|n| n.starts_with("unet from ") && n.contains("tiny-sd1-unet-q8_0.gguf")), "{notes:?}");
+    assert!(notes.iter().any(|n| n.starts_with("unet: kept as the GGUF stores it") && n.contains("q8_0 on 40")), "{notes:?}");
+    use crate::families::Family;
+    let f32 = knobs_at(Precision::F32);
+    model.retune(&Knobs::default(), &f32, &crate::CancelCheck::never()).unwrap();
+    assert_eq!(model.component_weight_bytes()[1], inspect(&whole).unwrap().component_bytes(Component::Unet, Precision::F32));
+}
+
+/// Writes `component` of the LDM single file `ldm` as a diffusers folder `dir` (its weights in
+/// f32 under diffusers names, `config.json` from the inferred config).
+fn diffusers_component(ldm: &Path, component: Component, dir: &Path) {
+    use super::single_file::SingleFile;
+    let file = SingleFile::open(ldm).unwrap();
+    let (vb, _) = file.weights(component, candle_core::DType::F32, &Device::Cpu);
+    let i = match component {
+        Component::Text => 0,
+        Component::Unet => 1,
+        Component::Vae => 2,
+    };
+    let tensors: std::collections::HashMap<String, Tensor> =
+        file.layout.names[i].keys().map(|n| (n.clone(), vb.get_unchecked(n).unwrap())).collect();
+    std::fs::create_dir_all(dir).unwrap();
+    let (weights, config) = match component {
+        Component::Text => {
+            let c = &file.layout.text;
+            let config = serde_json::json!({
+                "vocab_size": c.vocab_size, "hidden_size": c.hidden_size, "intermediate_size": c.intermediate_size,
+                "num_hidden_layers": c.num_hidden_layers, "num_attention_heads": c.num_attention_heads,
+                "max_position_embeddings": c.max_position_embeddings, "hidden_act": c.hidden_act,
+                "layer_norm_eps": c.layer_norm_eps,
+            });
+            ("model.safetensors", config)
+        }
+        _ => {
+            let c = &file.layout.vae;
+            let config = serde_json::json!({
+                "in_channels": c.in_channels, "out_channels": c.out_channels, "down_block_types": c.down_block_types,
+                "up_block_types": c.up_block_types, "block_out_channels": c.block_out_channels,
+                "layers_per_block": c.layers_per_block, "latent_channels": c.latent_channels,
+                "norm_num_groups": c.norm_num_groups, "scaling_factor": c.scaling_factor,
+            });
+            ("diffusion_pytorch_model.safetensors", config)
+        }
+    };
+    candle_core::safetensors::save(&tensors, dir.join(weights)).unwrap();
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+}
+
+/// `--vae` and `--text-encoder` folders holding the LDM file's autoencoder and text encoder give
+/// the image of the denoiser with that file as its base, bit for bit; a text encoder of another
+/// width, a whole model with companions, and a lone `--vae` are one-line errors.
+#[test]
+fn denoiser_with_component_folders() {
+    let dir = tempfile::tempdir().unwrap();
+    let ldm1 = ldm("tiny-ldm1.safetensors");
+    diffusers_component(&ldm1, Component::Text, &dir.path().join("text_encoder"));
+    diffusers_component(&ldm1, Component::Vae, &dir.path().join("vae"));
+    let unet = gguf("tiny-sd1-unet-q8_0.gguf");
+    let base = Companions { base: Some(ldm1.clone()), ..Companions::default() };
+    let (want, _) = run(&mut with_companions(&unet, &base).unwrap());
+    let parts = Companions {
+        vae: Some(dir.path().join("vae")),
+        text_encoder: Some(dir.path().join("text_encoder")),
+        ..Companions::default()
+    };
+    let (img, notes) = run(&mut with_companions(&unet, &parts).unwrap());
+    assert_eq!(max_diff(&img, &want), 0.0);
+    assert!(notes.iter().any(|n| n.contains("standard CLIP vocabulary")), "{notes:?}");
+    let sd1 = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/sd/tiny-sd1");
+    for (path, companions, words) in [
+        (&unet, Companions { base: Some(sd1), ..Companions::default() }, ["cross-attention", "8 wide"]),
+        (&gguf("tiny-sd1-q8_0.gguf"), base.clone(), ["whole model", "--base"]),
+        (&unet, Companions { vae: parts.vae.clone(), ..Companions::default() }, ["go together", "--text-encoder"]),
+    ] {
+        let e = with_companions(path, &companions).err().unwrap().to_string();
+        assert!(words.iter().all(|w| e.contains(w)) && e.contains(path.file_name().unwrap().to_str().unwrap()), "{e}");
+        assert_eq!(e.lines().count(), 1, "{e}");
+    }
+}
+
+/// A denoiser file with the `model.diffusion_model.` prefix kept (stable-diffusion.cpp's names)
+/// needs a companion as ComfyUI-GGUF's does and runs the same with one; a tensor ComfyUI-GGUF's
+/// converter stored reshaped (`comfy.gguf.orig_shape.*`) is refused in one line naming it.
+#[test]
+fn prefixed_and_reshaped_denoisers() {
+    use candle_core::quantized::gguf_file;
+    let src = gguf("tiny-sd1-unet-q8_0.gguf");
+    let mut f = std::fs::File::open(&src).unwrap();
+    let content = gguf_file::Content::read(&mut f).unwrap();
+    let tensors: Vec<(String, candle_core::quantized::QTensor)> = content
+        .tensor_infos
+        .keys()
+        .map(|n| (n.clone(), content.tensor(&mut f, n, &Device::Cpu).unwrap()))
+        .collect();
+    let write = |path: &Path, prefix: &str, metadata: &[(&str, &gguf_file::Value)]| {
+        let named: Vec<(String, &candle_core::quantized::QTensor)> =
+            tensors.iter().map(|(n, t)| (format!("{prefix}{n}"), t)).collect();
+        let refs: Vec<(&str, &candle_core::quantized::QTensor)> = named.iter().map(|(n, t)| (n.as_str(), *t)).collect();
+        gguf_file::write(&mut std::fs::File::create(path).unwrap(), metadata, &refs).unwrap();
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let prefixed = dir.path().join("prefixed.gguf");
+    write(&prefixed, "model.diffusion_model.", &[]);
+    let e = load(&prefixed, &Knobs::default()).err().unwrap().to_string();
+    assert!(e.contains("prefixed.gguf") && e.contains("only a denoiser") && e.contains("--base PATH"), "{e}");
+    let base = Companions { base: Some(gguf("tiny-sd1-q8_0.gguf")), ..Companions::default() };
+    let (a, _) = run(&mut with_companions(&prefixed, &base).unwrap());
+    let (b, _) = run(&mut with_companions(&src, &base).unwrap());
+    assert_eq!(max_diff(&a, &b), 0.0);
+
+    let reshaped = dir.path().join("reshaped.gguf");
+    let name = "input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight";
+    let key = format!("comfy.gguf.orig_shape.{name}");
+    let shape = gguf_file::Value::Array(vec![gguf_file::Value::I32(32), gguf_file::Value::I32(32)]);
+    write(&reshaped, "", &[(key.as_str(), &shape)]);
+    let e = with_companions(&reshaped, &base).err().unwrap().to_string();
+    assert!(e.contains("reshaped.gguf") && e.contains(name) && e.contains("comfy.gguf.orig_shape"), "{e}");
+    assert_eq!(e.lines().count(), 1, "{e}");
 }

@@ -40,7 +40,8 @@ mod pipeline_tests;
 #[cfg(test)]
 mod quant_tests;
 
-pub use pipeline::{LatentDiffusion, load, load_checked};
+pub use checkpoint::Companions;
+pub use pipeline::{LatentDiffusion, load, load_checked, load_with_companions};
 
 use crate::families::{FamilyEntry, Recognition};
 use crate::formats::{Format, Inspection};
@@ -92,6 +93,9 @@ fn recognise_gguf(insp: &Inspection) -> Option<Recognition> {
 /// a tensor of a type it cannot run; `None` when it can.
 pub fn gguf_problem(insp: &Inspection) -> Option<String> {
     let shapes: ldm_keys::Shapes = insp.tensors().map(|t| (t.name.clone(), t.shape.clone())).collect();
+    if let Some(keys) = ldm_keys::denoiser_keys(&shapes) {
+        return Some(single_file::denoiser_only_message(keys.len()));
+    }
     if !ldm_keys::is_ldm(&shapes) || ldm_keys::text_tower(&shapes).is_none() {
         let some: Vec<&str> = shapes.keys().take(3).map(String::as_str).collect();
         return Some(format!(

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
-use super::checkpoint::Checkpoint;
+use super::checkpoint::{Checkpoint, Companions};
 use super::clip::ClipTextModel;
 use super::folder::build;
 use super::noise::{BatchNoise, NoiseFactory, default_noise};
@@ -30,6 +30,8 @@ use crate::worker::protocol::{Artifact, Preview, Stage};
 pub struct LatentDiffusion {
     /// Where it was loaded from (a component is read again from here when its knobs change).
     path: PathBuf,
+    /// A denoiser-only file's companions (empty for a whole model).
+    companions: Companions,
     tokenizer: ClipTokenizer,
     /// The components; `None` only while one is being read again ([`Family::retune`]), so its
     /// old weights are freed before the new ones are read.
@@ -104,12 +106,23 @@ pub fn load(path: &Path, knobs: &Knobs) -> Result<LatentDiffusion> {
 /// # Errors
 /// As [`load`]; [`Error::Cancelled`] once `cancel` says so.
 pub fn load_checked(path: &Path, knobs: &Knobs, cancel: &CancelCheck) -> Result<LatentDiffusion> {
+    load_with_companions(path, &Companions::default(), knobs, cancel)
+}
+
+/// [`load_checked`] of a denoiser-only file (stable-diffusion.cpp's or ComfyUI-GGUF's UNet
+/// GGUF) whose text encoder, VAE, tokenizer and scheduler come from `companions`
+/// ([`Checkpoint::open_with`]); with none it is [`load_checked`].
+///
+/// # Errors
+/// As [`load_checked`]; companions that do not fit the model, named.
+pub fn load_with_companions(path: &Path, companions: &Companions, knobs: &Knobs, cancel: &CancelCheck) -> Result<LatentDiffusion> {
     cancel.stop()?;
     let device = candle_device(knobs.device)?;
-    let source = Checkpoint::open(path)?;
+    let source = Checkpoint::open_with(path, companions)?;
     let tokenizer = source.tokenizer()?;
     let mut model = LatentDiffusion {
         path: path.to_path_buf(),
+        companions: companions.clone(),
         tokenizer,
         text: None,
         unet: None,
@@ -581,7 +594,7 @@ impl Family for LatentDiffusion {
         // a GGUF under auto holds its tensors as stored, which no explicit precision does
         changed.extend(super::checkpoint::as_stored_changes(&self.path, loaded_with, knobs, &changed));
         if !changed.is_empty() {
-            let source = Checkpoint::open(&self.path)?;
+            let source = Checkpoint::open_with(&self.path, &self.companions)?;
             for &c in &changed {
                 self.read_component(&source, c, knobs, cancel)?;
             }
