@@ -274,6 +274,34 @@ fn run_then_reproduce_is_identical() {
     assert!(d["drift"][0].as_str().unwrap().contains("sha256"), "{d}");
 }
 
+/// A stable-diffusion.cpp q8_0 GGUF: `inspect` says what it is, `plan` counts its weights as
+/// stored, `run` writes a PNG and `reproduce` of it says identical.
+#[test]
+fn gguf_run_then_reproduce_is_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    let m = fixtures().join("gguf/tiny-sd1-q8_0.gguf").to_str().unwrap().to_string();
+    let insp = headroom(&["inspect", &m, "--json"]);
+    assert!(insp.status.success(), "{}", String::from_utf8_lossy(&insp.stderr));
+    let i = json(&insp);
+    assert_eq!(i["format"], "gguf");
+    let reason = i["runs_with"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("a stable-diffusion.cpp GGUF of Stable Diffusion 1.x"), "{i}");
+    let plan = headroom(&["plan", &m, "--json"]);
+    assert!(plan.status.success(), "{}", String::from_utf8_lossy(&plan.stderr));
+    assert_eq!(json(&plan)["weights_bytes"], i["stored_bytes"]);
+    let res = headroom(&["run", &m, "--steps", "2", "--width", "64", "--height", "64", "--seed", "7", "--out", out, "--json"]);
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    let v = json(&res);
+    let png = v["outputs"][0].as_str().unwrap().to_string();
+    assert!(png.ends_with(".png") && Path::new(&png).is_file());
+    let again = headroom(&["reproduce", &png, "--json"]);
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    let r = json(&again);
+    assert_eq!(r["identical"], true, "{r}");
+    assert_eq!(r["sha256"], v["sha256"]);
+}
+
 /// `reproduce` compares every output of a batch, not only the first, and names each recorded
 /// fact that differs (here the thread count) with whether identical output was expected.
 #[test]

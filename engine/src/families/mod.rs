@@ -137,6 +137,17 @@ pub fn not_supported(insp: &Inspection) -> String {
     if id.starts_with("llm:") {
         return format!("running language models ({id}) is not supported yet");
     }
+    if insp.format == crate::formats::Format::Gguf
+        && (id == "unknown" || id == "sd1" || id == "sd2")
+        && !insp.family.label.starts_with("Diffusion model")
+        && let Some(problem) = latent_diffusion::gguf_problem(insp)
+    {
+        return if problem.starts_with("holds only a denoiser") {
+            format!("a GGUF that {problem}")
+        } else {
+            format!("a GGUF Headroom cannot run: {problem}")
+        };
+    }
     let what = match (id, insp.family.label.as_str()) {
         (_, "Unknown") => "this model".to_string(),
         ("unknown", label) => label.to_string(),
@@ -173,6 +184,9 @@ pub fn load(model: &ModelRef, knobs: &Knobs, obs: &mut dyn RunObserver) -> Resul
     let insp = crate::formats::inspect(&path)?;
     if let Some((_, family)) = recognise(&insp) {
         return (family.load)(&path, knobs, &cancel);
+    }
+    if insp.format == crate::formats::Format::Gguf && !insp.family.id.starts_with("llm:") {
+        return Err(Error::file(&path, not_supported(&insp)));
     }
     let runs: Vec<&str> = FAMILIES.iter().map(|f| f.name).collect();
     Err(Error::file(

@@ -171,6 +171,25 @@ fn shorten(s: &str) -> String {
 
 /// Parses a whole GGUF buffer.
 pub(crate) fn parse(buf: &[u8], path: &Path) -> Result<Loaded> {
+    parse_with_data(buf, path).map(|(loaded, _)| loaded)
+}
+
+/// Where one tensor's data lies in a GGUF file: its GGML type id and its byte range (checked
+/// against the file; `bytes` is `None` for a type whose size is unknown).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TensorData {
+    pub type_id: u32,
+    /// Offset of the first byte from the start of the file.
+    pub start: u64,
+    pub bytes: Option<u64>,
+}
+
+/// Parses a whole GGUF buffer, and where each tensor's data lies (in the order of
+/// `Loaded::tensors`), for the loaders that read the data as stored.
+///
+/// # Errors
+/// As [`parse`]: a malformed header, or a tensor whose data runs past the end of the file.
+pub(crate) fn parse_with_data(buf: &[u8], path: &Path) -> Result<(Loaded, Vec<TensorData>)> {
     let mut cur = Cursor::new(buf, path);
     let magic = cur.take(4, "magic")?;
     match magic {
@@ -242,6 +261,7 @@ pub(crate) fn parse(buf: &[u8], path: &Path) -> Result<Loaded> {
     let data_start = (r.cur.pos() as u64).div_ceil(alignment) * alignment;
     let file_len = buf.len() as u64;
     let mut tensors = Vec::new();
+    let mut data = Vec::new();
     for (name, ne, type_id, offset) in infos {
         let elements = ne
             .iter()
@@ -283,7 +303,8 @@ pub(crate) fn parse(buf: &[u8], path: &Path) -> Result<Loaded> {
                 )));
             }
         }
+        data.push(TensorData { type_id, start: data_start + offset, bytes });
         tensors.push(TensorInfo { name, dtype, shape, bytes });
     }
-    Ok(Loaded { format: Format::Gguf, tensors, metadata, warnings, files: vec![path.to_path_buf()] })
+    Ok((Loaded { format: Format::Gguf, tensors, metadata, warnings, files: vec![path.to_path_buf()] }, data))
 }

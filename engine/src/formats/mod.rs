@@ -7,12 +7,12 @@
 //! Every reader treats the file as hostile: lengths and counts are checked against the file size
 //! before anything is sliced or allocated, and a bad file gives one line naming it and the problem.
 
-mod bin;
+pub(crate) mod bin;
 pub(crate) mod ckpt;
 mod components;
 pub(crate) mod diffusers;
 pub mod ggml;
-mod gguf;
+pub(crate) mod gguf;
 mod guess;
 mod inspect;
 mod pickle;

@@ -151,7 +151,7 @@ fn read_entries(path: &Path, map: &Mmap, file: usize) -> Result<Vec<(String, Ent
 
 /// Drops this process's pages of bytes `start..end` of `map` (page-aligned outward: a
 /// neighbour's shared page is faulted in again from the page cache if it is read later).
-fn release(map: &Mmap, start: usize, end: usize) {
+pub(crate) fn release(map: &Mmap, start: usize, end: usize) {
     let page = 4096;
     let a = start / page * page;
     let b = end.div_ceil(page).saturating_mul(page).min(map.len());

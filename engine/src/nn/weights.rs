@@ -5,6 +5,11 @@
 //! every layer through one explicit value rather than a global. Each tensor is read from the
 //! memory-mapped file, converted or quantized, and the source dropped, one tensor at a time; a
 //! [`Ledger`] shared by all prefixes of one component counts what was really kept.
+//!
+//! A source that can hand tensors over as its file stores them (a GGUF, [`StoredSource`]) is
+//! read as stored instead ([`Weights::as_stored`]): GGML blocks become quantized weights from the
+//! file's own bytes, f16/bf16/f32 stay in their stored dtype; only a tensor a layer cannot use
+//! as stored (a quantized norm or embedding table) is widened, and the ledger lists it.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -25,12 +30,57 @@ pub struct Ledger {
     pub tensors: BTreeMap<&'static str, usize>,
     /// Full names of tensors holding NaN or infinite values.
     pub non_finite: Vec<String>,
+    /// Tensors read as stored ([`Weights::as_stored`]) that had to be held in another type.
+    pub widened: Vec<Widened>,
+}
+
+/// A tensor a layer could not use as its file stores it, held in another type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Widened {
+    /// The component's full name of the tensor.
+    pub name: String,
+    /// Its stored type (`q8_0`, `f16` …) and the type it is held in.
+    pub from: &'static str,
+    pub to: &'static str,
+    /// Bytes in the file and bytes held.
+    pub stored_bytes: u64,
+    pub held_bytes: u64,
 }
 
 impl Ledger {
     fn add(&mut self, kind: Precision, bytes: u64) {
+        self.add_named(kind.name(), bytes);
+    }
+
+    fn add_named(&mut self, kind: &'static str, bytes: u64) {
         self.bytes += bytes;
-        *self.tensors.entry(kind.name()).or_insert(0) += 1;
+        *self.tensors.entry(kind).or_insert(0) += 1;
+    }
+
+    /// Bytes held beyond what the file stores for the widened tensors (negative when narrowed).
+    pub fn widened_extra_bytes(&self) -> i64 {
+        self.widened.iter().map(|w| w.held_bytes as i64 - w.stored_bytes as i64).sum()
+    }
+
+    /// "3 tensors (norms, biases, embedding tables) held wider than stored: q8_0 → f32 on 2,
+    /// f16 → f32 on 1 (+1.2 KiB; first: …)", or `None` when nothing was.
+    pub fn widened_summary(&self) -> Option<String> {
+        let first = self.widened.first()?;
+        let mut by: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+        for w in &self.widened {
+            *by.entry((w.from, w.to)).or_insert(0) += 1;
+        }
+        let kinds: Vec<String> = by.iter().map(|((f, t), n)| format!("{f} → {t} on {n}")).collect();
+        let extra = self.widened_extra_bytes();
+        let sign = if extra < 0 { "-" } else { "+" };
+        Some(format!(
+            "{} tensor(s) a layer cannot use as stored (norms, biases, embedding tables) held wider: {} \
+             ({sign}{}; first: {})",
+            self.widened.len(),
+            kinds.join(", "),
+            crate::formats::human_bytes(extra.unsigned_abs()),
+            first.name
+        ))
     }
 
     /// "q4k on 112 tensors, q4_0 on 30, f16 on 6, f32 on 200": quantized types first, each group
@@ -58,6 +108,18 @@ pub enum StoredWeight {
     Quantized(QTensor),
 }
 
+/// A source that hands tensors over as its file stores them (a GGUF's tensors): dense in their
+/// stored float dtype, or GGML blocks.
+pub trait StoredSource: Send + Sync {
+    /// Tensor `name` (the component's full name, as the `VarBuilder` would be asked for it) as
+    /// stored, on `device`: a dense f32/f16/bf16 tensor, or blocks shaped `(first dimension,
+    /// the rest)`.
+    ///
+    /// # Errors
+    /// A name the source does not hold, or a type it cannot hand over.
+    fn stored(&self, name: &str, device: &Device) -> Result<StoredWeight>;
+}
+
 /// A component's tensor source (a prefixed `VarBuilder` whose dtype is the compute dtype), its
 /// precision, and the ledger of what its layers hold.
 #[derive(Clone)]
@@ -67,6 +129,8 @@ pub struct Weights<'a> {
     ledger: Arc<Mutex<Ledger>>,
     /// Asked before each tensor is read: a cancelled load stops within one tensor.
     cancel: Option<CancelCheck>,
+    /// When set, tensors are read from here as stored ([`Weights::as_stored`]).
+    stored: Option<Arc<dyn StoredSource>>,
 }
 
 impl<'a> Weights<'a> {
@@ -80,7 +144,22 @@ impl<'a> Weights<'a> {
     /// taken as f32) and computed in `vb`'s dtype.
     pub fn with_precision(vb: VarBuilder<'a>, precision: Precision) -> Self {
         let precision = if precision == Precision::Auto { Precision::F32 } else { precision };
-        Self { vb, precision, ledger: Arc::default(), cancel: None }
+        Self { vb, precision, ledger: Arc::default(), cancel: None, stored: None }
+    }
+
+    /// Weights kept as `source` stores them, computed in `vb`'s dtype (precision `auto` on a
+    /// GGUF): a block-quantized matrix becomes a quantized layer weight from the stored bytes (never
+    /// dequantized and quantized again), a dense one stays in its stored dtype (the layers widen it
+    /// per call). A tensor read with [`Weights::get`] or [`Weights::get_compute`] that a layer
+    /// cannot use as stored is converted and listed in [`Ledger::widened`]. `vb` must serve the
+    /// same names (it answers [`Weights::contains_tensor`]).
+    pub fn as_stored(vb: VarBuilder<'a>, source: Arc<dyn StoredSource>) -> Self {
+        Self { vb, precision: Precision::F32, ledger: Arc::default(), cancel: None, stored: Some(source) }
+    }
+
+    /// Whether tensors are kept as their source stores them ([`Weights::as_stored`]).
+    pub fn is_as_stored(&self) -> bool {
+        self.stored.is_some()
     }
 
     /// These weights, refusing to read another tensor once `cancel` says so (the error says
@@ -99,12 +178,18 @@ impl<'a> Weights<'a> {
     /// a ledger of its own: for weights held elsewhere (split blocks) or built and dropped again
     /// (streamed blocks), which must not count as this component's resident bytes.
     pub fn detached(&self, vb: VarBuilder<'a>) -> Self {
-        Self { vb, precision: self.precision, ledger: Arc::default(), cancel: self.cancel.clone() }
+        Self { vb, precision: self.precision, ledger: Arc::default(), cancel: self.cancel.clone(), stored: self.stored.clone() }
     }
 
     /// The same source and rules under the prefix `name` (`vb.pp`), sharing the ledger.
     pub fn pp<S: ToString>(&self, name: S) -> Self {
-        Self { vb: self.vb.pp(name), precision: self.precision, ledger: self.ledger.clone(), cancel: self.cancel.clone() }
+        Self {
+            vb: self.vb.pp(name),
+            precision: self.precision,
+            ledger: self.ledger.clone(),
+            cancel: self.cancel.clone(),
+            stored: self.stored.clone(),
+        }
     }
 
     /// The underlying builder (no storage rule, nothing counted).
@@ -182,6 +267,12 @@ impl<'a> Weights<'a> {
     pub fn get<S: Into<Shape>>(&self, shape: S, name: &str) -> Result<Tensor> {
         self.go_on()?;
         let shape = shape.into();
+        if let Some(src) = &self.stored {
+            // dense as stored where the compute dtype is f32 (the CPU: every use widens), else
+            // in the compute dtype; blocks are dequantized (no layer looks blocks up or adds them)
+            let keep = |t: &Tensor| self.vb.dtype() == DType::F32 && t.dtype() != DType::F64;
+            return self.read_stored(src.as_ref(), &shape, name, keep);
+        }
         let p = self.storage(&shape, name);
         // a matrix read here is held dense even if the rule would quantize it: count what is held
         let (dtype, kind) = if p.is_quantized() {
@@ -203,6 +294,10 @@ impl<'a> Weights<'a> {
     pub fn get_compute<S: Into<Shape>>(&self, shape: S, name: &str) -> Result<Tensor> {
         self.go_on()?;
         let dtype = self.vb.dtype();
+        if let Some(src) = &self.stored {
+            let shape = shape.into();
+            return self.read_stored(src.as_ref(), &shape, name, |t| t.dtype() == dtype);
+        }
         let t = self.vb.get_with_hints_dtype(shape, name, Default::default(), dtype)?;
         self.check_finite(&t, name)?;
         self.record(precision_of(dtype), t.elem_count() * dtype.size_in_bytes());
@@ -217,6 +312,30 @@ impl<'a> Weights<'a> {
     pub fn matrix<S: Into<Shape>>(&self, shape: S, name: &str) -> Result<StoredWeight> {
         self.go_on()?;
         let shape = shape.into();
+        if let Some(src) = &self.stored {
+            return match src.stored(&self.full_name(name), self.vb.device())? {
+                StoredWeight::Dense(t) => {
+                    let t = self.shaped(t, &shape, name)?;
+                    self.check_finite(&t, name)?;
+                    self.record_named(dtype_name(t.dtype()), t.elem_count() * t.dtype().size_in_bytes());
+                    Ok(StoredWeight::Dense(t))
+                }
+                StoredWeight::Quantized(q) => {
+                    let (rows, total) = (shape.dims().first().copied().unwrap_or(1), shape.elem_count());
+                    let dims = q.shape().dims().to_vec();
+                    if dims.first().copied().unwrap_or(1) != rows || q.shape().elem_count() != total {
+                        candle_core::bail!(
+                            "tensor '{}' is stored {} with shape {dims:?}, the model expects {:?}",
+                            self.full_name(name),
+                            block_name(q.dtype()),
+                            shape.dims()
+                        );
+                    }
+                    self.record_named(block_name(q.dtype()), q.storage_size_in_bytes());
+                    Ok(StoredWeight::Quantized(q))
+                }
+            };
+        }
         let p = self.storage(&shape, name);
         let Some(ggml) = ggml_type(p) else {
             let dtype = self.dense_dtype(p);
@@ -233,6 +352,72 @@ impl<'a> Weights<'a> {
         drop(f32);
         self.record(p, q.storage_size_in_bytes());
         Ok(StoredWeight::Quantized(q))
+    }
+
+    /// Tensor `name` read as `src` stores it, kept so when `keep` says its dense form can be used
+    /// as it is, else converted to the compute dtype (blocks dequantized) and listed as widened.
+    fn read_stored(
+        &self,
+        src: &dyn StoredSource,
+        shape: &Shape,
+        name: &str,
+        keep: impl Fn(&Tensor) -> bool,
+    ) -> Result<Tensor> {
+        let dtype = self.vb.dtype();
+        let (t, from, stored_bytes) = match src.stored(&self.full_name(name), self.vb.device())? {
+            StoredWeight::Dense(t) => {
+                let bytes = t.elem_count() * t.dtype().size_in_bytes();
+                if keep(&t) {
+                    let t = self.shaped(t, shape, name)?;
+                    self.check_finite(&t, name)?;
+                    self.record_named(dtype_name(t.dtype()), bytes);
+                    return Ok(t);
+                }
+                let from = dtype_name(t.dtype());
+                (t.to_dtype(dtype)?, from, bytes)
+            }
+            StoredWeight::Quantized(q) => {
+                let bytes = q.storage_size_in_bytes();
+                (q.dequantize(self.vb.device())?.to_dtype(dtype)?, block_name(q.dtype()), bytes)
+            }
+        };
+        let t = self.shaped(t, shape, name)?;
+        self.check_finite(&t, name)?;
+        let held = t.elem_count() * dtype.size_in_bytes();
+        self.record_named(dtype_name(dtype), held);
+        if let Ok(mut l) = self.ledger.lock() {
+            l.widened.push(Widened {
+                name: self.full_name(name),
+                from,
+                to: dtype_name(dtype),
+                stored_bytes: stored_bytes as u64,
+                held_bytes: held as u64,
+            });
+        }
+        Ok(t)
+    }
+
+    /// `t` in `shape`, when it has the same elements (a stored tensor may carry unit dimensions
+    /// the model drops); an error naming the tensor otherwise.
+    fn shaped(&self, t: Tensor, shape: &Shape, name: &str) -> Result<Tensor> {
+        if t.shape() == shape {
+            return Ok(t);
+        }
+        if t.elem_count() != shape.elem_count() {
+            candle_core::bail!(
+                "tensor '{}' has shape {:?}, the model expects {:?}",
+                self.full_name(name),
+                t.dims(),
+                shape.dims()
+            );
+        }
+        t.reshape(shape)
+    }
+
+    fn record_named(&self, kind: &'static str, bytes: usize) {
+        if let Ok(mut l) = self.ledger.lock() {
+            l.add_named(kind, bytes as u64);
+        }
     }
 
     /// Whether the source holds `name` (relative to this prefix).
@@ -274,6 +459,38 @@ fn precision_of(dtype: DType) -> Precision {
         DType::F16 => Precision::F16,
         DType::BF16 => Precision::Bf16,
         _ => Precision::F32,
+    }
+}
+
+/// The ledger's name of a dense dtype (`f32`, `f16`, `bf16`; others by candle's name).
+fn dtype_name(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F16 => "f16",
+        DType::BF16 => "bf16",
+        DType::F32 => "f32",
+        other => other.as_str(),
+    }
+}
+
+/// The ledger's name of a GGML block type, the precision names where there is one (`q8_0`,
+/// `q4k`), else ggml's in lower case (`q4_1`, `q5_0`).
+pub fn block_name(t: GgmlDType) -> &'static str {
+    match t {
+        GgmlDType::F32 => "f32",
+        GgmlDType::F16 => "f16",
+        GgmlDType::BF16 => "bf16",
+        GgmlDType::Q4_0 => "q4_0",
+        GgmlDType::Q4_1 => "q4_1",
+        GgmlDType::Q5_0 => "q5_0",
+        GgmlDType::Q5_1 => "q5_1",
+        GgmlDType::Q8_0 => "q8_0",
+        GgmlDType::Q8_1 => "q8_1",
+        GgmlDType::Q2K => "q2k",
+        GgmlDType::Q3K => "q3k",
+        GgmlDType::Q4K => "q4k",
+        GgmlDType::Q5K => "q5k",
+        GgmlDType::Q6K => "q6k",
+        GgmlDType::Q8K => "q8k",
     }
 }
 

@@ -2,9 +2,11 @@
 //! component) or a single-file LDM checkpoint (configs inferred, the standard CLIP vocabulary
 //! from `assets/clip`). Both give the pipeline the same things: a tokenizer, a config and a
 //! memory-mapped weight builder per component, and the scheduler config. An SDXL folder also has
-//! a second tokenizer and text encoder ([`Checkpoint::text_2`]).
+//! a second tokenizer and text encoder ([`Checkpoint::text_2`]). A stable-diffusion.cpp GGUF is a
+//! single file whose tensors precision `auto` keeps as stored ([`Checkpoint::stored_source`]).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
@@ -18,7 +20,9 @@ use super::tokenizer::ClipTokenizer;
 use super::unet::UnetConfig;
 use super::vae::VaeConfig;
 use crate::error::{Error, Result};
-use crate::knobs::Component;
+use crate::formats::human_bytes;
+use crate::knobs::{Component, Precision};
+use crate::nn::{Ledger, StoredSource};
 
 /// SDXL's second text encoder as a folder holds it.
 pub struct TextEncoder2 {
@@ -47,8 +51,32 @@ impl TextEncoder2 {
 pub enum Checkpoint {
     /// A diffusers folder (`model_index.json`).
     Folder(PathBuf),
-    /// A single `.safetensors` / `.ckpt` file in the original LDM layout.
+    /// A single `.safetensors` / `.ckpt` / `.gguf` file in the original LDM layout.
     Single(Box<SingleFile>),
+    /// A file that holds only the denoiser, and the model its other components come from.
+    Denoiser { unet: Box<SingleFile>, base: Box<Checkpoint> },
+    /// A diffusers `vae/` and `text_encoder/` folder given apart (a denoiser's companions).
+    Parts { vae: PathBuf, text: PathBuf },
+}
+
+/// Where a denoiser-only model's other components (text encoder, VAE, tokenizer, scheduler)
+/// come from; what the CLI's `--base`, `--vae` and `--text-encoder` name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Companions {
+    /// A whole Stable Diffusion 1.x/2.x model (diffusers folder or single file).
+    pub base: Option<PathBuf>,
+    /// A diffusers `vae/` folder (`config.json` and weights).
+    pub vae: Option<PathBuf>,
+    /// A diffusers `text_encoder/` folder; the tokenizer is its sibling `tokenizer/` when there is
+    /// one, else the standard CLIP vocabulary.
+    pub text_encoder: Option<PathBuf>,
+}
+
+impl Companions {
+    /// True when none is given.
+    pub fn is_empty(&self) -> bool {
+        self.base.is_none() && self.vae.is_none() && self.text_encoder.is_none()
+    }
 }
 
 impl Checkpoint {
@@ -57,6 +85,61 @@ impl Checkpoint {
     /// # Errors
     /// A folder without `model_index.json`, or a file that is not an SD 1.x/2.x LDM checkpoint.
     pub fn open(path: &Path) -> Result<Self> {
+        Self::open_with(path, &Companions::default())
+    }
+
+    /// Opens a model as [`Checkpoint::open`] does, or, with companions, a denoiser-only file
+    /// (stable-diffusion.cpp's or ComfyUI-GGUF's) whose text encoder, VAE, tokenizer and scheduler
+    /// come from them.
+    ///
+    /// # Errors
+    /// As [`Checkpoint::open`]; companions for a whole model, a base that is itself only a
+    /// denoiser, `--vae` without `--text-encoder` (or the other way), or a denoiser whose
+    /// cross-attention width is not the companion text encoder's; each one line naming the file.
+    pub fn open_with(path: &Path, companions: &Companions) -> Result<Self> {
+        if companions.is_empty() {
+            return Self::open_whole(path);
+        }
+        if path.is_dir() {
+            return Err(Error::file(path, "a diffusers folder is a whole model: it takes no --base, --vae or --text-encoder"));
+        }
+        let unet = SingleFile::open_denoiser(path).map_err(|e| {
+            if SingleFile::open(path).is_ok() {
+                Error::file(path, "is a whole model: it takes no --base, --vae or --text-encoder")
+            } else {
+                e
+            }
+        })?;
+        let base = match (&companions.base, &companions.vae, &companions.text_encoder) {
+            (Some(b), None, None) => Self::open_whole(b)?,
+            (None, Some(v), Some(t)) => Self::parts(v, t)?,
+            (Some(_), _, _) => {
+                return Err(Error::file(path, "give --base PATH, or --vae PATH with --text-encoder PATH, not both"));
+            }
+            _ => return Err(Error::file(path, "--vae PATH and --text-encoder PATH go together (or give --base PATH)")),
+        };
+        let context = unet.layout.unet.cross_attention_dim;
+        let hidden = base.text_config()?.hidden_size;
+        if context != hidden {
+            return Err(Error::file(
+                path,
+                format!("the denoiser's cross-attention takes text {context} wide, but the companion text encoder gives {hidden}"),
+            ));
+        }
+        Ok(Checkpoint::Denoiser { unet: Box::new(unet), base: Box::new(base) })
+    }
+
+    /// A `vae/` and a `text_encoder/` folder (each with its `config.json` and weights), checked.
+    fn parts(vae: &Path, text: &Path) -> Result<Self> {
+        for (dir, what) in [(vae, "--vae"), (text, "--text-encoder")] {
+            if !dir.join("config.json").is_file() {
+                return Err(Error::file(dir, format!("{what} needs a diffusers component folder (config.json and its weights)")));
+            }
+        }
+        Ok(Checkpoint::Parts { vae: vae.to_path_buf(), text: text.to_path_buf() })
+    }
+
+    fn open_whole(path: &Path) -> Result<Self> {
         if path.is_dir() {
             if !path.join("model_index.json").is_file() {
                 return Err(Error::file(path, "not a diffusers folder (no model_index.json)"));
@@ -72,6 +155,26 @@ impl Checkpoint {
         match self {
             Checkpoint::Folder(_) => Vec::new(),
             Checkpoint::Single(s) => s.layout.notes.clone(),
+            Checkpoint::Denoiser { unet, base } => {
+                let mut notes = unet.layout.notes.clone();
+                notes.push(format!(
+                    "unet from {}; text encoder, VAE, tokenizer and scheduler from {}",
+                    unet.path().display(),
+                    base.path().display()
+                ));
+                notes.extend(base.notes());
+                notes
+            }
+            Checkpoint::Parts { text, .. } => {
+                let mut notes = Vec::new();
+                if !text.with_file_name("tokenizer").is_dir() {
+                    notes.push("tokenizer: none beside the text encoder; the standard CLIP vocabulary".into());
+                }
+                if !text.with_file_name("scheduler").join("scheduler_config.json").is_file() {
+                    notes.push("scheduler: none beside the text encoder; Stable Diffusion's (epsilon prediction)".into());
+                }
+                notes
+            }
         }
     }
 
@@ -84,6 +187,10 @@ impl Checkpoint {
                 Component::Vae => "vae",
             }),
             Checkpoint::Single(_) => self.path(),
+            Checkpoint::Denoiser { unet, .. } if component == Component::Unet => unet.path().to_path_buf(),
+            Checkpoint::Denoiser { base, .. } => base.label(component),
+            Checkpoint::Parts { vae, .. } if component == Component::Vae => vae.clone(),
+            Checkpoint::Parts { text, .. } => text.clone(),
         }
     }
 
@@ -91,6 +198,8 @@ impl Checkpoint {
         match self {
             Checkpoint::Folder(p) => p.clone(),
             Checkpoint::Single(s) => s.path().to_path_buf(),
+            Checkpoint::Denoiser { unet, .. } => unet.path().to_path_buf(),
+            Checkpoint::Parts { text, .. } => text.clone(),
         }
     }
 
@@ -106,6 +215,20 @@ impl Checkpoint {
                 let dir = crate::paths::clip_vocabulary_dir()?;
                 let mut t = ClipTokenizer::from_dir(&dir)?;
                 if s.layout.tower == TextTower::OpenClip {
+                    t.set_pad_token("!").map_err(|e| Error::file(&dir, e))?;
+                }
+                Ok(t)
+            }
+            Checkpoint::Denoiser { base, .. } => base.tokenizer(),
+            Checkpoint::Parts { text, .. } => {
+                let beside = text.with_file_name("tokenizer");
+                if beside.is_dir() {
+                    return ClipTokenizer::from_dir(&beside);
+                }
+                let dir = crate::paths::clip_vocabulary_dir()?;
+                let mut t = ClipTokenizer::from_dir(&dir)?;
+                // OpenCLIP (SD 2.x, gelu) pads with `!`, as its tokenizer does
+                if self.text_config()?.hidden_act == "gelu" {
                     t.set_pad_token("!").map_err(|e| Error::file(&dir, e))?;
                 }
                 Ok(t)
@@ -130,6 +253,12 @@ impl Checkpoint {
                 cfg.validate().map_err(|m| Error::file(s.path(), format!("text config: {m}")))?;
                 Ok(cfg)
             }
+            Checkpoint::Denoiser { base, .. } => base.text_config(),
+            Checkpoint::Parts { text, .. } => {
+                let cfg: ClipConfig = read_config(text)?;
+                cfg.validate().map_err(|m| Error::file(text.join("config.json"), m))?;
+                Ok(cfg)
+            }
         }
     }
 
@@ -145,11 +274,12 @@ impl Checkpoint {
                 cfg.validate().map_err(|m| Error::file(p.join("unet").join("config.json"), m))?;
                 Ok(cfg)
             }
-            Checkpoint::Single(s) => {
+            Checkpoint::Single(s) | Checkpoint::Denoiser { unet: s, .. } => {
                 let cfg = s.layout.unet.clone();
                 cfg.validate().map_err(|m| Error::file(s.path(), format!("unet config: {m}")))?;
                 Ok(cfg)
             }
+            Checkpoint::Parts { .. } => Err(Error::file(self.path(), "companion folders hold no denoiser")),
         }
     }
 
@@ -168,6 +298,12 @@ impl Checkpoint {
             Checkpoint::Single(s) => {
                 let cfg = s.layout.vae.clone();
                 cfg.validate().map_err(|m| Error::file(s.path(), format!("vae config: {m}")))?;
+                Ok(cfg)
+            }
+            Checkpoint::Denoiser { base, .. } => base.vae_config(),
+            Checkpoint::Parts { vae, .. } => {
+                let cfg: VaeConfig = read_config(vae)?;
+                cfg.validate().map_err(|m| Error::file(vae.join("config.json"), m))?;
                 Ok(cfg)
             }
         }
@@ -221,11 +357,69 @@ impl Checkpoint {
                 (read_json(&f)?, f)
             }
             Checkpoint::Single(s) => (s.layout.scheduler.clone(), self.path()),
+            Checkpoint::Denoiser { base, .. } => return base.scheduler_config(),
+            Checkpoint::Parts { text, .. } => {
+                let f = text.with_file_name("scheduler").join("scheduler_config.json");
+                if f.is_file() { (read_json(&f)?, f) } else { (super::ldm_keys::sd_scheduler(false), text.clone()) }
+            }
         };
         let c: &SchedulerConfig = &config;
         c.prediction().map_err(|e| Error::file(&file, e))?;
         c.alphas_cumprod().map_err(|e| Error::file(&file, e))?;
         Ok(config)
+    }
+
+    /// The single file `component` is read from, if it is one.
+    fn single_for(&self, component: Component) -> Option<&SingleFile> {
+        match self {
+            Checkpoint::Folder(_) | Checkpoint::Parts { .. } => None,
+            Checkpoint::Single(s) => Some(s),
+            Checkpoint::Denoiser { unet, .. } if component == Component::Unet => Some(unet),
+            Checkpoint::Denoiser { base, .. } => base.single_for(component),
+        }
+    }
+
+    /// Whether `component` is read from a GGUF (whose types the file chose: precision `auto`
+    /// keeps them).
+    pub fn is_gguf(&self, component: Component) -> bool {
+        self.single_for(component).is_some_and(SingleFile::is_gguf)
+    }
+
+    /// `component`'s tensors as its file stores them, when precision `knob` keeps them so: `auto`
+    /// on a GGUF. `None` otherwise (the weights are converted to the knob's precision).
+    pub fn stored_source(&self, component: Component, knob: Precision) -> Option<Arc<dyn StoredSource>> {
+        self.single_for(component).filter(|_| knob == Precision::Auto).and_then(|s| s.stored_source(component))
+    }
+
+    /// What a GGUF's load of `component` at precision `knob` says in the run's notes: the types
+    /// kept as stored and their resident bytes, what a layer had to widen, and how the CPU
+    /// computes; or that an explicit precision converted the stored tensors. Nothing for other
+    /// formats.
+    pub fn stored_notes(&self, c: Component, knob: Precision, ledger: &Ledger, on_cpu: bool) -> Vec<String> {
+        if !self.is_gguf(c) {
+            return Vec::new();
+        }
+        if knob != Precision::Auto {
+            return vec![format!(
+                "{c}: precision {knob} set: the GGUF's tensors were dequantized once at load and stored again as {knob} \
+                 (precision auto keeps them as the file stores them)"
+            )];
+        }
+        let mut notes = vec![format!(
+            "{c}: kept as the GGUF stores it (precision auto): {}; {} resident",
+            ledger.summary(),
+            human_bytes(ledger.bytes)
+        )];
+        if on_cpu && ledger.tensors.keys().any(|k| *k != "f32") {
+            notes.push(format!(
+                "{c}: quantized, f16 and bf16 weights stay so in memory and are expanded to f32 one layer at a time \
+                 to multiply in f32 on the CPU"
+            ));
+        }
+        if let Some(w) = ledger.widened_summary() {
+            notes.push(format!("{c}: {w}"));
+        }
+        notes
     }
 
     /// A memory-mapped weight builder for `component` in `dtype` on `device`, and its number of
@@ -237,6 +431,38 @@ impl Checkpoint {
         match self {
             Checkpoint::Folder(_) => var_builder(&self.label(component), dtype, device),
             Checkpoint::Single(s) => Ok(s.weights(component, dtype, device)),
+            Checkpoint::Denoiser { unet, .. } if component == Component::Unet => Ok(unet.weights(component, dtype, device)),
+            Checkpoint::Denoiser { base, .. } => base.weights(component, dtype, device),
+            Checkpoint::Parts { .. } if component == Component::Unet => {
+                Err(Error::file(self.path(), "companion folders hold no denoiser"))
+            }
+            Checkpoint::Parts { .. } => var_builder(&self.label(component), dtype, device),
         }
     }
+}
+
+/// The components of the model at `path` that a change from `was` to `now` must read again
+/// beyond `already`: on a GGUF, those whose precision changed to or from `auto` (kept as stored),
+/// which [`crate::knobs::Knobs::components_to_reread`] may take for the same precision (auto
+/// is f32 on the CPU).
+pub fn as_stored_changes(path: &Path, was: &crate::knobs::Knobs, now: &crate::knobs::Knobs, already: &[&str]) -> Vec<&'static str> {
+    let gguf = path.is_file()
+        && std::fs::File::open(path)
+            .and_then(|mut f| {
+                let mut magic = [0u8; 4];
+                std::io::Read::read_exact(&mut f, &mut magic).map(|()| magic)
+            })
+            .is_ok_and(|m| &m == b"GGUF" || &m == b"FUGG");
+    if !gguf {
+        return Vec::new();
+    }
+    Component::ALL
+        .into_iter()
+        .map(Component::name)
+        .filter(|c| !already.contains(c))
+        .filter(|&c| {
+            let (a, b) = (was.precision.get(c), now.precision.get(c));
+            a != b && (a == Precision::Auto || b == Precision::Auto)
+        })
+        .collect()
 }

@@ -339,6 +339,130 @@ pub fn unet_diffusers_names(shapes: &Shapes) -> Option<HashMap<String, String>> 
     Some(map.into_iter().map(|(diffusers, src)| (src.key, diffusers)).collect())
 }
 
+/// The denoiser's config inferred from its LDM shapes (`model.diffusion_model.*`), and its
+/// resnets per down block.
+fn unet_config(shapes: &Shapes, hints: &LdmHints, notes: &mut Vec<String>) -> Result<(UnetConfig, usize), String> {
+    let u = UNET_PREFIX;
+    let conv_in = format!("{u}input_blocks.0.0.weight");
+    let model_channels = dim(shapes, &conv_in, 0)?;
+    let (levels, layers) = unet_levels(shapes)?;
+    let mut channels = Vec::new();
+    let mut down = Vec::new();
+    let mut attention_any = None;
+    for level in 0..levels {
+        let first = 1 + level * (layers + 1);
+        channels.push(dim(shapes, &format!("{u}input_blocks.{first}.0.out_layers.3.weight"), 0)?);
+        let attn = has_prefix(shapes, &format!("{u}input_blocks.{first}.1."));
+        if attn {
+            attention_any.get_or_insert(first);
+        }
+        down.push(if attn { "CrossAttnDownBlock2D" } else { "DownBlock2D" }.to_string());
+    }
+    let up: Vec<String> = down.iter().rev().map(|d| d.replace("Down", "Up")).collect();
+    let first_attn = attention_any.ok_or("the denoiser has no attention blocks; not an SD 1.x/2.x UNet")?;
+    let a = format!("{u}input_blocks.{first_attn}.1.");
+    let context = dim(shapes, &format!("{a}transformer_blocks.0.attn2.to_k.weight"), 1)?;
+    let linear = shapes.get(&format!("{a}proj_in.weight")).is_some_and(|s| s.len() == 2);
+    let head_dims: Vec<usize> = match (hints.num_heads.filter(|&n| n > 0), hints.num_head_channels.filter(|&c| c > 0)) {
+        (Some(h), _) => vec![h as usize; levels],
+        (None, Some(c)) => channels.iter().map(|&ch| (ch / c as usize).max(1)).collect(),
+        (None, None) if context >= 1024 => {
+            notes.push("unet: no .yaml beside the file; 64 channels per attention head assumed (SD 2.x)".into());
+            channels.iter().map(|&ch| (ch / 64).max(1)).collect()
+        }
+        (None, None) => {
+            notes.push("unet: no .yaml beside the file; 8 attention heads assumed (SD 1.x)".into());
+            vec![8; levels]
+        }
+    };
+    let unet = UnetConfig {
+        in_channels: dim(shapes, &conv_in, 1)?,
+        out_channels: dim(shapes, &format!("{u}out.2.weight"), 0)?,
+        down_block_types: down,
+        up_block_types: up,
+        block_out_channels: channels,
+        layers_per_block: PerBlock::One(layers),
+        cross_attention_dim: context,
+        // diffusers' "attention_head_dim" is SD's head count (a historical misnomer) per block
+        attention_head_dim: PerBlock::Each(head_dims),
+        use_linear_projection: linear,
+        sample_size: None,
+        ..UnetConfig::default()
+    };
+    if model_channels != unet.block_out_channels[0] {
+        return Err(format!("conv_in has {model_channels} channels but the first block has {}", unet.block_out_channels[0]));
+    }
+    Ok((unet, layers))
+}
+
+/// For a file that holds only an LDM denoiser (stable-diffusion.cpp's names with
+/// `model.diffusion_model.`, or ComfyUI-GGUF's, which strips it): each of its denoiser keys under
+/// the full LDM name (full name → the file's key). `None` for a whole model or other names.
+pub fn denoiser_keys(shapes: &Shapes) -> Option<BTreeMap<String, String>> {
+    if shapes.keys().any(|k| k.starts_with(VAE_PREFIX) || k.starts_with("cond_stage_model.")) {
+        return None;
+    }
+    let prefixed: BTreeMap<String, String> =
+        shapes.keys().filter(|k| k.starts_with(UNET_PREFIX)).map(|k| (k.clone(), k.clone())).collect();
+    let keys = if !prefixed.is_empty() {
+        prefixed
+    } else {
+        const ROOTS: [&str; 5] = ["input_blocks.", "middle_block.", "output_blocks.", "time_embed.", "out."];
+        shapes
+            .keys()
+            .filter(|k| ROOTS.iter().any(|r| k.starts_with(r)))
+            .map(|k| (format!("{UNET_PREFIX}{k}"), k.clone()))
+            .collect()
+    };
+    let conv_in = format!("{UNET_PREFIX}input_blocks.0.0.weight");
+    (keys.contains_key(&conv_in) && keys.keys().any(|k| k.contains(".attn2.to_k."))).then_some(keys)
+}
+
+/// A denoiser-only file as the UNet sees it.
+#[derive(Clone, Debug)]
+pub struct DenoiserLayout {
+    pub unet: UnetConfig,
+    /// diffusers name → the file's tensor.
+    pub names: HashMap<String, Source>,
+    /// What was assumed rather than read.
+    pub notes: Vec<String>,
+}
+
+/// The config and diffusers name map of a denoiser-only file, whose keys [`denoiser_keys`] found
+/// (the map's sources name the file's own keys), and what was assumed.
+///
+/// # Errors
+/// Shapes that do not form an SD 1.x/2.x denoiser, naming the tensor.
+pub fn denoiser_layout(shapes: &Shapes, keys: &BTreeMap<String, String>, hints: &LdmHints) -> Result<DenoiserLayout, String> {
+    let full: Shapes = keys.iter().filter_map(|(full, file)| shapes.get(file).map(|s| (full.clone(), s.clone()))).collect();
+    let mut notes = Vec::new();
+    let (unet, layers) = unet_config(&full, hints, &mut notes)?;
+    let mut names = HashMap::new();
+    unet_map(&full, layers, &mut names);
+    for src in names.values_mut() {
+        if let Some(file) = keys.get(&src.key) {
+            src.key = file.clone();
+        }
+    }
+    Ok(DenoiserLayout { unet, names, notes })
+}
+
+/// Stable Diffusion's training schedule as diffusers configures its pipelines (DDIM-style,
+/// `leading` spacing), with v-prediction or epsilon.
+pub fn sd_scheduler(v_prediction: bool) -> SchedulerConfig {
+    SchedulerConfig {
+        beta_start: 0.00085,
+        beta_end: 0.012,
+        beta_schedule: "scaled_linear".into(),
+        prediction_type: if v_prediction { "v_prediction" } else { "epsilon" }.into(),
+        steps_offset: 1,
+        set_alpha_to_one: Some(false),
+        clip_sample: Some(false),
+        timestep_spacing: Some("leading".into()),
+        ..SchedulerConfig::default()
+    }
+}
+
 /// Infers the configs from the shapes and builds the name maps.
 ///
 /// # Errors
@@ -405,56 +529,7 @@ pub fn layout(shapes: &Shapes, hints: &LdmHints, metadata: &BTreeMap<String, Str
     }
 
     // ---- denoiser
-    let u = UNET_PREFIX;
-    let conv_in = format!("{u}input_blocks.0.0.weight");
-    let model_channels = dim(shapes, &conv_in, 0)?;
-    let (levels, layers) = unet_levels(shapes)?;
-    let mut channels = Vec::new();
-    let mut down = Vec::new();
-    let mut attention_any = None;
-    for level in 0..levels {
-        let first = 1 + level * (layers + 1);
-        channels.push(dim(shapes, &format!("{u}input_blocks.{first}.0.out_layers.3.weight"), 0)?);
-        let attn = has_prefix(shapes, &format!("{u}input_blocks.{first}.1."));
-        if attn {
-            attention_any.get_or_insert(first);
-        }
-        down.push(if attn { "CrossAttnDownBlock2D" } else { "DownBlock2D" }.to_string());
-    }
-    let up: Vec<String> = down.iter().rev().map(|d| d.replace("Down", "Up")).collect();
-    let first_attn = attention_any.ok_or("the denoiser has no attention blocks; not an SD 1.x/2.x UNet")?;
-    let a = format!("{u}input_blocks.{first_attn}.1.");
-    let context = dim(shapes, &format!("{a}transformer_blocks.0.attn2.to_k.weight"), 1)?;
-    let linear = shapes.get(&format!("{a}proj_in.weight")).is_some_and(|s| s.len() == 2);
-    let head_dims: Vec<usize> = match (hints.num_heads.filter(|&n| n > 0), hints.num_head_channels.filter(|&c| c > 0)) {
-        (Some(h), _) => vec![h as usize; levels],
-        (None, Some(c)) => channels.iter().map(|&ch| (ch / c as usize).max(1)).collect(),
-        (None, None) if context >= 1024 => {
-            notes.push("unet: no .yaml beside the file; 64 channels per attention head assumed (SD 2.x)".into());
-            channels.iter().map(|&ch| (ch / 64).max(1)).collect()
-        }
-        (None, None) => {
-            notes.push("unet: no .yaml beside the file; 8 attention heads assumed (SD 1.x)".into());
-            vec![8; levels]
-        }
-    };
-    let unet = UnetConfig {
-        in_channels: dim(shapes, &conv_in, 1)?,
-        out_channels: dim(shapes, &format!("{u}out.2.weight"), 0)?,
-        down_block_types: down,
-        up_block_types: up,
-        block_out_channels: channels,
-        layers_per_block: PerBlock::One(layers),
-        cross_attention_dim: context,
-        // diffusers' "attention_head_dim" is SD's head count (a historical misnomer) per block
-        attention_head_dim: PerBlock::Each(head_dims),
-        use_linear_projection: linear,
-        sample_size: None,
-        ..UnetConfig::default()
-    };
-    if model_channels != unet.block_out_channels[0] {
-        return Err(format!("conv_in has {model_channels} channels but the first block has {}", unet.block_out_channels[0]));
-    }
+    let (unet, layers) = unet_config(shapes, hints, &mut notes)?;
 
     // ---- autoencoder
     let e = format!("{VAE_PREFIX}encoder.");
@@ -493,17 +568,7 @@ pub fn layout(shapes: &Shapes, hints: &LdmHints, metadata: &BTreeMap<String, Str
         }
         None => false,
     };
-    let scheduler = SchedulerConfig {
-        beta_start: 0.00085,
-        beta_end: 0.012,
-        beta_schedule: "scaled_linear".into(),
-        prediction_type: if v { "v_prediction" } else { "epsilon" }.into(),
-        steps_offset: 1,
-        set_alpha_to_one: Some(false),
-        clip_sample: Some(false),
-        timestep_spacing: Some("leading".into()),
-        ..SchedulerConfig::default()
-    };
+    let scheduler = sd_scheduler(v);
 
     let mut names: [HashMap<String, Source>; 3] = Default::default();
     text_map(shapes, tower, &mut names[0]);

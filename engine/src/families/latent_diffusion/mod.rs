@@ -29,6 +29,8 @@ pub mod vae;
 pub mod vae_tiling;
 
 #[cfg(test)]
+mod gguf_tests;
+#[cfg(test)]
 mod ldm_tests;
 #[cfg(test)]
 mod offload_tests;
@@ -41,7 +43,8 @@ mod quant_tests;
 #[cfg(test)]
 mod sdxl_tests;
 
-pub use pipeline::{LatentDiffusion, load, load_checked};
+pub use checkpoint::Companions;
+pub use pipeline::{LatentDiffusion, load, load_checked, load_with_companions};
 
 use crate::families::{ComponentSpec, FamilyEntry, Recognition};
 use crate::formats::{Format, Inspection};
@@ -75,6 +78,9 @@ pub const COMPONENTS_XL: [ComponentSpec; 4] = [
 /// (the load then names the keys or files it misses). SDXL surely from a diffusers folder (its
 /// single files are not run yet). Language models and other formats are not run by this family.
 fn recognise(insp: &Inspection) -> Option<Recognition> {
+    if insp.format == Format::Gguf {
+        return recognise_gguf(insp);
+    }
     let single = matches!(insp.format, Format::Safetensors | Format::Ckpt) && insp.path.is_file();
     let layout = match insp.format {
         Format::Diffusers => "a diffusers folder",
@@ -91,4 +97,48 @@ fn recognise(insp: &Inspection) -> Option<Recognition> {
     };
     let components = if insp.family.id == "sdxl" { COMPONENTS_XL.to_vec() } else { COMPONENTS.to_vec() };
     Some(Recognition { family: ENTRY.name, confidence, reason, components })
+}
+
+/// A stable-diffusion.cpp GGUF: the original LDM names (denoiser, autoencoder and an SD 1.x/2.x
+/// text tower) in tensors of types this build runs. Such files carry no metadata, so the names
+/// are the evidence.
+fn recognise_gguf(insp: &Inspection) -> Option<Recognition> {
+    if !matches!(insp.family.id.as_str(), "sd1" | "sd2") || gguf_problem(insp).is_some() || !insp.path.is_file() {
+        return None;
+    }
+    Some(Recognition {
+        family: ENTRY.name,
+        confidence: 1.0,
+        reason: format!("a stable-diffusion.cpp GGUF of {}: {}", insp.family.label, insp.family.reason),
+        components: COMPONENTS.to_vec(),
+    })
+}
+
+/// Why this family cannot run a GGUF, as one line: names in no layout it knows (a few named), or
+/// a tensor of a type it cannot run; `None` when it can.
+pub fn gguf_problem(insp: &Inspection) -> Option<String> {
+    let shapes: ldm_keys::Shapes = insp.tensors().map(|t| (t.name.clone(), t.shape.clone())).collect();
+    if let Some(keys) = ldm_keys::denoiser_keys(&shapes) {
+        return Some(single_file::denoiser_only_message(keys.len()));
+    }
+    if !ldm_keys::is_ldm(&shapes) || ldm_keys::text_tower(&shapes).is_none() {
+        let some: Vec<&str> = shapes.keys().take(3).map(String::as_str).collect();
+        return Some(format!(
+            "its tensor names match no Stable Diffusion layout this build runs (stable-diffusion.cpp's \
+             '{}*', '{}*', 'cond_stage_model.*'); first keys: {}",
+            ldm_keys::UNET_PREFIX,
+            ldm_keys::VAE_PREFIX,
+            if some.is_empty() { "none".to_string() } else { some.join(", ") }
+        ));
+    }
+    let mut bad: Vec<_> = insp.tensors().filter(|t| !crate::nn::mapped_gguf::runnable_type_name(&t.dtype)).collect();
+    bad.sort_by(|a, b| a.name.cmp(&b.name));
+    let first = bad.first()?;
+    let more = if bad.len() > 1 { format!(" ({} more tensors too)", bad.len() - 1) } else { String::new() };
+    Some(format!(
+        "tensor '{}' is stored as {}, a GGML type this build cannot run{more}; it runs {}",
+        first.name,
+        first.dtype,
+        crate::nn::mapped_gguf::RUNNABLE_TYPES
+    ))
 }

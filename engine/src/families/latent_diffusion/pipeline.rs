@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
-use super::checkpoint::{Checkpoint, TextEncoder2};
+use super::checkpoint::{Checkpoint, Companions, TextEncoder2};
 use super::clip::ClipTextModel;
 use super::folder::build;
 use super::noise::{BatchNoise, NoiseFactory, default_noise};
@@ -33,6 +33,8 @@ use crate::worker::protocol::{Artifact, Preview, Stage};
 pub struct LatentDiffusion {
     /// Where it was loaded from (a component is read again from here when its knobs change).
     path: PathBuf,
+    /// A denoiser-only file's companions (empty for a whole model).
+    companions: Companions,
     tokenizer: ClipTokenizer,
     /// SDXL's second tokenizer and encoder config, and whether an empty negative prompt is
     /// zeros; `None` for SD 1.x/2.x.
@@ -112,15 +114,26 @@ pub fn load(path: &Path, knobs: &Knobs) -> Result<LatentDiffusion> {
 /// # Errors
 /// As [`load`]; [`Error::Cancelled`] once `cancel` says so.
 pub fn load_checked(path: &Path, knobs: &Knobs, cancel: &CancelCheck) -> Result<LatentDiffusion> {
+    load_with_companions(path, &Companions::default(), knobs, cancel)
+}
+
+/// [`load_checked`] of a denoiser-only file (stable-diffusion.cpp's or ComfyUI-GGUF's UNet
+/// GGUF) whose text encoder, VAE, tokenizer and scheduler come from `companions`
+/// ([`Checkpoint::open_with`]); with none it is [`load_checked`].
+///
+/// # Errors
+/// As [`load_checked`]; companions that do not fit the model, named.
+pub fn load_with_companions(path: &Path, companions: &Companions, knobs: &Knobs, cancel: &CancelCheck) -> Result<LatentDiffusion> {
     cancel.stop()?;
     let device = candle_device(knobs.device)?;
-    let source = Checkpoint::open(path)?;
+    let source = Checkpoint::open_with(path, companions)?;
     let tokenizer = source.tokenizer()?;
     let xl = source.text_2()?;
     check_xl(&source, xl.as_ref())?;
     let knobs = &knobs.for_family(components(xl.is_some()), &path.display().to_string())?;
     let mut model = LatentDiffusion {
         path: path.to_path_buf(),
+        companions: companions.clone(),
         tokenizer,
         xl,
         text: None,
@@ -241,8 +254,15 @@ impl LatentDiffusion {
             Precision::Bf16 => DType::BF16,
             _ => DType::F32,
         };
+        // a GGUF under precision auto: every tensor as the file stores it
+        let part: Option<Component> = if c == "text_2" { None } else { c.parse().ok() };
+        let stored = part.and_then(|part| source.stored_source(part, knobs.precision.get(c)));
         let weights = |vb| {
-            let w = if storage == Precision::F32 { Weights::new(vb) } else { Weights::with_precision(vb, storage) };
+            let w = match &stored {
+                Some(src) => Weights::as_stored(vb, src.clone()),
+                None if storage == Precision::F32 => Weights::new(vb),
+                None => Weights::with_precision(vb, storage),
+            };
             w.with_cancel(cancel.clone())
         };
         let slice = knobs.slicing.attention_slice as usize;
@@ -312,6 +332,9 @@ impl LatentDiffusion {
         }
         if storage.is_quantized() {
             notes.push(format!("{c}: precision {storage}: {}; {} resident", ledger.summary(), human_bytes(ledger.bytes)));
+        }
+        if let Some(part) = part {
+            notes.extend(source.stored_notes(part, knobs.precision.get(c), &ledger, device.is_cpu()));
         }
         self.held[i] = Held { device, dtype, bytes: ledger.bytes, cpu_bytes, notes };
         Ok(())
@@ -725,11 +748,13 @@ impl Family for LatentDiffusion {
     fn retune(&mut self, loaded_with: &Knobs, knobs: &Knobs, cancel: &CancelCheck) -> Result<Retuned> {
         let components = components(self.xl.is_some());
         let knobs = &knobs.for_family(components, &self.path.display().to_string())?;
-        let Some(changed) = loaded_with.components_to_reread(knobs, components) else {
+        let Some(mut changed) = loaded_with.components_to_reread(knobs, components) else {
             return Ok(Retuned::No);
         };
+        // a GGUF under auto holds its tensors as stored, which no explicit precision does
+        changed.extend(super::checkpoint::as_stored_changes(&self.path, loaded_with, knobs, &changed));
         if !changed.is_empty() {
-            let source = Checkpoint::open(&self.path)?;
+            let source = Checkpoint::open_with(&self.path, &self.companions)?;
             for c in &changed {
                 self.read_component(&source, c, knobs, cancel)?;
             }

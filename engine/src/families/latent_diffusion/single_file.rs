@@ -1,7 +1,9 @@
-//! Single-file checkpoints (`.safetensors`, or `.ckpt` torch zips read by our own pickle reader)
-//! in the original LDM layout, served to the modules under diffusers names: a candle
-//! `SimpleBackend` per component that finds each tensor through [`super::ldm_keys`], reads it from
-//! the memory map (or the zip entry) only when a module asks for it, and reshapes or splits it.
+//! Single-file checkpoints (`.safetensors`, `.ckpt` torch zips read by our own pickle reader, or
+//! stable-diffusion.cpp's `.gguf`) in the original LDM layout, served to the modules under
+//! diffusers names: a candle `SimpleBackend` per component that finds each tensor through
+//! [`super::ldm_keys`], reads it from the memory map (or the zip entry) only when a module asks
+//! for it, and reshapes or splits it. A GGUF's tensors can also be handed over as stored
+//! ([`SingleFile::stored_source`]: GGML blocks and f16 kept as they are).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -17,10 +19,13 @@ use crate::error::{Error, Result};
 use crate::formats::ckpt::{self, CkptTensor};
 use crate::knobs::Component;
 use crate::nn::mapped::MappedSafetensors;
+use crate::nn::mapped_gguf::MappedGguf;
+use crate::nn::{StoredSource, StoredWeight};
 
 /// Where the tensors' bytes are.
 enum Storage {
     Safetensors(MappedSafetensors),
+    Gguf(MappedGguf),
     Ckpt { tensors: HashMap<String, CkptTensor>, zip: Mutex<zip::ZipArchive<File>> },
 }
 
@@ -53,30 +58,57 @@ impl SingleFile {
     /// An unreadable file, a format other than safetensors or a torch zip, or a key layout that
     /// is not SD 1.x/2.x LDM (the message names a few keys).
     pub fn open(path: &Path) -> Result<Self> {
-        let is_zip = {
-            let mut magic = [0u8; 4];
-            let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
-            std::io::Read::read(&mut f, &mut magic).map_err(|e| Error::io(path, e))? == 4 && &magic == b"PK\x03\x04"
-        };
-        let (storage, shapes, metadata) = if is_zip {
-            let (located, metadata, _) = ckpt::locate(path)?;
-            let shapes: Shapes = located.iter().map(|t| (t.name.clone(), t.shape.clone())).collect();
-            let tensors = located.into_iter().map(|t| (t.name.clone(), t)).collect();
-            let zip = Mutex::new(ckpt::open_archive(path)?);
-            (Storage::Ckpt { tensors, zip }, shapes, metadata)
-        } else {
-            // not a torch zip: safetensors, or an error naming the file
-            let st = MappedSafetensors::open(path)?;
-            let shapes: Shapes = st.shapes().map(|(n, s)| (n.to_string(), s.iter().map(|&d| d as u64).collect())).collect();
-            (Storage::Safetensors(st), shapes, BTreeMap::new())
-        };
-        let yaml = path.with_extension("yaml");
-        let hints = match std::fs::read_to_string(&yaml) {
-            Ok(text) => LdmHints::from_yaml(&text),
-            Err(_) => LdmHints::default(),
-        };
+        let (storage, shapes, metadata) = read(path)?;
+        let hints = hints_beside(path);
+        if let Some(keys) = ldm_keys::denoiser_keys(&shapes) {
+            return Err(Error::file(path, denoiser_only_message(keys.len())));
+        }
         let layout = ldm_keys::layout(&shapes, &hints, &metadata).map_err(|e| Error::file(path, e))?;
+        check_runnable(path, &storage, &layout)?;
         Ok(Self { path: path.to_path_buf(), storage: Arc::new(storage), layout })
+    }
+
+    /// Opens a file that holds only an LDM denoiser (stable-diffusion.cpp's or ComfyUI-GGUF's
+    /// names): its layout has the UNet's config and names; the text encoder, VAE, tokenizer and
+    /// scheduler come from a companion ([`super::checkpoint::Companions`]).
+    ///
+    /// # Errors
+    /// As [`SingleFile::open`]; a whole model or names that are no SD 1.x/2.x denoiser.
+    pub fn open_denoiser(path: &Path) -> Result<Self> {
+        let (storage, shapes, _) = read(path)?;
+        let keys = ldm_keys::denoiser_keys(&shapes).ok_or_else(|| {
+            let some: Vec<&str> = shapes.keys().take(3).map(String::as_str).collect();
+            Error::file(path, format!("is not a denoiser-only file (LDM '{}*' names); first keys: {}", ldm_keys::UNET_PREFIX, some.join(", ")))
+        })?;
+        let ldm_keys::DenoiserLayout { unet, names, notes } =
+            ldm_keys::denoiser_layout(&shapes, &keys, &hints_beside(path)).map_err(|e| Error::file(path, e))?;
+        let layout = ldm_keys::LdmLayout {
+            unet,
+            // not in the file: the companion's are used
+            vae: Default::default(),
+            text: Default::default(),
+            tower: ldm_keys::TextTower::Clip,
+            scheduler: Default::default(),
+            names: [HashMap::new(), names, HashMap::new()],
+            notes,
+        };
+        check_runnable(path, &storage, &layout)?;
+        Ok(Self { path: path.to_path_buf(), storage: Arc::new(storage), layout })
+    }
+
+    /// Whether the file is a GGUF, whose tensors [`SingleFile::stored_source`] hands over as stored.
+    pub fn is_gguf(&self) -> bool {
+        matches!(*self.storage, Storage::Gguf(_))
+    }
+
+    /// For a GGUF, one component's tensors under their diffusers names as the file stores them
+    /// (blocks, f16, f32), for [`crate::nn::Weights::as_stored`]; `None` for other formats.
+    pub fn stored_source(&self, component: Component) -> Option<Arc<dyn StoredSource>> {
+        if !self.is_gguf() {
+            return None;
+        }
+        let names = self.layout.names[component_index(component)].clone();
+        Some(Arc::new(ComponentBackend { path: self.path.clone(), storage: Arc::clone(&self.storage), names }))
     }
 
     /// The checkpoint file.
@@ -96,10 +128,66 @@ impl SingleFile {
     fn elements(&self, s: &Source) -> u64 {
         let n = match &*self.storage {
             Storage::Safetensors(st) => st.elements(&s.key).unwrap_or(0) as u64,
+            Storage::Gguf(g) => g.entry(&s.key).map_or(0, |e| e.elements() as u64),
             Storage::Ckpt { tensors, .. } => tensors.get(&s.key).map(CkptTensor::elements).unwrap_or(0),
         };
         if matches!(s.take, Take::Third(_)) { n / 3 } else { n }
     }
+}
+
+/// What a single file holds: its storage, tensor shapes and metadata (a checkpoint's).
+fn read(path: &Path) -> Result<(Storage, Shapes, BTreeMap<String, String>)> {
+    let magic = {
+        let mut magic = [0u8; 4];
+        let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
+        let n = std::io::Read::read(&mut f, &mut magic).map_err(|e| Error::io(path, e))?;
+        magic[..n].to_vec()
+    };
+    Ok(if magic == b"GGUF" || magic == b"FUGG" {
+        let g = MappedGguf::open(path)?;
+        let shapes: Shapes = g.entries().map(|(n, e)| (n.to_string(), e.shape.iter().map(|&d| d as u64).collect())).collect();
+        (Storage::Gguf(g), shapes, BTreeMap::new())
+    } else if magic == b"PK\x03\x04" {
+        let (located, metadata, _) = ckpt::locate(path)?;
+        let shapes: Shapes = located.iter().map(|t| (t.name.clone(), t.shape.clone())).collect();
+        let tensors = located.into_iter().map(|t| (t.name.clone(), t)).collect();
+        let zip = Mutex::new(ckpt::open_archive(path)?);
+        (Storage::Ckpt { tensors, zip }, shapes, metadata)
+    } else {
+        // not a torch zip: safetensors, or an error naming the file
+        let st = MappedSafetensors::open(path)?;
+        let shapes: Shapes = st.shapes().map(|(n, s)| (n.to_string(), s.iter().map(|&d| d as u64).collect())).collect();
+        (Storage::Safetensors(st), shapes, BTreeMap::new())
+    })
+}
+
+/// The hints of an LDM `.yaml` with the same stem beside `path`, if there is one.
+fn hints_beside(path: &Path) -> LdmHints {
+    match std::fs::read_to_string(path.with_extension("yaml")) {
+        Ok(text) => LdmHints::from_yaml(&text),
+        Err(_) => LdmHints::default(),
+    }
+}
+
+/// Refuses a GGUF whose used tensors this build cannot run as they are stored: a GGML type it
+/// has no kernel for, or a tensor ComfyUI-GGUF's converter stored reshaped.
+fn check_runnable(path: &Path, storage: &Storage, layout: &LdmLayout) -> Result<()> {
+    if let Storage::Gguf(g) = storage {
+        let used = || layout.names.iter().flat_map(|m| m.values()).map(|s| s.key.as_str());
+        if let Some(message) = g.unrunnable(used()).or_else(|| g.reshaped(used())) {
+            return Err(Error::file(path, message));
+        }
+    }
+    Ok(())
+}
+
+/// What a denoiser-only file needs to run, in one line.
+pub fn denoiser_only_message(tensors: usize) -> String {
+    format!(
+        "holds only a denoiser ({tensors} UNet tensors, no text encoder or VAE): run it with a companion, \
+         --base PATH (a Stable Diffusion 1.x/2.x model to take the text encoder and VAE from) or \
+         --vae PATH --text-encoder PATH (diffusers vae/ and text_encoder/ folders)"
+    )
 }
 
 /// A builder over a torch zip (`pytorch_model.bin` / `diffusion_pytorch_model.bin` in a diffusers
@@ -138,6 +226,8 @@ impl ComponentBackend {
     fn raw(&self, key: &str) -> candle_core::Result<Tensor> {
         match &*self.storage {
             Storage::Safetensors(st) => st.load(key),
+            // blocks expanded to f32 once: a precision knob then stores the tensor its own way
+            Storage::Gguf(g) => g.dense(key, None),
             Storage::Ckpt { tensors, zip } => {
                 let t = tensors.get(key).ok_or_else(|| candle_core::Error::Msg(format!("'{key}' is not in the file")))?;
                 let dtype = dtype_of(t.dtype)
@@ -170,6 +260,28 @@ impl ComponentBackend {
             }
         };
         t.to_dtype(dtype)?.to_device(dev)
+    }
+}
+
+impl StoredSource for ComponentBackend {
+    fn stored(&self, name: &str, device: &Device) -> candle_core::Result<StoredWeight> {
+        let src = self
+            .names
+            .get(name)
+            .ok_or_else(|| candle_core::Error::Msg(format!("no tensor maps to '{name}' in the LDM checkpoint")))?;
+        let Storage::Gguf(g) = &*self.storage else {
+            candle_core::bail!("{}: only a GGUF's tensors are read as stored", self.path.display());
+        };
+        let rows = match src.take {
+            Take::Third(k) => {
+                let first = g.entry(&src.key).and_then(|e| e.shape.first().copied()).unwrap_or(0);
+                Some((k * (first / 3), first / 3))
+            }
+            // a 1×1 kernel's rows are its input channels whatever its shape says; the weight
+            // reader takes dense tensors to the shape it expects, and blocks are already rows
+            Take::Whole | Take::Squeeze1x1 => None,
+        };
+        g.stored(&src.key, rows, device)
     }
 }
 
