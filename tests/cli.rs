@@ -784,3 +784,19 @@ fn version_1_profiles_and_outputs_reproduce() {
         }
     }
 }
+
+/// `--field KEY=VALUE` sets any request field by its profile key (the same keys a family
+/// declares and profiles record); an unknown key or a value of the wrong kind is one line.
+#[test]
+fn request_fields_by_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    let res = headroom(&["run", "builtin:shapes", "--field", "steps=2,width=32", "--field", "height=32", "--field", "scheduler=ddim", "--out", out, "--json"]);
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    let profile = json(&res)["profile"].as_str().unwrap().to_string();
+    let p = headroom_engine::profile::Profile::load(Path::new(&profile)).unwrap();
+    assert_eq!((p.request.steps, p.request.width, p.request.height), (2, 32, 32));
+    assert_eq!(p.request.scheduler, headroom_engine::request::Scheduler::Ddim);
+    fails_in_one_line(&headroom(&["run", "builtin:shapes", "--field", "stepz=2", "--out", out]), &["unknown request field 'stepz'"]);
+    fails_in_one_line(&headroom(&["run", "builtin:shapes", "--field", "steps=two", "--out", out]), &["request field steps = two"]);
+}

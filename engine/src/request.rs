@@ -211,7 +211,101 @@ impl Default for Request {
     }
 }
 
+/// One request field's value, by kind ([`Request::field`], [`Request::set_field`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum FieldValue {
+    Text(String),
+    Int(i64),
+    Float(f64),
+    Flag(bool),
+    /// One of a field's named choices.
+    Choice(String),
+}
+
+impl fmt::Display for FieldValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FieldValue::Text(s) | FieldValue::Choice(s) => f.write_str(s),
+            FieldValue::Int(n) => write!(f, "{n}"),
+            FieldValue::Float(x) => write!(f, "{x}"),
+            FieldValue::Flag(b) => write!(f, "{b}"),
+        }
+    }
+}
+
 impl Request {
+    /// The value of field `key` by its profile name (`steps`, `guidance`, `scheduler`, `seconds`
+    /// (0 for the model's native length), …); `None` for a key the request has no field for.
+    pub fn field(&self, key: &str) -> Option<FieldValue> {
+        use FieldValue::*;
+        Some(match key {
+            "prompt" => Text(self.prompt.clone()),
+            "negative" => Text(self.negative.clone()),
+            "seed" => Int(self.seed as i64),
+            "steps" => Int(i64::from(self.steps)),
+            "guidance" => Float(f64::from(self.guidance)),
+            "scheduler" => Choice(self.scheduler.name().into()),
+            "karras" => Flag(self.karras),
+            "width" => Int(i64::from(self.width)),
+            "height" => Int(i64::from(self.height)),
+            "seconds" => Float(self.seconds.map_or(0.0, f64::from)),
+            "batch" => Int(i64::from(self.batch)),
+            "noise" => Choice(self.noise.name().into()),
+            _ => return None,
+        })
+    }
+
+    /// Sets field `key` (as [`Request::field`] names it) from a value of its kind, or from text
+    /// (`FieldValue::Text`) parsed as the field's kind — what the CLI's `--field key=value` gives.
+    ///
+    /// # Errors
+    /// An unknown key, or a value that is not of the field's kind or out of its type's range.
+    pub fn set_field(&mut self, key: &str, value: FieldValue) -> Result<()> {
+        use FieldValue::*;
+        let bad = |want: &str| Error::invalid(format!("request field {key} = {value}: expected {want}"));
+        let int = |v: &FieldValue| match v {
+            Int(n) => Some(*n),
+            Text(s) => s.trim().parse().ok(),
+            _ => None,
+        };
+        let float = |v: &FieldValue| match v {
+            Float(x) => Some(*x),
+            Int(n) => Some(*n as f64),
+            Text(s) => s.trim().parse().ok(),
+            _ => None,
+        };
+        let text = |v: &FieldValue| match v {
+            Text(s) | Choice(s) => Some(s.clone()),
+            _ => None,
+        };
+        let u32_of = |v: &FieldValue| int(v).and_then(|n| u32::try_from(n).ok());
+        match key {
+            "prompt" => self.prompt = text(&value).ok_or_else(|| bad("text"))?,
+            "negative" => self.negative = text(&value).ok_or_else(|| bad("text"))?,
+            "seed" => self.seed = int(&value).and_then(|n| u64::try_from(n).ok()).ok_or_else(|| bad("a whole number ≥ 0"))?,
+            "steps" => self.steps = u32_of(&value).ok_or_else(|| bad("a whole number ≥ 0"))?,
+            "width" => self.width = u32_of(&value).ok_or_else(|| bad("a whole number of pixels"))?,
+            "height" => self.height = u32_of(&value).ok_or_else(|| bad("a whole number of pixels"))?,
+            "batch" => self.batch = u32_of(&value).ok_or_else(|| bad("a whole number ≥ 1"))?,
+            "guidance" => self.guidance = float(&value).ok_or_else(|| bad("a number"))? as f32,
+            "seconds" => {
+                let s = float(&value).ok_or_else(|| bad("a number of seconds"))?;
+                self.seconds = (s > 0.0).then_some(s as f32);
+            }
+            "karras" => {
+                self.karras = match &value {
+                    Flag(b) => *b,
+                    Text(s) => s.trim().parse().map_err(|_| bad("true or false"))?,
+                    _ => return Err(bad("true or false")),
+                }
+            }
+            "scheduler" => self.scheduler = text(&value).ok_or_else(|| bad("a scheduler"))?.parse()?,
+            "noise" => self.noise = text(&value).ok_or_else(|| bad("batch or per-image"))?.parse()?,
+            _ => return Err(Error::invalid(format!("unknown request field '{key}'"))),
+        }
+        Ok(())
+    }
+
     /// Checks what can be checked without a model.
     ///
     /// # Errors
@@ -294,6 +388,43 @@ impl Request {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every field reads back by key what was set by key, from text as the CLI gives it or
+    /// from a value of its kind; `seconds` 0 is the native length; unknown keys and wrong kinds
+    /// are refused naming the field; the family's declared fields are all fields of the request.
+    #[test]
+    fn fields_by_key() {
+        let mut r = Request::default();
+        for (key, text, want) in [
+            ("prompt", "a cat", FieldValue::Text("a cat".into())),
+            ("negative", "blur", FieldValue::Text("blur".into())),
+            ("seed", "7", FieldValue::Int(7)),
+            ("steps", "30", FieldValue::Int(30)),
+            ("guidance", "4.5", FieldValue::Float(4.5)),
+            ("scheduler", "DPM++ 2M", FieldValue::Choice("dpmpp_2m".into())),
+            ("karras", "true", FieldValue::Flag(true)),
+            ("width", "96", FieldValue::Int(96)),
+            ("height", "128", FieldValue::Int(128)),
+            ("seconds", "2.5", FieldValue::Float(2.5)),
+            ("batch", "3", FieldValue::Int(3)),
+            ("noise", "a1111", FieldValue::Choice("per-image".into())),
+        ] {
+            r.set_field(key, FieldValue::Text(text.into())).unwrap();
+            assert_eq!(r.field(key), Some(want.clone()), "{key}");
+            let mut again = Request::default();
+            again.set_field(key, want.clone()).unwrap();
+            assert_eq!(again.field(key), Some(want), "{key} by value");
+        }
+        r.set_field("seconds", FieldValue::Float(0.0)).unwrap();
+        assert_eq!(r.seconds, None);
+        assert_eq!(r.set_field("temperature_", FieldValue::Int(1)).unwrap_err().to_string(), "unknown request field 'temperature_'");
+        assert!(r.set_field("steps", FieldValue::Text("-1".into())).unwrap_err().to_string().starts_with("request field steps = -1"));
+        assert!(r.set_field("karras", FieldValue::Int(1)).is_err());
+        let declared = crate::families::latent_diffusion::IMAGE_FIELDS.iter().chain(&crate::families::latent_diffusion::AUDIO_FIELDS);
+        for f in declared {
+            assert!(r.field(f.key).is_some(), "declared field {} is not a request field", f.key);
+        }
+    }
 
     /// Sizes that are not multiples of 8 and zero steps are refused with the field named.
     #[test]

@@ -617,3 +617,38 @@ fn slow_reads_run_off_the_ui_thread() {
     assert!(plan_bar_text(h.state()).is_some(), "the plan followed the summary");
     assert!(!h.state().rt.chores.busy());
 }
+
+/// A family the app has never heard of plugs in through its declarations alone: the knobs panel
+/// offers its components (a placeable codec, a language model whose layers are the offloadable
+/// units) and the request panel its fields (a length, no size), with no Stable Diffusion
+/// component or field in sight; a precision set per component reaches the loaded model's knobs
+/// by the family's own name.
+#[test]
+fn a_stand_in_family_plugs_in_by_its_declarations() {
+    use headroom_engine::families::{ComponentSpec, FieldKind, FieldSpec};
+    let mut fake = FakeBackend::new();
+    fake.components = vec![
+        ComponentSpec { name: "text", aliases: &[], label: "Prompt encoder", placeable: true, units: None },
+        ComponentSpec { name: "lm", aliases: &["decoder"], label: "Language model", placeable: false, units: Some("layers") },
+        ComponentSpec { name: "codec", aliases: &[], label: "Audio codec", placeable: true, units: None },
+    ];
+    fake.fields = vec![
+        FieldSpec { key: "seconds", label: "Length", kind: FieldKind::Float { min: 0.0, max: 30.0, step: 0.5, unit: " s" }, help: "" },
+        FieldSpec { key: "guidance", label: "Guidance", kind: FieldKind::Float { min: 0.0, max: 10.0, step: 0.5, unit: "" }, help: "" },
+    ];
+    let mut h = harness(fake);
+    drop_files(&mut h, &["/models/tones.safetensors"]);
+    for label in ["Prompt encoder", "Language model", "Audio codec", "Resident layers", "Other layers", "Length", "Guidance"] {
+        assert!(h.query_all_by_label(label).count() >= 1, "{label} not shown");
+    }
+    for absent in ["UNet", "VAE", "Text encoder", "Width", "Height", "Steps", "Scheduler", "Negative prompt"] {
+        assert_eq!(h.query_all_by_label(absent).count(), 0, "{absent} shown for a family that has none");
+    }
+    h.state_mut().state.knobs.set("precision.decoder", "q8_0").unwrap();
+    h.get_by_label("Load").click();
+    h.run_steps(3);
+    let loaded = h.state().rt.loaded.clone().expect("loaded");
+    assert_eq!(loaded.components.len(), 3);
+    let k = loaded.knobs.for_family(&loaded.components, "tones").unwrap();
+    assert_eq!(k.precision.get("lm"), headroom_engine::knobs::Precision::Q8_0, "the alias is the lm's knob");
+}

@@ -290,7 +290,7 @@ fn escape_cancels_a_run() {
         .rt
         .commands
         .push(headroom_ui::app::AppCommand::InspectModel(fixture()));
-    h.run_steps(3);
+    step_until(&mut h, "the inspection", inspected);
     h.get_by_label("Generate").click();
     step_until(&mut h, "the first step", |a| {
         a.rt.run.as_ref().is_some_and(|r| r.step >= 1)

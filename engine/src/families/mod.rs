@@ -46,6 +46,11 @@ pub trait Family: Send {
     fn components(&self) -> Vec<ComponentSpec> {
         Vec::new()
     }
+    /// The request fields it takes besides the prompt, seed and batch, in the order the request
+    /// panel shows them.
+    fn fields(&self) -> Vec<FieldSpec> {
+        Vec::new()
+    }
     /// Resident weight bytes per device name (`cpu`, `cuda:0`), counted from the loaded tensors.
     fn weight_bytes(&self) -> Vec<(String, u64)>;
     /// Runs a request to the end, or returns [`crate::Error::Cancelled`] between steps.
@@ -95,6 +100,35 @@ pub struct ComponentSpec {
     pub units: Option<&'static str>,
 }
 
+/// A request field a family reads (beyond the prompt, seed and batch every run has), declared
+/// so that the request panel shows exactly what the model takes, with its bounds, and the CLI's
+/// `--field KEY=VALUE` and profiles use the same keys ([`crate::Request::field`]).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct FieldSpec {
+    /// The request's key (`steps`, `guidance`, `seconds`, …).
+    pub key: &'static str,
+    /// For people: "Steps".
+    pub label: &'static str,
+    pub kind: FieldKind,
+    /// A hover hint; empty for none.
+    pub help: &'static str,
+}
+
+/// What kind of value a request field takes, with its bounds.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub enum FieldKind {
+    /// Free text over this many lines.
+    Text { rows: u8 },
+    /// A whole number in `min..=max`, moved in steps of `step` (sizes in multiples of 8).
+    Int { min: i64, max: i64, step: i64 },
+    /// A number in `min..=max`; `unit` is shown after it (" s").
+    Float { min: f64, max: f64, step: f64, unit: &'static str },
+    /// One of these names.
+    Choice(&'static [&'static str]),
+    /// On or off.
+    Flag,
+}
+
 /// How sure a family is that it runs a model, and on what evidence.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Recognition {
@@ -107,6 +141,8 @@ pub struct Recognition {
     pub reason: String,
     /// The model's components as this family runs them, in pipeline order.
     pub components: Vec<ComponentSpec>,
+    /// The request fields this model takes, in the order the request panel shows them.
+    pub fields: Vec<FieldSpec>,
 }
 
 /// A family this build runs: how it recognises a model from its inspection (`None`: it cannot

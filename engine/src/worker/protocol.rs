@@ -86,6 +86,8 @@ pub enum Event {
         reread: Option<Vec<String>>,
         /// The model's components as its family declares them (what the knobs panel offers).
         components: Vec<crate::families::ComponentSpec>,
+        /// The request fields it takes (what the request panel offers).
+        fields: Vec<crate::families::FieldSpec>,
     },
     /// The model was unloaded.
     Unloaded,

@@ -159,18 +159,19 @@ impl Worker {
             let shape = model.resolve().ok().and_then(|p| crate::formats::inspect(&p).ok());
             let shape = shape.map(|i| crate::plan::ModelShape::from_inspection(&i));
             let components = family.components();
-            Ok::<_, Error>((family, name, weight_bytes, sha256, shape, components))
+            let fields = family.fields();
+            Ok::<_, Error>((family, name, weight_bytes, sha256, shape, components, fields))
         }));
         let telemetry = recorder.finish();
         let load_ms = telemetry.timings_ms.get(Stage::Load.name()).copied().unwrap_or(0);
         let mut closing = vec![Event::Telemetry(telemetry.clone())];
         closing.push(match result {
-            Ok(Ok((family, name, weight_bytes, sha256, shape, components))) => {
+            Ok(Ok((family, name, weight_bytes, sha256, shape, components, fields))) => {
                 let load_telemetry = Some(telemetry);
                 let names = components.iter().map(|c| c.name.to_string()).collect();
                 let info = ModelInfo { source: model.to_string(), sha256, family: name.clone(), name: model.display_name(), components: names };
                 self.loaded = Some(Loaded { family, knobs, info, load_telemetry, shape });
-                Event::Loaded { model, family: name, weight_bytes, load_ms, reread: None, components }
+                Event::Loaded { model, family: name, weight_bytes, load_ms, reread: None, components, fields }
             }
             Ok(Err(Error::Cancelled)) => Event::Cancelled,
             Ok(Err(e)) => {
@@ -224,6 +225,7 @@ impl Worker {
                         load_ms,
                         reread: Some(components),
                         components: l.family.components(),
+                        fields: l.family.fields(),
                     },
                 ])
             }

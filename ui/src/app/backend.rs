@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use headroom_engine::media::{Audio, Image};
-use headroom_engine::families::ComponentSpec;
+use headroom_engine::families::{ComponentSpec, FieldSpec};
 use headroom_engine::worker::protocol::Preview;
 use headroom_engine::{Knobs, Request};
 
@@ -33,6 +33,8 @@ pub struct ModelSummary {
     /// The components as the family that runs it declares them (their knobs); empty when no
     /// family of this build runs it.
     pub knob_components: Vec<ComponentSpec>,
+    /// The request fields it takes, as its family declares them (empty: no family runs it).
+    pub fields: Vec<FieldSpec>,
     /// Things a person should know (unknown tensors, odd dtypes).
     pub warnings: Vec<String>,
     /// The model makes audio (a mel-spectrogram model, by its manifest).
@@ -192,6 +194,8 @@ pub enum EngineEvent {
         reread: Option<Vec<String>>,
         /// Its components as its family declares them.
         components: Vec<ComponentSpec>,
+        /// The request fields it takes.
+        fields: Vec<FieldSpec>,
     },
     /// The model was unloaded.
     Unloaded,

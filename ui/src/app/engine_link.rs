@@ -182,6 +182,7 @@ fn memory_point(s: &MemorySample) -> MemoryPoint {
 impl Reader for EngineReader {
     fn inspect(&self, model: &str) -> Result<ModelSummary, String> {
         let insp = inspect(model)?;
+        let recognition = headroom_engine::families::recognise(&insp).map(|(r, _)| r);
         // a model no family runs is not cached: its plan is the planner's refusal
         if let Ok(shape) = ModelShape::runnable(&insp) {
             self.shapes().insert(model.to_string(), shape);
@@ -199,9 +200,8 @@ impl Reader for EngineReader {
                 .map(|c| (c.name.clone(), c.parameters))
                 .collect(),
             warnings: insp.warnings.clone(),
-            knob_components: headroom_engine::families::recognise(&insp)
-                .map(|(r, _)| r.components)
-                .unwrap_or_default(),
+            knob_components: recognition.as_ref().map(|r| r.components.clone()).unwrap_or_default(),
+            fields: recognition.map(|r| r.fields).unwrap_or_default(),
             audio: headroom_engine::model::makes_audio(&ModelRef::parse(model)),
         })
     }
@@ -352,6 +352,7 @@ impl Backend for EngineBackend {
                     load_ms,
                     reread,
                     components,
+                    fields,
                 } => EngineEvent::Loaded {
                     model: model.to_string(),
                     family,
@@ -359,6 +360,7 @@ impl Backend for EngineBackend {
                     load_ms,
                     reread,
                     components,
+                    fields,
                 },
                 Event::Unloaded => EngineEvent::Unloaded,
                 Event::Progress { stage, step, total } => EngineEvent::Progress {

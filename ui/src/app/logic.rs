@@ -90,6 +90,7 @@ impl HeadroomApp {
                 load_ms,
                 reread,
                 components,
+                fields,
             } => {
                 rt.loading = None;
                 // the loaded model took the knobs, reading again only the components they touch
@@ -99,6 +100,7 @@ impl HeadroomApp {
                     l.knobs = self.state.knobs;
                     l.weight_bytes = weight_bytes;
                     l.components = components;
+                    l.fields = fields;
                     rt.notify(if reread.is_empty() {
                         format!("Knobs applied to {model} without reloading")
                     } else {
@@ -122,6 +124,7 @@ impl HeadroomApp {
                     load_ms,
                     knobs: self.state.knobs,
                     components,
+                    fields,
                 });
             }
             EngineEvent::Unloaded => rt.loaded = None,

@@ -115,6 +115,8 @@ pub struct LoadedModel {
     pub knobs: Knobs,
     /// Its components as its family declares them.
     pub components: Vec<headroom_engine::families::ComponentSpec>,
+    /// The request fields it takes.
+    pub fields: Vec<headroom_engine::families::FieldSpec>,
 }
 
 /// A run in progress.
@@ -392,6 +394,16 @@ impl Runtime {
         match (&self.loaded, &self.candidate) {
             (Some(l), _) => &l.components,
             (None, Some(Candidate { summary: Some(Ok(s)), .. })) => &s.knob_components,
+            _ => &[],
+        }
+    }
+
+    /// The request fields of the model a run is about (the inspected candidate, else the loaded
+    /// one), as its family declares them; empty before a model is known.
+    pub fn fields(&self) -> &[headroom_engine::families::FieldSpec] {
+        match (&self.candidate, &self.loaded) {
+            (Some(Candidate { summary: Some(Ok(s)), .. }), _) => &s.fields,
+            (_, Some(l)) => &l.fields,
             _ => &[],
         }
     }

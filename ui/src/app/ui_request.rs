@@ -1,26 +1,22 @@
-//! The request panel: prompt, negative, seed (dice and lock), steps, guidance, scheduler, size or
-//! seconds, batch and its noise; Generate (Ctrl+Enter) and Cancel (Esc); progress with the stage.
+//! The request panel: the prompt and seed (dice and lock), the fields the model's family declares
+//! (negative prompt, steps, guidance, scheduler, size or seconds, …, each as its kind's widget),
+//! the batch and its noise; Generate (Ctrl+Enter) and Cancel (Esc); progress with the stage.
 
 use egui::RichText;
-use headroom_engine::request::{NoiseMode, Scheduler};
+use headroom_engine::Request;
+use headroom_engine::families::{FieldKind, FieldSpec};
+use headroom_engine::request::{FieldValue, NoiseMode};
 
 use super::HeadroomApp;
 use super::command::AppCommand;
 use super::widgets::section_ui;
 
 impl HeadroomApp {
-    /// True when the model about to run (the inspected candidate, else the loaded one) makes
-    /// audio, as its manifest says.
-    pub(super) fn model_is_audio(&self) -> bool {
-        match &self.rt.candidate {
-            Some(c) => c.summary.as_ref().is_some_and(|s| s.as_ref().is_ok_and(|s| s.audio)),
-            None => self.rt.loaded.as_ref().is_some_and(|l| l.audio),
-        }
-    }
-
-    /// The right panel.
+    /// The right panel: the prompt, the seed, then the fields the model's family declares
+    /// (negative prompt, steps, size or seconds, …), then the batch and its noise.
     pub(super) fn request_ui(&mut self, ui: &mut egui::Ui) {
         let mut r = self.state.request.clone();
+        let fields = self.rt.fields().to_vec();
         section_ui(ui, "Request");
         let prompt_label = ui.label("Prompt");
         ui.add(
@@ -30,14 +26,9 @@ impl HeadroomApp {
                 .hint_text("what to make"),
         )
         .labelled_by(prompt_label.id);
-        let negative_label = ui.label("Negative prompt");
-        ui.add(
-            egui::TextEdit::multiline(&mut r.negative)
-                .desired_rows(2)
-                .desired_width(f32::INFINITY)
-                .hint_text("what to avoid"),
-        )
-        .labelled_by(negative_label.id);
+        for f in fields.iter().filter(|f| matches!(f.kind, FieldKind::Text { .. })) {
+            field_ui(ui, f, &mut r);
+        }
         ui.add_space(4.0);
         egui::Grid::new("request_grid")
             .num_columns(2)
@@ -64,65 +55,8 @@ impl HeadroomApp {
                     }
                 });
                 ui.end_row();
-                let l = ui.label("Steps");
-                ui.add(egui::Slider::new(&mut r.steps, 1..=150))
-                    .labelled_by(l.id);
-                ui.end_row();
-                let l = ui.label("Guidance");
-                ui.add(egui::Slider::new(&mut r.guidance, 0.0..=20.0).step_by(0.5))
-                    .labelled_by(l.id);
-                ui.end_row();
-                let l = ui.label("Scheduler");
-                ui.horizontal(|ui| {
-                    egui::ComboBox::from_id_salt("scheduler")
-                        .selected_text(r.scheduler.name())
-                        .show_ui(ui, |ui| {
-                            for s in Scheduler::ALL {
-                                ui.selectable_value(&mut r.scheduler, s, s.name());
-                            }
-                        })
-                        .response
-                        .labelled_by(l.id);
-                    ui.checkbox(&mut r.karras, "Karras");
-                });
-                ui.end_row();
-                if self.model_is_audio() {
-                    let l = ui.label("Seconds");
-                    let mut secs = r.seconds.unwrap_or(0.0);
-                    if ui
-                        .add(
-                            egui::DragValue::new(&mut secs)
-                                .range(0.0..=60.0)
-                                .speed(0.1)
-                                .suffix(" s"),
-                        )
-                        .labelled_by(l.id)
-                        .on_hover_text("0 means the model's native length")
-                        .changed()
-                    {
-                        r.seconds = (secs > 0.0).then_some(secs);
-                    }
-                    ui.end_row();
-                } else {
-                    ui.label("Size");
-                    ui.horizontal(|ui| {
-                        let w = ui.label("W");
-                        ui.add(
-                            egui::DragValue::new(&mut r.width)
-                                .range(8..=4096)
-                                .speed(8.0),
-                        )
-                        .labelled_by(w.id);
-                        let h = ui.label("H");
-                        ui.add(
-                            egui::DragValue::new(&mut r.height)
-                                .range(8..=4096)
-                                .speed(8.0),
-                        )
-                        .labelled_by(h.id);
-                        r.width = r.width / 8 * 8;
-                        r.height = r.height / 8 * 8;
-                    });
+                for f in fields.iter().filter(|f| !matches!(f.kind, FieldKind::Text { .. })) {
+                    field_ui(ui, f, &mut r);
                     ui.end_row();
                 }
                 let l = ui.label("Batch");
@@ -149,6 +83,9 @@ impl HeadroomApp {
                 });
                 ui.end_row();
             });
+        if fields.is_empty() {
+            ui.label(RichText::new("Drop or pick a model to see what it takes").small().weak());
+        }
         if r != self.state.request {
             self.rt.commands.push(AppCommand::SetRequest(r));
         }
@@ -226,5 +163,69 @@ impl HeadroomApp {
             };
             ui.label(RichText::new(&n.text).small().color(color));
         }
+    }
+}
+
+/// One declared request field as its kind's widget (a text box spans the panel; the others are
+/// a label and a widget in the request grid's row), read and written through the request's
+/// field access by key.
+fn field_ui(ui: &mut egui::Ui, f: &FieldSpec, r: &mut Request) {
+    let Some(value) = r.field(f.key) else {
+        return;
+    };
+    let label = ui.label(f.label);
+    let hint = |resp: egui::Response| if f.help.is_empty() { resp } else { resp.on_hover_text(f.help) };
+    let new = match (f.kind, value) {
+        (FieldKind::Text { rows }, FieldValue::Text(mut s)) => {
+            let resp = ui.add(
+                egui::TextEdit::multiline(&mut s)
+                    .desired_rows(rows as usize)
+                    .desired_width(f32::INFINITY)
+                    .hint_text(f.help),
+            );
+            resp.labelled_by(label.id).changed().then_some(FieldValue::Text(s))
+        }
+        (FieldKind::Int { min, max, step }, FieldValue::Int(mut n)) => {
+            let resp = if max - min <= 200 {
+                ui.add(egui::Slider::new(&mut n, min..=max))
+            } else {
+                ui.add(egui::DragValue::new(&mut n).range(min..=max).speed(step as f64))
+            };
+            let changed = hint(resp.labelled_by(label.id)).changed();
+            // sizes move in whole steps (multiples of 8)
+            changed.then_some(FieldValue::Int(n / step.max(1) * step.max(1)))
+        }
+        (FieldKind::Float { min, max, step, unit }, FieldValue::Float(mut x)) => {
+            let resp = if unit.is_empty() {
+                ui.add(egui::Slider::new(&mut x, min..=max).step_by(step))
+            } else {
+                ui.add(egui::DragValue::new(&mut x).range(min..=max).speed(step).suffix(unit))
+            };
+            hint(resp.labelled_by(label.id)).changed().then_some(FieldValue::Float(x))
+        }
+        (FieldKind::Choice(names), FieldValue::Choice(mut cur)) => {
+            let before = cur.clone();
+            let resp = egui::ComboBox::from_id_salt(("field", f.key))
+                .selected_text(cur.clone())
+                .show_ui(ui, |ui| {
+                    for n in names {
+                        ui.selectable_value(&mut cur, n.to_string(), *n);
+                    }
+                })
+                .response
+                .labelled_by(label.id);
+            let _ = hint(resp);
+            (cur != before).then_some(FieldValue::Choice(cur))
+        }
+        (FieldKind::Flag, FieldValue::Flag(mut on)) => {
+            let resp = ui.checkbox(&mut on, "");
+            hint(resp.labelled_by(label.id)).changed().then_some(FieldValue::Flag(on))
+        }
+        _ => None,
+    };
+    if let Some(v) = new
+        && let Err(e) = r.set_field(f.key, v)
+    {
+        log::warn!("{e}");
     }
 }

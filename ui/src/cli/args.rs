@@ -45,13 +45,18 @@ pub struct RequestArgs {
     /// diffusers and ComfyUI; the default) or `per-image` (image i from seed + i, as A1111).
     #[arg(long, value_name = "MODE")]
     pub noise: Option<String>,
+    /// Any request field the model's family declares, by its profile key: `KEY=VALUE[,…]`
+    /// (repeatable; applied after the flags above), e.g. `--field steps=30,seconds=8`.
+    #[arg(long = "field", value_name = "KEY=VALUE")]
+    pub fields: Vec<String>,
 }
 
 impl RequestArgs {
     /// Applies the flags that were given onto `r`.
     ///
     /// # Errors
-    /// A scheduler name or noise mode that is not known.
+    /// A scheduler name or noise mode that is not known; a `--field` with an unknown key or a
+    /// value of the wrong kind.
     pub fn apply(&self, r: &mut Request) -> headroom_engine::Result<()> {
         if let Some(v) = &self.prompt {
             r.prompt = v.clone();
@@ -88,6 +93,12 @@ impl RequestArgs {
         }
         if let Some(v) = &self.noise {
             r.noise = v.parse()?;
+        }
+        for item in self.fields.iter().flat_map(|f| f.split(',')).map(str::trim).filter(|s| !s.is_empty()) {
+            let (key, value) = item
+                .split_once('=')
+                .ok_or_else(|| headroom_engine::Error::invalid(format!("--field {item}: expected KEY=VALUE")))?;
+            r.set_field(key.trim(), headroom_engine::request::FieldValue::Text(value.trim().to_string()))?;
         }
         Ok(())
     }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use egui_kittest::Harness;
-use headroom_engine::families::ComponentSpec;
+use headroom_engine::families::{ComponentSpec, FieldSpec};
 use headroom_engine::knobs::{Component, Precision};
 use headroom_engine::media::Image;
 use headroom_engine::worker::protocol::Preview;
@@ -48,6 +48,8 @@ pub struct FakeBackend {
     /// The model's components as its (fake) family declares them: SD's unless a test plugs in
     /// another family's.
     pub components: Vec<ComponentSpec>,
+    /// The request fields it declares: SD's image fields unless a test plugs in another's.
+    pub fields: Vec<FieldSpec>,
 }
 
 /// A gate a slow read waits at until the test opens it (or 10 s pass).
@@ -77,6 +79,7 @@ impl FakeBackend {
         Self {
             budget_bytes: 8 << 30,
             components: headroom_engine::families::latent_diffusion::COMPONENTS.to_vec(),
+            fields: headroom_engine::families::latent_diffusion::IMAGE_FIELDS.to_vec(),
             ..Default::default()
         }
     }
@@ -86,6 +89,7 @@ impl FakeBackend {
 pub struct FakeReader {
     inspect_gate: Option<Arc<Gate>>,
     components: Vec<ComponentSpec>,
+    fields: Vec<FieldSpec>,
     restorable: HashMap<PathBuf, RestoredView>,
     budget_bytes: u64,
     media: Option<Media>,
@@ -121,6 +125,7 @@ impl Reader for FakeReader {
                 .map(|(c, n)| (c.name().to_string(), *n))
                 .collect(),
             knob_components: self.components.clone(),
+            fields: self.fields.clone(),
             warnings: if model.contains("odd") {
                 vec!["tensor 'extra.weight' belongs to no component; it is not loaded".into()]
             } else {
@@ -224,6 +229,7 @@ impl Backend for FakeBackend {
         Arc::new(FakeReader {
             inspect_gate: self.inspect_gate.clone(),
             components: self.components.clone(),
+            fields: self.fields.clone(),
             restorable: self.restorable.clone(),
             budget_bytes: self.budget_bytes,
             media: self.media.clone(),
@@ -253,6 +259,7 @@ impl Backend for FakeBackend {
             },
             reread,
             components: self.components.clone(),
+            fields: self.fields.clone(),
         });
         Ok(())
     }

@@ -46,7 +46,7 @@ mod sdxl_tests;
 pub use checkpoint::Companions;
 pub use pipeline::{LatentDiffusion, load, load_checked, load_with_companions};
 
-use crate::families::{ComponentSpec, FamilyEntry, Recognition};
+use crate::families::{ComponentSpec, FamilyEntry, FieldKind, FieldSpec, Recognition};
 use crate::formats::{Format, Inspection};
 
 /// This family in the registry ([`crate::families::FAMILIES`]).
@@ -62,6 +62,27 @@ pub const COMPONENTS: [ComponentSpec; 3] = [
     ComponentSpec { name: "text", aliases: &["text_encoder", "clip"], label: "Text encoder", placeable: true, units: None },
     ComponentSpec { name: "unet", aliases: &["denoiser"], label: "UNet", placeable: false, units: Some("blocks") },
     ComponentSpec { name: "vae", aliases: &["autoencoder"], label: "VAE", placeable: true, units: None },
+];
+
+/// What an image model of this family takes besides the prompt, seed and batch.
+pub const IMAGE_FIELDS: [FieldSpec; 7] = [
+    FieldSpec { key: "negative", label: "Negative prompt", kind: FieldKind::Text { rows: 2 }, help: "what to avoid" },
+    FieldSpec { key: "steps", label: "Steps", kind: FieldKind::Int { min: 1, max: 150, step: 1 }, help: "" },
+    FieldSpec { key: "guidance", label: "Guidance", kind: FieldKind::Float { min: 0.0, max: 20.0, step: 0.5, unit: "" }, help: "classifier-free guidance; 1 or less turns it off" },
+    FieldSpec { key: "scheduler", label: "Scheduler", kind: FieldKind::Choice(&["ddim", "euler", "euler_a", "dpmpp_2m"]), help: "" },
+    FieldSpec { key: "karras", label: "Karras", kind: FieldKind::Flag, help: "the Karras sigma schedule (Euler, Euler a, DPM++ 2M)" },
+    FieldSpec { key: "width", label: "Width", kind: FieldKind::Int { min: 8, max: 4096, step: 8 }, help: "a multiple of 8" },
+    FieldSpec { key: "height", label: "Height", kind: FieldKind::Int { min: 8, max: 4096, step: 8 }, help: "a multiple of 8" },
+];
+
+/// What a spectrogram (audio) model of this family takes: the length instead of the size.
+pub const AUDIO_FIELDS: [FieldSpec; 6] = [
+    IMAGE_FIELDS[0],
+    IMAGE_FIELDS[1],
+    IMAGE_FIELDS[2],
+    IMAGE_FIELDS[3],
+    IMAGE_FIELDS[4],
+    FieldSpec { key: "seconds", label: "Seconds", kind: FieldKind::Float { min: 0.0, max: 60.0, step: 0.1, unit: " s" }, help: "0 means the model's native length" },
 ];
 
 /// SDXL's components: the two text encoders apart (`text` is CLIP ViT-L, `text_2` OpenCLIP
@@ -96,7 +117,14 @@ fn recognise(insp: &Inspection) -> Option<Recognition> {
         _ => return None,
     };
     let components = if insp.family.id == "sdxl" { COMPONENTS_XL.to_vec() } else { COMPONENTS.to_vec() };
-    Some(Recognition { family: ENTRY.name, confidence, reason, components })
+    Some(Recognition { family: ENTRY.name, confidence, reason, components, fields: fields(insp) })
+}
+
+/// The request fields of the inspected model: a length for a spectrogram model (its manifest
+/// says so), a size for an image model.
+fn fields(insp: &Inspection) -> Vec<FieldSpec> {
+    let audio = spectrogram::SpectrogramParams::from_manifest(&insp.path).ok().flatten().is_some();
+    if audio { AUDIO_FIELDS.to_vec() } else { IMAGE_FIELDS.to_vec() }
 }
 
 /// A stable-diffusion.cpp GGUF: the original LDM names (denoiser, autoencoder and an SD 1.x/2.x
@@ -111,6 +139,7 @@ fn recognise_gguf(insp: &Inspection) -> Option<Recognition> {
         confidence: 1.0,
         reason: format!("a stable-diffusion.cpp GGUF of {}: {}", insp.family.label, insp.family.reason),
         components: COMPONENTS.to_vec(),
+        fields: fields(insp),
     })
 }
 

@@ -730,6 +730,10 @@ impl Family for LatentDiffusion {
         "latent-diffusion"
     }
 
+    fn fields(&self) -> Vec<crate::families::FieldSpec> {
+        if self.spectrogram.is_some() { super::AUDIO_FIELDS.to_vec() } else { super::IMAGE_FIELDS.to_vec() }
+    }
+
     fn components(&self) -> Vec<crate::families::ComponentSpec> {
         components(self.xl.is_some()).to_vec()
     }
