@@ -188,7 +188,7 @@ impl Precision {
             Precision::Q4_0 => &[Precision::Q4_0],
             float => return float,
         };
-        chain.iter().copied().find(|p| row_len > 0 && row_len % p.block().0 == 0).unwrap_or(Precision::F16)
+        chain.iter().copied().find(|p| row_len > 0 && row_len.is_multiple_of(p.block().0)).unwrap_or(Precision::F16)
     }
 
     /// The type one float tensor named `name` of `shape` is stored in when its component asks for

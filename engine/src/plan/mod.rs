@@ -179,11 +179,10 @@ pub fn default_budgets(knobs: &Knobs, given: Option<u64>) -> Budgets {
     let limit = crate::telemetry::limits::tightest()
         .map_or(u64::MAX, |l| (l.remaining_bytes as f64 / (1.0 + crate::telemetry::limits::SLACK)) as u64);
     b.0.insert(DeviceKind::Cpu, ram.min(limit));
-    if let DeviceKind::Cuda(n) = knobs.device {
-        if let Some(g) = sample.gpus.iter().find(|g| g.cuda_ordinal == Some(n)) {
+    if let DeviceKind::Cuda(n) = knobs.device
+        && let Some(g) = sample.gpus.iter().find(|g| g.cuda_ordinal == Some(n)) {
             b.0.insert(knobs.device, g.total_bytes.saturating_sub(g.used_bytes));
         }
-    }
     if let Some(g) = given {
         b.0.insert(knobs.device, g);
     }
@@ -259,7 +258,9 @@ pub fn predict(shape: &ModelShape, knobs: &Knobs, req: &Request, budgets: &Budge
     // GGUF's `auto`: each tensor as stored)
     let prec = |c: Component| knobs.precision.get(c).resolve(dev);
     let wprec = |c: Component| shape.weight_precision(knobs.precision.get(c), dev);
-    let mut acc: BTreeMap<DeviceKind, (BTreeMap<String, u64>, Vec<(&'static str, u64)>)> = BTreeMap::new();
+    // per device: weight bytes by component, and activation bytes by stage
+    type DeviceBytes = (BTreeMap<String, u64>, Vec<(&'static str, u64)>);
+    let mut acc: BTreeMap<DeviceKind, DeviceBytes> = BTreeMap::new();
     let mut add_weights = |d: DeviceKind, name: &str, bytes: u64| {
         if bytes > 0 {
             *acc.entry(d).or_default().0.entry(name.to_string()).or_default() += bytes;
@@ -414,7 +415,7 @@ fn moves(knobs: &Knobs, req: &Request) -> Vec<Move> {
         }
     }
     for tile in [64u32, 32] {
-        let side = (req.width.max(req.height) / 8) as u32;
+        let side = req.width.max(req.height) / 8;
         if tile < side && (knobs.slicing.vae_tile == 0 || knobs.slicing.vae_tile > tile) {
             m.push(mv("slicing.vae_tile", tile.to_string(), 0.0, "lossless (exact tiles), slower decode"));
         }

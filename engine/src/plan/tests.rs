@@ -44,8 +44,7 @@ fn precision_orders_weight_bytes() {
     let shape = sd15();
     let mut last = u64::MAX;
     for p in [Precision::F32, Precision::F16, Precision::Q8_0, Precision::Q6K, Precision::Q5K, Precision::Q4K] {
-        let mut k = Knobs::default();
-        k.precision = crate::knobs::PrecisionKnobs::all(p);
+        let k = Knobs { precision: crate::knobs::PrecisionKnobs::all(p), ..Knobs::default() };
         let plan = plan(&shape, &k, &req512(), &Budgets::default());
         assert!(plan.weights_bytes < last, "{p}: {} !< {last}", plan.weights_bytes);
         last = plan.weights_bytes;
@@ -105,8 +104,7 @@ fn weights_over_budget_need_quantization() {
 #[test]
 fn gpu_blocks_move_weights_to_ram() {
     let shape = sd15();
-    let mut k = Knobs::default();
-    k.device = DeviceKind::Cuda(0);
+    let mut k = Knobs { device: DeviceKind::Cuda(0), ..Knobs::default() };
     let all_on_gpu = predict(&shape, &k, &req512(), &Budgets::default());
     k.set("offload.gpu_blocks", "3").unwrap();
     k.set("offload.mode", "stream").unwrap();
@@ -157,8 +155,7 @@ fn cpu_stream_holds_one_block() {
 fn cpu_widening_buffer_ends_with_its_stage() {
     let shape = sd15();
     let plan_with = |unet: Precision| {
-        let mut k = Knobs::default();
-        k.precision = crate::knobs::PrecisionKnobs::all(Precision::F32);
+        let mut k = Knobs { precision: crate::knobs::PrecisionKnobs::all(Precision::F32), ..Knobs::default() };
         k.precision.set(Component::Unet, unet).unwrap();
         plan(&shape, &k, &req512(), &Budgets::default())
     };

@@ -21,7 +21,7 @@ pub enum AppCommand {
     /// Forget the inspected-but-not-loaded model.
     DismissCandidate,
     /// Replace the knobs (the plan follows).
-    SetKnobs(Knobs),
+    SetKnobs(Box<Knobs>),
     /// Apply knob changes given as `key=value,…` with profile names (a plan's fix).
     ApplyKnobs(String),
     /// Rerun output `i`'s request with the full-precision reference knobs and open A/B with the
@@ -126,7 +126,7 @@ impl HeadroomApp {
             AppCommand::InspectModel(m) => self.inspect(m),
             AppCommand::LoadModel { model, force } => self.load(model, force),
             AppCommand::DismissCandidate => rt.candidate = None,
-            AppCommand::SetKnobs(k) => self.state.knobs = k,
+            AppCommand::SetKnobs(k) => self.state.knobs = *k,
             AppCommand::ApplyKnobs(changes) => {
                 let mut k = self.state.knobs;
                 match k.apply_list(None, &changes) {

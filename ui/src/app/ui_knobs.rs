@@ -202,7 +202,7 @@ impl HeadroomApp {
             });
 
         if k != self.state.knobs {
-            self.rt.commands.push(AppCommand::SetKnobs(k));
+            self.rt.commands.push(AppCommand::SetKnobs(Box::new(k)));
         }
     }
 }

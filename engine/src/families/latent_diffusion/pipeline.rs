@@ -700,7 +700,7 @@ fn audio_request(p: &SpectrogramParams, request: &Request, cell: usize, observer
     };
     r.width = frames as u32;
     r.height = p.n_mels as u32;
-    if p.n_mels % cell != 0 {
+    if !p.n_mels.is_multiple_of(cell) {
         return Err(Error::invalid(format!("model.toml: n_mels = {} is not a multiple of the autoencoder's {cell}", p.n_mels)));
     }
     let made = (frames * p.hop) as f32 / p.sample_rate as f32;

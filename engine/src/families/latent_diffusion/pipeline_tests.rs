@@ -238,7 +238,7 @@ fn slicing_knob_and_notes() {
     let a = plain.run(&req, &mut Recorder::default()).unwrap();
     let mut knobs = Knobs::default();
     knobs.set("slicing.attention_slice", "3").unwrap();
-    let mut quant = knobs.clone();
+    let mut quant = knobs;
     quant.set("precision.unet", "q4k").unwrap();
     let mut q = load(&fixture(name), &quant).unwrap();
     q.set_noise(replay_factory(&r));

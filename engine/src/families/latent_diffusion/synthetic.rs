@@ -174,7 +174,7 @@ pub fn write_folder(dir: &Path, spec: &SyntheticSpec) -> Result<u64> {
     let tok = dir.join("tokenizer");
     std::fs::create_dir_all(&tok).map_err(|e| Error::io(&tok, e))?;
     for f in ["vocab.json", "merges.txt", "special_tokens_map.json", "tokenizer_config.json"] {
-        std::fs::copy(vocab.join(f), tok.join(f)).map_err(|e| Error::io(&vocab.join(f), e))?;
+        std::fs::copy(vocab.join(f), tok.join(f)).map_err(|e| Error::io(vocab.join(f), e))?;
     }
     let index = serde_json::json!({
         "_class_name": "StableDiffusionPipeline", "text_encoder": ["transformers", "CLIPTextModel"],

@@ -201,11 +201,10 @@ impl SpectrogramParams {
                 *slot = v as f32;
             }
         }
-        if let Some(s) = text("window")? {
-            if s != "hann-periodic" && s != "hann" {
+        if let Some(s) = text("window")?
+            && s != "hann-periodic" && s != "hann" {
                 return Err(format!("[audio] window = \"{s}\": only \"hann-periodic\" is supported"));
             }
-        }
         if t.get("center").is_some_and(|v| v.as_bool() != Some(true)) {
             return Err("[audio] center: only centred frames (true) are supported".into());
         }

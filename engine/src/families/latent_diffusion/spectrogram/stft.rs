@@ -122,7 +122,7 @@ impl Stft {
             buf.copy_from_slice(&spec.data[f * spec.bins..(f + 1) * spec.bins]);
             // a real signal's DC and Nyquist bins are real; torch's irfft ignores their imaginary parts
             buf[0].im = 0.0;
-            if self.n_fft % 2 == 0 {
+            if self.n_fft.is_multiple_of(2) {
                 buf[spec.bins - 1].im = 0.0;
             }
             self.inverse
