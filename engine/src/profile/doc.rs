@@ -85,15 +85,22 @@ fn typed(p: &Profile) -> Table {
     t.insert("model".into(), to_value(&p.model));
     t.insert("request".into(), Value::Table(request_table(&p.request)));
     let mut knobs = to_value(&p.knobs);
-    // every component's precision written out, so the file says what each one ran at
+    // every component's precision written out, in the family's order, so the file says what
+    // each one ran at
     if let Value::Table(k) = &mut knobs
         && let Some(Value::Table(precision)) = k.get_mut("precision")
+        && !p.model.components.is_empty()
     {
-        for c in &p.model.components {
-            precision
-                .entry(c.clone())
-                .or_insert_with(|| Value::String(p.knobs.precision.get(c).to_string()));
+        let mut ordered = Table::new();
+        if let Some(all) = precision.remove("all") {
+            ordered.insert("all".into(), all);
         }
+        for c in &p.model.components {
+            let v = precision.remove(c).unwrap_or_else(|| Value::String(p.knobs.precision.get(c).to_string()));
+            ordered.insert(c.clone(), v);
+        }
+        ordered.extend(std::mem::take(precision));
+        *precision = ordered;
     }
     t.insert("knobs".into(), knobs);
     t.insert("build".into(), to_value(&p.build));
