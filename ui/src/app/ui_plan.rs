@@ -37,7 +37,10 @@ impl HeadroomApp {
                     ui.label(RichText::new("Plan: drop a model to see whether it fits").weak());
                 }
                 Some(Err(e)) => {
-                    ui.label(RichText::new("Plan unavailable").weak()).on_hover_text(e);
+                    // the planner's one line says why (a model no family of this build runs, a
+                    // knob naming a component the model lacks)
+                    ui.add(egui::Label::new(RichText::new(format!("No plan: {e}")).weak()).truncate())
+                        .on_hover_text(e);
                 }
                 Some(Ok(plan)) => {
                     let verdict = plan.verdict;
