@@ -9,7 +9,7 @@ codebooks of 64 codes, sinusoidal positions, 256 positions at most) and `audio_e
 (`tokenizer.json`: Unigram pieces, Metaspace, `</s>` appended) built here with `tokenizers`.
 The text encoder is narrower than the decoder, so `enc_to_dec_proj` is exercised.
 
-Beside it, `refs.safetensors` holds what the engine's parity tests compare against:
+Beside the folder, `refs.safetensors` (and `refs.json`, the request) holds what the engine's parity tests compare against:
 - `input_ids`: the prompt's token ids;
 - `encoder_hidden_states`: the T5 encoder's last hidden state for them;
 - `decoder_input_ids` (batch·codebooks, 6) and `decoder_logits` (batch, codebooks, 6, vocab): one
@@ -133,13 +133,13 @@ def main():
         cc = torch.randint(0, VOCAB, (1, 1, CODEBOOKS, 12), generator=g)
         refs["codec_codes"] = cc.to(torch.int64)
         refs["codec_audio"] = model.audio_encoder.decode(cc, [None]).audio_values.contiguous()
-    save_file(refs, os.path.join(OUT, "refs.safetensors"))
-    with open(os.path.join(OUT, "refs.json"), "w") as f:
+    save_file(refs, os.path.join(ROOT, "refs.safetensors"))
+    with open(os.path.join(ROOT, "refs.json"), "w") as f:
         json.dump({"prompt": PROMPT, "guidance": 3.0, "greedy_new_tokens": 20, "generate_new_tokens": 100,
                    "seconds": 2.0}, f, indent=1)
     for k, v in refs.items():
         print(k, tuple(v.shape), v.dtype)
-    total = sum(os.path.getsize(os.path.join(OUT, f)) for f in os.listdir(OUT))
+    total = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(ROOT) for f in fs)
     print("bytes", total)
 
 
