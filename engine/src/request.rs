@@ -1,5 +1,6 @@
 //! What to make: prompt, negative prompt, seed, steps, guidance, scheduler, size or seconds, batch,
-//! and how a batch's noise is drawn from the seed.
+//! how a batch's noise is drawn from the seed, and for token models how tokens are sampled
+//! (temperature, top-k, top-p; unset unless asked).
 
 use std::fmt;
 use std::str::FromStr;
@@ -190,6 +191,19 @@ pub struct Request {
     /// was written before it existed and reads as [`NoiseMode::PerImage`] when its batch is
     /// above one (see `profile`).
     pub noise: NoiseMode,
+    /// For token models (MusicGen): the sampling temperature; 0 is greedy. `None`: the model's
+    /// `generation_config.json` decides. Written only when set, so other runs' profiles keep
+    /// their bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    /// For token models: sample among the `top_k` likeliest tokens (1 is greedy, 0 turns the
+    /// filter off). `None`: the model's `generation_config.json` decides.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<u32>,
+    /// For token models: sample among the likeliest tokens whose probabilities sum to `top_p`
+    /// (nucleus sampling; 1 turns it off). `None`: the model's `generation_config.json` decides.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f32>,
 }
 
 impl Default for Request {
@@ -207,6 +221,9 @@ impl Default for Request {
             seconds: None,
             batch: 1,
             noise: NoiseMode::default(),
+            temperature: None,
+            top_k: None,
+            top_p: None,
         }
     }
 }
@@ -251,6 +268,16 @@ impl Request {
         if !self.guidance.is_finite() || self.guidance < 0.0 {
             return Err(Error::invalid(format!("guidance = {}: expected a number ≥ 0", self.guidance)));
         }
+        if let Some(t) = self.temperature
+            && !(t.is_finite() && t >= 0.0)
+        {
+            return Err(Error::invalid(format!("temperature = {t}: expected a number ≥ 0 (0 is greedy)")));
+        }
+        if let Some(p) = self.top_p
+            && !(p > 0.0 && p <= 1.0)
+        {
+            return Err(Error::invalid(format!("top_p = {p}: expected a number in (0, 1] (1 turns it off)")));
+        }
         if let Some(s) = self.seconds {
             if !s.is_finite() || s <= 0.0 {
                 return Err(Error::invalid(format!("seconds = {s}: expected a length > 0")));
@@ -285,6 +312,9 @@ impl Request {
             "seconds" => self.seconds = Some(num(key, value)?),
             "batch" => self.batch = num(key, value)?,
             "noise" => self.noise = value.parse()?,
+            "temperature" => self.temperature = Some(num(key, value)?),
+            "top_k" => self.top_k = Some(num(key, value)?),
+            "top_p" => self.top_p = Some(num(key, value)?),
             other => return Err(Error::invalid(format!("unknown request field '{other}'"))),
         }
         Ok(())
@@ -322,6 +352,24 @@ mod tests {
         ] {
             let e = bad.validate().unwrap_err().to_string();
             assert!(e.starts_with(words) && !e.contains('\n'), "{e}");
+        }
+    }
+
+    /// Token sampling fields are absent from a request's TOML until set, parse by name, and
+    /// bad values are refused naming the field.
+    #[test]
+    fn sampling_fields_optional() {
+        let plain = toml::to_string(&Request::default()).unwrap();
+        assert!(!plain.contains("temperature") && !plain.contains("top_k") && !plain.contains("top_p"), "{plain}");
+        let mut r = Request::default();
+        r.set("top-k", "5").unwrap();
+        r.set("top_p", "0.9").unwrap();
+        r.set("temperature", "0.7").unwrap();
+        assert_eq!((r.top_k, r.top_p, r.temperature), (Some(5), Some(0.9), Some(0.7)));
+        let back: Request = toml::from_str(&toml::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back, r);
+        for (bad, words) in [(Request { top_p: Some(0.0), ..Request::default() }, "top_p = 0"), (Request { temperature: Some(-1.0), ..Request::default() }, "temperature = -1")] {
+            assert!(bad.validate().unwrap_err().to_string().starts_with(words));
         }
     }
 
