@@ -18,7 +18,10 @@ Beside the folder, `refs.safetensors` (and `refs.json`, the request) holds what 
   and with guidance 3.0 (transformers' zeroed unconditional branch), delay pattern undone;
 - `codec_codes` (1, 1, 4, 12) and `codec_audio`: an EnCodec decode of given codes;
 - `generate_codes` / `generate_audio`: greedy `generate` with guidance 3.0 and 100 new tokens
-  (2 s at 50 frames/s) and the audio it returns.
+  (2 s at 50 frames/s) and the audio it returns;
+- `sampled_codes_cfg` (seed 7, guidance 3, the generation config's top_k 250) and
+  `sampled_codes_filtered` (seed 3, no guidance, top_k 8, top_p 0.9, temperature 0.8): 30 new
+  tokens sampled by `generate` after `torch.manual_seed(seed)`.
 
 Run: HF_HUB_OFFLINE=1 /work/venv/bin/python tools/make_musicgen_fixtures.py   (no network needed)
 """
@@ -109,23 +112,27 @@ def main():
         refs["decoder_input_ids"] = dec_ids.to(torch.int64)
         refs["decoder_logits"] = out.logits.reshape(1, CODEBOOKS, 6, VOCAB).contiguous()
 
-        def codes(guidance, new_tokens):
-            o = model.generate(input_ids=ids, do_sample=False, guidance_scale=guidance, max_new_tokens=new_tokens,
-                               return_dict_in_generate=True, output_scores=False)
-            return o
-
-        # the codes generate makes (delay pattern undone) come from the decoder alone; take them
-        # by running the same generate without the codec step
-        for key, guidance, n in [("greedy_codes", None, 20), ("greedy_codes_cfg", 3.0, 20), ("generate_codes", 3.0, 100)]:
+        # the codes generate makes (delay pattern undone), caught on their way to the codec
+        runs = [
+            ("greedy_codes", None, dict(do_sample=False, guidance_scale=1.0, max_new_tokens=20)),
+            ("greedy_codes_cfg", None, dict(do_sample=False, guidance_scale=3.0, max_new_tokens=20)),
+            ("generate_codes", None, dict(do_sample=False, guidance_scale=3.0, max_new_tokens=100)),
+            # sampled from torch's global generator: the generation config's top_k 250, guided
+            ("sampled_codes_cfg", 7, dict(do_sample=True, guidance_scale=3.0, max_new_tokens=30)),
+            ("sampled_codes_filtered", 3, dict(do_sample=True, guidance_scale=1.0, top_k=8, top_p=0.9, temperature=0.8, max_new_tokens=30)),
+        ]
+        for key, seed, kw in runs:
             got = {}
             orig = model.audio_encoder.decode
 
-            def spy(audio_codes, audio_scales=None, **kw):
+            def spy(audio_codes, audio_scales=None, **rest):
                 got["codes"] = audio_codes.clone()
-                return orig(audio_codes, audio_scales=audio_scales, **kw)
+                return orig(audio_codes, audio_scales=audio_scales, **rest)
 
             model.audio_encoder.decode = spy
-            audio = model.generate(input_ids=ids, do_sample=False, guidance_scale=guidance, max_new_tokens=n)
+            if seed is not None:
+                torch.manual_seed(seed)
+            audio = model.generate(input_ids=ids, **kw)
             model.audio_encoder.decode = orig
             refs[key] = got["codes"][0].to(torch.int64).contiguous()  # (batch, codebooks, frames)
             if key == "generate_codes":

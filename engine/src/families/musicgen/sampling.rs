@@ -1,8 +1,11 @@
-//! Choosing a token from logits as transformers' sampling warpers filter them — temperature, then
-//! top-k (ties with the k-th kept), then top-p (the smallest set of likeliest tokens whose
-//! probability reaches `top_p`, at least one) — and drawing from the filtered softmax with the
-//! engine's seeded generator ([`TorchCpuRng::rand_f64`], one uniform per token by inverse CDF).
-//! Greedy (`top_k = 1` or temperature 0) is the first largest logit, as `argmax`.
+//! Choosing a token from logits as transformers' sampling does: the warpers — temperature, then
+//! top-k (ties with the k-th kept), then top-p (ascending cumulative softmax in f32, tokens at
+//! or below `1 − top_p` dropped, the likeliest always kept) — leave −∞ where they filter, and the
+//! draw is `torch.multinomial(softmax, 1)`'s: one exponential per token from the engine's torch
+//! CPU generator (`−log(1 − u)`, u a double uniform, as torch's `exponential_`), the token whose
+//! probability over its exponential is largest. So with the seed transformers' generator had,
+//! the engine draws transformers' tokens. Greedy (`top_k = 1` or temperature 0) is the first
+//! largest logit, as `argmax`, and draws nothing.
 
 use crate::rng::TorchCpuRng;
 
@@ -26,8 +29,37 @@ impl Sampling {
         self.top_k == 1 || self.temperature <= 0.0
     }
 
-    /// The distribution tokens are drawn from: the softmax of the filtered logits (0 for tokens
-    /// filtered out), in f64.
+    /// The logits as transformers' temperature, top-k and top-p warpers leave them: divided by
+    /// the temperature, −∞ where filtered out.
+    pub fn filtered(&self, logits: &[f32]) -> Vec<f32> {
+        let mut scaled: Vec<f32> = logits.iter().map(|l| l / self.temperature).collect();
+        if self.top_k > 0 && self.top_k < scaled.len() {
+            let mut sorted = scaled.clone();
+            sorted.sort_by(|a, b| b.total_cmp(a));
+            let kth = sorted[self.top_k - 1];
+            scaled.iter_mut().filter(|l| **l < kth).for_each(|l| *l = f32::NEG_INFINITY);
+        }
+        if self.top_p < 1.0 {
+            let mut order: Vec<usize> = (0..scaled.len()).collect();
+            order.sort_by(|&a, &b| scaled[a].total_cmp(&scaled[b]));
+            let sorted: Vec<f32> = order.iter().map(|&i| scaled[i]).collect();
+            // transformers compares with `1 - top_p` of the Python float the user wrote
+            let top_p: f64 = self.top_p.to_string().parse().unwrap_or(self.top_p as f64);
+            let cut = (1.0 - top_p) as f32;
+            let mut cum = 0f32;
+            let probs = softmax_f32(&sorted);
+            for (n, &i) in order.iter().enumerate().take(order.len().saturating_sub(1)) {
+                cum += probs[n];
+                if cum <= cut {
+                    scaled[i] = f32::NEG_INFINITY;
+                }
+            }
+        }
+        scaled
+    }
+
+    /// The distribution tokens are drawn from: the softmax of [`Sampling::filtered`] (0 where
+    /// filtered), in f64; all on the likeliest token when greedy.
     pub fn probabilities(&self, logits: &[f32]) -> Vec<f64> {
         if self.is_greedy() {
             let mut p = vec![0.0; logits.len()];
@@ -36,54 +68,31 @@ impl Sampling {
             }
             return p;
         }
-        let scaled: Vec<f32> = logits.iter().map(|l| l / self.temperature).collect();
-        let mut keep: Vec<bool> = scaled.iter().map(|l| !l.is_nan()).collect();
-        if self.top_k > 0 && self.top_k < scaled.len() {
-            let mut sorted: Vec<f32> = scaled.clone();
-            sorted.sort_by(|a, b| b.total_cmp(a));
-            let kth = sorted[self.top_k - 1];
-            for (k, l) in keep.iter_mut().zip(&scaled) {
-                *k &= *l >= kth;
-            }
-        }
-        let mut probs = softmax(&scaled, &keep);
-        if self.top_p < 1.0 {
-            // ascending, as transformers sorts: drop while the running sum stays ≤ 1 − top_p,
-            // never the likeliest
-            let mut order: Vec<usize> = (0..scaled.len()).filter(|&i| keep[i]).collect();
-            order.sort_by(|&a, &b| scaled[a].total_cmp(&scaled[b]));
-            let mut cum = 0.0;
-            for &i in &order[..order.len().saturating_sub(1)] {
-                cum += probs[i];
-                if cum <= 1.0 - self.top_p as f64 {
-                    keep[i] = false;
-                }
-            }
-            probs = softmax(&scaled, &keep);
-        }
-        probs
+        let f = self.filtered(logits);
+        let max = f.iter().fold(f64::NEG_INFINITY, |m, &l| m.max(l as f64));
+        let e: Vec<f64> = f.iter().map(|&l| if l == f32::NEG_INFINITY { 0.0 } else { (l as f64 - max).exp() }).collect();
+        let sum: f64 = e.iter().sum();
+        e.into_iter().map(|x| x / sum).collect()
     }
 
-    /// The next token for `logits`, drawing one uniform from `rng` unless greedy.
+    /// The next token for `logits`: greedy, or `torch.multinomial` of the filtered softmax
+    /// drawing one exponential per token from `rng`.
     pub fn pick(&self, logits: &[f32], rng: &mut TorchCpuRng) -> usize {
         if self.is_greedy() {
             return argmax(logits).unwrap_or(0);
         }
-        let probs = self.probabilities(logits);
-        let u = rng.rand_f64();
-        let mut cum = 0.0;
-        let mut last = 0;
-        for (i, p) in probs.iter().enumerate() {
-            if *p > 0.0 {
-                cum += p;
-                last = i;
-                if u < cum {
-                    return i;
-                }
-            }
-        }
-        last
+        let probs = softmax_f32(&self.filtered(logits));
+        let ratios: Vec<f32> = probs.iter().map(|&p| p / (-(-rng.rand_f64()).ln_1p()) as f32).collect();
+        argmax(&ratios).unwrap_or(0)
     }
+}
+
+/// Softmax in f32 (−∞ entries get 0).
+fn softmax_f32(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &l| m.max(l));
+    let e: Vec<f32> = logits.iter().map(|&l| (l - max).exp()).collect();
+    let sum: f32 = e.iter().sum();
+    e.into_iter().map(|x| x / sum).collect()
 }
 
 /// The first index of the largest value (NaN never wins).
@@ -98,17 +107,6 @@ pub fn argmax(values: &[f32]) -> Option<usize> {
         }
     }
     best
-}
-
-/// Softmax over the kept entries, 0 elsewhere.
-fn softmax(logits: &[f32], keep: &[bool]) -> Vec<f64> {
-    let max = logits.iter().zip(keep).filter(|(_, k)| **k).map(|(l, _)| *l as f64).fold(f64::NEG_INFINITY, f64::max);
-    let mut out: Vec<f64> = logits.iter().zip(keep).map(|(l, k)| if *k { (*l as f64 - max).exp() } else { 0.0 }).collect();
-    let sum: f64 = out.iter().sum();
-    if sum > 0.0 {
-        out.iter_mut().for_each(|p| *p /= sum);
-    }
-    out
 }
 
 #[cfg(test)]

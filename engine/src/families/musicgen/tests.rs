@@ -114,6 +114,22 @@ fn greedy_codes_match_transformers() {
     }
 }
 
+/// Sampling draws transformers' own tokens from the seed its global generator had: guided with
+/// the generation config's top-k 250, and unguided with top-k 8, top-p 0.9, temperature 0.8.
+#[test]
+fn sampled_codes_match_transformers() {
+    let m = model(&Knobs::default());
+    let r = refs();
+    let cond = m.conditioning(&prompt()).unwrap();
+    let defaults = m.sampling(&Request::default());
+    assert_eq!(defaults, Sampling { temperature: 1.0, top_k: 250, top_p: 1.0 }, "from generation_config.json");
+    let filtered = m.sampling(&Request { top_k: Some(8), top_p: Some(0.9), temperature: Some(0.8), ..Request::default() });
+    for (key, seed, guidance, s) in [("sampled_codes_cfg", 7, 3.0, defaults), ("sampled_codes_filtered", 3, 1.0, filtered)] {
+        let codes = m.generate_codes(&cond, 1, guidance, 30, s, seed, &mut Notes::default()).unwrap();
+        assert_eq!(codes[0], code_rows(&r[key]), "{key}");
+    }
+}
+
 /// EnCodec's decode of given codes is transformers' audio (≤ 1e-4).
 #[test]
 fn codec_decode_matches_transformers() {
@@ -185,6 +201,9 @@ fn lm_quantized_precision() {
     assert!(d > 0.0 && d < 0.1, "q8_0 logits differ from f32's by {d}");
 }
 
+/// An edit of a config.json.
+type Edit = Box<dyn FnOnce(&mut serde_json::Value)>;
+
 /// A copy of the fixture with `config.json` edited by `edit`.
 fn edited(edit: impl FnOnce(&mut serde_json::Value)) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -210,7 +229,7 @@ fn load_err(dir: &Path) -> String {
 /// decoder's vocabulary; seconds past the decoder's positions name the maximum.
 #[test]
 fn bad_input_one_line() {
-    let cases: [(Box<dyn FnOnce(&mut serde_json::Value)>, &str); 3] = [
+    let cases: [(Edit, &str); 3] = [
         (Box::new(|j| j["audio_encoder"]["model_type"] = "dac".into()), "audio_encoder.model_type = 'dac'"),
         (Box::new(|j| j["decoder"]["num_codebooks"] = 8.into()), "decoder.num_codebooks = 8 but the codec (audio_encoder) has 4 quantizers"),
         (Box::new(|j| j["decoder"]["vocab_size"] = 128.into()), "decoder.vocab_size = 128 but audio_encoder.codebook_size = 64"),
