@@ -201,6 +201,27 @@ fn lm_quantized_precision() {
     assert!(d > 0.0 && d < 0.1, "q8_0 logits differ from f32's by {d}");
 }
 
+/// A knob change reads again only the component it touches: the LM's precision reads the LM,
+/// slicing reads nothing, and the run after it still makes transformers' greedy codes.
+#[test]
+fn retune_reads_only_what_changed() {
+    let mut m = model(&Knobs::default());
+    let before = m.component_weight_bytes();
+    let mut q = Knobs::default();
+    q.set("precision.lm", "q8_0").unwrap();
+    let cancel = crate::CancelCheck::never();
+    assert_eq!(m.retune(&Knobs::default(), &q, &cancel).unwrap(), crate::families::Retuned::Read(vec!["lm".into()]));
+    let after = m.component_weight_bytes();
+    assert!(after[1] < before[1] && after[0] == before[0] && after[2] == before[2], "{before:?} → {after:?}");
+    let mut sliced = q;
+    sliced.set("slicing.attention_slice", "2").unwrap();
+    assert_eq!(m.retune(&q, &sliced, &cancel).unwrap(), crate::families::Retuned::Read(vec![]));
+    assert!(m.retune(&sliced, &Knobs::default(), &cancel).unwrap() == crate::families::Retuned::Read(vec!["lm".into()]));
+    let cond = m.conditioning(&prompt()).unwrap();
+    let codes = m.generate_codes(&cond, 1, 3.0, 20, Sampling::GREEDY, 0, &mut Notes::default()).unwrap();
+    assert_eq!(codes[0], code_rows(&refs()["greedy_codes_cfg"]));
+}
+
 /// An edit of a config.json.
 type Edit = Box<dyn FnOnce(&mut serde_json::Value)>;
 
