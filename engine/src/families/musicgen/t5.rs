@@ -140,8 +140,8 @@ impl T5Encoder {
             let scores = q.matmul(&k.t()?)?.broadcast_add(&bias)?;
             let probs = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(x.dtype())?;
             let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((1, len, h * dk))?;
-            x = (x + b.o.forward(&out)?)?;
-            x = (&x + b.ff.forward(&b.ff_norm.forward(&x)?)?)?;
+            x = clamp_f16((x + b.o.forward(&out)?)?)?;
+            x = clamp_f16((&x + b.ff.forward(&b.ff_norm.forward(&x)?)?)?)?;
         }
         self.final_norm.forward(&x)
     }
@@ -156,6 +156,16 @@ impl T5Encoder {
         let h = self.cfg.num_heads;
         self.relative_bias.index_select(&idx, 0)?.reshape((len, len, h))?.permute((2, 0, 1))?.unsqueeze(0)?.contiguous()
     }
+}
+
+/// In f16, T5's hidden states are kept 1000 below the largest finite value, as transformers
+/// clamps them (T5's feed-forward outputs overflow f16 otherwise); other dtypes pass unchanged.
+fn clamp_f16(x: Tensor) -> Result<Tensor> {
+    if x.dtype() != DType::F16 {
+        return Ok(x);
+    }
+    let m = f64::from(half::f16::MAX) - 1000.0;
+    x.clamp(-m, m)
 }
 
 /// T5's bidirectional bucket of `relative = key − query`: half the buckets for each sign, exact
@@ -176,7 +186,20 @@ pub fn relative_bucket(relative: i64, num_buckets: usize, max_distance: usize) -
 
 #[cfg(test)]
 mod tests {
-    use super::relative_bucket;
+    use super::{clamp_f16, relative_bucket};
+    use candle_core::{DType, Device, Tensor};
+
+    /// f16 states are clamped as transformers clamps them (an overflow to ∞ comes back finite);
+    /// f32 states are left alone.
+    #[test]
+    fn f16_states_clamped() {
+        let x = Tensor::new(&[f32::INFINITY, -7e4, 1.5], &Device::Cpu).unwrap();
+        let c = clamp_f16(x.to_dtype(DType::F16).unwrap()).unwrap().to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap();
+        // 65504 − 1000 rounds to 64512 in f16, as in torch
+        assert_eq!(c, vec![64512.0, -64512.0, 1.5]);
+        let f = clamp_f16(x.clone()).unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(f[0], f32::INFINITY);
+    }
 
     /// Buckets match transformers' `_relative_position_bucket` (bidirectional, 32 buckets, 128)
     /// at values printed by transformers 5.24: exact near zero, logarithmic further, capped.
