@@ -95,9 +95,36 @@ impl Module for Conv {
             let right = padding_total / 2;
             pad1d(x, padding_total - right, right + extra, self.reflect)?
         };
-        let y = x.conv1d(&self.weight, 0, self.stride, self.dilation, 1)?;
+        let y = conv1d_chunked(&x, &self.weight, self.stride, self.dilation, CHUNK_VALUES)?;
         y.broadcast_add(&self.bias.reshape((1, (), 1))?)
     }
+}
+
+/// Unfolded input values one convolution call may build (candle unfolds the input, `columns ×
+/// in_channels × kernel` values): 2²² (16 MiB in f32). Longer outputs are computed in pieces, so
+/// a 30 s decode at 32 kHz never holds its last layers' ~1.7 GB unfolding at once.
+const CHUNK_VALUES: usize = 1 << 22;
+
+/// `x.conv1d(w, 0, stride, dilation)` over an already padded `x`, in pieces of output columns so
+/// that no piece unfolds more than `max_values` input values; the same columns either way.
+fn conv1d_chunked(x: &Tensor, w: &Tensor, stride: usize, dilation: usize, max_values: usize) -> Result<Tensor> {
+    let (_, cin, len) = x.dims3()?;
+    let k = w.dim(2)?;
+    let span = (k - 1) * dilation + 1;
+    let out_len = if len >= span { (len - span) / stride + 1 } else { 0 };
+    let per = (max_values / (cin * k).max(1)).max(1);
+    if out_len <= per {
+        return x.conv1d(w, 0, stride, dilation, 1);
+    }
+    let mut pieces = Vec::with_capacity(out_len.div_ceil(per));
+    let mut start = 0;
+    while start < out_len {
+        let n = per.min(out_len - start);
+        let input = x.narrow(2, start * stride, (n - 1) * stride + span)?;
+        pieces.push(input.conv1d(w, 0, stride, dilation, 1)?);
+        start += n;
+    }
+    Tensor::cat(&pieces, 2)
 }
 
 /// EnCodec's `ConvTranspose1d`, trimmed as it trims.
@@ -302,5 +329,29 @@ impl Codec {
             };
         }
         Ok(x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// A convolution computed in pieces of output columns (strided, dilated, pieces that do not
+    /// divide the length) equals the one-call convolution.
+    #[test]
+    fn chunked_conv_equals_whole() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1., (1, 3, 101), &dev).unwrap();
+        for (k, stride, dilation) in [(7, 1, 1), (3, 1, 2), (8, 4, 1), (1, 1, 1)] {
+            let w = Tensor::randn(0f32, 1., (5, 3, k), &dev).unwrap();
+            let whole = x.conv1d(&w, 0, stride, dilation, 1).unwrap();
+            for max_values in [1, 3 * k * 7, 3 * k * 50] {
+                let got = conv1d_chunked(&x, &w, stride, dilation, max_values).unwrap();
+                assert_eq!(got.dims(), whole.dims());
+                let d = (got - &whole).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+                assert!(d <= 1e-5, "k {k} stride {stride} dilation {dilation} max {max_values}: {d}");
+            }
+        }
     }
 }
