@@ -201,6 +201,43 @@ fn lm_quantized_precision() {
     assert!(d > 0.0 && d < 0.1, "q8_0 logits differ from f32's by {d}");
 }
 
+/// Cancels once `after` columns are done.
+struct CancelAfter {
+    after: u32,
+    done: std::cell::Cell<u32>,
+}
+
+impl RunObserver for CancelAfter {
+    fn stage(&mut self, _: Stage) -> crate::Result<()> {
+        Ok(())
+    }
+    fn progress(&mut self, step: u32, _: u32) {
+        self.done.set(step);
+    }
+    fn preview(&mut self, _: Preview) {}
+    fn cancelled(&self) -> bool {
+        self.done.get() >= self.after
+    }
+    fn note(&mut self, _: String) {}
+}
+
+/// A cancel ends a run within one generated column, as `Cancelled`; q4k on the LM loads (rows
+/// too short for its blocks fall back, said in the notes) and generates.
+#[test]
+fn cancel_and_q4k() {
+    let mut m = model(&Knobs::default());
+    let req = Request { prompt: "x".into(), seconds: Some(1.0), ..Request::default() };
+    let mut obs = CancelAfter { after: 3, done: std::cell::Cell::new(0) };
+    assert!(matches!(m.generate(&req, &mut obs), Err(crate::Error::Cancelled)));
+    assert_eq!(obs.done.get(), 3);
+    let mut knobs = Knobs::default();
+    knobs.set("precision.lm", "q4k").unwrap();
+    let mut q = model(&knobs);
+    assert!(q.load_notes().iter().any(|n| n.starts_with("lm: precision q4k")), "{:?}", q.load_notes());
+    let out = q.generate(&Request { top_k: Some(1), ..req }, &mut Notes::default()).unwrap();
+    assert!(matches!(&out[0], Artifact::Audio(a) if a.samples.len() == 47 * 640));
+}
+
 /// A knob change reads again only the component it touches: the LM's precision reads the LM,
 /// slicing reads nothing, and the run after it still makes transformers' greedy codes.
 #[test]
