@@ -1,5 +1,6 @@
 //! What to make: prompt, negative prompt, seed, steps, guidance, scheduler, size or seconds, batch,
-//! and how a batch's noise is drawn from the seed.
+//! how a batch's noise is drawn from the seed, and for token models how tokens are sampled
+//! (temperature, top-k, top-p; unset unless asked).
 
 use std::fmt;
 use std::str::FromStr;
@@ -190,6 +191,19 @@ pub struct Request {
     /// was written before it existed and reads as [`NoiseMode::PerImage`] when its batch is
     /// above one (see `profile`).
     pub noise: NoiseMode,
+    /// For token models (MusicGen): the sampling temperature; 0 is greedy. `None`: the model's
+    /// `generation_config.json` decides. Written only when set, so other runs' profiles keep
+    /// their bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    /// For token models: sample among the `top_k` likeliest tokens (1 is greedy, 0 turns the
+    /// filter off). `None`: the model's `generation_config.json` decides.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<u32>,
+    /// For token models: sample among the likeliest tokens whose probabilities sum to `top_p`
+    /// (nucleus sampling; 1 turns it off). `None`: the model's `generation_config.json` decides.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f32>,
 }
 
 impl Default for Request {
@@ -207,6 +221,9 @@ impl Default for Request {
             seconds: None,
             batch: 1,
             noise: NoiseMode::default(),
+            temperature: None,
+            top_k: None,
+            top_p: None,
         }
     }
 }
@@ -220,6 +237,8 @@ pub enum FieldValue {
     Flag(bool),
     /// One of a field's named choices.
     Choice(String),
+    /// Not set: the model's own default (optional fields such as `temperature`).
+    Unset,
 }
 
 impl fmt::Display for FieldValue {
@@ -229,6 +248,7 @@ impl fmt::Display for FieldValue {
             FieldValue::Int(n) => write!(f, "{n}"),
             FieldValue::Float(x) => write!(f, "{x}"),
             FieldValue::Flag(b) => write!(f, "{b}"),
+            FieldValue::Unset => f.write_str("the model's default"),
         }
     }
 }
@@ -251,57 +271,30 @@ impl Request {
             "seconds" => Float(self.seconds.map_or(0.0, f64::from)),
             "batch" => Int(i64::from(self.batch)),
             "noise" => Choice(self.noise.name().into()),
+            "temperature" => self.temperature.map_or(Unset, |t| Float(f64::from(t))),
+            "top_k" => self.top_k.map_or(Unset, |k| Int(i64::from(k))),
+            "top_p" => self.top_p.map_or(Unset, |p| Float(f64::from(p))),
             _ => return None,
         })
     }
 
     /// Sets field `key` (as [`Request::field`] names it) from a value of its kind, or from text
-    /// (`FieldValue::Text`) parsed as the field's kind — what the CLI's `--field key=value` gives.
+    /// parsed as the field's kind (what the CLI's `--field key=value` gives), through
+    /// [`Request::set`]; `Unset` clears an optional field (the model's own default again).
     ///
     /// # Errors
-    /// An unknown key, or a value that is not of the field's kind or out of its type's range.
+    /// An unknown key, a value that does not parse as the field's kind, or `Unset` for a field
+    /// that always has a value.
     pub fn set_field(&mut self, key: &str, value: FieldValue) -> Result<()> {
-        use FieldValue::*;
-        let bad = |want: &str| Error::invalid(format!("request field {key} = {value}: expected {want}"));
-        let int = |v: &FieldValue| match v {
-            Int(n) => Some(*n),
-            Text(s) => s.trim().parse().ok(),
-            _ => None,
-        };
-        let float = |v: &FieldValue| match v {
-            Float(x) => Some(*x),
-            Int(n) => Some(*n as f64),
-            Text(s) => s.trim().parse().ok(),
-            _ => None,
-        };
-        let text = |v: &FieldValue| match v {
-            Text(s) | Choice(s) => Some(s.clone()),
-            _ => None,
-        };
-        let u32_of = |v: &FieldValue| int(v).and_then(|n| u32::try_from(n).ok());
-        match key {
-            "prompt" => self.prompt = text(&value).ok_or_else(|| bad("text"))?,
-            "negative" => self.negative = text(&value).ok_or_else(|| bad("text"))?,
-            "seed" => self.seed = int(&value).and_then(|n| u64::try_from(n).ok()).ok_or_else(|| bad("a whole number ≥ 0"))?,
-            "steps" => self.steps = u32_of(&value).ok_or_else(|| bad("a whole number ≥ 0"))?,
-            "width" => self.width = u32_of(&value).ok_or_else(|| bad("a whole number of pixels"))?,
-            "height" => self.height = u32_of(&value).ok_or_else(|| bad("a whole number of pixels"))?,
-            "batch" => self.batch = u32_of(&value).ok_or_else(|| bad("a whole number ≥ 1"))?,
-            "guidance" => self.guidance = float(&value).ok_or_else(|| bad("a number"))? as f32,
-            "seconds" => {
-                let s = float(&value).ok_or_else(|| bad("a number of seconds"))?;
-                self.seconds = (s > 0.0).then_some(s as f32);
-            }
-            "karras" => {
-                self.karras = match &value {
-                    Flag(b) => *b,
-                    Text(s) => s.trim().parse().map_err(|_| bad("true or false"))?,
-                    _ => return Err(bad("true or false")),
-                }
-            }
-            "scheduler" => self.scheduler = text(&value).ok_or_else(|| bad("a scheduler"))?.parse()?,
-            "noise" => self.noise = text(&value).ok_or_else(|| bad("batch or per-image"))?.parse()?,
-            _ => return Err(Error::invalid(format!("unknown request field '{key}'"))),
+        match (key, &value) {
+            ("seconds", FieldValue::Unset) => self.seconds = None,
+            ("temperature", FieldValue::Unset) => self.temperature = None,
+            ("top_k", FieldValue::Unset) => self.top_k = None,
+            ("top_p", FieldValue::Unset) => self.top_p = None,
+            (_, FieldValue::Unset) => return Err(Error::invalid(format!("request field {key} always has a value"))),
+            // 0 seconds is the model's native length
+            ("seconds", v) if v.to_string().trim().parse::<f64>().is_ok_and(|x| x <= 0.0) => self.seconds = None,
+            (_, v) => self.set(key, &v.to_string())?,
         }
         Ok(())
     }
@@ -345,6 +338,16 @@ impl Request {
         if !self.guidance.is_finite() || self.guidance < 0.0 {
             return Err(Error::invalid(format!("guidance = {}: expected a number ≥ 0", self.guidance)));
         }
+        if let Some(t) = self.temperature
+            && !(t.is_finite() && t >= 0.0)
+        {
+            return Err(Error::invalid(format!("temperature = {t}: expected a number ≥ 0 (0 is greedy)")));
+        }
+        if let Some(p) = self.top_p
+            && !(p > 0.0 && p <= 1.0)
+        {
+            return Err(Error::invalid(format!("top_p = {p}: expected a number in (0, 1] (1 turns it off)")));
+        }
         if let Some(s) = self.seconds {
             if !s.is_finite() || s <= 0.0 {
                 return Err(Error::invalid(format!("seconds = {s}: expected a length > 0")));
@@ -379,6 +382,9 @@ impl Request {
             "seconds" => self.seconds = Some(num(key, value)?),
             "batch" => self.batch = num(key, value)?,
             "noise" => self.noise = value.parse()?,
+            "temperature" => self.temperature = Some(num(key, value)?),
+            "top_k" => self.top_k = Some(num(key, value)?),
+            "top_p" => self.top_p = Some(num(key, value)?),
             other => return Err(Error::invalid(format!("unknown request field '{other}'"))),
         }
         Ok(())
@@ -418,8 +424,12 @@ mod tests {
         r.set_field("seconds", FieldValue::Float(0.0)).unwrap();
         assert_eq!(r.seconds, None);
         assert_eq!(r.set_field("temperature_", FieldValue::Int(1)).unwrap_err().to_string(), "unknown request field 'temperature_'");
-        assert!(r.set_field("steps", FieldValue::Text("-1".into())).unwrap_err().to_string().starts_with("request field steps = -1"));
-        assert!(r.set_field("karras", FieldValue::Int(1)).is_err());
+        assert_eq!(r.set_field("steps", FieldValue::Text("-1".into())).unwrap_err().to_string(), "steps = '-1': expected a number");
+        assert!(r.set_field("steps", FieldValue::Unset).is_err());
+        r.set_field("top_k", FieldValue::Text("40".into())).unwrap();
+        assert_eq!(r.field("top_k"), Some(FieldValue::Int(40)));
+        r.set_field("top_k", FieldValue::Unset).unwrap();
+        assert_eq!((r.top_k, r.field("top_k")), (None, Some(FieldValue::Unset)));
         let declared = crate::families::latent_diffusion::IMAGE_FIELDS.iter().chain(&crate::families::latent_diffusion::AUDIO_FIELDS);
         for f in declared {
             assert!(r.field(f.key).is_some(), "declared field {} is not a request field", f.key);
@@ -453,6 +463,24 @@ mod tests {
         ] {
             let e = bad.validate().unwrap_err().to_string();
             assert!(e.starts_with(words) && !e.contains('\n'), "{e}");
+        }
+    }
+
+    /// Token sampling fields are absent from a request's TOML until set, parse by name, and
+    /// bad values are refused naming the field.
+    #[test]
+    fn sampling_fields_optional() {
+        let plain = toml::to_string(&Request::default()).unwrap();
+        assert!(!plain.contains("temperature") && !plain.contains("top_k") && !plain.contains("top_p"), "{plain}");
+        let mut r = Request::default();
+        r.set("top-k", "5").unwrap();
+        r.set("top_p", "0.9").unwrap();
+        r.set("temperature", "0.7").unwrap();
+        assert_eq!((r.top_k, r.top_p, r.temperature), (Some(5), Some(0.9), Some(0.7)));
+        let back: Request = toml::from_str(&toml::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back, r);
+        for (bad, words) in [(Request { top_p: Some(0.0), ..Request::default() }, "top_p = 0"), (Request { temperature: Some(-1.0), ..Request::default() }, "temperature = -1")] {
+            assert!(bad.validate().unwrap_err().to_string().starts_with(words));
         }
     }
 

@@ -1,6 +1,7 @@
 //! Model families the engine can run, and the interface the worker drives them through.
 
 pub mod latent_diffusion;
+pub mod musicgen;
 
 use crate::error::{Error, Result};
 use std::path::Path;
@@ -154,7 +155,7 @@ pub struct FamilyEntry {
 }
 
 /// Every family this build runs; [`load`] and `headroom inspect` choose among them.
-pub const FAMILIES: &[FamilyEntry] = &[latent_diffusion::ENTRY];
+pub const FAMILIES: &[FamilyEntry] = &[latent_diffusion::ENTRY, musicgen::ENTRY];
 
 /// The family that would run the inspected model: the most confident recogniser; `None` when no
 /// family of this build runs it.
@@ -228,7 +229,7 @@ pub fn load(model: &ModelRef, knobs: &Knobs, obs: &mut dyn RunObserver) -> Resul
     Err(Error::file(
         &path,
         format!(
-            "a {} {} cannot be run yet: this build runs {} (Stable Diffusion 1.x/2.x diffusers folders and single-file checkpoints, SDXL diffusers folders)",
+            "a {} {} cannot be run yet: this build runs {} (Stable Diffusion 1.x/2.x diffusers folders and single-file checkpoints, SDXL diffusers folders, MusicGen folders)",
             insp.family.label,
             insp.format.name(),
             runs.join(", ")

@@ -120,6 +120,12 @@ impl TorchCpuRng {
         (self.engine.next_u32() & 0x00ff_ffff) as f32 * (1.0 / 16_777_216.0)
     }
 
+    /// The next `torch.rand((), dtype=torch.float64, generator=g)`: a uniform double in [0, 1)
+    /// (what token sampling draws; the same stream as [`TorchCpuRng::randn`]).
+    pub fn rand_f64(&mut self) -> f64 {
+        self.uniform_f64()
+    }
+
     /// `uniform_real_distribution<double>(0, 1)`: the low 53 bits of `random64()` over 2^53.
     #[inline]
     fn uniform_f64(&mut self) -> f64 {

@@ -217,6 +217,17 @@ fn field_ui(ui: &mut egui::Ui, f: &FieldSpec, r: &mut Request) {
             let _ = hint(resp);
             (cur != before).then_some(FieldValue::Choice(cur))
         }
+        // an optional field left to the model: tick off "model's" to choose a value
+        (FieldKind::Int { min, max, .. }, FieldValue::Unset) => {
+            let mut own = true;
+            let resp = ui.checkbox(&mut own, "model's");
+            hint(resp.labelled_by(label.id)).changed().then_some(FieldValue::Int((min + max) / 2))
+        }
+        (FieldKind::Float { min, max, .. }, FieldValue::Unset) => {
+            let mut own = true;
+            let resp = ui.checkbox(&mut own, "model's");
+            hint(resp.labelled_by(label.id)).changed().then_some(FieldValue::Float((min + max) / 2.0))
+        }
         (FieldKind::Flag, FieldValue::Flag(mut on)) => {
             let resp = ui.checkbox(&mut on, "");
             hint(resp.labelled_by(label.id)).changed().then_some(FieldValue::Flag(on))
