@@ -824,3 +824,21 @@ fn request_fields_by_key() {
     fails_in_one_line(&headroom(&["run", "builtin:shapes", "--field", "stepz=2", "--out", out]), &["unknown request field 'stepz'"]);
     fails_in_one_line(&headroom(&["run", "builtin:shapes", "--field", "steps=two", "--out", out]), &["steps = 'two': expected a number"]);
 }
+
+/// A reader that stops early (`headroom inspect M | head -1`) ends the command quietly: no
+/// panic on stderr, as other Unix tools.
+#[test]
+fn a_closed_pipe_is_not_a_panic() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_headroom"))
+        .args(["inspect", fixtures().join("sd/tiny-sd1").to_str().unwrap()])
+        .env("HEADROOM_DATA", std::env::temp_dir().join("headroom-e2e-data"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // close the pipe before the listing is written (the headers take the child a few ms)
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

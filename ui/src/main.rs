@@ -18,7 +18,16 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let args = cli::Cli::parse();
     match args.command {
-        Some(command) => cli::run(command),
+        Some(command) => {
+            // a reader that stops early (`headroom inspect M | head`) ends the command quietly,
+            // as it does other Unix tools, instead of a panic on the next write
+            // SAFETY: restores the default action of one signal before any output is written
+            #[cfg(unix)]
+            unsafe {
+                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            }
+            cli::run(command)
+        }
         None => match app::run_app(args.paths) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
