@@ -29,6 +29,7 @@ fn profile() -> Profile {
         family: "latent-diffusion".into(),
         name: "shapes".into(),
         components: vec!["text".into(), "unet".into(), "vae".into()],
+        fields: Vec::new(),
     };
     let request = Request {
         prompt: "a red circle, on blue".into(),

@@ -83,7 +83,20 @@ fn typed(p: &Profile) -> Table {
     let mut t = Table::new();
     t.insert("version".into(), Value::Integer(i64::from(p.version)));
     t.insert("model".into(), to_value(&p.model));
-    t.insert("request".into(), Value::Table(request_table(&p.request)));
+    let mut request = request_table(&p.request);
+    if !p.model.fields.is_empty() {
+        // the request as the family's fields: a field this model does not take is written only
+        // when it is not at its default (a spectrogram model's native size), so nothing a run
+        // depended on is lost
+        let defaults = request_table(&Request::default());
+        request.retain(|k, v| {
+            let k: &str = k;
+            ["prompt", "seed", "batch", "noise"].contains(&k)
+                || p.model.fields.iter().any(|f| f == k)
+                || defaults.get(k) != Some(v)
+        });
+    }
+    t.insert("request".into(), Value::Table(request));
     let mut knobs = to_value(&p.knobs);
     // every component's precision written out, in the family's order, so the file says what
     // each one ran at

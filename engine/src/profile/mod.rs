@@ -43,6 +43,11 @@ pub struct ModelInfo {
     /// order: the keys of `[knobs.precision]`, which lists each (version 2; empty in version 1).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub components: Vec<String>,
+    /// The request fields its family declares (`steps`, `seconds`, `top_k`, …): `[request]`
+    /// holds these besides the prompt, seed, batch and noise every run has (version 2; empty in
+    /// version 1, whose `[request]` holds every field).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<String>,
 }
 
 /// Which build of Headroom made a run, and the machine facts bit-exact output depends on (the

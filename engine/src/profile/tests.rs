@@ -352,3 +352,28 @@ fn version_1_profiles_load_with_their_meaning() {
     }
     assert_eq!(seen, 4, "the four version-1 fixtures");
 }
+
+/// Version 2 writes `[request]` as the family's fields: the ones every run has, the ones the
+/// model's family declares, and any other only when it is not at its default — and reads back
+/// the same request.
+#[test]
+fn request_is_written_as_the_family_fields() {
+    let model = ModelInfo {
+        source: "tones".into(),
+        fields: vec!["seconds".into(), "top_k".into()],
+        ..ModelInfo::default()
+    };
+    let request = Request { prompt: "drums".into(), seconds: Some(2.0), top_k: Some(50), width: 32, ..Request::default() };
+    let p = Profile::new(model, request.clone(), Knobs::default());
+    let text = p.to_toml_string();
+    let section = text.split("[request]").nth(1).unwrap().split("\n[").next().unwrap();
+    for written in ["prompt =", "seed =", "batch =", "noise =", "seconds =", "top_k =", "width ="] {
+        assert!(section.contains(written), "{written} missing: {section}");
+    }
+    for left_out in ["steps", "scheduler", "karras", "guidance", "height", "negative"] {
+        assert!(!section.contains(left_out), "{left_out} written: {section}");
+    }
+    let back = Profile::from_toml_str(&text, Path::new("p.toml")).unwrap();
+    assert_eq!(back.request, request);
+    assert!(back.extra.is_empty(), "{:?}", back.extra);
+}

@@ -168,8 +168,14 @@ impl Worker {
         closing.push(match result {
             Ok(Ok((family, name, weight_bytes, sha256, shape, components, fields))) => {
                 let load_telemetry = Some(telemetry);
-                let names = components.iter().map(|c| c.name.to_string()).collect();
-                let info = ModelInfo { source: model.to_string(), sha256, family: name.clone(), name: model.display_name(), components: names };
+                let info = ModelInfo {
+                    source: model.to_string(),
+                    sha256,
+                    family: name.clone(),
+                    name: model.display_name(),
+                    components: components.iter().map(|c| c.name.to_string()).collect(),
+                    fields: fields.iter().map(|f| f.key.to_string()).collect(),
+                };
                 self.loaded = Some(Loaded { family, knobs, info, load_telemetry, shape });
                 Event::Loaded { model, family: name, weight_bytes, load_ms, reread: None, components, fields }
             }
