@@ -225,10 +225,13 @@ mod tests {
         let (r, f) = recognise(&insp("sdxl/tiny-sdxl")).unwrap();
         assert_eq!((r.family, f.name, r.confidence), ("latent-diffusion", "latent-diffusion", 1.0));
         assert!(r.reason.starts_with("a diffusers folder of Stable Diffusion XL: "), "{}", r.reason);
-        let mut xl = insp("formats/tiny.safetensors");
+        let (r, _) = recognise(&insp("sdxl/tiny-sdxl.safetensors")).unwrap();
+        assert_eq!((r.confidence, r.components.len()), (1.0, 4));
+        assert!(r.reason.starts_with("a single-file checkpoint of Stable Diffusion XL: "), "{}", r.reason);
+        let mut xl = insp("formats/tiny.gguf");
         xl.family.id = "sdxl".into();
         xl.family.label = "Stable Diffusion XL".into();
         assert!(recognise(&xl).is_none());
-        assert_eq!(not_supported(&xl), "running Stable Diffusion XL (sdxl) from safetensors is not supported yet");
+        assert_eq!(not_supported(&xl), "running Stable Diffusion XL (sdxl) from gguf is not supported yet");
     }
 }

@@ -24,27 +24,18 @@ use crate::formats::human_bytes;
 use crate::knobs::{Component, Precision};
 use crate::nn::{Ledger, StoredSource};
 
-/// SDXL's second text encoder as a folder holds it.
+/// SDXL's second text encoder as a folder holds it (or a single file: its config inferred, the
+/// standard CLIP vocabulary padded with `!`).
 pub struct TextEncoder2 {
     /// `tokenizer_2/`.
     pub tokenizer: ClipTokenizer,
     /// `text_encoder_2/config.json`, checked.
     pub config: ClipConfig,
-    /// `text_encoder_2/`, what errors about it name.
+    /// `text_encoder_2/` (a single file: the file), what errors about it name.
     pub dir: PathBuf,
     /// `model_index.json`'s `force_zeros_for_empty_prompt` (true when absent, as diffusers):
     /// an empty negative prompt is then all zeros, embeddings and pooled.
     pub force_zeros: bool,
-}
-
-impl TextEncoder2 {
-    /// A memory-mapped weight builder for the encoder in `dtype` on `device`.
-    ///
-    /// # Errors
-    /// A missing or unreadable weight file.
-    pub fn weights(&self, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
-        Ok(var_builder(&self.dir, dtype, device)?.0)
-    }
 }
 
 /// A model's source of configs and weights.
@@ -309,14 +300,24 @@ impl Checkpoint {
         }
     }
 
-    /// SDXL's second text encoder: present when `model_index.json` names `text_encoder_2` (a
-    /// single file never has one here). Its folder (with `config.json` and weights) and
+    /// SDXL's second text encoder: present when `model_index.json` names `text_encoder_2`, or a
+    /// single file holds `conditioner.embedders.1.*`. Its folder (with `config.json` and weights) and
     /// `tokenizer_2/` must then exist.
     ///
     /// # Errors
     /// An unreadable `model_index.json`; `text_encoder_2/` or `tokenizer_2/` named but missing,
     /// as one line naming the folder and what is missing.
     pub fn text_2(&self) -> Result<Option<TextEncoder2>> {
+        if let Checkpoint::Single(s) = self {
+            let Some(config) = s.layout.text_2.clone() else { return Ok(None) };
+            config.validate().map_err(|m| Error::file(s.path(), format!("text_2 config: {m}")))?;
+            // SDXL's second tokenizer is the standard vocabulary padded with `!`
+            let dir = crate::paths::clip_vocabulary_dir()?;
+            let mut tokenizer = ClipTokenizer::from_dir(&dir)?;
+            tokenizer.set_pad_token("!").map_err(|e| Error::file(&dir, e))?;
+            // as SDXL base's model_index.json says
+            return Ok(Some(TextEncoder2 { tokenizer, config, dir: s.path().to_path_buf(), force_zeros: true }));
+        }
         let Checkpoint::Folder(p) = self else { return Ok(None) };
         let index_path = p.join("model_index.json");
         let index: serde_json::Value = read_json(&index_path)?;
@@ -344,6 +345,21 @@ impl Checkpoint {
         let force_zeros =
             index.get("force_zeros_for_empty_prompt").and_then(serde_json::Value::as_bool).unwrap_or(true);
         Ok(Some(TextEncoder2 { tokenizer: ClipTokenizer::from_dir(&tokenizer_dir)?, config, dir, force_zeros }))
+    }
+
+    /// A memory-mapped weight builder for SDXL's second text encoder in `dtype` on `device`.
+    ///
+    /// # Errors
+    /// A model without one; a missing or unreadable weight file.
+    pub fn text_2_weights(&self, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
+        match self {
+            Checkpoint::Folder(p) => Ok(var_builder(&p.join("text_encoder_2"), dtype, device)?.0),
+            Checkpoint::Single(s) => s
+                .weights_text_2(dtype, device)
+                .map(|(vb, _)| vb)
+                .ok_or_else(|| Error::file(s.path(), "has no second text encoder (SDXL's conditioner.embedders.1.*)")),
+            _ => Err(Error::file(self.path(), "has no second text encoder (text_encoder_2)")),
+        }
     }
 
     /// The scheduler config, checked.

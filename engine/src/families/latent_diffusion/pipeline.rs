@@ -165,7 +165,8 @@ pub fn load_with_companions(path: &Path, companions: &Companions, knobs: &Knobs,
 /// The first mismatch, as one line naming the file.
 fn check_xl(source: &Checkpoint, xl: Option<&TextEncoder2>) -> Result<()> {
     let unet = source.unet_config()?;
-    let unet_file = source.label(Component::Unet).join("config.json");
+    let unet_file = source.label(Component::Unet);
+    let unet_file = if unet_file.is_dir() { unet_file.join("config.json") } else { unet_file };
     let Some(xl) = xl else {
         if unet.is_text_time() {
             return Err(Error::file(
@@ -279,7 +280,7 @@ impl LatentDiffusion {
             }
             3 => {
                 let xl = self.xl.as_ref().expect("text_2 is only read for SDXL");
-                let w = weights(xl.weights(dtype, &device)?);
+                let w = weights(source.text_2_weights(dtype, &device)?);
                 let mut text_2 = build_checked(cancel, &xl.dir, || ClipTextModel::with_projection(&xl.config, w.clone()))?;
                 text_2.attention_slice = slice;
                 self.text_2 = Some(text_2);
