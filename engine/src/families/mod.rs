@@ -138,7 +138,7 @@ pub fn not_supported(insp: &Inspection) -> String {
         return format!("running language models ({id}) is not supported yet");
     }
     if insp.format == crate::formats::Format::Gguf
-        && (id == "unknown" || id == "sd1" || id == "sd2")
+        && matches!(id, "unknown" | "sd1" | "sd2" | "sdxl")
         && !insp.family.label.starts_with("Diffusion model")
         && let Some(problem) = latent_diffusion::gguf_problem(insp)
     {

@@ -407,6 +407,15 @@ impl Checkpoint {
         self.single_for(component).filter(|_| knob == Precision::Auto).and_then(|s| s.stored_source(component))
     }
 
+    /// SDXL's second text encoder's tensors as its GGUF stores them under precision `auto`, as
+    /// [`Checkpoint::stored_source`].
+    pub fn stored_source_text_2(&self, knob: Precision) -> Option<Arc<dyn StoredSource>> {
+        match self {
+            Checkpoint::Single(s) if knob == Precision::Auto => s.stored_source_text_2(),
+            _ => None,
+        }
+    }
+
     /// What a GGUF's load of `component` at precision `knob` says in the run's notes: the types
     /// kept as stored and their resident bytes, what a layer had to widen, and how the CPU
     /// computes; or that an explicit precision converted the stored tensors. Nothing for other

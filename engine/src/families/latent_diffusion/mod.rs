@@ -78,7 +78,7 @@ pub const COMPONENTS_XL: [ComponentSpec; 4] = [
 /// Stable Diffusion 1.x/2.x by the inspection's family guess: surely when the headers say so; a
 /// diffusers folder or single checkpoint file whose family cannot be told is tried, less surely
 /// (the load then names the keys or files it misses). SDXL base surely from a diffusers folder or
-/// a single file in the original layout (`conditioner.embedders.*`; its GGUFs are not run yet).
+/// a single file in the original layout (`conditioner.embedders.*`) or stable-diffusion.cpp's GGUF of one.
 /// Language models and other formats are not run by this family.
 fn recognise(insp: &Inspection) -> Option<Recognition> {
     if insp.format == Format::Gguf {
@@ -103,17 +103,17 @@ fn recognise(insp: &Inspection) -> Option<Recognition> {
 }
 
 /// A stable-diffusion.cpp GGUF: the original LDM names (denoiser, autoencoder and an SD 1.x/2.x
-/// text tower) in tensors of types this build runs. Such files carry no metadata, so the names
-/// are the evidence.
+/// text tower, or SDXL's two) in tensors of types this build runs. Such files carry no metadata,
+/// so the names are the evidence.
 fn recognise_gguf(insp: &Inspection) -> Option<Recognition> {
-    if !matches!(insp.family.id.as_str(), "sd1" | "sd2") || gguf_problem(insp).is_some() || !insp.path.is_file() {
+    if !matches!(insp.family.id.as_str(), "sd1" | "sd2" | "sdxl") || gguf_problem(insp).is_some() || !insp.path.is_file() {
         return None;
     }
     Some(Recognition {
         family: ENTRY.name,
         confidence: 1.0,
         reason: format!("a stable-diffusion.cpp GGUF of {}: {}", insp.family.label, insp.family.reason),
-        components: COMPONENTS.to_vec(),
+        components: if insp.family.id == "sdxl" { COMPONENTS_XL.to_vec() } else { COMPONENTS.to_vec() },
     })
 }
 

@@ -257,7 +257,10 @@ impl LatentDiffusion {
         };
         // a GGUF under precision auto: every tensor as the file stores it
         let part: Option<Component> = if c == "text_2" { None } else { c.parse().ok() };
-        let stored = part.and_then(|part| source.stored_source(part, knobs.precision.get(c)));
+        let stored = match part {
+            Some(part) => source.stored_source(part, knobs.precision.get(c)),
+            None => source.stored_source_text_2(knobs.precision.get(c)),
+        };
         let weights = |vb| {
             let w = match &stored {
                 Some(src) => Weights::as_stored(vb, src.clone()),

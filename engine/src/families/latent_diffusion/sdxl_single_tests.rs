@@ -302,3 +302,27 @@ fn plan_counts_both_text_encoders() {
     assert_eq!(labels, built);
     assert_eq!(labels.len(), 7);
 }
+
+/// The plan of the single file has four weight lines, `text_2` apart from `text` (both placed and
+/// counted by their own knobs): at f32 they sum to the loaded text bytes (less `logit_scale`),
+/// and q8_0 on `text_2` shrinks only that line, by what the loader saves.
+#[test]
+fn plan_has_a_text_2_line() {
+    let insp = crate::formats::inspect(&file()).unwrap();
+    let shape = crate::plan::shape::ModelShape::from_inspection(&insp);
+    let req = request(Scheduler::Euler, "");
+    let lines = |knobs: &Knobs| crate::plan::predict(&shape, knobs, &req, &crate::plan::Budgets::default())[0].components.clone();
+    let f32_lines = lines(&Knobs::default());
+    let names: Vec<&str> = f32_lines.keys().map(String::as_str).collect();
+    assert_eq!(names, ["text", "text_2", "unet", "vae"]);
+    let loaded = load(&file(), &Knobs::default()).unwrap().component_weight_bytes();
+    assert_eq!(f32_lines["text"] + f32_lines["text_2"] - 4, loaded[0]);
+    let mut q8 = Knobs::default();
+    q8.set("precision.text_2", "q8_0").unwrap();
+    let q8_lines = lines(&q8);
+    let q8_loaded = load(&file(), &q8).unwrap().component_weight_bytes();
+    println!("text_2: f32 {} → q8_0 {} planned; loaded text {} → {}", f32_lines["text_2"], q8_lines["text_2"], loaded[0], q8_loaded[0]);
+    assert_eq!(q8_lines["text"], f32_lines["text"]);
+    assert!(q8_lines["text_2"] < f32_lines["text_2"]);
+    assert_eq!(f32_lines["text_2"] - q8_lines["text_2"], loaded[0] - q8_loaded[0]);
+}

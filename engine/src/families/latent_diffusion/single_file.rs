@@ -112,6 +112,15 @@ impl SingleFile {
         Some(Arc::new(ComponentBackend { path: self.path.clone(), storage: Arc::clone(&self.storage), names }))
     }
 
+    /// As [`SingleFile::stored_source`] for SDXL's second text encoder.
+    pub fn stored_source_text_2(&self) -> Option<Arc<dyn StoredSource>> {
+        if !self.is_gguf() || self.layout.text_2.is_none() {
+            return None;
+        }
+        let names = self.layout.names[TEXT_2].clone();
+        Some(Arc::new(ComponentBackend { path: self.path.clone(), storage: Arc::clone(&self.storage), names }))
+    }
+
     /// The checkpoint file.
     pub fn path(&self) -> &Path {
         &self.path
