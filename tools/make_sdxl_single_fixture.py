@@ -18,12 +18,15 @@ one single-file checkpoint in the original SDXL layout, as A1111 and ComfyUI use
 A single file has no tokenizer: A1111, ComfyUI and Headroom tokenize with the standard CLIP
 vocabulary (assets/clip, 49408 tokens). So the two token tables here have 49408 rows: the
 folder's row of each token of its small vocabulary placed at that token's id in the standard
-one, zeros elsewhere. Every word of the fixtures' prompts is one token in both vocabularies, so
-the single file encodes those prompts exactly as the folder does.
+one, zeros elsewhere. A prompt whose words are one token in both vocabularies ("a photo of an
+astronaut riding a horse", not "... on the moon": the small vocabulary splits "moon") is then
+encoded by the single file exactly as by the folder.
 
 The renaming is this script's own (the inverse of the engine's map); it is checked against
 diffusers' single-file converters (`diffusers.loaders.single_file_utils`): converting the file
-back gives the folder's state dicts exactly (token tables through the id map).
+back gives the folder's state dicts exactly (token tables through the id map), and diffusers'
+`StableDiffusionXLPipeline.from_single_file` (the folder's configs with the standard vocabulary)
+gives the folder's Euler image for a prompt whose words are one token in both vocabularies.
 
 Run: HF_HUB_OFFLINE=1 /work/venv/bin/python tools/make_sdxl_single_fixture.py   (no network needed)
 """
@@ -150,6 +153,49 @@ def check_with_diffusers(ckpt, parts, ids, rows):
     same("text_encoder_2", g_sd, parts["text_encoder_2"], "text_model.embeddings.token_embedding.weight")
 
 
+def check_pipeline():
+    """diffusers' own `from_single_file` on the file gives the folder's image. With the folder as
+    its config it refuses the 49408-row token tables (the folder's configs say 589), so the config
+    is a copy of the folder with the standard vocabulary's size and tokenizers (assets/clip, the
+    second padded with "!"), as SDXL base's are."""
+    import shutil
+    import tempfile
+
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from transformers import CLIPTokenizer
+
+    prompt = "a photo of an astronaut riding a horse"  # one token per word in both vocabularies
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = os.path.join(tmp, "tiny-sdxl")
+        shutil.copytree(FOLDER, cfg)
+        for sub in ("text_encoder", "text_encoder_2"):
+            path = os.path.join(cfg, sub, "config.json")
+            with open(path) as f:
+                c = json.load(f)
+            c.update(vocab_size=49408, bos_token_id=49406, eos_token_id=49407, pad_token_id=0 if sub.endswith("2") else 49407)
+            with open(path, "w") as f:
+                json.dump(c, f)
+        vocab = os.path.join(REPO, "assets", "clip")
+        for sub, pad in (("tokenizer", "<|endoftext|>"), ("tokenizer_2", "!")):
+            shutil.rmtree(os.path.join(cfg, sub))
+            tok = CLIPTokenizer(os.path.join(vocab, "vocab.json"), os.path.join(vocab, "merges.txt"), pad_token=pad)
+            tok.model_max_length = 77
+            tok.save_pretrained(os.path.join(cfg, sub))
+        single = StableDiffusionXLPipeline.from_single_file(OUT, config=cfg, local_files_only=True, torch_dtype=torch.float32)
+        folder = StableDiffusionXLPipeline.from_pretrained(FOLDER)
+        for p in (single, folder):
+            p.set_progress_bar_config(disable=True)
+            p.scheduler = EulerDiscreteScheduler.from_config(folder.scheduler.config)
+        images = [
+            p(prompt, num_inference_steps=4, guidance_scale=5.0, height=64, width=64,
+              generator=torch.Generator("cpu").manual_seed(42), output_type="np").images
+            for p in (single, folder)
+        ]
+        d = float(abs(images[0] - images[1]).max())
+        print(f"diffusers from_single_file against the folder, Euler: max abs difference {d:.2e}", file=sys.stderr)
+        assert d <= 1e-5, d
+
+
 def main():
     parts = {n: weights(n) for n in ("unet", "vae", "text_encoder", "text_encoder_2")}
     with open(os.path.join(FOLDER, "unet", "config.json")) as f:
@@ -181,6 +227,7 @@ def main():
             "        num_head_channels: 8\n"
         )
     print(f"{OUT}: {len(ckpt)} tensors, {os.path.getsize(OUT) / 1e6:.2f} MB", file=sys.stderr)
+    check_pipeline()
 
 
 if __name__ == "__main__":
