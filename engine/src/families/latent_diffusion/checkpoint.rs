@@ -466,11 +466,17 @@ impl Checkpoint {
     }
 }
 
-/// The components of the model at `path` that a change from `was` to `now` must read again
-/// beyond `already`: on a GGUF, those whose precision changed to or from `auto` (kept as stored),
+/// The components of the model at `path` (of `components`) that a change from `was` to `now` must
+/// read again beyond `already`: on a GGUF, those whose precision changed to or from `auto` (kept as stored),
 /// which [`crate::knobs::Knobs::components_to_reread`] may take for the same precision (auto
 /// is f32 on the CPU).
-pub fn as_stored_changes(path: &Path, was: &crate::knobs::Knobs, now: &crate::knobs::Knobs, already: &[&str]) -> Vec<&'static str> {
+pub fn as_stored_changes(
+    path: &Path,
+    components: &[crate::families::ComponentSpec],
+    was: &crate::knobs::Knobs,
+    now: &crate::knobs::Knobs,
+    already: &[&str],
+) -> Vec<&'static str> {
     let gguf = path.is_file()
         && std::fs::File::open(path)
             .and_then(|mut f| {
@@ -481,9 +487,9 @@ pub fn as_stored_changes(path: &Path, was: &crate::knobs::Knobs, now: &crate::kn
     if !gguf {
         return Vec::new();
     }
-    Component::ALL
-        .into_iter()
-        .map(Component::name)
+    components
+        .iter()
+        .map(|c| c.name)
         .filter(|c| !already.contains(c))
         .filter(|&c| {
             let (a, b) = (was.precision.get(c), now.precision.get(c));

@@ -469,3 +469,20 @@ fn sdxl_gguf_runs_as_stored() {
     let extra = held.iter().sum::<u64>() - stored;
     assert!(extra * 100 < stored, "{extra} bytes held beyond the {stored} stored");
 }
+
+/// On the SDXL GGUF a change of `text_2` alone between `auto` (as stored) and f32 (which `auto`
+/// also means on the CPU) reads `text_2` again, and its bytes become the f32 load's.
+#[test]
+fn sdxl_gguf_text_2_leaves_auto() {
+    use crate::families::{Family, Retuned};
+    let path = gguf("tiny-sdxl-q8_0.gguf");
+    let mut model = load(&path, &Knobs::default()).unwrap();
+    let before = model.component_weight_bytes();
+    let mut f32_text_2 = Knobs::default();
+    f32_text_2.set("precision.text_2", "f32").unwrap();
+    let read = model.retune(&Knobs::default(), &f32_text_2, &crate::CancelCheck::never()).unwrap();
+    assert_eq!(read, Retuned::Read(vec!["text_2".into()]));
+    let after = model.component_weight_bytes();
+    assert_eq!(after, load(&path, &f32_text_2).unwrap().component_weight_bytes());
+    assert!(after[0] > before[0] && after[1..] == before[1..], "{before:?} {after:?}");
+}

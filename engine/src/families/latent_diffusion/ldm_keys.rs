@@ -796,6 +796,36 @@ mod tests {
     }
 
     #[test]
+    fn sdxl_text_encoders_map_apart() {
+        let s = shapes(&[
+            ("conditioner.embedders.0.transformer.text_model.encoder.layers.0.mlp.fc1.weight", &[64, 32]),
+            ("conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight", &[144, 48]),
+            ("conditioner.embedders.1.model.text_projection", &[48, 32]),
+            ("conditioner.embedders.1.model.logit_scale", &[]),
+            ("model.diffusion_model.label_emb.0.2.weight", &[32, 32]),
+        ]);
+        let (mut one, mut two, mut unet) = (HashMap::new(), HashMap::new(), HashMap::new());
+        text_map(&s, XL_CLIP_PREFIX, false, false, &mut one);
+        text_map(&s, XL_OPENCLIP_PREFIX, true, true, &mut two);
+        unet_map(&s, 1, &mut unet);
+        assert_eq!(one.keys().collect::<Vec<_>>(), ["text_model.encoder.layers.0.mlp.fc1.weight"]);
+        assert_eq!(two["text_projection.weight"].take, Take::Transpose);
+        assert_eq!(two["text_model.encoder.layers.0.self_attn.v_proj.weight"].take, Take::Third(2));
+        assert_eq!(two.len(), 4, "logit_scale is not used: {two:?}");
+        assert!(unet.contains_key("add_embedding.linear_2.weight"));
+        assert_eq!(text_tower(&s), Some(TextTower::Xl));
+    }
+
+    #[test]
+    fn sdxl_refiner_and_missing_encoders_are_named() {
+        let refiner = shapes(&[("conditioner.embedders.0.model.text_projection", &[48, 32])]);
+        assert!(xl_text(&refiner).unwrap_err().contains("refiner"));
+        let no_first = shapes(&[("conditioner.embedders.1.model.positional_embedding", &[77, 48])]);
+        let e = xl_text(&no_first).unwrap_err();
+        assert!(e.contains("first text encoder") && e.contains(XL_CLIP_PREFIX), "{e}");
+    }
+
+    #[test]
     fn vae_levels_reverse_on_the_decoder() {
         let s = shapes(&[
             ("first_stage_model.decoder.up.0.block.1.nin_shortcut.weight", &[16, 32, 1, 1]),

@@ -756,7 +756,7 @@ impl Family for LatentDiffusion {
             return Ok(Retuned::No);
         };
         // a GGUF under auto holds its tensors as stored, which no explicit precision does
-        changed.extend(super::checkpoint::as_stored_changes(&self.path, loaded_with, knobs, &changed));
+        changed.extend(super::checkpoint::as_stored_changes(&self.path, components, loaded_with, knobs, &changed));
         if !changed.is_empty() {
             let source = Checkpoint::open_with(&self.path, &self.companions)?;
             for c in &changed {
