@@ -74,7 +74,8 @@ impl Checkpoint {
     /// Opens a diffusers folder or a single-file checkpoint.
     ///
     /// # Errors
-    /// A folder without `model_index.json`, or a file that is not an SD 1.x/2.x LDM checkpoint.
+    /// A folder without `model_index.json`, or a file that is not an SD 1.x/2.x or SDXL base LDM
+    /// checkpoint.
     pub fn open(path: &Path) -> Result<Self> {
         Self::open_with(path, &Companions::default())
     }

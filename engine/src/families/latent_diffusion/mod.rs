@@ -128,7 +128,7 @@ pub fn gguf_problem(insp: &Inspection) -> Option<String> {
         let some: Vec<&str> = shapes.keys().take(3).map(String::as_str).collect();
         return Some(format!(
             "its tensor names match no Stable Diffusion layout this build runs (stable-diffusion.cpp's \
-             '{}*', '{}*', 'cond_stage_model.*'); first keys: {}",
+             '{}*', '{}*', 'cond_stage_model.*' or SDXL's 'conditioner.embedders.*'); first keys: {}",
             ldm_keys::UNET_PREFIX,
             ldm_keys::VAE_PREFIX,
             if some.is_empty() { "none".to_string() } else { some.join(", ") }

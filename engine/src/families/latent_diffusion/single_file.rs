@@ -56,7 +56,8 @@ impl SingleFile {
     ///
     /// # Errors
     /// An unreadable file, a format other than safetensors or a torch zip, or a key layout that
-    /// is not SD 1.x/2.x LDM (the message names a few keys).
+    /// is not SD 1.x/2.x or SDXL base LDM (the message names a few keys, or the SDXL text
+    /// encoder that is missing).
     pub fn open(path: &Path) -> Result<Self> {
         let (storage, shapes, metadata) = read(path)?;
         let hints = hints_beside(path);
