@@ -649,6 +649,37 @@ fn sdxl_folder_runs_and_reproduces() {
     assert_eq!(json(&again)["identical"], true);
 }
 
+/// An SDXL single file in the original layout (A1111/ComfyUI's) is inspected as SDXL with four
+/// components, planned with four weight lines (`text_2` apart) and its 7 UNet blocks, runs from
+/// the command line at 64×64 and writes a PNG whose `reproduce` is identical.
+#[test]
+fn sdxl_single_file_runs_and_reproduces() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = fixtures().join("sdxl/tiny-sdxl.safetensors");
+    let m = m.to_str().unwrap();
+    let insp = headroom(&["inspect", m, "--json"]);
+    assert!(insp.status.success(), "{}", String::from_utf8_lossy(&insp.stderr));
+    let i = json(&insp);
+    assert_eq!(i["family"], "sdxl", "{}", i["family"]);
+    let names: Vec<&str> = i["runs_with"]["components"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["text", "text_2", "unet", "vae"]);
+    let plan = headroom(&["plan", m, "--width", "64", "--height", "64", "--json"]);
+    assert!(plan.status.success(), "{}", String::from_utf8_lossy(&plan.stderr));
+    let p = json(&plan);
+    assert_eq!((p["verdict"].as_str(), p["unet_blocks"].as_u64()), (Some("fits"), Some(7)), "{p}");
+    let lines: Vec<&String> = p["per_device"][0]["components"].as_object().unwrap().keys().collect();
+    assert_eq!(lines, ["text", "text_2", "unet", "vae"], "{p}");
+    let out = dir.path().to_str().unwrap();
+    let res = headroom(&["run", m, "--steps", "2", "--width", "64", "--height", "64", "--out", out, "--json"]);
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    let v = json(&res);
+    let png = v["outputs"][0].as_str().unwrap().to_string();
+    assert!(png.ends_with(".png") && Path::new(&png).is_file());
+    let again = headroom(&["reproduce", &png, "--json"]);
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    assert_eq!(json(&again)["identical"], true);
+}
+
 /// `bench` runs each setting and reports times, peaks and weight bytes per row.
 #[test]
 fn bench_reports_each_setting() {

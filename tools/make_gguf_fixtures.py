@@ -18,6 +18,11 @@ Writes tests/fixtures/gguf/:
       that prefix stripped and `general.architecture = sd1`, as ComfyUI-GGUF's convert.py names
       them (written with the `gguf` package; its own converter quantizes through a patched
       llama.cpp and reshapes rows that are not multiples of 256, which this file does not).
+  tiny-sdxl-q8_0.gguf
+      sd.cpp's `convert` at q8_0 of the tiny SDXL single file (tests/fixtures/sdxl/tiny-sdxl.safetensors,
+      made by tools/make_sdxl_single_fixture.py): it keeps SDXL's LDM names (conditioner.embedders.*,
+      label_emb) and drops OpenCLIP's logit_scale; rows of 32 are quantized, rows of 48 (the
+      second text encoder's) stay f16. Most of its bytes are the two 49408-row token tables.
   unknown-names.gguf
       two small f32 tensors under names no layout uses (written with the `gguf` package).
   SOURCE.txt
@@ -36,6 +41,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 SRC = REPO / "tests" / "fixtures" / "sd" / "ldm" / "tiny-ldm1.safetensors"
+SDXL = REPO / "tests" / "fixtures" / "sdxl" / "tiny-sdxl.safetensors"
 OUT = REPO / "tests" / "fixtures" / "gguf"
 TYPES = ["f16", "q8_0", "q4_0", "q4_k"]
 
@@ -108,6 +114,12 @@ def main():
     counts, kv = types_of(OUT / "tiny-sd1-unet-q8_0.gguf")
     lines.append(f"tiny-sd1-unet-q8_0.gguf: {(OUT / 'tiny-sd1-unet-q8_0.gguf').stat().st_size} bytes, {kv} metadata keys, "
                  "tensors " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    out = OUT / "tiny-sdxl-q8_0.gguf"
+    convert(SDXL, out, "q8_0")
+    counts, kv = types_of(out)
+    lines.append(f"{out.name}: from {SDXL.relative_to(REPO)} (sha256 {hashlib.sha256(SDXL.read_bytes()).hexdigest()[:16]}…), "
+                 f"{out.stat().st_size} bytes, {kv} metadata keys, tensors "
+                 + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     unknown_names(OUT / "unknown-names.gguf")
     (OUT / "SOURCE.txt").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -2,7 +2,9 @@
 """Builds a tiny random-weight Stable Diffusion XL pipeline and reference tensors.
 
 Writes tests/fixtures/sdxl/tiny-sdxl/ in the diffusers folder layout of SDXL base: two text
-encoders (`text_encoder`: CLIPTextModel, `text_encoder_2`: CLIPTextModelWithProjection), two
+encoders (`text_encoder`: CLIPTextModel with quick_gelu as CLIP ViT-L, `text_encoder_2`:
+CLIPTextModelWithProjection with gelu as OpenCLIP ViT-bigG; one attention head each, what a
+single file's shapes imply at these widths), every weight an f16 value held in f32, two
 tokenizers (`tokenizer/` as vocab.json + merges.txt padded with the end token; `tokenizer_2/` as
 tokenizer.json + tokenizer_config.json padded with "!", as SDXL's second tokenizer is), a UNet
 with SDXL's conditioning (`addition_embed_type = "text_time"`, no attention at the first level,
@@ -18,6 +20,9 @@ prompt (zeros), one UNet forward with `text_embeds`/`time_ids`, one VAE decode, 
 images (f32, 64×64, 4 steps, guidance 5, no negative prompt) for DDIM, Euler, Euler ancestral
 and DPM++ 2M drawn by diffusers itself from `torch.Generator("cpu").manual_seed(42)`, plus
 Euler with the negative prompt.
+
+Then tools/make_sdxl_single_fixture.py writes the same weights as one LDM-layout single file,
+tests/fixtures/sdxl/tiny-sdxl.safetensors.
 
 Run: HF_HUB_OFFLINE=1 /work/venv/bin/python tools/make_sdxl_fixtures.py   (no network needed)
 """
@@ -52,15 +57,17 @@ SIZE = 64
 GUIDANCE = 5.0
 
 
-def text_config(vocab_size, hidden, layers, pad_id):
+def text_config(vocab_size, hidden, layers, pad_id, act):
+    # one head: what a single file's shapes imply for widths under 64 (CLIP's heads are 64 wide),
+    # so that tiny-sdxl.safetensors (tools/make_sdxl_single_fixture.py) is the same model
     return CLIPTextConfig(
         vocab_size=vocab_size,
         hidden_size=hidden,
         intermediate_size=2 * hidden,
         num_hidden_layers=layers,
-        num_attention_heads=4,
+        num_attention_heads=1,
         max_position_embeddings=77,
-        hidden_act="gelu",
+        hidden_act=act,
         projection_dim=32,
         bos_token_id=vocab_size - 2,
         eos_token_id=vocab_size - 1,
@@ -85,8 +92,8 @@ def build(name):
     tokenizer_2.model_max_length = 77
 
     torch.manual_seed(0)
-    text_encoder = CLIPTextModel(text_config(vocab_size, 32, 2, vocab_size - 1)).eval()
-    text_encoder_2 = CLIPTextModelWithProjection(text_config(vocab_size, 48, 2, 0)).eval()
+    text_encoder = CLIPTextModel(text_config(vocab_size, 32, 2, vocab_size - 1, "quick_gelu")).eval()
+    text_encoder_2 = CLIPTextModelWithProjection(text_config(vocab_size, 48, 2, 0, "gelu")).eval()
     torch.manual_seed(1)
     unet = UNet2DConditionModel(
         sample_size=SIZE // 4,
@@ -125,6 +132,9 @@ def build(name):
         for m in (text_encoder, text_encoder_2, unet, vae):
             for p in m.parameters():
                 p.add_(torch.randn(p.shape, generator=g) * 0.02)
+                # f16 values kept in f32: the single file stores f16 as released SDXL files do,
+                # and loads back to these exact values
+                p.copy_(p.half().float())
 
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
@@ -152,6 +162,13 @@ def build(name):
             os.remove(p)
     with open(os.path.join(out, "model_index.json")) as f:
         assert json.load(f)["force_zeros_for_empty_prompt"] is True
+    # SDXL base's scheduler_config.json also says these (DDIM made from it then does not clip)
+    sched_path = os.path.join(out, "scheduler", "scheduler_config.json")
+    with open(sched_path) as f:
+        sched = json.load(f)
+    sched.update(clip_sample=False, set_alpha_to_one=False, skip_prk_steps=True, sample_max_value=1.0)
+    with open(sched_path, "w") as f:
+        json.dump(sched, f, indent=2, sort_keys=True)
 
     # everything below runs on the pipeline as loaded back from the folder, as a user would
     pipe = StableDiffusionXLPipeline.from_pretrained(out)
@@ -222,3 +239,6 @@ def build(name):
 if __name__ == "__main__":
     torch.set_num_threads(1)
     build("tiny-sdxl")
+    from make_sdxl_single_fixture import main as single  # noqa: E402
+
+    single()

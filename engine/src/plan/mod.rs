@@ -74,7 +74,7 @@ pub struct DevicePlan {
     pub total_bytes: u64,
     /// None where no budget is known for the device.
     pub budget_bytes: Option<u64>,
-    /// Weight bytes per component (`text`, `unet`, `vae`, `unet (streamed block)`, `other`).
+    /// Weight bytes per component (`text`, SDXL's `text_2`, `unet`, `vae`, `unet (streamed block)`, `other`).
     pub components: BTreeMap<String, u64>,
     /// The stage whose activations set the peak.
     pub peak_stage: String,
@@ -270,7 +270,12 @@ pub fn predict(shape: &ModelShape, knobs: &Knobs, req: &Request, budgets: &Budge
     // Text encoder and autoencoder: whole components.
     let text_dev = knobs.offload.placement.get(Component::Text).resolve(dev);
     let vae_dev = knobs.offload.placement.get(Component::Vae).resolve(dev);
-    add_weights(text_dev, "text", shape.component_bytes(Component::Text, wprec(Component::Text)));
+    // SDXL's second text encoder apart, with its own knobs (`text_2`)
+    let text_2_dev = knobs.offload.placement.get("text_2").resolve(dev);
+    let text_2_prec = shape.weight_precision(knobs.precision.get("text_2"), dev);
+    let text_bytes = shape.component_bytes(Component::Text, wprec(Component::Text)) - shape::bytes_at(&shape.text_2, wprec(Component::Text));
+    add_weights(text_dev, "text", text_bytes);
+    add_weights(text_2_dev, "text_2", shape::bytes_at(&shape.text_2, text_2_prec));
     add_weights(vae_dev, "vae", shape.component_bytes(Component::Vae, wprec(Component::Vae)));
     let other = match wprec(Component::Unet) {
         Precision::Auto => Precision::Auto,

@@ -68,6 +68,10 @@ pub struct ModelShape {
     pub family: String,
     /// Weight tensors per component; tensors of no known component are under `None`.
     pub components: BTreeMap<Option<Component>, Vec<WeightTensor>>,
+    /// SDXL's second text encoder (`text_encoder_2/`, or a single file's
+    /// `conditioner.embedders.1.*`): also under [`Component::Text`] in `components`, planned
+    /// apart with the `text_2` knobs.
+    pub text_2: Vec<WeightTensor>,
     /// The denoiser's weights split by offloadable block, in execution order
     /// (down blocks, mid block, up blocks). What is not in a block (stem, time embedding,
     /// output conv) is `unet_stem`.
@@ -117,6 +121,7 @@ impl ModelShape {
         let mut components: BTreeMap<Option<Component>, Vec<WeightTensor>> = BTreeMap::new();
         let mut blocks: BTreeMap<(u8, u32), (String, Vec<WeightTensor>)> = BTreeMap::new();
         let mut stem = Vec::new();
+        let mut text_2 = Vec::new();
         let mut unet_tensors: Vec<&TensorInfo> = Vec::new();
         let mut vae_tensors: Vec<&TensorInfo> = Vec::new();
         // a single-file LDM checkpoint's denoiser is grouped under the diffusers names the loader
@@ -132,8 +137,16 @@ impl ModelShape {
         let renamed = crate::families::latent_diffusion::ldm_keys::unet_diffusers_names(&ldm_shapes).unwrap_or_default();
         for c in &insp.components {
             for t in &c.tensors {
-                let w = WeightTensor(t.clone());
+                let mut w = WeightTensor(t.clone());
+                if t.name.ends_with(".model.text_projection") && t.shape.len() == 2 {
+                    // OpenCLIP stores it (width, projection); the loader holds it transposed, as a
+                    // linear weight whose rows are `width` long (which a quantized type blocks)
+                    w.0.shape.reverse();
+                }
                 components.entry(c.component).or_default().push(w.clone());
+                if c.component == Some(Component::Text) && c.name == "text_encoder_2" {
+                    text_2.push(w.clone());
+                }
                 match c.component {
                     Some(Component::Unet) => {
                         unet_tensors.push(t);
@@ -162,6 +175,7 @@ impl ModelShape {
         Self {
             family,
             components,
+            text_2,
             unet_blocks: blocks.into_values().collect(),
             unet_stem: stem,
             unet,

@@ -16,6 +16,7 @@ pub(crate) fn sd15() -> ModelShape {
     ModelShape {
         family: "sd1".into(),
         components,
+        text_2: Vec::new(),
         unet_blocks: blocks,
         unet_stem: vec![w(1280, 1024)],
         unet: UnetShape {

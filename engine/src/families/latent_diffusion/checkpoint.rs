@@ -24,27 +24,18 @@ use crate::formats::human_bytes;
 use crate::knobs::{Component, Precision};
 use crate::nn::{Ledger, StoredSource};
 
-/// SDXL's second text encoder as a folder holds it.
+/// SDXL's second text encoder as a folder holds it (or a single file: its config inferred, the
+/// standard CLIP vocabulary padded with `!`).
 pub struct TextEncoder2 {
     /// `tokenizer_2/`.
     pub tokenizer: ClipTokenizer,
     /// `text_encoder_2/config.json`, checked.
     pub config: ClipConfig,
-    /// `text_encoder_2/`, what errors about it name.
+    /// `text_encoder_2/` (a single file: the file), what errors about it name.
     pub dir: PathBuf,
     /// `model_index.json`'s `force_zeros_for_empty_prompt` (true when absent, as diffusers):
     /// an empty negative prompt is then all zeros, embeddings and pooled.
     pub force_zeros: bool,
-}
-
-impl TextEncoder2 {
-    /// A memory-mapped weight builder for the encoder in `dtype` on `device`.
-    ///
-    /// # Errors
-    /// A missing or unreadable weight file.
-    pub fn weights(&self, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
-        Ok(var_builder(&self.dir, dtype, device)?.0)
-    }
 }
 
 /// A model's source of configs and weights.
@@ -83,7 +74,8 @@ impl Checkpoint {
     /// Opens a diffusers folder or a single-file checkpoint.
     ///
     /// # Errors
-    /// A folder without `model_index.json`, or a file that is not an SD 1.x/2.x LDM checkpoint.
+    /// A folder without `model_index.json`, or a file that is not an SD 1.x/2.x or SDXL base LDM
+    /// checkpoint.
     pub fn open(path: &Path) -> Result<Self> {
         Self::open_with(path, &Companions::default())
     }
@@ -309,14 +301,24 @@ impl Checkpoint {
         }
     }
 
-    /// SDXL's second text encoder: present when `model_index.json` names `text_encoder_2` (a
-    /// single file never has one here). Its folder (with `config.json` and weights) and
+    /// SDXL's second text encoder: present when `model_index.json` names `text_encoder_2`, or a
+    /// single file holds `conditioner.embedders.1.*`. Its folder (with `config.json` and weights) and
     /// `tokenizer_2/` must then exist.
     ///
     /// # Errors
     /// An unreadable `model_index.json`; `text_encoder_2/` or `tokenizer_2/` named but missing,
     /// as one line naming the folder and what is missing.
     pub fn text_2(&self) -> Result<Option<TextEncoder2>> {
+        if let Checkpoint::Single(s) = self {
+            let Some(config) = s.layout.text_2.clone() else { return Ok(None) };
+            config.validate().map_err(|m| Error::file(s.path(), format!("text_2 config: {m}")))?;
+            // SDXL's second tokenizer is the standard vocabulary padded with `!`
+            let dir = crate::paths::clip_vocabulary_dir()?;
+            let mut tokenizer = ClipTokenizer::from_dir(&dir)?;
+            tokenizer.set_pad_token("!").map_err(|e| Error::file(&dir, e))?;
+            // as SDXL base's model_index.json says
+            return Ok(Some(TextEncoder2 { tokenizer, config, dir: s.path().to_path_buf(), force_zeros: true }));
+        }
         let Checkpoint::Folder(p) = self else { return Ok(None) };
         let index_path = p.join("model_index.json");
         let index: serde_json::Value = read_json(&index_path)?;
@@ -344,6 +346,21 @@ impl Checkpoint {
         let force_zeros =
             index.get("force_zeros_for_empty_prompt").and_then(serde_json::Value::as_bool).unwrap_or(true);
         Ok(Some(TextEncoder2 { tokenizer: ClipTokenizer::from_dir(&tokenizer_dir)?, config, dir, force_zeros }))
+    }
+
+    /// A memory-mapped weight builder for SDXL's second text encoder in `dtype` on `device`.
+    ///
+    /// # Errors
+    /// A model without one; a missing or unreadable weight file.
+    pub fn text_2_weights(&self, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
+        match self {
+            Checkpoint::Folder(p) => Ok(var_builder(&p.join("text_encoder_2"), dtype, device)?.0),
+            Checkpoint::Single(s) => s
+                .weights_text_2(dtype, device)
+                .map(|(vb, _)| vb)
+                .ok_or_else(|| Error::file(s.path(), "has no second text encoder (SDXL's conditioner.embedders.1.*)")),
+            _ => Err(Error::file(self.path(), "has no second text encoder (text_encoder_2)")),
+        }
     }
 
     /// The scheduler config, checked.
@@ -389,6 +406,15 @@ impl Checkpoint {
     /// on a GGUF. `None` otherwise (the weights are converted to the knob's precision).
     pub fn stored_source(&self, component: Component, knob: Precision) -> Option<Arc<dyn StoredSource>> {
         self.single_for(component).filter(|_| knob == Precision::Auto).and_then(|s| s.stored_source(component))
+    }
+
+    /// SDXL's second text encoder's tensors as its GGUF stores them under precision `auto`, as
+    /// [`Checkpoint::stored_source`].
+    pub fn stored_source_text_2(&self, knob: Precision) -> Option<Arc<dyn StoredSource>> {
+        match self {
+            Checkpoint::Single(s) if knob == Precision::Auto => s.stored_source_text_2(),
+            _ => None,
+        }
     }
 
     /// What a GGUF's load of `component` at precision `knob` says in the run's notes: the types
@@ -441,11 +467,17 @@ impl Checkpoint {
     }
 }
 
-/// The components of the model at `path` that a change from `was` to `now` must read again
-/// beyond `already`: on a GGUF, those whose precision changed to or from `auto` (kept as stored),
+/// The components of the model at `path` (of `components`) that a change from `was` to `now` must
+/// read again beyond `already`: on a GGUF, those whose precision changed to or from `auto` (kept as stored),
 /// which [`crate::knobs::Knobs::components_to_reread`] may take for the same precision (auto
 /// is f32 on the CPU).
-pub fn as_stored_changes(path: &Path, was: &crate::knobs::Knobs, now: &crate::knobs::Knobs, already: &[&str]) -> Vec<&'static str> {
+pub fn as_stored_changes(
+    path: &Path,
+    components: &[crate::families::ComponentSpec],
+    was: &crate::knobs::Knobs,
+    now: &crate::knobs::Knobs,
+    already: &[&str],
+) -> Vec<&'static str> {
     let gguf = path.is_file()
         && std::fs::File::open(path)
             .and_then(|mut f| {
@@ -456,9 +488,9 @@ pub fn as_stored_changes(path: &Path, was: &crate::knobs::Knobs, now: &crate::kn
     if !gguf {
         return Vec::new();
     }
-    Component::ALL
-        .into_iter()
-        .map(Component::name)
+    components
+        .iter()
+        .map(|c| c.name)
         .filter(|c| !already.contains(c))
         .filter(|&c| {
             let (a, b) = (was.precision.get(c), now.precision.get(c));

@@ -419,3 +419,70 @@ fn prefixed_and_reshaped_denoisers() {
     assert!(e.contains("reshaped.gguf") && e.contains(name) && e.contains("comfy.gguf.orig_shape"), "{e}");
     assert_eq!(e.lines().count(), 1, "{e}");
 }
+
+/// stable-diffusion.cpp's q8_0 GGUF of the tiny SDXL single file (its converter keeps SDXL's LDM
+/// names): recognised as SDXL with four components, run under precision auto with its blocks as
+/// stored, an image close to the f32 single file's (measured 45.4 dB), and resident bytes the
+/// stored bytes but for what a layer uses in f32 (norms, and OpenCLIP's `text_projection`,
+/// which the loader transposes and so widens), under 1% more.
+#[test]
+fn sdxl_gguf_runs_as_stored() {
+    let path = gguf("tiny-sdxl-q8_0.gguf");
+    let insp = inspect(&path).unwrap();
+    let (r, _) = crate::families::recognise(&insp).unwrap();
+    let names: Vec<&str> = r.components.iter().map(|c| c.name).collect();
+    assert_eq!(names, ["text", "text_2", "unet", "vae"]);
+    assert!(r.reason.starts_with("a stable-diffusion.cpp GGUF of Stable Diffusion XL: "), "{}", r.reason);
+
+    let single = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/sdxl/tiny-sdxl.safetensors");
+    let req = Request {
+        prompt: "a photo of an astronaut riding a horse".into(),
+        negative: String::new(),
+        steps: 4,
+        guidance: 5.0,
+        width: 64,
+        height: 64,
+        ..request()
+    };
+    let image = |m: &mut LatentDiffusion| {
+        let mut notes = Notes::default();
+        let img = m.run(&req, &mut notes).unwrap();
+        (to_images(&img).unwrap().remove(0), notes.0)
+    };
+    let (f32_img, _) = image(&mut load(&single, &knobs_at(Precision::F32)).unwrap());
+    let mut model = load(&path, &Knobs::default()).unwrap();
+    let (img, notes) = image(&mut model);
+    let db = psnr_db(&f32_img, &img).unwrap();
+    println!("tiny-sdxl-q8_0.gguf: PSNR {db:.1} dB against the f32 single file");
+    assert!(db >= 30.0, "{db} dB");
+    assert!(notes.iter().any(|n| n.starts_with("unet: kept as the GGUF stores it (precision auto): ") && n.contains("q8_0")), "{notes:?}");
+
+    let held = model.component_weight_bytes();
+    let mut want = expected_resident(&path);
+    // OpenCLIP's layer norms (ln_1, ln_2, ln_final) are f16 like CLIP's, under other names
+    for t in insp.tensors().filter(|t| t.name.ends_with(".model.text_projection") || (t.name.contains(".ln_") && t.dtype != "F32")) {
+        want[0] += t.elements() * 4 - t.bytes.unwrap();
+    }
+    let stored: u64 = insp.stored_bytes();
+    println!("resident {held:?}, expected {want:?}, stored {stored}");
+    assert_eq!(held, want);
+    let extra = held.iter().sum::<u64>() - stored;
+    assert!(extra * 100 < stored, "{extra} bytes held beyond the {stored} stored");
+}
+
+/// On the SDXL GGUF a change of `text_2` alone between `auto` (as stored) and f32 (which `auto`
+/// also means on the CPU) reads `text_2` again, and its bytes become the f32 load's.
+#[test]
+fn sdxl_gguf_text_2_leaves_auto() {
+    use crate::families::{Family, Retuned};
+    let path = gguf("tiny-sdxl-q8_0.gguf");
+    let mut model = load(&path, &Knobs::default()).unwrap();
+    let before = model.component_weight_bytes();
+    let mut f32_text_2 = Knobs::default();
+    f32_text_2.set("precision.text_2", "f32").unwrap();
+    let read = model.retune(&Knobs::default(), &f32_text_2, &crate::CancelCheck::never()).unwrap();
+    assert_eq!(read, Retuned::Read(vec!["text_2".into()]));
+    let after = model.component_weight_bytes();
+    assert_eq!(after, load(&path, &f32_text_2).unwrap().component_weight_bytes());
+    assert!(after[0] > before[0] && after[1..] == before[1..], "{before:?} {after:?}");
+}

@@ -1,6 +1,7 @@
 //! The original LDM key layout of single-file Stable Diffusion checkpoints
-//! (`model.diffusion_model.*`, `first_stage_model.*`, `cond_stage_model.*`) mapped onto the
-//! diffusers names the modules load, and the configs those files do not carry, inferred from
+//! (`model.diffusion_model.*`, `first_stage_model.*`, `cond_stage_model.*`; SDXL's two text
+//! encoders under `conditioner.embedders.0.transformer.*` and `conditioner.embedders.1.model.*`)
+//! mapped onto the diffusers names the modules load, and the configs those files do not carry, inferred from
 //! tensor shapes (plus the few numbers shapes cannot tell, from an LDM `.yaml` beside the file
 //! when there is one).
 
@@ -19,6 +20,10 @@ pub const VAE_PREFIX: &str = "first_stage_model.";
 pub const CLIP_PREFIX: &str = "cond_stage_model.transformer.";
 /// SD 2.x: an OpenCLIP text tower under this prefix.
 pub const OPENCLIP_PREFIX: &str = "cond_stage_model.model.";
+/// SDXL's first text encoder (CLIP ViT-L, transformers' layout) under this prefix.
+pub const XL_CLIP_PREFIX: &str = "conditioner.embedders.0.transformer.";
+/// SDXL's second text encoder (OpenCLIP ViT-bigG) under this prefix.
+pub const XL_OPENCLIP_PREFIX: &str = "conditioner.embedders.1.model.";
 
 /// How a diffusers tensor is made from an LDM tensor.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,6 +34,9 @@ pub enum Take {
     Squeeze1x1,
     /// Part `k` of 3 along the first dimension (OpenCLIP's fused q/k/v projection).
     Third(usize),
+    /// A matrix stored the other way round (OpenCLIP's `text_projection`, `(width, projection)`,
+    /// used as transformers' `(projection, width)` linear weight).
+    Transpose,
 }
 
 /// Where one diffusers-named tensor comes from.
@@ -46,6 +54,9 @@ pub enum TextTower {
     Clip,
     /// OpenCLIP (SD 2.x), used up to its penultimate layer.
     OpenClip,
+    /// SDXL's two: CLIP ViT-L in transformers' layout (component `text`) and OpenCLIP ViT-bigG
+    /// with its projection (component `text_2`), each read at its penultimate layer.
+    Xl,
 }
 
 /// The tensor shapes of a single-file checkpoint, by LDM name.
@@ -87,9 +98,11 @@ pub fn is_ldm(shapes: &Shapes) -> bool {
     shapes.keys().any(|k| k.starts_with(UNET_PREFIX)) && shapes.keys().any(|k| k.starts_with(VAE_PREFIX))
 }
 
-/// The text tower present, if any.
+/// The text tower present, if any (SDXL's when either of its encoders is there).
 pub fn text_tower(shapes: &Shapes) -> Option<TextTower> {
-    if shapes.keys().any(|k| k.starts_with(OPENCLIP_PREFIX)) {
+    if has_prefix(shapes, XL_CLIP_PREFIX) || has_prefix(shapes, XL_OPENCLIP_PREFIX) {
+        Some(TextTower::Xl)
+    } else if shapes.keys().any(|k| k.starts_with(OPENCLIP_PREFIX)) {
         Some(TextTower::OpenClip)
     } else if shapes.keys().any(|k| k.starts_with(CLIP_PREFIX)) {
         Some(TextTower::Clip)
@@ -134,6 +147,11 @@ fn unet_map(shapes: &Shapes, layers: usize, out: &mut HashMap<String, Source>) {
         let Some(k) = strip(key, UNET_PREFIX) else { continue };
         let name = if let Some(r) = k.strip_prefix("time_embed.0.") {
             format!("time_embedding.linear_1.{r}")
+        } else if let Some(r) = k.strip_prefix("label_emb.0.0.") {
+            // SDXL: the pooled text and size ids' embedding
+            format!("add_embedding.linear_1.{r}")
+        } else if let Some(r) = k.strip_prefix("label_emb.0.2.") {
+            format!("add_embedding.linear_2.{r}")
         } else if let Some(r) = k.strip_prefix("time_embed.2.") {
             format!("time_embedding.linear_2.{r}")
         } else if let Some(r) = k.strip_prefix("input_blocks.0.0.") {
@@ -228,17 +246,22 @@ fn vae_map(shapes: &Shapes, levels: usize, out: &mut HashMap<String, Source>) {
     }
 }
 
-/// Maps the text tower's names onto transformers' `CLIPTextModel` (`text_model.*`).
-fn text_map(shapes: &Shapes, tower: TextTower, out: &mut HashMap<String, Source>) {
+/// Maps a text tower's names under `prefix` onto transformers' `CLIPTextModel` (`text_model.*`):
+/// `openclip` for OpenCLIP's names (fused q/k/v), else transformers' own; `projection` maps
+/// OpenCLIP's `text_projection` too (SDXL's second encoder; SD 2.x does not use it).
+fn text_map(shapes: &Shapes, prefix: &str, openclip: bool, projection: bool, out: &mut HashMap<String, Source>) {
     for key in shapes.keys() {
-        match tower {
-            TextTower::Clip => {
-                let Some(k) = strip(key, CLIP_PREFIX) else { continue };
-                let k = k.strip_prefix("text_model.").unwrap_or(k);
-                out.insert(format!("text_model.{k}"), Source { key: key.clone(), take: Take::Whole });
-            }
-            TextTower::OpenClip => {
-                let Some(k) = strip(key, OPENCLIP_PREFIX) else { continue };
+        if !openclip {
+            let Some(k) = strip(key, prefix) else { continue };
+            let k = k.strip_prefix("text_model.").unwrap_or(k);
+            out.insert(format!("text_model.{k}"), Source { key: key.clone(), take: Take::Whole });
+        } else {
+            {
+                let Some(k) = strip(key, prefix) else { continue };
+                if k == "text_projection" && projection {
+                    out.insert("text_projection.weight".into(), Source { key: key.clone(), take: Take::Transpose });
+                    continue;
+                }
                 let whole = |n: String| (n, Take::Whole);
                 let mapped: Vec<(String, Take)> = match k {
                     "token_embedding.weight" => vec![whole("embeddings.token_embedding.weight".into())],
@@ -287,10 +310,12 @@ pub struct LdmLayout {
     pub unet: UnetConfig,
     pub vae: VaeConfig,
     pub text: ClipConfig,
+    /// SDXL's second text encoder (OpenCLIP ViT-bigG with its projection).
+    pub text_2: Option<ClipConfig>,
     pub tower: TextTower,
     pub scheduler: SchedulerConfig,
-    /// diffusers name → LDM source, per component (text, unet, vae).
-    pub names: [HashMap<String, Source>; 3],
+    /// diffusers name → LDM source, per component (text, unet, vae, and SDXL's text_2).
+    pub names: [HashMap<String, Source>; 4],
     /// What was assumed rather than read, for the run's notes.
     pub notes: Vec<String>,
 }
@@ -339,6 +364,16 @@ pub fn unet_diffusers_names(shapes: &Shapes) -> Option<HashMap<String, String>> 
     Some(map.into_iter().map(|(diffusers, src)| (src.key, diffusers)).collect())
 }
 
+/// LDM's group norms have 32 groups; a model whose narrowest block has fewer channels (a tiny
+/// test model) gets the largest count up to 32 that divides every block's, and a note.
+fn norm_groups(channels: &[usize], what: &str, notes: &mut Vec<String>) -> usize {
+    let groups = (1..=32).rev().find(|g| channels.iter().all(|c| c % g == 0)).unwrap_or(1);
+    if groups != 32 {
+        notes.push(format!("{what}: channels {channels:?} do not split into LDM's 32 norm groups; {groups} used"));
+    }
+    groups
+}
+
 /// The denoiser's config inferred from its LDM shapes (`model.diffusion_model.*`), and its
 /// resnets per down block.
 fn unet_config(shapes: &Shapes, hints: &LdmHints, notes: &mut Vec<String>) -> Result<(UnetConfig, usize), String> {
@@ -367,7 +402,7 @@ fn unet_config(shapes: &Shapes, hints: &LdmHints, notes: &mut Vec<String>) -> Re
         (Some(h), _) => vec![h as usize; levels],
         (None, Some(c)) => channels.iter().map(|&ch| (ch / c as usize).max(1)).collect(),
         (None, None) if context >= 1024 => {
-            notes.push("unet: no .yaml beside the file; 64 channels per attention head assumed (SD 2.x)".into());
+            notes.push("unet: no .yaml beside the file; 64 channels per attention head assumed (SD 2.x, SDXL)".into());
             channels.iter().map(|&ch| (ch / 64).max(1)).collect()
         }
         (None, None) => {
@@ -375,6 +410,22 @@ fn unet_config(shapes: &Shapes, hints: &LdmHints, notes: &mut Vec<String>) -> Re
             vec![8; levels]
         }
     };
+    // transformer layers per level (SDXL's differ: 1, 2, 10), the middle block's being the
+    // deepest level's as diffusers builds it
+    let depth = |block: &str| count(shapes, &format!("{u}{block}.1.transformer_blocks.")).max(1);
+    let depths: Vec<usize> = (0..levels).map(|l| depth(&format!("input_blocks.{}", 1 + l * (layers + 1)))).collect();
+    let mid = depth("middle_block");
+    if has_prefix(shapes, &format!("{u}middle_block.1.")) && Some(&mid) != depths.last() {
+        return Err(format!(
+            "the middle block has {mid} transformer layers but the deepest level {}; such a UNet is not supported",
+            depths.last().unwrap_or(&0)
+        ));
+    }
+    // SDXL: pooled text and size ids embedded by `label_emb` (diffusers' add_embedding); the
+    // split of its input between the two is set once the pooled width is known
+    let label = format!("{u}label_emb.0.0.weight");
+    let added = shapes.contains_key(&label).then(|| dim(shapes, &label, 1)).transpose()?;
+    let groups = norm_groups(&channels, "unet", notes);
     let unet = UnetConfig {
         in_channels: dim(shapes, &conv_in, 1)?,
         out_channels: dim(shapes, &format!("{u}out.2.weight"), 0)?,
@@ -386,6 +437,10 @@ fn unet_config(shapes: &Shapes, hints: &LdmHints, notes: &mut Vec<String>) -> Re
         // diffusers' "attention_head_dim" is SD's head count (a historical misnomer) per block
         attention_head_dim: PerBlock::Each(head_dims),
         use_linear_projection: linear,
+        transformer_layers_per_block: if depths.iter().all(|&d| d == 1) { PerBlock::One(1) } else { PerBlock::Each(depths) },
+        norm_num_groups: groups,
+        addition_embed_type: added.map(|_| "text_time".to_string()),
+        projection_class_embeddings_input_dim: added,
         sample_size: None,
         ..UnetConfig::default()
     };
@@ -463,6 +518,69 @@ pub fn sd_scheduler(v_prediction: bool) -> SchedulerConfig {
     }
 }
 
+/// SDXL base's scheduler as it ships (`EulerDiscreteScheduler`, scaled-linear betas
+/// 0.00085–0.012 over 1000 steps, `leading` spacing, epsilon, no Karras sigmas, DDIM without
+/// clipping).
+pub fn xl_scheduler() -> SchedulerConfig {
+    SchedulerConfig { use_karras_sigmas: Some(false), ..sd_scheduler(false) }
+}
+
+/// SDXL's two text encoders' configs from their shapes: CLIP ViT-L (quick_gelu) in transformers'
+/// layout and OpenCLIP ViT-bigG (gelu) with its projection, all layers kept (SDXL reads the
+/// penultimate hidden state and pools the last), 64 channels per head.
+///
+/// # Errors
+/// Either encoder missing (one line naming its prefix) or an SDXL refiner's single encoder.
+fn xl_text(shapes: &Shapes) -> Result<(ClipConfig, ClipConfig), String> {
+    if has_prefix(shapes, "conditioner.embedders.0.model.") {
+        return Err("an SDXL refiner (one OpenCLIP text encoder at 'conditioner.embedders.0.model.*'); only SDXL base runs".into());
+    }
+    let p = format!("{XL_CLIP_PREFIX}text_model.");
+    if !has_prefix(shapes, &p) {
+        return Err(format!("an SDXL checkpoint missing its first text encoder (CLIP ViT-L): no '{p}*' tensors"));
+    }
+    if !has_prefix(shapes, XL_OPENCLIP_PREFIX) {
+        return Err(format!(
+            "an SDXL checkpoint missing its second text encoder (OpenCLIP ViT-bigG): no '{XL_OPENCLIP_PREFIX}*' tensors"
+        ));
+    }
+    let emb = format!("{p}embeddings.token_embedding.weight");
+    let hidden = dim(shapes, &emb, 1)?;
+    let one = ClipConfig {
+        vocab_size: dim(shapes, &emb, 0)?,
+        hidden_size: hidden,
+        intermediate_size: dim(shapes, &format!("{p}encoder.layers.0.mlp.fc1.weight"), 0)?,
+        num_hidden_layers: count(shapes, &format!("{p}encoder.layers.")),
+        num_attention_heads: (hidden / 64).max(1),
+        max_position_embeddings: dim(shapes, &format!("{p}embeddings.position_embedding.weight"), 0)?,
+        hidden_act: "quick_gelu".into(),
+        layer_norm_eps: 1e-5,
+        ..ClipConfig::default()
+    };
+    let g = XL_OPENCLIP_PREFIX;
+    let emb = format!("{g}token_embedding.weight");
+    let hidden = dim(shapes, &emb, 1)?;
+    let two = ClipConfig {
+        vocab_size: dim(shapes, &emb, 0)?,
+        hidden_size: hidden,
+        intermediate_size: dim(shapes, &format!("{g}transformer.resblocks.0.mlp.c_fc.weight"), 0)?,
+        num_hidden_layers: count(shapes, &format!("{g}transformer.resblocks.")),
+        num_attention_heads: (hidden / 64).max(1),
+        max_position_embeddings: dim(shapes, &format!("{g}positional_embedding"), 0)?,
+        hidden_act: "gelu".into(),
+        layer_norm_eps: 1e-5,
+        // stored (width, projection)
+        projection_dim: dim(shapes, &format!("{g}text_projection"), 1)?,
+        ..ClipConfig::default()
+    };
+    for (c, cfg) in [("text", &one), ("text_2", &two)] {
+        if cfg.num_hidden_layers < 2 {
+            return Err(format!("{c}: {} layers; SDXL reads the penultimate one, so 2 or more are needed", cfg.num_hidden_layers));
+        }
+    }
+    Ok((one, two))
+}
+
 /// Infers the configs from the shapes and builds the name maps.
 ///
 /// # Errors
@@ -476,12 +594,18 @@ pub fn layout(shapes: &Shapes, hints: &LdmHints, metadata: &BTreeMap<String, Str
         ));
     }
     let tower = text_tower(shapes).ok_or_else(|| {
-        format!("no text encoder ('{CLIP_PREFIX}*' or '{OPENCLIP_PREFIX}*'); SDXL and other layouts are not supported")
+        format!("no text encoder ('{CLIP_PREFIX}*', '{OPENCLIP_PREFIX}*' or SDXL's 'conditioner.embedders.*'); other layouts are not supported")
     })?;
     let mut notes = Vec::new();
 
-    // ---- text encoder
+    // ---- text encoder(s)
+    let mut text_2 = None;
     let text = match tower {
+        TextTower::Xl => {
+            let (one, two) = xl_text(shapes)?;
+            text_2 = Some(two);
+            one
+        }
         TextTower::Clip => {
             let p = if has_prefix(shapes, &format!("{CLIP_PREFIX}text_model.")) {
                 format!("{CLIP_PREFIX}text_model.")
@@ -524,12 +648,41 @@ pub fn layout(shapes: &Shapes, hints: &LdmHints, metadata: &BTreeMap<String, Str
             }
         }
     };
-    if text.hidden_size < 64 {
-        notes.push(format!("text encoder: hidden size {} < 64, so one attention head (CLIP uses 64 per head)", text.hidden_size));
+    for (c, cfg) in std::iter::once(("text", &text)).chain(text_2.as_ref().map(|t| ("text_2", t))) {
+        if cfg.hidden_size < 64 {
+            notes.push(format!("{c}: hidden size {} < 64, so one attention head (CLIP uses 64 per head)", cfg.hidden_size));
+        }
     }
 
     // ---- denoiser
-    let (unet, layers) = unet_config(shapes, hints, &mut notes)?;
+    let (mut unet, layers) = unet_config(shapes, hints, &mut notes)?;
+    match (&text_2, unet.projection_class_embeddings_input_dim) {
+        (Some(two), Some(input)) => {
+            let ids = input.checked_sub(two.projection_dim).filter(|n| n % 6 == 0 && *n > 0).ok_or_else(|| {
+                format!(
+                    "'{UNET_PREFIX}label_emb.0.0.weight' takes {input} inputs, which is not the second text encoder's pooled {} plus six size ids",
+                    two.projection_dim
+                )
+            })?;
+            unet.addition_time_embed_dim = Some(ids / 6);
+            let width = text.hidden_size + two.hidden_size;
+            if unet.cross_attention_dim != width {
+                return Err(format!(
+                    "the UNet's cross-attention takes text {} wide but the two text encoders give {} + {} = {width}",
+                    unet.cross_attention_dim, text.hidden_size, two.hidden_size
+                ));
+            }
+        }
+        (Some(_), None) => {
+            return Err(format!("SDXL text encoders but the UNet has no '{UNET_PREFIX}label_emb.*' (SDXL's pooled and size conditioning)"));
+        }
+        (None, Some(_)) => {
+            return Err(format!(
+                "the UNet takes SDXL's conditioning ('{UNET_PREFIX}label_emb.*') but the file has no SDXL text encoders ('{XL_CLIP_PREFIX}*', '{XL_OPENCLIP_PREFIX}*')"
+            ));
+        }
+        (None, None) => {}
+    }
 
     // ---- autoencoder
     let e = format!("{VAE_PREFIX}encoder.");
@@ -537,6 +690,7 @@ pub fn layout(shapes: &Shapes, hints: &LdmHints, metadata: &BTreeMap<String, Str
     let vae_channels = (0..vae_levels)
         .map(|i| dim(shapes, &format!("{e}down.{i}.block.0.conv1.weight"), 0))
         .collect::<Result<Vec<_>, _>>()?;
+    let vae_groups = norm_groups(&vae_channels, "vae", &mut notes);
     let mut vae = VaeConfig {
         in_channels: dim(shapes, &format!("{e}conv_in.weight"), 1)?,
         out_channels: dim(shapes, &format!("{VAE_PREFIX}decoder.conv_out.weight"), 0)?,
@@ -546,11 +700,14 @@ pub fn layout(shapes: &Shapes, hints: &LdmHints, metadata: &BTreeMap<String, Str
         layers_per_block: count(shapes, &format!("{e}down.0.block.")),
         latent_channels: dim(shapes, &format!("{VAE_PREFIX}post_quant_conv.weight"), 0)?,
         // LDM's Normalize is GroupNorm(32) everywhere
-        norm_num_groups: 32,
+        norm_num_groups: vae_groups,
         ..VaeConfig::default()
     };
     if let Some(s) = hints.scale_factor {
         vae.scaling_factor = s;
+    } else if tower == TextTower::Xl {
+        // SDXL's autoencoder (sd_xl_base.yaml's scale_factor)
+        vae.scaling_factor = 0.13025;
     }
 
     // ---- scheduler: SD's training schedule; v-prediction from the yaml, else by the SD 2.x rule
@@ -568,13 +725,20 @@ pub fn layout(shapes: &Shapes, hints: &LdmHints, metadata: &BTreeMap<String, Str
         }
         None => false,
     };
-    let scheduler = sd_scheduler(v);
+    let scheduler = if tower == TextTower::Xl { xl_scheduler() } else { sd_scheduler(v) };
 
-    let mut names: [HashMap<String, Source>; 3] = Default::default();
-    text_map(shapes, tower, &mut names[0]);
+    let mut names: [HashMap<String, Source>; 4] = Default::default();
+    match tower {
+        TextTower::Clip => text_map(shapes, CLIP_PREFIX, false, false, &mut names[0]),
+        TextTower::OpenClip => text_map(shapes, OPENCLIP_PREFIX, true, false, &mut names[0]),
+        TextTower::Xl => {
+            text_map(shapes, XL_CLIP_PREFIX, false, false, &mut names[0]);
+            text_map(shapes, XL_OPENCLIP_PREFIX, true, true, &mut names[3]);
+        }
+    }
     unet_map(shapes, layers, &mut names[1]);
     vae_map(shapes, vae_levels, &mut names[2]);
-    Ok(LdmLayout { unet, vae, text, tower, scheduler, names, notes })
+    Ok(LdmLayout { unet, vae, text, text_2, tower, scheduler, names, notes })
 }
 
 #[cfg(test)]
@@ -624,11 +788,41 @@ mod tests {
             ("cond_stage_model.model.text_projection", &[32, 32]),
         ]);
         let mut m = HashMap::new();
-        text_map(&s, TextTower::OpenClip, &mut m);
+        text_map(&s, OPENCLIP_PREFIX, true, false, &mut m);
         assert_eq!(m["text_model.encoder.layers.0.self_attn.k_proj.weight"].take, Take::Third(1));
         assert!(m.contains_key("text_model.encoder.layers.0.mlp.fc1.bias"));
         assert!(m.contains_key("text_model.embeddings.position_embedding.weight"));
         assert_eq!(m.len(), 5, "text_projection is not used: {m:?}");
+    }
+
+    #[test]
+    fn sdxl_text_encoders_map_apart() {
+        let s = shapes(&[
+            ("conditioner.embedders.0.transformer.text_model.encoder.layers.0.mlp.fc1.weight", &[64, 32]),
+            ("conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight", &[144, 48]),
+            ("conditioner.embedders.1.model.text_projection", &[48, 32]),
+            ("conditioner.embedders.1.model.logit_scale", &[]),
+            ("model.diffusion_model.label_emb.0.2.weight", &[32, 32]),
+        ]);
+        let (mut one, mut two, mut unet) = (HashMap::new(), HashMap::new(), HashMap::new());
+        text_map(&s, XL_CLIP_PREFIX, false, false, &mut one);
+        text_map(&s, XL_OPENCLIP_PREFIX, true, true, &mut two);
+        unet_map(&s, 1, &mut unet);
+        assert_eq!(one.keys().collect::<Vec<_>>(), ["text_model.encoder.layers.0.mlp.fc1.weight"]);
+        assert_eq!(two["text_projection.weight"].take, Take::Transpose);
+        assert_eq!(two["text_model.encoder.layers.0.self_attn.v_proj.weight"].take, Take::Third(2));
+        assert_eq!(two.len(), 4, "logit_scale is not used: {two:?}");
+        assert!(unet.contains_key("add_embedding.linear_2.weight"));
+        assert_eq!(text_tower(&s), Some(TextTower::Xl));
+    }
+
+    #[test]
+    fn sdxl_refiner_and_missing_encoders_are_named() {
+        let refiner = shapes(&[("conditioner.embedders.0.model.text_projection", &[48, 32])]);
+        assert!(xl_text(&refiner).unwrap_err().contains("refiner"));
+        let no_first = shapes(&[("conditioner.embedders.1.model.positional_embedding", &[77, 48])]);
+        let e = xl_text(&no_first).unwrap_err();
+        assert!(e.contains("first text encoder") && e.contains(XL_CLIP_PREFIX), "{e}");
     }
 
     #[test]

@@ -1,12 +1,12 @@
-//! Latent diffusion: Stable Diffusion 1.x, 2.x and XL (SDXL base from diffusers folders: two text
-//! encoders, the UNet's `text_time` conditioning). One file per module: [`tokenizer`] (CLIP BPE),
+//! Latent diffusion: Stable Diffusion 1.x, 2.x and XL (SDXL base from diffusers folders and
+//! single files: two text encoders, the UNet's `text_time` conditioning). One file per module: [`tokenizer`] (CLIP BPE),
 //! [`clip`] (text encoders), [`blocks`] and [`unet`] (denoiser, its blocks placed by [`offload`]), [`vae`] and [`vae_tiling`] (autoencoder),
 //! [`schedulers`] (DDIM, Euler, Euler ancestral, DPM++ 2M), [`noise`] (a batch's noise, drawn for
 //! the whole batch or per image), [`preview`] (latents → RGB) and
 //! [`pipeline`] (prompt → image, the [`crate::families::Family`] implementation), [`spectrogram`]
 //! (images ↔ audio for mel-spectrogram models such as Riffusion). [`checkpoint`] opens what a
 //! model is loaded from: a diffusers folder ([`folder`]) or a single-file LDM checkpoint
-//! ([`single_file`], with the key map and inferred configs in [`ldm_keys`]); [`config_check`]
+//! ([`single_file`], with the key map and inferred configs in [`ldm_keys`], SDXL's among them); [`config_check`]
 //! refuses configs the model code cannot be built from, naming the field.
 
 pub mod blocks;
@@ -40,6 +40,8 @@ mod parity_tests;
 mod pipeline_tests;
 #[cfg(test)]
 mod quant_tests;
+#[cfg(test)]
+mod sdxl_single_tests;
 #[cfg(test)]
 mod sdxl_tests;
 
@@ -96,8 +98,9 @@ pub const COMPONENTS_XL: [ComponentSpec; 4] = [
 
 /// Stable Diffusion 1.x/2.x by the inspection's family guess: surely when the headers say so; a
 /// diffusers folder or single checkpoint file whose family cannot be told is tried, less surely
-/// (the load then names the keys or files it misses). SDXL surely from a diffusers folder (its
-/// single files are not run yet). Language models and other formats are not run by this family.
+/// (the load then names the keys or files it misses). SDXL base surely from a diffusers folder or
+/// a single file in the original layout (`conditioner.embedders.*`) or stable-diffusion.cpp's GGUF of one.
+/// Language models and other formats are not run by this family.
 fn recognise(insp: &Inspection) -> Option<Recognition> {
     if insp.format == Format::Gguf {
         return recognise_gguf(insp);
@@ -110,7 +113,7 @@ fn recognise(insp: &Inspection) -> Option<Recognition> {
     };
     let (confidence, reason) = match insp.family.id.as_str() {
         "sd1" | "sd2" => (1.0, format!("{layout} of {}: {}", insp.family.label, insp.family.reason)),
-        "sdxl" if insp.format == Format::Diffusers => {
+        "sdxl" => {
             (1.0, format!("{layout} of {}: {}", insp.family.label, insp.family.reason))
         }
         "unknown" => (0.3, format!("{layout} whose family cannot be told ({}); tried as Stable Diffusion 1.x/2.x", insp.family.reason)),
@@ -128,17 +131,17 @@ fn fields(insp: &Inspection) -> Vec<FieldSpec> {
 }
 
 /// A stable-diffusion.cpp GGUF: the original LDM names (denoiser, autoencoder and an SD 1.x/2.x
-/// text tower) in tensors of types this build runs. Such files carry no metadata, so the names
-/// are the evidence.
+/// text tower, or SDXL's two) in tensors of types this build runs. Such files carry no metadata,
+/// so the names are the evidence.
 fn recognise_gguf(insp: &Inspection) -> Option<Recognition> {
-    if !matches!(insp.family.id.as_str(), "sd1" | "sd2") || gguf_problem(insp).is_some() || !insp.path.is_file() {
+    if !matches!(insp.family.id.as_str(), "sd1" | "sd2" | "sdxl") || gguf_problem(insp).is_some() || !insp.path.is_file() {
         return None;
     }
     Some(Recognition {
         family: ENTRY.name,
         confidence: 1.0,
         reason: format!("a stable-diffusion.cpp GGUF of {}: {}", insp.family.label, insp.family.reason),
-        components: COMPONENTS.to_vec(),
+        components: if insp.family.id == "sdxl" { COMPONENTS_XL.to_vec() } else { COMPONENTS.to_vec() },
         fields: fields(insp),
     })
 }
@@ -154,7 +157,7 @@ pub fn gguf_problem(insp: &Inspection) -> Option<String> {
         let some: Vec<&str> = shapes.keys().take(3).map(String::as_str).collect();
         return Some(format!(
             "its tensor names match no Stable Diffusion layout this build runs (stable-diffusion.cpp's \
-             '{}*', '{}*', 'cond_stage_model.*'); first keys: {}",
+             '{}*', '{}*', 'cond_stage_model.*' or SDXL's 'conditioner.embedders.*'); first keys: {}",
             ldm_keys::UNET_PREFIX,
             ldm_keys::VAE_PREFIX,
             if some.is_empty() { "none".to_string() } else { some.join(", ") }

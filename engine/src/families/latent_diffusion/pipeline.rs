@@ -165,7 +165,8 @@ pub fn load_with_companions(path: &Path, companions: &Companions, knobs: &Knobs,
 /// The first mismatch, as one line naming the file.
 fn check_xl(source: &Checkpoint, xl: Option<&TextEncoder2>) -> Result<()> {
     let unet = source.unet_config()?;
-    let unet_file = source.label(Component::Unet).join("config.json");
+    let unet_file = source.label(Component::Unet);
+    let unet_file = if unet_file.is_dir() { unet_file.join("config.json") } else { unet_file };
     let Some(xl) = xl else {
         if unet.is_text_time() {
             return Err(Error::file(
@@ -256,7 +257,10 @@ impl LatentDiffusion {
         };
         // a GGUF under precision auto: every tensor as the file stores it
         let part: Option<Component> = if c == "text_2" { None } else { c.parse().ok() };
-        let stored = part.and_then(|part| source.stored_source(part, knobs.precision.get(c)));
+        let stored = match part {
+            Some(part) => source.stored_source(part, knobs.precision.get(c)),
+            None => source.stored_source_text_2(knobs.precision.get(c)),
+        };
         let weights = |vb| {
             let w = match &stored {
                 Some(src) => Weights::as_stored(vb, src.clone()),
@@ -279,7 +283,7 @@ impl LatentDiffusion {
             }
             3 => {
                 let xl = self.xl.as_ref().expect("text_2 is only read for SDXL");
-                let w = weights(xl.weights(dtype, &device)?);
+                let w = weights(source.text_2_weights(dtype, &device)?);
                 let mut text_2 = build_checked(cancel, &xl.dir, || ClipTextModel::with_projection(&xl.config, w.clone()))?;
                 text_2.attention_slice = slice;
                 self.text_2 = Some(text_2);
@@ -756,7 +760,7 @@ impl Family for LatentDiffusion {
             return Ok(Retuned::No);
         };
         // a GGUF under auto holds its tensors as stored, which no explicit precision does
-        changed.extend(super::checkpoint::as_stored_changes(&self.path, loaded_with, knobs, &changed));
+        changed.extend(super::checkpoint::as_stored_changes(&self.path, components, loaded_with, knobs, &changed));
         if !changed.is_empty() {
             let source = Checkpoint::open_with(&self.path, &self.companions)?;
             for c in &changed {

@@ -56,7 +56,8 @@ impl SingleFile {
     ///
     /// # Errors
     /// An unreadable file, a format other than safetensors or a torch zip, or a key layout that
-    /// is not SD 1.x/2.x LDM (the message names a few keys).
+    /// is not SD 1.x/2.x or SDXL base LDM (the message names a few keys, or the SDXL text
+    /// encoder that is missing).
     pub fn open(path: &Path) -> Result<Self> {
         let (storage, shapes, metadata) = read(path)?;
         let hints = hints_beside(path);
@@ -87,9 +88,10 @@ impl SingleFile {
             // not in the file: the companion's are used
             vae: Default::default(),
             text: Default::default(),
+            text_2: None,
             tower: ldm_keys::TextTower::Clip,
             scheduler: Default::default(),
-            names: [HashMap::new(), names, HashMap::new()],
+            names: [HashMap::new(), names, HashMap::new(), HashMap::new()],
             notes,
         };
         check_runnable(path, &storage, &layout)?;
@@ -111,6 +113,15 @@ impl SingleFile {
         Some(Arc::new(ComponentBackend { path: self.path.clone(), storage: Arc::clone(&self.storage), names }))
     }
 
+    /// As [`SingleFile::stored_source`] for SDXL's second text encoder.
+    pub fn stored_source_text_2(&self) -> Option<Arc<dyn StoredSource>> {
+        if !self.is_gguf() || self.layout.text_2.is_none() {
+            return None;
+        }
+        let names = self.layout.names[TEXT_2].clone();
+        Some(Arc::new(ComponentBackend { path: self.path.clone(), storage: Arc::clone(&self.storage), names }))
+    }
+
     /// The checkpoint file.
     pub fn path(&self) -> &Path {
         &self.path
@@ -119,7 +130,17 @@ impl SingleFile {
     /// A memory-mapped builder for one component, in `dtype` on `device`, and its number of weight
     /// elements.
     pub fn weights(&self, component: Component, dtype: DType, device: &Device) -> (VarBuilder<'static>, u64) {
-        let names = self.layout.names[component_index(component)].clone();
+        self.weights_at(component_index(component), dtype, device)
+    }
+
+    /// As [`SingleFile::weights`] for SDXL's second text encoder (`conditioner.embedders.1.*`);
+    /// `None` when the file has none.
+    pub fn weights_text_2(&self, dtype: DType, device: &Device) -> Option<(VarBuilder<'static>, u64)> {
+        self.layout.text_2.as_ref().map(|_| self.weights_at(TEXT_2, dtype, device))
+    }
+
+    fn weights_at(&self, index: usize, dtype: DType, device: &Device) -> (VarBuilder<'static>, u64) {
+        let names = self.layout.names[index].clone();
         let elements = names.values().map(|s| self.elements(s)).sum();
         let backend = ComponentBackend { path: self.path.clone(), storage: Arc::clone(&self.storage), names };
         (VarBuilder::from_backend(Box::new(backend), dtype, device.clone()), elements)
@@ -206,6 +227,9 @@ pub fn zip_var_builder(path: &Path, dtype: DType, device: &Device) -> Result<(Va
     Ok((VarBuilder::from_backend(Box::new(backend), dtype, device.clone()), elements))
 }
 
+/// Index of SDXL's second text encoder in [`LdmLayout::names`].
+const TEXT_2: usize = 3;
+
 /// Index of a component in [`LdmLayout::names`].
 fn component_index(c: Component) -> usize {
     match c {
@@ -258,6 +282,7 @@ impl ComponentBackend {
                 let n = t.dim(0)? / 3;
                 t.narrow(0, k * n, n)?.contiguous()?
             }
+            Take::Transpose => t.t()?.contiguous()?,
         };
         t.to_dtype(dtype)?.to_device(dev)
     }
@@ -280,6 +305,8 @@ impl StoredSource for ComponentBackend {
             // a 1×1 kernel's rows are its input channels whatever its shape says; the weight
             // reader takes dense tensors to the shape it expects, and blocks are already rows
             Take::Whole | Take::Squeeze1x1 => None,
+            // blocks run along the stored rows, which a transpose would cut across: widened
+            Take::Transpose => return Ok(StoredWeight::Dense(g.dense(&src.key, None)?.t()?.contiguous()?.to_device(device)?)),
         };
         g.stored(&src.key, rows, device)
     }
