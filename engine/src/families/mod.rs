@@ -253,6 +253,10 @@ mod tests {
         assert!(r.reason.starts_with("a diffusers folder of Stable Diffusion 1.x: "), "{}", r.reason);
         let (r, _) = recognise(&insp("formats/tiny.safetensors")).unwrap();
         assert!(r.reason.starts_with("a single-file checkpoint of Stable Diffusion 2.x: "), "{}", r.reason);
+        let music = insp("musicgen/tiny-musicgen");
+        assert_eq!((music.family.id.as_str(), music.family.label.as_str()), ("musicgen", "MusicGen (text to music)"));
+        let (r, f) = recognise(&music).unwrap();
+        assert_eq!((r.family, f.name, r.components.len(), r.fields.len()), ("musicgen", "musicgen", 3, 5));
         let llm = insp("formats/tiny.gguf");
         assert!(recognise(&llm).is_none());
         assert_eq!(not_supported(&llm), "running language models (llm:llama) is not supported yet");

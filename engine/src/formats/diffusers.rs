@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 /// File stems that hold a component's weights (diffusers and transformers names).
 const STEMS: &[&str] = &["diffusion_pytorch_model", "model", "pytorch_model"];
 /// `config.json` keys copied into the metadata as `<component>.<key>` (they help the family guess).
-const CONFIG_KEYS: &[&str] = &["_class_name", "cross_attention_dim", "hidden_act", "hidden_size", "addition_embed_type"];
+const CONFIG_KEYS: &[&str] = &["_class_name", "cross_attention_dim", "hidden_act", "hidden_size", "addition_embed_type", "model_type"];
 
 /// The weights chosen for one component folder.
 pub(crate) struct Chosen {

@@ -15,6 +15,7 @@ pub(crate) fn label(id: &str) -> String {
         "sd1" => "Stable Diffusion 1.x".into(),
         "sd2" => "Stable Diffusion 2.x".into(),
         "sdxl" => "Stable Diffusion XL".into(),
+        "musicgen" => "MusicGen (text to music)".into(),
         _ => match id.strip_prefix("llm:") {
             Some(arch) => format!("Language model ({arch})"),
             None => "Unknown".into(),
@@ -62,6 +63,10 @@ pub(crate) fn family(format: Format, components: &[ComponentInfo], metadata: &BT
         if !has_unet {
             return guess(&format!("llm:{arch}"), format!("general.architecture = {arch}"));
         }
+    }
+    // a Hugging Face folder's config.json says what it is
+    if metadata.iter().any(|(k, v)| k.ends_with("model_type") && v.as_str() == "musicgen") {
+        return guess("musicgen", "config.json model_type = musicgen");
     }
     if let Some(class) = metadata.get("_class_name")
         && class.contains("XL")
