@@ -254,8 +254,9 @@ impl fmt::Display for FieldValue {
 }
 
 impl Request {
-    /// The value of field `key` by its profile name (`steps`, `guidance`, `scheduler`, `seconds`
-    /// (0 for the model's native length), …); `None` for a key the request has no field for.
+    /// The value of field `key` by its profile name (`steps`, `guidance`, `scheduler`, …; an
+    /// optional field not set — `seconds`, `temperature`, `top_k`, `top_p` — is `Unset`, the
+    /// model's own); `None` for a key the request has no field for.
     pub fn field(&self, key: &str) -> Option<FieldValue> {
         use FieldValue::*;
         Some(match key {
@@ -268,7 +269,7 @@ impl Request {
             "karras" => Flag(self.karras),
             "width" => Int(i64::from(self.width)),
             "height" => Int(i64::from(self.height)),
-            "seconds" => Float(self.seconds.map_or(0.0, f64::from)),
+            "seconds" => self.seconds.map_or(Unset, |s| Float(f64::from(s))),
             "batch" => Int(i64::from(self.batch)),
             "noise" => Choice(self.noise.name().into()),
             "temperature" => self.temperature.map_or(Unset, |t| Float(f64::from(t))),

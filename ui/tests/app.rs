@@ -635,6 +635,7 @@ fn a_stand_in_family_plugs_in_by_its_declarations() {
     fake.fields = vec![
         FieldSpec { key: "seconds", label: "Length", kind: FieldKind::Float { min: 0.0, max: 30.0, step: 0.5, unit: " s" }, help: "" },
         FieldSpec { key: "guidance", label: "Guidance", kind: FieldKind::Float { min: 0.0, max: 10.0, step: 0.5, unit: "" }, help: "" },
+        FieldSpec { key: "temperature", label: "Temperature", kind: FieldKind::Float { min: 0.0, max: 2.0, step: 0.05, unit: "" }, help: "" },
     ];
     let mut h = harness(fake);
     drop_files(&mut h, &["/models/tones.safetensors"]);
@@ -644,6 +645,15 @@ fn a_stand_in_family_plugs_in_by_its_declarations() {
     for absent in ["UNet", "VAE", "Text encoder", "Width", "Height", "Steps", "Scheduler", "Negative prompt"] {
         assert_eq!(h.query_all_by_label(absent).count(), 0, "{absent} shown for a family that has none");
     }
+    // an optional field starts as the model's own; unticking sets a value, ticking gives it back
+    // (the length's is the first, the temperature's the second)
+    assert_eq!(h.state().state.request.temperature, None);
+    h.query_all_by_label("model's").nth(1).expect("temperature: model's").click();
+    h.run_steps(2);
+    assert_eq!(h.state().state.request.temperature, Some(1.0));
+    h.query_all_by_label("model's").nth(1).expect("temperature: model's").click();
+    h.run_steps(2);
+    assert_eq!(h.state().state.request.temperature, None);
     h.state_mut().state.knobs.set("precision.decoder", "q8_0").unwrap();
     h.get_by_label("Load").click();
     h.run_steps(3);

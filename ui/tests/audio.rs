@@ -107,3 +107,19 @@ fn resample_keeps_duration() {
     assert_eq!(y[0], 0.0);
     assert!((y[479] - 440.0).abs() < 1.0);
 }
+
+/// A seek sent right after a load (clicking the waveform of a clip not playing yet loads it and
+/// seeks in one frame) lands in the new clip, however late the manager thread gets to the load.
+#[test]
+fn seek_right_after_load_lands_in_the_new_clip() {
+    for _ in 0..20 {
+        let p = Player::spawn(MockOutput::default()).unwrap();
+        p.load(8000, tone(8000));
+        p.seek_fraction(0.5);
+        assert!(
+            wait_until(|| (0.45..0.55).contains(&p.position_fraction())),
+            "seek after load: at {}",
+            p.position_fraction()
+        );
+    }
+}

@@ -87,9 +87,10 @@ fn app_harness(backend: EngineBackend, out_dir: PathBuf, steps: u32) -> Harness<
         .build_ui_state(|ui, app: &mut HeadroomApp| app.frame_ui(ui), app)
 }
 
-/// The candidate model's headers have been read (on the chores thread).
+/// The candidate model's headers have been read and its plan made (on the chores thread), so
+/// the model card's layout (and its Load button) stays where it is.
 fn inspected(a: &HeadroomApp) -> bool {
-    a.rt.candidate.as_ref().is_some_and(|c| c.summary.is_some())
+    a.rt.candidate.as_ref().is_some_and(|c| c.summary.is_some()) && a.rt.plan.is_some() && !a.rt.chores.busy()
 }
 
 /// Steps the UI until `done` holds (the engine works on its own thread), failing after 20 s.

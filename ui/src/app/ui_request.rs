@@ -175,7 +175,15 @@ fn field_ui(ui: &mut egui::Ui, f: &FieldSpec, r: &mut Request) {
     };
     let label = ui.label(f.label);
     let hint = |resp: egui::Response| if f.help.is_empty() { resp } else { resp.on_hover_text(f.help) };
-    let new = match (f.kind, value) {
+    // an optional field set to a value can be given back to the model ("model's" ticked)
+    let optional = {
+        let mut probe = r.clone();
+        probe.set_field(f.key, FieldValue::Unset).is_ok()
+    };
+    let offer_unset = optional
+        && !matches!(value, FieldValue::Unset)
+        && matches!(f.kind, FieldKind::Int { .. } | FieldKind::Float { .. });
+    let widget = |ui: &mut egui::Ui| match (f.kind, value) {
         (FieldKind::Text { rows }, FieldValue::Text(mut s)) => {
             let resp = ui.add(
                 egui::TextEdit::multiline(&mut s)
@@ -220,19 +228,30 @@ fn field_ui(ui: &mut egui::Ui, f: &FieldSpec, r: &mut Request) {
         // an optional field left to the model: tick off "model's" to choose a value
         (FieldKind::Int { min, max, .. }, FieldValue::Unset) => {
             let mut own = true;
-            let resp = ui.checkbox(&mut own, "model's");
-            hint(resp.labelled_by(label.id)).changed().then_some(FieldValue::Int((min + max) / 2))
+            let resp = ui.checkbox(&mut own, "model's").on_hover_text("Untick to choose a value");
+            resp.changed().then_some(FieldValue::Int((min + max) / 2))
         }
         (FieldKind::Float { min, max, .. }, FieldValue::Unset) => {
             let mut own = true;
-            let resp = ui.checkbox(&mut own, "model's");
-            hint(resp.labelled_by(label.id)).changed().then_some(FieldValue::Float((min + max) / 2.0))
+            let resp = ui.checkbox(&mut own, "model's").on_hover_text("Untick to choose a value");
+            resp.changed().then_some(FieldValue::Float((min + max) / 2.0))
         }
         (FieldKind::Flag, FieldValue::Flag(mut on)) => {
             let resp = ui.checkbox(&mut on, "");
             hint(resp.labelled_by(label.id)).changed().then_some(FieldValue::Flag(on))
         }
         _ => None,
+    };
+    let new = if offer_unset {
+        ui.horizontal(|ui| {
+            let new = widget(ui);
+            let mut own = false;
+            let unset = ui.checkbox(&mut own, "model's").on_hover_text("Use the model's own default").changed();
+            if unset { Some(FieldValue::Unset) } else { new }
+        })
+        .inner
+    } else {
+        widget(ui)
     };
     if let Some(v) = new
         && let Err(e) = r.set_field(f.key, v)

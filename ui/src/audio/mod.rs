@@ -62,7 +62,9 @@ enum ManagerCmd {
         sample_rate: u32,
         samples: Arc<Vec<f32>>,
     },
-    Seek(u64),
+    /// A position as a fraction of the clip, resolved against the clip the manager holds when it
+    /// gets there (a seek sent right after a load lands in the new clip, not in the old one).
+    Seek(f64),
     Shutdown,
 }
 
@@ -159,11 +161,7 @@ impl Player {
 
     /// Moves the play position to `fraction` (0..1) of the clip.
     pub fn seek_fraction(&self, fraction: f32) {
-        let len = self.shared.clip_frames.load(Ordering::Relaxed);
-        let frame = (fraction.clamp(0.0, 1.0) as f64 * len as f64) as u64;
-        let _ = self
-            .tx
-            .try_send(ManagerCmd::Seek(frame.min(len.saturating_sub(1))));
+        let _ = self.tx.try_send(ManagerCmd::Seek(f64::from(fraction.clamp(0.0, 1.0))));
     }
 
     /// The play position as a fraction of the clip (0 with no clip).
@@ -220,9 +218,10 @@ fn manage(
                 write_pos = 0;
                 shared.position_frames.store(0, Ordering::Relaxed);
             }
-            Ok(ManagerCmd::Seek(frame)) => {
+            Ok(ManagerCmd::Seek(fraction)) => {
                 flush(shared);
-                write_pos = (frame as usize).min(clip.len());
+                let frame = (fraction * clip.len() as f64) as usize;
+                write_pos = frame.min(clip.len().saturating_sub(1));
                 shared
                     .position_frames
                     .store(write_pos as u64, Ordering::Relaxed);
