@@ -1,5 +1,6 @@
 //! Model families the engine can run, and the interface the worker drives them through.
 
+pub(crate) mod holding;
 pub mod latent_diffusion;
 pub mod musicgen;
 
@@ -235,6 +236,34 @@ pub fn load(model: &ModelRef, knobs: &Knobs, obs: &mut dyn RunObserver) -> Resul
             runs.join(", ")
         ),
     ))
+}
+
+/// What the families' unit tests observe a run with.
+#[cfg(test)]
+pub(crate) mod testing {
+    use crate::worker::protocol::{Preview, Stage};
+
+    /// Keeps a run's notes and the stages it entered; never cancels.
+    #[derive(Default)]
+    pub(crate) struct Notes {
+        pub notes: Vec<String>,
+        pub stages: Vec<Stage>,
+    }
+
+    impl super::RunObserver for Notes {
+        fn stage(&mut self, stage: Stage) -> crate::Result<()> {
+            self.stages.push(stage);
+            Ok(())
+        }
+        fn progress(&mut self, _: u32, _: u32) {}
+        fn preview(&mut self, _: Preview) {}
+        fn cancelled(&self) -> bool {
+            false
+        }
+        fn note(&mut self, note: String) {
+            self.notes.push(note);
+        }
+    }
 }
 
 #[cfg(test)]

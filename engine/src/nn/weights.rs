@@ -134,6 +134,12 @@ pub struct Weights<'a> {
 }
 
 impl<'a> Weights<'a> {
+    /// Weights stored as [`crate::families::holding`] decided: `F32` meaning "as computed"
+    /// (`vb`'s dtype, [`Weights::new`]), anything else [`Weights::with_precision`].
+    pub fn stored_as(vb: VarBuilder<'a>, storage: Precision) -> Self {
+        if storage == Precision::F32 { Self::new(vb) } else { Self::with_precision(vb, storage) }
+    }
+
     /// Dense weights stored in `vb`'s dtype.
     pub fn new(vb: VarBuilder<'a>) -> Self {
         let precision = precision_of(vb.dtype());

@@ -75,6 +75,22 @@ pub(crate) struct Observer<'a> {
     pub(crate) device: DeviceKind,
 }
 
+impl<'a> Observer<'a> {
+    /// The observer of a load (or a partial reload) of command `seq` on `device`, already in the
+    /// load stage; a load is not checked against a plan (the planner's pre-flight is its check).
+    pub(crate) fn loading(
+        events: &'a EventTx,
+        recorder: &'a mut RunRecorder,
+        cancel: &'a CancelToken,
+        seq: u64,
+        device: DeviceKind,
+    ) -> Self {
+        let mut obs = Observer { events, recorder, cancel, seq, stage: None, cpu_stage_bytes: BTreeMap::new(), device };
+        let _ = crate::families::RunObserver::stage(&mut obs, Stage::Load);
+        obs
+    }
+}
+
 impl RunObserver for Observer<'_> {
     fn stage(&mut self, stage: Stage) -> crate::Result<()> {
         // the buffer the last stage's layers widened narrow weights into is as large as that

@@ -136,17 +136,7 @@ impl Worker {
             self.events.send(Event::Unloaded);
         }
         let mut recorder = self.recorder();
-        let mut obs = Observer {
-            events: &self.events,
-            recorder: &mut recorder,
-            cancel: &self.cancel,
-            seq,
-            stage: None,
-            cpu_stage_bytes: Default::default(),
-            device: knobs.device,
-        };
-        // the load's own memory is the planner's pre-flight; nothing to check at this stage
-        let _ = crate::families::RunObserver::stage(&mut obs, Stage::Load);
+        let mut obs = Observer::loading(&self.events, &mut recorder, &self.cancel, seq, knobs.device);
         let loader = &self.loader;
         let result = catch_unwind(AssertUnwindSafe(|| {
             let sha256 = {
@@ -198,16 +188,7 @@ impl Worker {
     /// leaves nothing loaded.
     fn retune(&mut self, seq: u64, model: &ModelRef, knobs: Knobs) -> Option<Vec<Event>> {
         let mut recorder = self.recorder();
-        let mut obs = Observer {
-            events: &self.events,
-            recorder: &mut recorder,
-            cancel: &self.cancel,
-            seq,
-            stage: None,
-            cpu_stage_bytes: Default::default(),
-            device: knobs.device,
-        };
-        let _ = crate::families::RunObserver::stage(&mut obs, Stage::Load);
+        let obs = Observer::loading(&self.events, &mut recorder, &self.cancel, seq, knobs.device);
         let cancel = crate::families::RunObserver::cancel_check(&obs);
         let l = self.loaded.as_mut()?;
         let result = catch_unwind(AssertUnwindSafe(|| l.family.retune(&l.knobs, &knobs, &cancel)));

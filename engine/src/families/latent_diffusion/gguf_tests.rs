@@ -10,11 +10,9 @@ use super::checkpoint::Companions;
 use super::parity_tests::max_diff;
 use super::pipeline::{LatentDiffusion, load, to_images};
 use crate::compare::psnr_db;
-use crate::families::RunObserver;
 use crate::formats::{GgmlType, inspect};
 use crate::knobs::{Component, Knobs, Precision, PrecisionKnobs};
 use crate::request::{Request, Scheduler};
-use crate::worker::protocol::{Preview, Stage};
 
 fn gguf(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/gguf").join(name)
@@ -24,23 +22,7 @@ fn ldm(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/sd/ldm").join(name)
 }
 
-/// Keeps the notes of a run.
-#[derive(Default)]
-struct Notes(Vec<String>);
-
-impl RunObserver for Notes {
-    fn stage(&mut self, _: Stage) -> crate::Result<()> {
-        Ok(())
-    }
-    fn progress(&mut self, _: u32, _: u32) {}
-    fn preview(&mut self, _: Preview) {}
-    fn cancelled(&self) -> bool {
-        false
-    }
-    fn note(&mut self, note: String) {
-        self.0.push(note);
-    }
-}
+use crate::families::testing::Notes;
 
 /// The request `tools/make_ldm_fixtures.py` recorded diffusers' DDIM image for.
 fn request() -> Request {
@@ -60,7 +42,7 @@ fn request() -> Request {
 fn run(model: &mut LatentDiffusion) -> (Tensor, Vec<String>) {
     let mut notes = Notes::default();
     let img = model.run(&request(), &mut notes).unwrap();
-    (img, notes.0)
+    (img, notes.notes)
 }
 
 fn knobs_at(p: Precision) -> Knobs {
@@ -447,7 +429,7 @@ fn sdxl_gguf_runs_as_stored() {
     let image = |m: &mut LatentDiffusion| {
         let mut notes = Notes::default();
         let img = m.run(&req, &mut notes).unwrap();
-        (to_images(&img).unwrap().remove(0), notes.0)
+        (to_images(&img).unwrap().remove(0), notes.notes)
     };
     let (f32_img, _) = image(&mut load(&single, &knobs_at(Precision::F32)).unwrap());
     let mut model = load(&path, &Knobs::default()).unwrap();

@@ -21,8 +21,8 @@ use super::unet::{AddedCond, Unet};
 use super::vae::AutoencoderKl;
 use crate::cancel::CancelCheck;
 use crate::error::{Error, Result};
+use crate::families::holding::{Holding, device_name, holding, ledger_notes, per_device};
 use crate::families::{Family, Retuned, RunObserver};
-use crate::formats::human_bytes;
 use crate::knobs::{Component, DeviceKind, Knobs, OffloadMode, Precision};
 use crate::media::Image;
 use crate::nn::Weights;
@@ -224,37 +224,8 @@ impl LatentDiffusion {
             _ => self.text_2 = None,
         }
         self.held[i] = Held::default();
-        // a component placed on the CPU gets the CPU; otherwise the run's one device (two
-        // handles to one GPU would count as different devices)
-        let device = if c != "unet" && !knobs.offload.placement.get(c).resolve(knobs.device).is_gpu() {
-            Device::Cpu
-        } else {
-            self.device.clone()
-        };
-        let mut notes = Vec::new();
-        let p = knobs.precision.get(c).resolve(knobs.device);
-        // what the weights are stored as when it differs from the compute dtype: quantized types,
-        // and f16/bf16 on the CPU, compute in f32 (F32 here means "as computed")
-        let mut storage = if p.is_quantized() { p } else { Precision::F32 };
-        if p.is_quantized() && device.is_cpu() {
-            notes.push(format!(
-                "{c}: {p} weights are stored {p} and expanded to f32 one layer at a time to multiply in f32 \
-                 (the faster kernel on this CPU)"
-            ));
-        }
-        let mut dtype = match p {
-            Precision::F32 => DType::F32,
-            Precision::F16 | Precision::Bf16 if device.is_cpu() => {
-                notes.push(format!(
-                    "{c}: {p} is stored in {p} and computed in f32 on the CPU, where the f32 kernels are the fast ones"
-                ));
-                storage = p;
-                DType::F32
-            }
-            Precision::F16 => DType::F16,
-            Precision::Bf16 => DType::BF16,
-            _ => DType::F32,
-        };
+        let placeable = components(self.xl.is_some()).iter().any(|s| s.name == c && s.placeable);
+        let Holding { device, storage, mut dtype, mut notes } = holding(c, knobs, &self.device, placeable);
         // a GGUF under precision auto: every tensor as the file stores it
         let part: Option<Component> = if c == "text_2" { None } else { c.parse().ok() };
         let stored = match part {
@@ -264,8 +235,7 @@ impl LatentDiffusion {
         let weights = |vb| {
             let w = match &stored {
                 Some(src) => Weights::as_stored(vb, src.clone()),
-                None if storage == Precision::F32 => Weights::new(vb),
-                None => Weights::with_precision(vb, storage),
+                None => Weights::stored_as(vb, storage),
             };
             w.with_cancel(cancel.clone())
         };
@@ -328,15 +298,7 @@ impl LatentDiffusion {
                 (w.ledger(), 0)
             }
         };
-        if let Some(first) = ledger.non_finite.first() {
-            notes.push(format!(
-                "{c}: {} weight tensor(s) hold NaN or infinite values (first: {first}); outputs will likely be black or noise",
-                ledger.non_finite.len()
-            ));
-        }
-        if storage.is_quantized() {
-            notes.push(format!("{c}: precision {storage}: {}; {} resident", ledger.summary(), human_bytes(ledger.bytes)));
-        }
+        notes.extend(ledger_notes(c, storage, &ledger));
         if let Some(part) = part {
             notes.extend(source.stored_notes(part, knobs.precision.get(c), &ledger, device.is_cpu()));
         }
@@ -381,29 +343,6 @@ impl LatentDiffusion {
 /// or SDXL's four.
 fn components(xl: bool) -> &'static [crate::families::ComponentSpec] {
     if xl { &super::COMPONENTS_XL } else { &super::COMPONENTS }
-}
-
-/// Weight bytes per device name, in the order devices were first seen.
-#[derive(Default)]
-struct Resident(Vec<(String, u64)>);
-
-impl Resident {
-    fn add(&mut self, device: &Device, bytes: u64) {
-        let name = device_name(device);
-        match self.0.iter_mut().find(|(d, _)| *d == name) {
-            Some((_, b)) => *b += bytes,
-            None => self.0.push((name, bytes)),
-        }
-    }
-}
-
-/// A device as telemetry and the planner name it (`cpu`, `cuda:0`, `metal`).
-fn device_name(device: &Device) -> String {
-    match device.location() {
-        candle_core::DeviceLocation::Cpu => "cpu".into(),
-        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
-        candle_core::DeviceLocation::Metal { .. } => "metal".into(),
-    }
 }
 
 /// What the run notes say about the UNet's blocks: how many are held where, and when a setting
@@ -743,14 +682,10 @@ impl Family for LatentDiffusion {
     }
 
     fn weight_bytes(&self) -> Vec<(String, u64)> {
-        let mut resident = Resident::default();
-        for h in &self.held {
-            resident.add(&h.device, h.bytes);
-            if h.cpu_bytes > 0 {
-                resident.add(&Device::Cpu, h.cpu_bytes);
-            }
-        }
-        resident.0
+        // split blocks count on the CPU, after the device that holds the rest of their component
+        let cpu = Device::Cpu;
+        let split = |h: &Held| (h.cpu_bytes > 0).then_some((&cpu, h.cpu_bytes));
+        per_device(self.held.iter().flat_map(|h| std::iter::once((&h.device, h.bytes)).chain(split(h))))
     }
 
     fn retune(&mut self, loaded_with: &Knobs, knobs: &Knobs, cancel: &CancelCheck) -> Result<Retuned> {

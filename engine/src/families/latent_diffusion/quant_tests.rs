@@ -10,29 +10,11 @@ use super::parity_tests::fixture;
 use super::pipeline::{LatentDiffusion, load, to_images};
 use super::unet::{Unet, UnetConfig};
 use crate::compare::psnr_db;
-use crate::families::RunObserver;
 use crate::knobs::{Component, Knobs, Precision, PrecisionKnobs};
 use crate::nn::Weights;
 use crate::request::Request;
-use crate::worker::protocol::{Preview, Stage};
 
-/// Keeps the notes of a run.
-#[derive(Default)]
-struct Notes(Vec<String>);
-
-impl RunObserver for Notes {
-    fn stage(&mut self, _: Stage) -> crate::Result<()> {
-        Ok(())
-    }
-    fn progress(&mut self, _: u32, _: u32) {}
-    fn preview(&mut self, _: Preview) {}
-    fn cancelled(&self) -> bool {
-        false
-    }
-    fn note(&mut self, note: String) {
-        self.0.push(note);
-    }
-}
+use crate::families::testing::Notes;
 
 /// The tiny fixture's UNet config widened to 256 channels, so every matrix but `conv_in` has rows
 /// that are whole 256-element blocks.
@@ -94,7 +76,7 @@ fn run(model: &mut LatentDiffusion) -> (crate::media::Image, Vec<String>) {
     };
     let mut notes = Notes::default();
     let img = model.run(&req, &mut notes).unwrap();
-    (to_images(&img).unwrap().remove(0), notes.0)
+    (to_images(&img).unwrap().remove(0), notes.notes)
 }
 
 /// tiny-sd1 at q8_0 and q4k gives images close to f32 (PSNR bounds well under what was

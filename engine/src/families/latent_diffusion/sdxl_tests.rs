@@ -17,11 +17,10 @@ use super::pipeline::{LatentDiffusion, load, to_images};
 use super::tokenizer::ClipTokenizer;
 use super::unet::{AddedCond, Unet, UnetConfig};
 use crate::compare::psnr_db;
-use crate::families::{Family, RunObserver};
+use crate::families::Family;
 use crate::knobs::{Component, Knobs, OffloadMode, Precision, PrecisionKnobs};
 use crate::nn::Weights;
 use crate::request::{Request, Scheduler};
-use crate::worker::protocol::{Preview, Stage};
 
 /// `tests/fixtures/sdxl/tiny-sdxl`.
 pub(crate) fn fixture() -> PathBuf {
@@ -36,23 +35,7 @@ fn prompts() -> serde_json::Value {
     super::folder::read_json(&fixture().join("refs.json")).unwrap()
 }
 
-/// Keeps a run's notes.
-#[derive(Default)]
-struct Notes(Vec<String>);
-
-impl RunObserver for Notes {
-    fn stage(&mut self, _: Stage) -> crate::Result<()> {
-        Ok(())
-    }
-    fn progress(&mut self, _: u32, _: u32) {}
-    fn preview(&mut self, _: Preview) {}
-    fn cancelled(&self) -> bool {
-        false
-    }
-    fn note(&mut self, note: String) {
-        self.0.push(note);
-    }
-}
+use crate::families::testing::Notes;
 
 /// The fixture's request: the prompt, no negative prompt, seed 42, 4 steps, guidance 5, 64×64.
 fn request(scheduler: Scheduler) -> Request {
@@ -189,7 +172,7 @@ fn seeded_images_match_diffusers() {
 fn run(model: &mut LatentDiffusion) -> (crate::media::Image, Vec<String>) {
     let mut notes = Notes::default();
     let img = model.run(&request(Scheduler::Euler), &mut notes).unwrap();
-    (to_images(&img).unwrap().remove(0), notes.0)
+    (to_images(&img).unwrap().remove(0), notes.notes)
 }
 
 /// The knobs on SDXL: q8_0 on every component, the UNet's blocks offloaded (2 resident, the rest

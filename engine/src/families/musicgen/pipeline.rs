@@ -18,9 +18,9 @@ use crate::cancel::CancelCheck;
 use crate::error::{Error, Result};
 use crate::families::latent_diffusion::folder::{build, var_builder, weight_file};
 use crate::families::latent_diffusion::pipeline::candle_device;
+use crate::families::holding::{Holding, holding, ledger_notes, per_device};
 use crate::families::{ComponentSpec, Family, Retuned, RunObserver};
-use crate::formats::human_bytes;
-use crate::knobs::{Knobs, Precision};
+use crate::knobs::Knobs;
 use crate::media::Audio;
 use crate::nn::Weights;
 use crate::nn::layers::Linear;
@@ -120,30 +120,14 @@ impl MusicGen {
             _ => self.codec = None,
         }
         self.held[i] = Held::default();
-        let device = if c != "lm" && !knobs.offload.placement.get(c).resolve(knobs.device).is_gpu() {
-            Device::Cpu
-        } else {
-            self.device.clone()
-        };
-        let mut notes = Vec::new();
+        let placeable = super::COMPONENTS.iter().any(|s| s.name == c && s.placeable);
+        let Holding { device, storage, dtype, mut notes } = holding(c, knobs, &self.device, placeable);
         let p = knobs.precision.get(c).resolve(knobs.device);
-        let mut storage = if p.is_quantized() { p } else { Precision::F32 };
-        let dtype = match p {
-            Precision::F32 => DType::F32,
-            Precision::F16 | Precision::Bf16 if device.is_cpu() => {
-                notes.push(format!("{c}: {p} is stored in {p} and computed in f32 on the CPU, where the f32 kernels are the fast ones"));
-                storage = p;
-                DType::F32
-            }
-            Precision::F16 => DType::F16,
-            Precision::Bf16 => DType::BF16,
-            _ => DType::F32,
-        };
         if c == "codec" && p.is_quantized() {
             notes.push(format!("codec: {p} applies to linear layers; EnCodec's convolutions, LSTM and codebooks stay f32"));
         }
         let (vb, _) = var_builder(&self.path, dtype, &device)?;
-        let w = if storage == Precision::F32 { Weights::new(vb) } else { Weights::with_precision(vb, storage) };
+        let w = Weights::stored_as(vb, storage);
         let w = w.with_cancel(cancel.clone());
         let file = weight_file(&self.path)?;
         let cancelled = |e: Error| if cancel.is_cancelled() { Error::Cancelled } else { e };
@@ -169,12 +153,7 @@ impl MusicGen {
             }
         }
         let ledger = w.ledger();
-        if let Some(first) = ledger.non_finite.first() {
-            notes.push(format!("{c}: {} weight tensor(s) hold NaN or infinite values (first: {first})", ledger.non_finite.len()));
-        }
-        if storage.is_quantized() {
-            notes.push(format!("{c}: precision {storage}: {}; {} resident", ledger.summary(), human_bytes(ledger.bytes)));
-        }
+        notes.extend(ledger_notes(c, storage, &ledger));
         self.held[i] = Held { device, dtype, bytes: ledger.bytes, notes };
         Ok(())
     }
@@ -407,19 +386,7 @@ impl Family for MusicGen {
     }
 
     fn weight_bytes(&self) -> Vec<(String, u64)> {
-        let mut out: Vec<(String, u64)> = Vec::new();
-        for h in &self.held {
-            let name = match h.device.location() {
-                candle_core::DeviceLocation::Cpu => "cpu".to_string(),
-                candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
-                candle_core::DeviceLocation::Metal { .. } => "metal".to_string(),
-            };
-            match out.iter_mut().find(|(d, _)| *d == name) {
-                Some((_, b)) => *b += h.bytes,
-                None => out.push((name, h.bytes)),
-            }
-        }
-        out
+        per_device(self.held.iter().map(|h| (&h.device, h.bytes)))
     }
 
     fn retune(&mut self, loaded_with: &Knobs, knobs: &Knobs, cancel: &CancelCheck) -> Result<Retuned> {

@@ -13,27 +13,7 @@ use crate::knobs::Knobs;
 use crate::request::Request;
 use crate::worker::protocol::{Artifact, Preview, Stage};
 
-/// Keeps the notes and the stages a run goes through.
-#[derive(Default)]
-struct Notes {
-    notes: Vec<String>,
-    stages: Vec<Stage>,
-}
-
-impl RunObserver for Notes {
-    fn stage(&mut self, stage: Stage) -> crate::Result<()> {
-        self.stages.push(stage);
-        Ok(())
-    }
-    fn progress(&mut self, _: u32, _: u32) {}
-    fn preview(&mut self, _: Preview) {}
-    fn cancelled(&self) -> bool {
-        false
-    }
-    fn note(&mut self, note: String) {
-        self.notes.push(note);
-    }
-}
+use crate::families::testing::Notes;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/musicgen")
