@@ -367,8 +367,12 @@ mod tests {
         let dense = x.conv2d(&w, 1, 1, 1, 1).unwrap().broadcast_add(&b.reshape((1, 16, 1, 1)).unwrap()).unwrap();
         let vb = Weights::with_precision(VarBuilder::from_tensors(ts, DType::F32, &dev), Precision::Q8_0);
         let conv = Conv2d::new(32, 16, 3, 1, 1, vb.pp("c")).unwrap();
-        let d = (conv.forward(&x).unwrap() - &dense).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        assert!(d < 0.02, "{d}");
+        // relative L2 error: q8_0's rounding gives about 0.005 here; the largest single error over
+        // the 1024 outputs of unseeded weights sat near 0.02 and made a max-error bound flaky
+        let l2 = |t: &Tensor| t.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
+        let rel = l2(&(conv.forward(&x).unwrap() - &dense).unwrap()) / l2(&dense);
+        println!("q8_0 conv: relative error {rel:.4}");
+        assert!(rel < 0.02, "{rel}");
         assert_eq!(conv.weight_bytes(), 16 * 288 / 32 * 34 + 16 * 4);
         // 36-element rows: f16 kept dense
         let w = Tensor::randn(0f32, 0.05, (8, 4, 3, 3), &dev).unwrap();
